@@ -1,0 +1,38 @@
+/* clusterfs: the administrator's command for LUNs, locks and volumes. */
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+#include "tools.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: clusterfs COMMAND [ARGS...]\n"
+               "\n"
+               "commands:\n"
+               "  lun info [--json] LUN...     identity, capacity and capabilities of a LUN\n"
+               "  locks [--json] LUN...        hosts, heartbeats and held locks of a lockspace\n"
+               "\n"
+               "A LUN is iscsi://[user[%%password]@]host[:port]/target-iqn/lun or a file path.\n"
+               "Run 'clusterfs COMMAND --help' for a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    log_set_program("clusterfs");
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "lun"))
+        return cmd_lun(argc - 1, argv + 1);
+    if (!strcmp(cmd, "locks"))
+        return cmd_locks(argc - 1, argv + 1);
+    log_err("unknown command '%s' (try 'clusterfs --help')", cmd);
+    return 2;
+}

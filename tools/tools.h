@@ -1,0 +1,10 @@
+/* Subcommands of the command-line tools, one file each. Each returns the
+ * process exit status: 0 success, 1 failure, 2 usage error. */
+#ifndef TOOLS_TOOLS_H
+#define TOOLS_TOOLS_H
+
+int cmd_lun(int argc, char **argv);   /* clusterfs lun ...   (cfs_lun.c) */
+int cmd_locks(int argc, char **argv); /* clusterfs locks ... (cfs_locks.c) */
+int cmd_serve(int argc, char **argv); /* vdisk serve ...     (vdisk_serve.c) */
+
+#endif

@@ -1,0 +1,55 @@
+/* vdisk: virtual disk images (VMDK in all the flavours QEMU and ESXi write,
+ * and raw), with snapshots and clones. Works on any file path: a datastore
+ * mount or a local folder. Every call returns 0 or -errno and logs the most
+ * specific reason (file, field, expected vs found) through common/log.h.
+ *
+ * Thread model: vd_pread / vd_pwrite / vd_discard / vd_write_zeroes /
+ * vd_block_status / vd_flush may be called from many threads at once on one
+ * open image; I/O on different grains runs in parallel, and a grain is
+ * allocated once even when two writers race for it. Open, close, and the
+ * chain operations (snapshot, clone, ...) are not concurrent with I/O.
+ */
+#ifndef VDISK_VDISK_H
+#define VDISK_VDISK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct vd_image;
+
+/* vd_open flags */
+#define VD_OPEN_RDONLY (1u << 0)
+#define VD_OPEN_RAW    (1u << 1) /* treat the file as raw, do not probe */
+
+int vd_open(const char *path, unsigned flags, struct vd_image **out);
+int vd_close(struct vd_image *img); /* flushes if writable; returns the flush result */
+
+uint64_t vd_size(const struct vd_image *img);         /* virtual size in bytes */
+bool vd_is_readonly(const struct vd_image *img);
+const char *vd_path(const struct vd_image *img);
+/* Allocation granularity for block status / discard (grain size; 4096 for raw). */
+uint32_t vd_granularity(const struct vd_image *img);
+
+/* I/O flags */
+#define VD_FUA     (1u << 0) /* write through to stable storage before returning */
+#define VD_NO_HOLE (1u << 1) /* write_zeroes: keep the range allocated */
+
+/* Byte-addressed I/O; any alignment. Reads of unallocated areas return the
+ * parent's data or zeroes. Out-of-range requests are -EINVAL. */
+int vd_pread(struct vd_image *img, void *buf, size_t len, uint64_t off);
+int vd_pwrite(struct vd_image *img, const void *buf, size_t len, uint64_t off, unsigned flags);
+int vd_flush(struct vd_image *img);
+/* Deallocate where the whole grain is covered (reads then return zeroes,
+ * not the parent's data); partial grains are zeroed. */
+int vd_discard(struct vd_image *img, uint64_t off, uint64_t len);
+int vd_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags);
+
+/* Block status: describe the extent starting at `off` (at most `len` bytes)
+ * whose status is uniform. *ext_len gets its length (>0), *status a mask of: */
+#define VD_STATUS_HOLE (1u << 0) /* not allocated in this image or its chain */
+#define VD_STATUS_ZERO (1u << 1) /* reads as zeroes */
+int vd_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *ext_len,
+                    unsigned *status);
+
+#endif
