@@ -1,1 +1,1735 @@
-/* placeholder: being written */
+/* The LUN core: one struct lun over one or more paths (see lun.h, path.h),
+ * and the multipath engine: path states, selection, failover, the path
+ * checker, reconnects, queueing while all paths are down.
+ *
+ * Design notes
+ * ------------
+ * - One I/O path. Every command, synchronous or not, goes through
+ *   lun_submit(); the synchronous calls (lun_read, lun_write, ...) are a
+ *   lun_io on the caller's stack plus a small waiter (mutex + condition
+ *   variable) that the completion signals. So retries, splitting and
+ *   failover live in one place.
+ *
+ * - Completion wrapper. Before a lun_io goes to a path, the core saves the
+ *   caller's done() in io->priv[0], the LUN in priv[1] and its own per-I/O
+ *   state in priv[2] (retries on the same path, path index, when the I/O
+ *   was first queued, dispatch time for the latency histogram), and
+ *   installs lun_io_done(). That function classifies the result (sense.h):
+ *   RETRY_SAME resubmits on the same path (bounded by LUN_RETRY_SAME_MAX),
+ *   FAIL_UP completes to the caller, FAILOVER fails the path and re-issues
+ *   the I/O elsewhere (multipath) or completes to the caller (one plain
+ *   path). priv[3..5] belong to the path while it holds the I/O; while the
+ *   core queues it (no usable path, or waiting for a teardown) priv[3] is
+ *   the queue link and priv[4] the teardown barrier.
+ *
+ * - Multipath engine (used with two or more paths, or opts->multipath; a
+ *   LUN opened through one path without it behaves as a plain path:
+ *   failures go straight to the caller, nothing is queued or reconnected).
+ *
+ *   Path state machine (per slot, all under lun->lock):
+ *
+ *        UP --(I/O or TUR fails over, TUR hangs > check_timeout)--> FAILED
+ *        FAILED --(monitor: ops->abort, or all commands back)--> TORN DOWN
+ *        TORN DOWN --(checker, after the flap hold: reopen the URI, probe,
+ *                     same identity, TUR, re-register PR key, ask the
+ *                     register check)--> UP
+ *
+ *   UP paths are shown ACTIVE or STANDBY depending on the policy. A path
+ *   that failed flap_count times within flap_window_ms is held for
+ *   flap_hold_ms before the checker may bring it back (hysteresis).
+ *
+ *   Selection (mp_select_locked): fixed = the preferred path when up, else
+ *   like mru; mru = stay on `cur` while it is up; round-robin = advance
+ *   `cur` every rr_ios I/Os; service-time = the up path with the fewest
+ *   bytes in flight (plus 4 KiB per command), ties broken by rotation; an
+ *   I/O submitted from a completion callback stays on the completing path
+ *   (its loop thread, no cross-thread wakeup) unless that path carries
+ *   more than MP_ST_LOCAL_SLACK beyond the least loaded one.
+ *
+ *   Open: with several URIs, a path unreachable at open time (failover-
+ *   class error) becomes a FAILED, TORN DOWN slot that its checker keeps
+ *   opening; configuration errors still fail the open.
+ *
+ *   Stale writes. A modifying command that failed over on path P is not
+ *   re-issued before P's session has been torn down (ops->abort: the
+ *   connection is closed and every command of the session is back), so a
+ *   stale copy can never land after the newer one. The I/O waits in the
+ *   queue with a barrier (P, P's teardown generation at failure); the
+ *   monitor tears P down and bumps the generation. Reads fail over at once.
+ *
+ *   All paths down. I/Os wait in the LUN's queue; each one fails with -EIO
+ *   queue_ms after it was first queued (kept in priv[2] across re-issues,
+ *   so flapping cannot keep an I/O forever). A returning path drains the
+ *   queue in order.
+ *
+ *   Threads: one checker per path (TEST UNIT READY every
+ *   check_interval_ms on up paths; reconnect of failed, torn-down ones) and
+ *   one monitor per LUN (teardowns, the TUR watchdog, queue expiry and
+ *   draining). The checker of a path is the only thread that replaces or
+ *   closes that path's lun_path; it does so only when no thread is inside
+ *   the path (slot->submitting == 0) and nothing is in flight there.
+ *
+ *   Fencing: see lun_set_register_check() in lun.h.
+ *
+ * - Splitting. A command longer than the target's maximum transfer length is
+ *   split into a chain of child commands issued one after the other (a
+ *   struct lun_split owns the child lun_io); the parent completes when the
+ *   last child does or at the first failure.
+ *
+ * - Range checks happen before anything reaches a path, with a message that
+ *   names the LUN, the command, the range and the capacity.
+ *
+ * Locking: lun->lock protects the slots' dynamic state, the queue, cur, the
+ * PR key and fenced flag (see struct lun). The per-I/O counters are atomics
+ * so a completion takes no lock; a dispatch takes lun->lock once. The core never holds lun->lock
+ * while calling into a path (paths complete I/O on their own threads, which
+ * take lun->lock in lun_io_done). Paths have their own locks.
+ */
+#include "lun.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "log.h"
+#include "path.h"
+#include "sense.h"
+#include "util.h"
+
+#define LUN_MAX_PATHS 32
+#define LUN_RETRY_SAME_MAX 5
+#define MP_FLAP_RING 16
+#define MP_MONITOR_TICK_MS 20
+#define MP_REOPEN_MIN_MS 500
+
+_Static_assert(sizeof(uintptr_t) >= 8, "priv[2] packs 64 bits of per-I/O state");
+
+struct lun;
+
+/* One path of a LUN and its engine state. */
+struct mp_slot {
+    struct lun *lun;               /* immutable */
+    unsigned idx;                  /* immutable */
+    char *uri;                     /* immutable: reopen URI (password kept), NULL = cannot reopen */
+    char *name;                    /* immutable: the path's name (URI without password) */
+    const char *kind;              /* immutable: "iscsi", "file", ... */
+    pthread_t checker;             /* immutable once started */
+    bool checker_started;          /* immutable once started */
+    struct lun_path *p;            /* protected by lun->lock; replaced only by the checker */
+    bool failed;                   /* protected by lun->lock */
+    bool torn_down;                /* protected by lun->lock: failed session aborted / drained */
+    bool aborting;                 /* protected by lun->lock: the monitor is in ops->abort */
+    unsigned gen;                  /* protected by lun->lock: teardown generation */
+    /* Atomics: incremented only under lun->lock (together with the path
+     * choice), decremented anywhere; so a reader holding lun->lock that
+     * sees 0 knows no thread is about to use the path. */
+    _Atomic unsigned submitting;   /* threads inside the path */
+    _Atomic unsigned inflight;     /* commands issued on the path, not yet completed */
+    _Atomic uint64_t inflight_cost; /* bytes + 4 KiB per command in flight */
+    struct {                       /* atomics, updated without lun->lock */
+        _Atomic uint64_t reads, writes, others, read_bytes, write_bytes, errors;
+        _Atomic uint64_t lat_hist[LUN_LAT_BUCKETS];
+    } ctr;
+    uint64_t tur_started_ns;       /* protected by lun->lock: 0 = no TUR outstanding */
+    uint64_t hold_until_ns;        /* protected by lun->lock: flap hysteresis */
+    uint64_t state_since_ns;       /* protected by lun->lock */
+    uint64_t next_reopen_ns;       /* checker thread only */
+    unsigned reopen_fails;         /* checker thread only: back-off 0.5, 1, 2, 4 s */
+    uint64_t fail_ring[MP_FLAP_RING]; /* protected by lun->lock: recent failure times */
+    unsigned fail_pos;             /* protected by lun->lock */
+    struct lun_path_stats st;      /* protected by lun->lock: failures, last_error */
+};
+
+struct lun {
+    pthread_mutex_t lock;          /* lock order: lun->lock, then nothing (never held in paths) */
+    pthread_cond_t cond;           /* with lock: wakes the monitor and the checkers */
+    char *name;                    /* immutable after open */
+    struct lun_info info;          /* immutable after open */
+    struct lun_options opts;       /* immutable; host/initiator point at the copies below */
+    char *host_name, *initiator_name; /* immutable: for reopening paths */
+    bool mp;                       /* immutable: the multipath engine is on */
+    enum lun_policy policy;        /* immutable, resolved (never DEFAULT) */
+    uint64_t epoch_ns;             /* immutable: time origin of priv[2] stamps */
+    unsigned npaths;               /* immutable after open */
+    struct mp_slot slots[LUN_MAX_PATHS];
+    unsigned cur;                  /* protected by lock: current path (mru, fixed, rr) */
+    unsigned rr_count, st_next;    /* protected by lock */
+    struct lun_io *q_head, *q_tail; /* protected by lock: I/Os waiting for a path */
+    unsigned nqueued;              /* protected by lock */
+    bool stopping;                 /* protected by lock */
+    bool pr_registered;            /* protected by lock: lun_pr_register(key != 0) succeeded */
+    uint64_t pr_key;               /* protected by lock */
+    bool fenced;                   /* protected by lock */
+    lun_register_check_fn check_fn; /* protected by lock */
+    void *check_opaque;            /* protected by lock */
+    pthread_t monitor;             /* immutable once started */
+    bool monitor_started;          /* immutable once started */
+};
+
+void lun_options_init(struct lun_options *opts)
+{
+    memset(opts, 0, sizeof *opts);
+    opts->timeout_ms = 5000;
+    opts->connect_timeout_ms = 5000;
+    opts->file_block_size = 0; /* 0 = the URI's or 512 */
+    opts->policy = LUN_POLICY_DEFAULT;
+}
+
+/* lun_uri_is_iscsi() lives in iscsi.c. */
+
+char *lun_uri_redact(const char *uri)
+{
+    char *s = strdup(uri);
+    if (!s)
+        return NULL;
+    char *scheme = strstr(s, "://");
+    if (!scheme)
+        return s;
+    char *auth = scheme + 3;
+    size_t authlen = strcspn(auth, "/");
+    char *at = memrchr(auth, '@', authlen);
+    if (!at)
+        return s;
+    /* userinfo is auth..at; libiscsi separates the password with '%', RFC
+     * 3986 with ':'. Drop from the separator up to (not including) '@'. */
+    size_t ulen = (size_t)(at - auth);
+    char *sep = memchr(auth, '%', ulen);
+    if (!sep)
+        sep = memchr(auth, ':', ulen);
+    if (sep)
+        memmove(sep, at, strlen(at) + 1);
+    return s;
+}
+
+int lun_path_open_uri(const char *uri, const struct lun_options *opts, struct lun_path **out)
+{
+    *out = NULL;
+    if (!uri || !*uri) {
+        log_err("empty LUN URI");
+        return -EINVAL;
+    }
+    if (lun_uri_is_iscsi(uri))
+        return lun_path_open_iscsi(uri, opts, out);
+    const char *colon = strstr(uri, "://");
+    if (colon && strncasecmp(uri, "file://", 7) != 0 && !memchr(uri, '/', (size_t)(colon - uri))) {
+        char *name = lun_uri_redact(uri);
+        log_err("%s: unsupported URI scheme (use iscsi://, file:// or a path)", name ? name : "?");
+        free(name);
+        return -EINVAL;
+    }
+    return lun_path_open_file(uri, opts, out);
+}
+
+void lun_path_close(struct lun_path *p)
+{
+    if (p)
+        p->ops->close(p);
+}
+
+/* ---- Open / close ------------------------------------------------------- */
+
+static void lun_caps_and(struct lun_caps *a, const struct lun_caps *b)
+{
+    a->compare_and_write &= b->compare_and_write;
+    a->persistent_reservations &= b->persistent_reservations;
+    a->pr_we_all_registrants &= b->pr_we_all_registrants;
+    a->pr_preempt_abort &= b->pr_preempt_abort;
+    a->unmap &= b->unmap;
+    a->write_same &= b->write_same;
+    a->write_same_unmap &= b->write_same_unmap;
+    a->sync_cache &= b->sync_cache;
+    a->fua &= b->fua;
+}
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static const char *lun_op_name(enum lun_op op)
+{
+    switch (op) {
+    case LUN_OP_READ: return "read";
+    case LUN_OP_WRITE: return "write";
+    case LUN_OP_FLUSH: return "flush";
+    case LUN_OP_UNMAP: return "unmap";
+    case LUN_OP_WRITE_SAME: return "write-same";
+    case LUN_OP_COMPARE_AND_WRITE: return "compare-and-write";
+    }
+    return "?";
+}
+
+static bool lun_op_modifies(enum lun_op op)
+{
+    return op == LUN_OP_WRITE || op == LUN_OP_UNMAP || op == LUN_OP_WRITE_SAME ||
+           op == LUN_OP_COMPARE_AND_WRITE;
+}
+
+static uint64_t lun_io_bytes(const struct lun *lun, const struct lun_io *io)
+{
+    if (io->op == LUN_OP_READ || io->op == LUN_OP_WRITE)
+        return (uint64_t)io->nblocks * lun->info.block_size;
+    if (io->op == LUN_OP_COMPARE_AND_WRITE)
+        return lun->info.block_size;
+    return 0;
+}
+
+static uint64_t lun_io_cost(const struct lun *lun, const struct lun_io *io)
+{
+    return lun_io_bytes(lun, io) + 4096;
+}
+
+const char *lun_path_state_name(enum lun_path_state s)
+{
+    switch (s) {
+    case LUN_PATH_ACTIVE: return "active";
+    case LUN_PATH_STANDBY: return "standby";
+    case LUN_PATH_FAILED: return "failed";
+    }
+    return "?";
+}
+
+const char *lun_policy_name(enum lun_policy p)
+{
+    switch (p) {
+    case LUN_POLICY_DEFAULT: return "default";
+    case LUN_POLICY_FIXED: return "fixed";
+    case LUN_POLICY_MRU: return "mru";
+    case LUN_POLICY_ROUND_ROBIN: return "round-robin";
+    case LUN_POLICY_SERVICE_TIME: return "service-time";
+    }
+    return "?";
+}
+
+int lun_policy_parse(const char *s, enum lun_policy *out)
+{
+    static const struct { const char *name; enum lun_policy p; } t[] = {
+        {"fixed", LUN_POLICY_FIXED},          {"mru", LUN_POLICY_MRU},
+        {"round-robin", LUN_POLICY_ROUND_ROBIN}, {"rr", LUN_POLICY_ROUND_ROBIN},
+        {"service-time", LUN_POLICY_SERVICE_TIME}, {"st", LUN_POLICY_SERVICE_TIME},
+        {"default", LUN_POLICY_DEFAULT},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        if (s && strcasecmp(s, t[i].name) == 0) {
+            *out = t[i].p;
+            return 0;
+        }
+    }
+    log_err("unknown path selection policy '%s' (fixed, mru, round-robin, service-time)",
+            s ? s : "");
+    return -EINVAL;
+}
+
+uint64_t lun_lat_percentile(const uint64_t hist[LUN_LAT_BUCKETS], double q)
+{
+    uint64_t total = 0;
+    for (unsigned b = 0; b < LUN_LAT_BUCKETS; b++)
+        total += hist[b];
+    if (total == 0)
+        return 0;
+    uint64_t want = (uint64_t)(q * (double)total + 0.999999);
+    if (want == 0)
+        want = 1;
+    uint64_t acc = 0;
+    for (unsigned b = 0; b < LUN_LAT_BUCKETS; b++) {
+        acc += hist[b];
+        if (acc >= want)
+            return (uint64_t)1 << b;
+    }
+    return (uint64_t)1 << (LUN_LAT_BUCKETS - 1);
+}
+
+static unsigned lun_lat_bucket(uint64_t us)
+{
+    unsigned b = 0;
+    while (us && b < LUN_LAT_BUCKETS - 1) {
+        us >>= 1;
+        b++;
+    }
+    return b;
+}
+
+/* priv[2]: bits 0-7 retries on the same path, 8-15 path index, 16-31 time
+ * first queued (100 ms units since epoch, +1; 0 = never), 32-63 dispatch
+ * time (microseconds since epoch, modulo 2^32). */
+#define LUN_PRIV_RETRIES(v) ((unsigned)((v) & 0xFF))
+#define LUN_PRIV_PATH(v) ((unsigned)(((v) >> 8) & 0xFF))
+#define LUN_PRIV_QUEUED(v) ((unsigned)(((v) >> 16) & 0xFFFF))
+#define LUN_PRIV_DISPATCH(v) ((uint32_t)((v) >> 32))
+#define LUN_PRIV_MAKE(retries, path, queued, disp)                                                 \
+    ((uintptr_t)(retries) | ((uintptr_t)(path) << 8) | ((uintptr_t)(queued) << 16) |              \
+     ((uintptr_t)(disp) << 32))
+
+static uint64_t lun_since_epoch_ns(const struct lun *lun)
+{
+    return now_ns() - lun->epoch_ns;
+}
+
+/* ---- Open / close ------------------------------------------------------- */
+
+static void *mp_monitor_thread(void *arg);
+static void *mp_checker_thread(void *arg);
+
+static int lun_open_engine(struct lun_path **paths, char **uris, unsigned n,
+                           const struct lun_options *opts, struct lun **out)
+{
+    struct lun_options defaults;
+    int rc;
+    *out = NULL;
+    if (!opts) {
+        lun_options_init(&defaults);
+        opts = &defaults;
+    }
+    if (n == 0 || n > LUN_MAX_PATHS) {
+        log_err("a LUN needs 1 to %d paths (got %u)", LUN_MAX_PATHS, n);
+        rc = -EINVAL;
+        goto fail_paths;
+    }
+    struct lun *lun = calloc(1, sizeof *lun);
+    if (!lun) {
+        rc = -ENOMEM;
+        goto fail_paths;
+    }
+    pthread_mutex_init(&lun->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&lun->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    lun->epoch_ns = now_ns();
+    lun->opts = *opts;
+    lun->host_name = opts->host_name ? strdup(opts->host_name) : NULL;
+    lun->initiator_name = opts->initiator_name ? strdup(opts->initiator_name) : NULL;
+    lun->opts.host_name = lun->host_name;
+    lun->opts.initiator_name = lun->initiator_name;
+    struct lun_options *o = &lun->opts;
+    if (!o->rr_ios)
+        o->rr_ios = 1;
+    if (!o->queue_ms)
+        o->queue_ms = 60000;
+    if (o->queue_ms > 6000000)
+        o->queue_ms = 6000000; /* the 16-bit 100 ms stamp in priv[2] */
+    if (!o->check_interval_ms)
+        o->check_interval_ms = 250;
+    if (!o->check_timeout_ms)
+        o->check_timeout_ms = 1000;
+    if (!o->flap_count)
+        o->flap_count = 3;
+    if (o->flap_count > MP_FLAP_RING)
+        o->flap_count = MP_FLAP_RING;
+    if (!o->flap_window_ms)
+        o->flap_window_ms = 30000;
+    if (!o->flap_hold_ms)
+        o->flap_hold_ms = 5000;
+    lun->policy = o->policy == LUN_POLICY_DEFAULT ? LUN_POLICY_SERVICE_TIME : o->policy;
+    if ((unsigned)lun->policy > LUN_POLICY_SERVICE_TIME) {
+        log_err("unknown path selection policy %d", (int)lun->policy);
+        lun->policy = LUN_POLICY_SERVICE_TIME;
+    }
+    if (o->preferred_path >= n)
+        o->preferred_path = 0;
+    lun->cur = lun->policy == LUN_POLICY_FIXED ? o->preferred_path : 0;
+    lun->mp = n > 1 || o->multipath;
+    /* paths[i] may be NULL (lun_open_paths: portal unreachable at open,
+     * with other paths up): the slot starts failed and torn down, and its
+     * checker keeps trying to open it. */
+    int ref = -1;
+    for (unsigned i = 0; i < n; i++) {
+        struct mp_slot *s = &lun->slots[lun->npaths++];
+        s->lun = lun;
+        s->idx = i;
+        s->p = paths[i];
+        s->uri = uris ? uris[i] : NULL;
+        if (uris)
+            uris[i] = NULL;
+        s->state_since_ns = now_ns();
+        if (paths[i]) {
+            s->kind = paths[i]->ops->kind;
+            s->name = strdup(paths[i]->name);
+            if (ref < 0)
+                ref = (int)i;
+        } else {
+            s->kind = lun_uri_is_iscsi(s->uri) ? "iscsi" : "file";
+            s->name = s->uri ? lun_uri_redact(s->uri) : NULL;
+            s->failed = s->torn_down = true;
+            s->st.failures = 1;
+            snprintf(s->st.last_error, sizeof s->st.last_error, "not reachable when the LUN was "
+                     "opened");
+        }
+    }
+    for (unsigned i = 0; i < n; i++) {
+        if (!lun->slots[i].name || ref < 0) {
+            rc = ref < 0 ? -EINVAL : -ENOMEM;
+            goto fail;
+        }
+    }
+    if (lun->policy == LUN_POLICY_FIXED ? !paths[lun->cur] : !paths[0])
+        lun->cur = (unsigned)ref;
+    const char *refname = paths[ref]->name;
+    for (unsigned i = (unsigned)ref; i < n; i++) {
+        if (!paths[i])
+            continue;
+        struct lun_info pi;
+        memset(&pi, 0, sizeof pi);
+        rc = paths[i]->ops->probe(paths[i], &pi);
+        if (rc < 0)
+            goto fail;
+        if (pi.block_size < 512 || (pi.block_size & (pi.block_size - 1)) || pi.num_blocks == 0) {
+            log_err("%s: unusable geometry: block size %u, %llu blocks", paths[i]->name,
+                    pi.block_size, (unsigned long long)pi.num_blocks);
+            rc = -EINVAL;
+            goto fail;
+        }
+        if (pi.physical_block_size < pi.block_size)
+            pi.physical_block_size = pi.block_size;
+        if ((int)i == ref) {
+            lun->info = pi;
+            continue;
+        }
+        if (strcmp(pi.id, lun->info.id) != 0) {
+            log_err("%s: path reaches LUN %s, but %s reaches LUN %s: refusing to group them",
+                    paths[i]->name, pi.id, refname, lun->info.id);
+            rc = -EINVAL;
+            goto fail;
+        }
+        if (pi.block_size != lun->info.block_size || pi.num_blocks != lun->info.num_blocks) {
+            log_err("%s: path reports %llu blocks of %u bytes, %s reports %llu of %u",
+                    paths[i]->name, (unsigned long long)pi.num_blocks, pi.block_size,
+                    refname, (unsigned long long)lun->info.num_blocks,
+                    lun->info.block_size);
+            rc = -EINVAL;
+            goto fail;
+        }
+        lun_caps_and(&lun->info.caps, &pi.caps);
+        if (pi.max_transfer_blocks &&
+            (!lun->info.max_transfer_blocks || pi.max_transfer_blocks < lun->info.max_transfer_blocks))
+            lun->info.max_transfer_blocks = pi.max_transfer_blocks;
+    }
+    lun->name = strdup(refname);
+    if (!lun->name) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    if (lun->mp) {
+        rc = -pthread_create(&lun->monitor, NULL, mp_monitor_thread, lun);
+        if (rc < 0) {
+            log_err("%s: cannot start the multipath monitor thread: %s", lun->name, strerror(-rc));
+            goto fail;
+        }
+        lun->monitor_started = true;
+        for (unsigned i = 0; i < n; i++) {
+            rc = -pthread_create(&lun->slots[i].checker, NULL, mp_checker_thread, &lun->slots[i]);
+            if (rc < 0) {
+                log_err("%s: cannot start the path checker thread: %s", lun->name, strerror(-rc));
+                goto fail;
+            }
+            lun->slots[i].checker_started = true;
+        }
+    }
+    *out = lun;
+    return 0;
+
+fail:
+    lun_close(lun);
+    return rc;
+fail_paths:
+    for (unsigned i = 0; i < n; i++)
+        lun_path_close(paths[i]);
+    return rc;
+}
+
+int lun_open_with_paths(struct lun_path **paths, unsigned n, const struct lun_options *opts,
+                        struct lun **out)
+{
+    return lun_open_engine(paths, NULL, n, opts, out);
+}
+
+int lun_open(const char *uri, const struct lun_options *opts, struct lun **out)
+{
+    const char *uris[1] = {uri};
+    return lun_open_paths(uris, 1, opts, out);
+}
+
+int lun_open_paths(const char *const *uris, unsigned n, const struct lun_options *opts,
+                   struct lun **out)
+{
+    *out = NULL;
+    if (n == 0) {
+        log_err("no path given for the LUN");
+        return -EINVAL;
+    }
+    if (n > LUN_MAX_PATHS) {
+        log_err("%s: a LUN takes at most %d paths (got %u)", uris[0], LUN_MAX_PATHS, n);
+        return -EINVAL;
+    }
+    struct lun_path *paths[LUN_MAX_PATHS];
+    char *copies[LUN_MAX_PATHS];
+    int rc = 0, first_err = 0;
+    unsigned opened = 0, up = 0;
+    for (; opened < n; opened++) {
+        copies[opened] = strdup(uris[opened] ? uris[opened] : "");
+        if (!copies[opened]) {
+            rc = -ENOMEM;
+            break;
+        }
+        rc = lun_path_open_uri(uris[opened], opts, &paths[opened]);
+        /* With several paths, a portal that cannot be reached now is a
+         * failed path, not a failed open (the checker keeps trying it);
+         * configuration errors (bad URI, no such target, CHAP) still fail. */
+        if (rc < 0 && n > 1 && lun_result_classify(rc, 0, 0, 0) == LUN_SENSE_FAILOVER) {
+            paths[opened] = NULL;
+            if (!first_err)
+                first_err = rc;
+            rc = 0;
+            continue;
+        }
+        if (rc < 0) {
+            free(copies[opened]);
+            break;
+        }
+        up++;
+    }
+    if (rc == 0 && up == 0) {
+        rc = first_err;
+        opened = n;
+        for (unsigned i = 0; i < n; i++) {
+            free(copies[i]);
+            copies[i] = NULL;
+        }
+        return rc;
+    }
+    if (rc < 0) {
+        for (unsigned i = 0; i < opened; i++) {
+            lun_path_close(paths[i]);
+            free(copies[i]);
+        }
+        return rc;
+    }
+    rc = lun_open_engine(paths, copies, n, opts, out);
+    for (unsigned i = 0; i < n; i++)
+        free(copies[i]); /* those not taken over (NULL when taken) */
+    return rc;
+}
+
+static void lun_io_finish(struct lun_io *io, int result);
+
+void lun_close(struct lun *lun)
+{
+    if (!lun)
+        return;
+    pthread_mutex_lock(&lun->lock);
+    lun->stopping = true;
+    pthread_cond_broadcast(&lun->cond);
+    pthread_mutex_unlock(&lun->lock);
+    if (lun->monitor_started)
+        pthread_join(lun->monitor, NULL);
+    for (unsigned i = 0; i < lun->npaths; i++)
+        if (lun->slots[i].checker_started)
+            pthread_join(lun->slots[i].checker, NULL);
+    /* Nothing can drain the queue any more. */
+    pthread_mutex_lock(&lun->lock);
+    struct lun_io *q = lun->q_head;
+    lun->q_head = lun->q_tail = NULL;
+    lun->nqueued = 0;
+    pthread_mutex_unlock(&lun->lock);
+    while (q) {
+        struct lun_io *next = q->priv[3];
+        log_err("%s: %s at lba %llu failed: LUN closed while waiting for a path", lun->name,
+                lun_op_name(q->op), (unsigned long long)q->lba);
+        lun_io_finish(q, -EIO);
+        q = next;
+    }
+    for (unsigned i = 0; i < lun->npaths; i++) {
+        lun_path_close(lun->slots[i].p);
+        free(lun->slots[i].uri);
+        free(lun->slots[i].name);
+    }
+    pthread_cond_destroy(&lun->cond);
+    pthread_mutex_destroy(&lun->lock);
+    free(lun->host_name);
+    free(lun->initiator_name);
+    free(lun->name);
+    free(lun);
+}
+
+const struct lun_info *lun_get_info(const struct lun *lun)
+{
+    return &lun->info;
+}
+
+const char *lun_name(const struct lun *lun)
+{
+    return lun->name;
+}
+
+unsigned lun_num_paths(const struct lun *lun)
+{
+    return lun->npaths;
+}
+
+const char *lun_path_kind(const struct lun *lun, unsigned i)
+{
+    return i < lun->npaths ? lun->slots[i].kind : NULL;
+}
+
+const char *lun_path_name(const struct lun *lun, unsigned i)
+{
+    return i < lun->npaths ? lun->slots[i].name : NULL;
+}
+
+enum lun_policy lun_get_policy(const struct lun *lun)
+{
+    return lun->policy;
+}
+
+bool lun_is_multipath(const struct lun *lun)
+{
+    return lun->mp;
+}
+
+unsigned lun_queued_ios(struct lun *lun)
+{
+    pthread_mutex_lock(&lun->lock);
+    unsigned n = lun->nqueued;
+    pthread_mutex_unlock(&lun->lock);
+    return n;
+}
+
+void lun_set_register_check(struct lun *lun, lun_register_check_fn fn, void *opaque)
+{
+    pthread_mutex_lock(&lun->lock);
+    lun->check_fn = fn;
+    lun->check_opaque = opaque;
+    pthread_mutex_unlock(&lun->lock);
+}
+
+bool lun_is_fenced(struct lun *lun)
+{
+    pthread_mutex_lock(&lun->lock);
+    bool f = lun->fenced;
+    pthread_mutex_unlock(&lun->lock);
+    return f;
+}
+
+/* ---- Path states and selection (lun->lock held) ------------------------ */
+
+static bool mp_usable(const struct lun *lun, unsigned i)
+{
+    return !lun->slots[i].failed && lun->slots[i].p;
+}
+
+static enum lun_path_state mp_state_locked(const struct lun *lun, unsigned i)
+{
+    if (!mp_usable(lun, i))
+        return LUN_PATH_FAILED;
+    if (lun->policy == LUN_POLICY_ROUND_ROBIN || lun->policy == LUN_POLICY_SERVICE_TIME)
+        return LUN_PATH_ACTIVE;
+    return i == lun->cur ? LUN_PATH_ACTIVE : LUN_PATH_STANDBY;
+}
+
+/* The path whose completion this thread is running (set by lun_io_done
+ * around the caller's done()): an I/O submitted from there can go to that
+ * path's loop thread directly, without a cross-thread wakeup. */
+static __thread struct lun *mp_tls_lun;
+static __thread int mp_tls_path = -1;
+
+#define MP_ST_LOCAL_SLACK (128u * 1024)
+
+/* The path for the next I/O, or -1 if none is up. Plain single paths
+ * always return the only path (it is never marked failed). */
+static int mp_select_locked(struct lun *lun)
+{
+    unsigned n = lun->npaths;
+    switch (lun->policy) {
+    case LUN_POLICY_FIXED:
+        if (mp_usable(lun, lun->opts.preferred_path)) {
+            lun->cur = lun->opts.preferred_path;
+            return (int)lun->cur;
+        }
+        break;
+    case LUN_POLICY_ROUND_ROBIN:
+        if (lun->rr_count >= lun->opts.rr_ios || !mp_usable(lun, lun->cur)) {
+            lun->rr_count = 0;
+            for (unsigned k = 1; k <= n; k++) {
+                unsigned i = (lun->cur + k) % n;
+                if (mp_usable(lun, i)) {
+                    lun->cur = i;
+                    lun->rr_count = 1;
+                    return (int)i;
+                }
+            }
+            return -1;
+        }
+        lun->rr_count++;
+        return (int)lun->cur;
+    case LUN_POLICY_SERVICE_TIME: {
+        int best = -1;
+        for (unsigned k = 0; k < n; k++) {
+            unsigned i = (lun->st_next + k) % n;
+            if (mp_usable(lun, i) &&
+                (best < 0 || lun->slots[i].inflight_cost < lun->slots[best].inflight_cost))
+                best = (int)i;
+        }
+        /* Stay on the completing path's thread unless it carries clearly
+         * more than the least loaded path. */
+        if (best >= 0 && mp_tls_lun == lun && mp_tls_path >= 0 && mp_tls_path != best &&
+            mp_usable(lun, (unsigned)mp_tls_path) &&
+            lun->slots[mp_tls_path].inflight_cost <=
+                lun->slots[best].inflight_cost + MP_ST_LOCAL_SLACK)
+            return mp_tls_path;
+        if (best >= 0) {
+            lun->st_next = ((unsigned)best + 1) % n;
+            lun->cur = (unsigned)best;
+        }
+        return best;
+    }
+    default:
+        break;
+    }
+    if (mp_usable(lun, lun->cur))
+        return (int)lun->cur;
+    for (unsigned k = 1; k <= n; k++) {
+        unsigned i = (lun->cur + k) % n;
+        if (mp_usable(lun, i)) {
+            lun->cur = i;
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+static unsigned mp_paths_up_locked(const struct lun *lun)
+{
+    unsigned up = 0;
+    for (unsigned i = 0; i < lun->npaths; i++)
+        up += mp_usable(lun, i);
+    return up;
+}
+
+/* Mark path i failed (lun->lock held). Idempotent. */
+static void mp_path_fail_locked(struct lun *lun, unsigned i, const char *why)
+{
+    struct mp_slot *s = &lun->slots[i];
+    if (!lun->mp || s->failed)
+        return;
+    uint64_t now = now_ns();
+    s->failed = true;
+    s->torn_down = false;
+    s->state_since_ns = now;
+    s->st.failures++;
+    snprintf(s->st.last_error, sizeof s->st.last_error, "%s", why);
+    s->fail_ring[s->fail_pos++ % MP_FLAP_RING] = now;
+    unsigned recent = 0;
+    for (unsigned k = 0; k < MP_FLAP_RING; k++)
+        if (s->fail_ring[k] && now - s->fail_ring[k] <= (uint64_t)lun->opts.flap_window_ms * 1000000)
+            recent++;
+    bool hold = recent >= lun->opts.flap_count;
+    if (hold)
+        s->hold_until_ns = now + (uint64_t)lun->opts.flap_hold_ms * 1000000;
+    log_err("%s: path %s failed: %s; %u of %u paths up%s", lun->name,
+            s->name, why, mp_paths_up_locked(lun), lun->npaths,
+            hold ? " (flapping: held back)" : "");
+    pthread_cond_broadcast(&lun->cond);
+}
+
+int lun_path_get_stats(struct lun *lun, unsigned i, struct lun_path_stats *out)
+{
+    if (i >= lun->npaths)
+        return -EINVAL;
+    pthread_mutex_lock(&lun->lock);
+    struct mp_slot *s = &lun->slots[i];
+    *out = s->st;
+    out->reads = s->ctr.reads;
+    out->writes = s->ctr.writes;
+    out->others = s->ctr.others;
+    out->read_bytes = s->ctr.read_bytes;
+    out->write_bytes = s->ctr.write_bytes;
+    out->errors = s->ctr.errors;
+    for (unsigned b = 0; b < LUN_LAT_BUCKETS; b++)
+        out->lat_hist[b] = s->ctr.lat_hist[b];
+    out->state = mp_state_locked(lun, i);
+    uint64_t now = now_ns();
+    out->held = s->failed && s->hold_until_ns > now;
+    out->inflight = s->inflight;
+    out->state_age_ms = (now - s->state_since_ns) / 1000000;
+    pthread_mutex_unlock(&lun->lock);
+    return 0;
+}
+
+/* ---- Range checks ---------------------------------------------------------- */
+
+static int lun_io_check(struct lun *lun, const struct lun_io *io)
+{
+    const struct lun_info *in = &lun->info;
+    if (!io->done) {
+        log_err("%s: %s submitted without a completion callback", lun->name, lun_op_name(io->op));
+        return -EINVAL;
+    }
+    if ((unsigned)io->op > LUN_OP_COMPARE_AND_WRITE) {
+        log_err("%s: unknown I/O operation %d", lun->name, (int)io->op);
+        return -EINVAL;
+    }
+    if (lun_op_modifies(io->op) && lun->opts.read_only) {
+        log_err("%s: %s at lba %llu refused: LUN opened read-only", lun->name,
+                lun_op_name(io->op), (unsigned long long)io->lba);
+        return -EROFS;
+    }
+    if (io->op == LUN_OP_FLUSH)
+        return 0;
+    if (io->nblocks == 0) {
+        log_err("%s: %s at lba %llu of 0 blocks", lun->name, lun_op_name(io->op),
+                (unsigned long long)io->lba);
+        return -EINVAL;
+    }
+    if (io->lba >= in->num_blocks || io->nblocks > in->num_blocks - io->lba) {
+        log_err("%s: %s of %u blocks at lba %llu is past the end of the LUN (%llu blocks of %u "
+                "bytes)",
+                lun->name, lun_op_name(io->op), io->nblocks, (unsigned long long)io->lba,
+                (unsigned long long)in->num_blocks, in->block_size);
+        return -EINVAL;
+    }
+    if (io->op != LUN_OP_UNMAP && !io->buf) {
+        log_err("%s: %s at lba %llu without a buffer", lun->name, lun_op_name(io->op),
+                (unsigned long long)io->lba);
+        return -EINVAL;
+    }
+    switch (io->op) {
+    case LUN_OP_COMPARE_AND_WRITE:
+        if (io->nblocks != 1) {
+            log_err("%s: compare-and-write of %u blocks at lba %llu: only one block is supported",
+                    lun->name, io->nblocks, (unsigned long long)io->lba);
+            return -EINVAL;
+        }
+        if (!in->caps.compare_and_write) {
+            log_err("%s: the LUN does not support COMPARE AND WRITE", lun->name);
+            return -EOPNOTSUPP;
+        }
+        break;
+    case LUN_OP_UNMAP:
+        if (!in->caps.unmap) {
+            log_err("%s: the LUN does not support UNMAP", lun->name);
+            return -EOPNOTSUPP;
+        }
+        break;
+    case LUN_OP_WRITE_SAME:
+        if (!in->caps.write_same) {
+            log_err("%s: the LUN does not support WRITE SAME", lun->name);
+            return -EOPNOTSUPP;
+        }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+/* ---- Asynchronous core -------------------------------------------------- */
+
+static void lun_io_done(struct lun_io *io, int result);
+static void mp_failover(struct lun *lun, struct lun_io *io, unsigned pidx, int result,
+                        const char *why);
+
+static void lun_io_finish(struct lun_io *io, int result)
+{
+    io->done = (lun_io_done_fn)io->priv[0];
+    io->done(io, result);
+}
+
+/* Put io on the LUN's queue (lun->lock held). barrier: 0, or
+ * (path + 1) << 32 | generation the path must get past first. */
+static void mp_queue_locked(struct lun *lun, struct lun_io *io, uintptr_t barrier)
+{
+    uintptr_t st = (uintptr_t)io->priv[2];
+    if (LUN_PRIV_QUEUED(st) == 0) {
+        unsigned q = (unsigned)((lun_since_epoch_ns(lun) / 100000000) % 0xFFFF) + 1;
+        st = (st & ~((uintptr_t)0xFFFF << 16)) | ((uintptr_t)q << 16);
+        io->priv[2] = (void *)st;
+    }
+    io->priv[3] = NULL;
+    io->priv[4] = (void *)barrier;
+    if (lun->q_tail)
+        lun->q_tail->priv[3] = io;
+    else
+        lun->q_head = io;
+    lun->q_tail = io;
+    lun->nqueued++;
+    pthread_cond_broadcast(&lun->cond);
+}
+
+/* Has io waited in the queue longer than queue_ms since it was first queued? */
+static bool mp_queue_expired(const struct lun *lun, const struct lun_io *io)
+{
+    unsigned q = LUN_PRIV_QUEUED((uintptr_t)io->priv[2]);
+    if (!q)
+        return false;
+    unsigned now = (unsigned)((lun_since_epoch_ns(lun) / 100000000) % 0xFFFF) + 1;
+    unsigned waited = (now + 0xFFFF - q) % 0xFFFF; /* 100 ms units */
+    return (uint64_t)waited * 100 >= lun->opts.queue_ms;
+}
+
+/* Issue io on a path: `pin` (retry on the same path) or the policy's
+ * choice; queue it if no path is up (multipath). Returns 0, or for a plain
+ * single path the path's refusal (-errno, done not called). */
+static int mp_dispatch(struct lun *lun, struct lun_io *io, unsigned retries, int pin)
+{
+    pthread_mutex_lock(&lun->lock);
+    int i = -1;
+    if (!lun->mp)
+        i = 0;
+    else if (lun->stopping)
+        i = -1;
+    else if (pin >= 0 && mp_usable(lun, (unsigned)pin))
+        i = pin;
+    else
+        i = mp_select_locked(lun);
+    if (i < 0) {
+        if (lun->stopping) {
+            pthread_mutex_unlock(&lun->lock);
+            io->sense_key = io->asc = io->ascq = 0;
+            lun_io_finish(io, -EIO);
+            return 0;
+        }
+        mp_queue_locked(lun, io, 0);
+        pthread_mutex_unlock(&lun->lock);
+        return 0;
+    }
+    struct mp_slot *s = &lun->slots[i];
+    uint64_t cost = lun_io_cost(lun, io);
+    if (lun->mp)
+        s->submitting++; /* a plain path is never closed under us */
+    s->inflight++;
+    s->inflight_cost += cost;
+    struct lun_path *p = s->p;
+    pthread_mutex_unlock(&lun->lock);
+
+    uintptr_t st = (uintptr_t)io->priv[2];
+    uint32_t disp = (uint32_t)(lun_since_epoch_ns(lun) / 1000);
+    io->priv[2] = (void *)LUN_PRIV_MAKE(retries, (unsigned)i, LUN_PRIV_QUEUED(st), disp);
+    io->done = lun_io_done;
+    io->sense_key = io->asc = io->ascq = 0;
+    int rc = p->ops->submit(p, io);
+
+    if (lun->mp)
+        s->submitting--;
+    if (rc < 0) {
+        s->inflight--;
+        s->inflight_cost -= cost;
+        s->ctr.errors++;
+    }
+    if (rc == 0)
+        return 0;
+    if (!lun->mp)
+        return rc;
+    enum lun_sense_class cls = lun_result_classify(rc, 0, 0, 0);
+    if (cls == LUN_SENSE_FAIL_UP) {
+        lun_io_finish(io, rc);
+        return 0;
+    }
+    char why[96];
+    snprintf(why, sizeof why, "%s refused: %s", lun_op_name(io->op), strerror(-rc));
+    mp_failover(lun, io, (unsigned)i, rc, why);
+    return 0;
+}
+
+/* A failover-class failure of io on path pidx (multipath). */
+static void mp_failover(struct lun *lun, struct lun_io *io, unsigned pidx, int result,
+                        const char *why)
+{
+    (void)result;
+    pthread_mutex_lock(&lun->lock);
+    struct mp_slot *s = &lun->slots[pidx];
+    mp_path_fail_locked(lun, pidx, why); /* the error was counted by the caller */
+    if (lun->stopping) {
+        pthread_mutex_unlock(&lun->lock);
+        io->sense_key = io->asc = io->ascq = 0;
+        lun_io_finish(io, -EIO);
+        return;
+    }
+    if (lun_op_modifies(io->op) || io->op == LUN_OP_FLUSH) {
+        if (!s->torn_down) {
+            /* Not before the old session is gone: a stale copy must not
+             * land after the re-issued one. */
+            mp_queue_locked(lun, io, ((uintptr_t)(pidx + 1) << 32) | s->gen);
+            pthread_mutex_unlock(&lun->lock);
+            return;
+        }
+    }
+    pthread_mutex_unlock(&lun->lock);
+    io->sense_key = io->asc = io->ascq = 0;
+    mp_dispatch(lun, io, 0, -1);
+}
+
+static void lun_io_done(struct lun_io *io, int result)
+{
+    struct lun *lun = io->priv[1];
+    uintptr_t st = (uintptr_t)io->priv[2];
+    unsigned retries = LUN_PRIV_RETRIES(st), pidx = LUN_PRIV_PATH(st);
+    uint32_t now_us = (uint32_t)(lun_since_epoch_ns(lun) / 1000);
+    uint32_t lat = now_us - LUN_PRIV_DISPATCH(st);
+
+    /* No lock on the hot path: counters are atomics. */
+    struct mp_slot *s = &lun->slots[pidx];
+    s->inflight--;
+    s->inflight_cost -= lun_io_cost(lun, io);
+    s->ctr.lat_hist[lun_lat_bucket(lat)]++;
+    if (io->op == LUN_OP_READ)
+        s->ctr.reads++;
+    else if (io->op == LUN_OP_WRITE)
+        s->ctr.writes++;
+    else
+        s->ctr.others++;
+    if (result >= 0) {
+        if (io->op == LUN_OP_READ)
+            s->ctr.read_bytes += lun_io_bytes(lun, io);
+        else if (lun_op_modifies(io->op))
+            s->ctr.write_bytes += lun_io_bytes(lun, io);
+    } else if (result != -EILSEQ) {
+        s->ctr.errors++;
+    }
+
+    if (result >= 0) {
+        struct lun *saved_lun = mp_tls_lun;
+        int saved_path = mp_tls_path;
+        mp_tls_lun = lun;
+        mp_tls_path = (int)pidx;
+        lun_io_finish(io, 0);
+        mp_tls_lun = saved_lun;
+        mp_tls_path = saved_path;
+        return;
+    }
+    enum lun_sense_class cls = lun_result_classify(result, io->sense_key, io->asc, io->ascq);
+    char sbuf[LUN_SENSE_STR_MAX] = "no sense";
+    if (io->sense_key || io->asc || io->ascq)
+        lun_sense_str(io->sense_key, io->asc, io->ascq, sbuf, sizeof sbuf);
+    const char *pname = s->name;
+    if (cls == LUN_SENSE_RETRY_SAME && retries < LUN_RETRY_SAME_MAX) {
+        log_debug("%s: %s at lba %llu: %s, retrying on %s (%u)", lun->name, lun_op_name(io->op),
+                  (unsigned long long)io->lba, sbuf, pname, retries + 1);
+        int rc = mp_dispatch(lun, io, retries + 1, (int)pidx);
+        if (rc == 0)
+            return;
+        result = rc;
+    }
+    if (cls == LUN_SENSE_FAILOVER && lun->mp) {
+        char why[160];
+        snprintf(why, sizeof why, "%s at lba %llu: %s%s%s", lun_op_name(io->op),
+                 (unsigned long long)io->lba, strerror(-result),
+                 io->sense_key || io->asc || io->ascq ? ", " : "",
+                 io->sense_key || io->asc || io->ascq ? sbuf : "");
+        mp_failover(lun, io, pidx, result, why);
+        return;
+    }
+    if (result == -EBADE) {
+        pthread_mutex_lock(&lun->lock);
+        bool newly = lun->pr_registered && !lun->fenced;
+        if (newly)
+            lun->fenced = true;
+        pthread_mutex_unlock(&lun->lock);
+        if (newly)
+            log_err("%s: this host is fenced: %s of %u blocks at lba %llu refused on %s (%s); "
+                    "paths will not re-register the reservation key",
+                    lun->name, lun_op_name(io->op), io->nblocks, (unsigned long long)io->lba,
+                    pname, io->sense_key ? sbuf : "RESERVATION CONFLICT");
+    }
+    if (result != -EILSEQ && (io->sense_key || io->asc || io->ascq))
+        log_err("%s: %s of %u blocks at lba %llu failed on %s: %s (%s)", lun->name,
+                lun_op_name(io->op), io->nblocks, (unsigned long long)io->lba, pname, sbuf,
+                lun_sense_class_name(cls));
+    lun_io_finish(io, result);
+}
+
+static int lun_io_dispatch(struct lun *lun, struct lun_io *io)
+{
+    io->priv[0] = (void *)io->done;
+    io->priv[1] = lun;
+    io->priv[2] = NULL;
+    int rc = mp_dispatch(lun, io, 0, -1);
+    if (rc < 0)
+        io->done = (lun_io_done_fn)io->priv[0];
+    return rc;
+}
+
+/* ---- The monitor: teardowns, TUR watchdog, the queue -------------------- */
+
+static void mp_queue_run(struct lun *lun)
+{
+    struct lun_io *fail = NULL, **fail_tail = &fail;
+    struct lun_io *go = NULL, **go_tail = &go;
+    pthread_mutex_lock(&lun->lock);
+    struct lun_io *q = lun->q_head;
+    lun->q_head = lun->q_tail = NULL;
+    lun->nqueued = 0;
+    struct lun_io *keep = NULL, *keep_tail = NULL;
+    unsigned nkeep = 0;
+    bool any_up = mp_paths_up_locked(lun) > 0;
+    while (q) {
+        struct lun_io *next = q->priv[3];
+        q->priv[3] = NULL;
+        uintptr_t b = (uintptr_t)q->priv[4];
+        bool blocked = false;
+        if (b) {
+            unsigned bi = (unsigned)(b >> 32) - 1, bg = (unsigned)(b & 0xFFFFFFFFu);
+            if (bi < lun->npaths && lun->slots[bi].gen == bg)
+                blocked = true;
+            else
+                q->priv[4] = NULL;
+        }
+        if (mp_queue_expired(lun, q) || lun->stopping) {
+            *fail_tail = q;
+            fail_tail = (struct lun_io **)&q->priv[3];
+        } else if (!blocked && any_up) {
+            *go_tail = q;
+            go_tail = (struct lun_io **)&q->priv[3];
+        } else {
+            if (keep_tail)
+                keep_tail->priv[3] = q;
+            else
+                keep = q;
+            keep_tail = q;
+            nkeep++;
+        }
+        q = next;
+    }
+    if (keep) {
+        keep_tail->priv[3] = lun->q_head; /* anything queued meanwhile goes after */
+        if (!lun->q_head)
+            lun->q_tail = keep_tail;
+        lun->q_head = keep;
+        lun->nqueued += nkeep;
+    }
+    pthread_mutex_unlock(&lun->lock);
+    while (fail) {
+        struct lun_io *next = fail->priv[3];
+        log_err("%s: %s of %u blocks at lba %llu failed: no path to the LUN for %u ms (all "
+                "paths down)",
+                lun->name, lun_op_name(fail->op), fail->nblocks, (unsigned long long)fail->lba,
+                lun->opts.queue_ms);
+        fail->sense_key = fail->asc = fail->ascq = 0;
+        lun_io_finish(fail, -EIO);
+        fail = next;
+    }
+    while (go) {
+        struct lun_io *next = go->priv[3];
+        mp_dispatch(lun, go, 0, -1);
+        go = next;
+    }
+}
+
+static void mp_cond_wait_ms(struct lun *lun, unsigned ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000;
+    ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000;
+    ts.tv_nsec %= 1000000000;
+    pthread_cond_timedwait(&lun->cond, &lun->lock, &ts);
+}
+
+static void *mp_monitor_thread(void *arg)
+{
+    struct lun *lun = arg;
+    pthread_mutex_lock(&lun->lock);
+    while (!lun->stopping) {
+        uint64_t now = now_ns();
+        for (unsigned i = 0; i < lun->npaths; i++) {
+            struct mp_slot *s = &lun->slots[i];
+            if (!s->failed && s->tur_started_ns &&
+                now - s->tur_started_ns > (uint64_t)lun->opts.check_timeout_ms * 1000000) {
+                char why[96];
+                snprintf(why, sizeof why, "TEST UNIT READY not answered in %u ms",
+                         lun->opts.check_timeout_ms);
+                mp_path_fail_locked(lun, i, why);
+            }
+            if (!s->failed || s->torn_down || s->aborting)
+                continue;
+            if (s->p && s->p->ops->abort) {
+                struct lun_path *p = s->p;
+                s->aborting = true;
+                s->submitting++; /* keeps p alive */
+                pthread_mutex_unlock(&lun->lock);
+                p->ops->abort(p);
+                pthread_mutex_lock(&lun->lock);
+                s->submitting--;
+                s->aborting = false;
+                s->torn_down = true;
+                s->gen++;
+                log_debug("%s: path %s torn down", lun->name, s->name);
+            } else if (s->inflight == 0 && s->submitting == 0) {
+                s->torn_down = true;
+                s->gen++;
+            }
+        }
+        bool work = lun->q_head != NULL;
+        pthread_mutex_unlock(&lun->lock);
+        if (work)
+            mp_queue_run(lun);
+        pthread_mutex_lock(&lun->lock);
+        if (!lun->stopping)
+            mp_cond_wait_ms(lun, MP_MONITOR_TICK_MS);
+    }
+    pthread_mutex_unlock(&lun->lock);
+    return NULL;
+}
+
+/* ---- The checker: TEST UNIT READY, reconnect --------------------------- */
+
+static int mp_tur(struct lun_path *p)
+{
+    int rc = 0;
+    for (int k = 0; k < 5; k++) {
+        rc = p->ops->test_unit_ready(p);
+        if (rc >= 0 || lun_result_classify(rc, 0, 0, 0) != LUN_SENSE_RETRY_SAME)
+            break;
+    }
+    return rc;
+}
+
+/* Bring failed, torn-down path i back (checker thread). 0 when it is up. */
+static int mp_path_recover(struct lun *lun, unsigned i)
+{
+    struct mp_slot *s = &lun->slots[i];
+    int rc;
+    if (s->uri) {
+        uint64_t now = now_ns();
+        if (now < s->next_reopen_ns)
+            return -EAGAIN;
+        unsigned shift = s->reopen_fails < 3 ? s->reopen_fails : 3;
+        s->next_reopen_ns = now + ((uint64_t)MP_REOPEN_MIN_MS << shift) * 1000000;
+        pthread_mutex_lock(&lun->lock);
+        if (s->submitting || s->inflight) {
+            pthread_mutex_unlock(&lun->lock);
+            return -EBUSY;
+        }
+        struct lun_path *old = s->p;
+        s->p = NULL;
+        pthread_mutex_unlock(&lun->lock);
+        lun_path_close(old);
+        struct lun_path *np = NULL;
+        rc = lun_path_open_uri(s->uri, &lun->opts, &np);
+        if (rc < 0) {
+            s->reopen_fails++;
+            return rc;
+        }
+        s->reopen_fails = 0;
+        struct lun_info pi;
+        memset(&pi, 0, sizeof pi);
+        rc = np->ops->probe(np, &pi);
+        if (rc == 0 && (strcmp(pi.id, lun->info.id) != 0 || pi.num_blocks != lun->info.num_blocks ||
+                        pi.block_size != lun->info.block_size)) {
+            log_err("%s: path %s now reaches LUN %s (%llu blocks of %u), not %s: keeping it "
+                    "failed",
+                    lun->name, np->name, pi.id, (unsigned long long)pi.num_blocks, pi.block_size,
+                    lun->info.id);
+            rc = -EINVAL;
+        }
+        if (rc < 0) {
+            lun_path_close(np);
+            return rc;
+        }
+        pthread_mutex_lock(&lun->lock);
+        s->p = np;
+        pthread_mutex_unlock(&lun->lock);
+    }
+    pthread_mutex_lock(&lun->lock);
+    struct lun_path *p = s->p;
+    if (!p) {
+        pthread_mutex_unlock(&lun->lock);
+        return -ENOTCONN;
+    }
+    s->submitting++;
+    bool reg = lun->pr_registered && !lun->fenced;
+    uint64_t key = lun->pr_key;
+    lun_register_check_fn fn = lun->check_fn;
+    void *opaque = lun->check_opaque;
+    pthread_mutex_unlock(&lun->lock);
+
+    rc = mp_tur(p);
+    if (rc == 0 && reg) {
+        rc = p->ops->pr_out(p, LUN_PR_ACT_REGISTER_IGNORE, 0, key, LUN_PR_NONE);
+        bool fenced_now = false;
+        if (rc == -EBADE) {
+            fenced_now = true;
+            rc = 0;
+        } else if (rc == 0 && fn) {
+            int c = fn(opaque);
+            if (c == 0) {
+                fenced_now = true;
+                /* Take back the registration we just made. */
+                (void)p->ops->pr_out(p, LUN_PR_ACT_REGISTER_IGNORE, 0, 0, LUN_PR_NONE);
+            } else if (c < 0) {
+                rc = c;
+            }
+        }
+        if (fenced_now) {
+            pthread_mutex_lock(&lun->lock);
+            lun->fenced = true;
+            pthread_mutex_unlock(&lun->lock);
+            log_err("%s: this host is fenced (the register check on path %s says our heartbeat "
+                    "generation was taken over): the path carries no writes of ours",
+                    lun->name, p->name);
+        }
+    }
+    pthread_mutex_lock(&lun->lock);
+    s->submitting--;
+    if (rc == 0 && !lun->stopping) {
+        s->failed = false;
+        s->torn_down = false;
+        s->hold_until_ns = 0;
+        s->state_since_ns = now_ns();
+        log_info("%s: path %s is back; %u of %u paths up", lun->name, p->name,
+                 mp_paths_up_locked(lun), lun->npaths);
+        pthread_cond_broadcast(&lun->cond);
+    }
+    pthread_mutex_unlock(&lun->lock);
+    return rc;
+}
+
+static void *mp_checker_thread(void *arg)
+{
+    struct mp_slot *s = arg;
+    struct lun *lun = s->lun;
+    unsigned i = s->idx;
+    pthread_mutex_lock(&lun->lock);
+    uint64_t next = now_ns();
+    while (!lun->stopping) {
+        uint64_t now = now_ns();
+        if (now < next) {
+            mp_cond_wait_ms(lun, (unsigned)((next - now + 999999) / 1000000));
+            continue;
+        }
+        next = now + (uint64_t)lun->opts.check_interval_ms * 1000000;
+        if (!s->failed && s->p) {
+            struct lun_path *p = s->p;
+            s->submitting++;
+            s->tur_started_ns = now;
+            pthread_mutex_unlock(&lun->lock);
+            int rc = mp_tur(p);
+            pthread_mutex_lock(&lun->lock);
+            s->submitting--;
+            s->tur_started_ns = 0;
+            if (rc < 0 && lun_result_classify(rc, 0, 0, 0) == LUN_SENSE_FAILOVER) {
+                char why[96];
+                snprintf(why, sizeof why, "TEST UNIT READY: %s", strerror(-rc));
+                mp_path_fail_locked(lun, i, why);
+            }
+        } else if (s->failed && s->torn_down && now >= s->hold_until_ns) {
+            pthread_mutex_unlock(&lun->lock);
+            mp_path_recover(lun, i);
+            pthread_mutex_lock(&lun->lock);
+        }
+    }
+    pthread_mutex_unlock(&lun->lock);
+    return NULL;
+}
+
+/* A command longer than max_transfer_blocks: children issued in sequence. */
+struct lun_split {
+    struct lun_io child;
+    struct lun_io *parent;
+    struct lun *lun;
+    uint32_t done_blocks; /* blocks completed before the current child */
+};
+
+static void lun_split_prepare(struct lun_split *s)
+{
+    struct lun_io *pa = s->parent;
+    uint32_t max = s->lun->info.max_transfer_blocks;
+    uint32_t left = pa->nblocks - s->done_blocks;
+    memset(&s->child, 0, sizeof s->child);
+    s->child.op = pa->op;
+    s->child.lba = pa->lba + s->done_blocks;
+    s->child.nblocks = left < max ? left : max;
+    s->child.flags = pa->flags;
+    s->child.opaque = s;
+    if (pa->buf && pa->op != LUN_OP_WRITE_SAME)
+        s->child.buf = (uint8_t *)pa->buf + (size_t)s->done_blocks * s->lun->info.block_size;
+    else
+        s->child.buf = pa->buf;
+}
+
+static void lun_split_child_done(struct lun_io *child, int result)
+{
+    struct lun_split *s = child->opaque;
+    struct lun_io *pa = s->parent;
+    if (result == 0) {
+        s->done_blocks += child->nblocks;
+        if (s->done_blocks < pa->nblocks) {
+            lun_split_prepare(s);
+            s->child.done = lun_split_child_done;
+            result = lun_io_dispatch(s->lun, &s->child);
+            if (result == 0)
+                return;
+        }
+    }
+    pa->sense_key = child->sense_key;
+    pa->asc = child->asc;
+    pa->ascq = child->ascq;
+    free(s);
+    pa->done(pa, result);
+}
+
+int lun_submit(struct lun *lun, struct lun_io *io)
+{
+    int rc = lun_io_check(lun, io);
+    if (rc < 0)
+        return rc;
+    io->sense_key = io->asc = io->ascq = 0;
+    uint32_t max = lun->info.max_transfer_blocks;
+    if (max && io->nblocks > max &&
+        (io->op == LUN_OP_READ || io->op == LUN_OP_WRITE || io->op == LUN_OP_WRITE_SAME ||
+         io->op == LUN_OP_UNMAP)) {
+        struct lun_split *s = calloc(1, sizeof *s);
+        if (!s)
+            return -ENOMEM;
+        s->parent = io;
+        s->lun = lun;
+        lun_split_prepare(s);
+        s->child.done = lun_split_child_done;
+        rc = lun_io_dispatch(lun, &s->child);
+        if (rc < 0)
+            free(s);
+        return rc;
+    }
+    return lun_io_dispatch(lun, io);
+}
+
+/* ---- Synchronous calls -------------------------------------------------- */
+
+struct lun_waiter {
+    pthread_mutex_t m;
+    pthread_cond_t c;
+    bool done;
+    int result;
+};
+
+static void lun_waiter_done(struct lun_io *io, int result)
+{
+    struct lun_waiter *w = io->opaque;
+    pthread_mutex_lock(&w->m);
+    w->result = result;
+    w->done = true;
+    pthread_cond_signal(&w->c);
+    pthread_mutex_unlock(&w->m);
+}
+
+static int lun_sync(struct lun *lun, enum lun_op op, uint64_t lba, uint32_t nblocks, void *buf,
+                    unsigned flags)
+{
+    struct lun_waiter w = {.done = false, .result = 0};
+    pthread_mutex_init(&w.m, NULL);
+    pthread_cond_init(&w.c, NULL);
+    struct lun_io io = {
+        .op = op, .lba = lba, .nblocks = nblocks, .buf = buf, .flags = flags,
+        .done = lun_waiter_done, .opaque = &w,
+    };
+    int rc = lun_submit(lun, &io);
+    if (rc == 0) {
+        pthread_mutex_lock(&w.m);
+        while (!w.done)
+            pthread_cond_wait(&w.c, &w.m);
+        pthread_mutex_unlock(&w.m);
+        rc = w.result;
+    }
+    pthread_cond_destroy(&w.c);
+    pthread_mutex_destroy(&w.m);
+    return rc;
+}
+
+int lun_read(struct lun *lun, uint64_t lba, uint32_t nblocks, void *buf)
+{
+    return lun_sync(lun, LUN_OP_READ, lba, nblocks, buf, 0);
+}
+
+int lun_write(struct lun *lun, uint64_t lba, uint32_t nblocks, const void *buf, unsigned flags)
+{
+    return lun_sync(lun, LUN_OP_WRITE, lba, nblocks, (void *)buf, flags);
+}
+
+int lun_flush(struct lun *lun)
+{
+    return lun_sync(lun, LUN_OP_FLUSH, 0, 0, NULL, 0);
+}
+
+int lun_unmap(struct lun *lun, uint64_t lba, uint32_t nblocks)
+{
+    return lun_sync(lun, LUN_OP_UNMAP, lba, nblocks, NULL, 0);
+}
+
+int lun_write_same(struct lun *lun, uint64_t lba, uint32_t nblocks, const void *block,
+                   unsigned flags)
+{
+    return lun_sync(lun, LUN_OP_WRITE_SAME, lba, nblocks, (void *)block, flags);
+}
+
+int lun_compare_and_write(struct lun *lun, uint64_t lba, const void *expect, const void *data,
+                          void *found)
+{
+    uint32_t bs = lun->info.block_size;
+    if (!expect || !data) {
+        log_err("%s: compare-and-write at lba %llu without expect/data", lun->name,
+                (unsigned long long)lba);
+        return -EINVAL;
+    }
+    uint8_t *buf = malloc(2 * (size_t)bs);
+    if (!buf)
+        return -ENOMEM;
+    memcpy(buf, expect, bs);
+    memcpy(buf + bs, data, bs);
+    int rc = lun_sync(lun, LUN_OP_COMPARE_AND_WRITE, lba, 1, buf, 0);
+    if (rc == -EILSEQ && found)
+        memcpy(found, buf, bs);
+    free(buf);
+    return rc;
+}
+
+/* A path for a synchronous command (TUR, PR): the policy's choice, with a
+ * reference that keeps its checker from closing it. -EIO if none is up. */
+static int mp_path_get(struct lun *lun, unsigned *idx, struct lun_path **p)
+{
+    pthread_mutex_lock(&lun->lock);
+    int i = lun->mp ? mp_select_locked(lun) : 0;
+    if (i < 0) {
+        pthread_mutex_unlock(&lun->lock);
+        log_err("%s: no path to the LUN is up", lun->name);
+        return -EIO;
+    }
+    lun->slots[i].submitting++;
+    *p = lun->slots[i].p;
+    *idx = (unsigned)i;
+    pthread_mutex_unlock(&lun->lock);
+    return 0;
+}
+
+/* Drop the reference; a failover-class result fails the path. Returns true
+ * if the caller should try another path. */
+static bool mp_path_put(struct lun *lun, unsigned idx, int rc, const char *what)
+{
+    pthread_mutex_lock(&lun->lock);
+    lun->slots[idx].submitting--;
+    bool again = false;
+    if (rc < 0 && lun->mp && lun_result_classify(rc, 0, 0, 0) == LUN_SENSE_FAILOVER) {
+        char why[96];
+        snprintf(why, sizeof why, "%s: %s", what, strerror(-rc));
+        mp_path_fail_locked(lun, idx, why);
+        again = true;
+    }
+    pthread_mutex_unlock(&lun->lock);
+    return again;
+}
+
+int lun_test_unit_ready(struct lun *lun)
+{
+    int rc = -EIO;
+    for (unsigned t = 0; t < lun->npaths; t++) {
+        unsigned i;
+        struct lun_path *p;
+        rc = mp_path_get(lun, &i, &p);
+        if (rc < 0)
+            return rc;
+        rc = p->ops->test_unit_ready(p);
+        if (!mp_path_put(lun, i, rc, "TEST UNIT READY"))
+            break;
+    }
+    return rc;
+}
+
+/* ---- Persistent reservations -------------------------------------------- */
+
+static int lun_pr_out_current(struct lun *lun, enum lun_pr_action action, uint64_t key,
+                              uint64_t sa_key, enum lun_pr_type type)
+{
+    /* PR commands are allowed on a read-only open: they write no data. */
+    int rc = -EIO;
+    for (unsigned t = 0; t < lun->npaths; t++) {
+        unsigned i;
+        struct lun_path *p;
+        rc = mp_path_get(lun, &i, &p);
+        if (rc < 0)
+            return rc;
+        rc = p->ops->pr_out(p, action, key, sa_key, type);
+        if (!mp_path_put(lun, i, rc, "PERSISTENT RESERVE OUT"))
+            break;
+    }
+    return rc;
+}
+
+int lun_pr_register(struct lun *lun, uint64_t key)
+{
+    /* Every I_T nexus registers: a reservation of type 7 then covers all
+     * our paths, and a PREEMPT of our key fences all of them. Paths that are
+     * down register when they come back (mp_path_recover). */
+    int rc = 0;
+    unsigned ok = 0;
+    for (unsigned i = 0; i < lun->npaths; i++) {
+        pthread_mutex_lock(&lun->lock);
+        struct mp_slot *s = &lun->slots[i];
+        struct lun_path *p = mp_usable(lun, i) ? s->p : NULL;
+        if (p)
+            s->submitting++;
+        pthread_mutex_unlock(&lun->lock);
+        if (!p)
+            continue;
+        int r = p->ops->pr_out(p, LUN_PR_ACT_REGISTER_IGNORE, 0, key, LUN_PR_NONE);
+        if (mp_path_put(lun, i, r, "PERSISTENT RESERVE OUT REGISTER"))
+            continue;
+        if (r < 0)
+            return r;
+        ok++;
+    }
+    if (ok == 0) {
+        log_err("%s: cannot register the reservation key: no path to the LUN is up", lun->name);
+        return -EIO;
+    }
+    pthread_mutex_lock(&lun->lock);
+    lun->pr_key = key;
+    lun->pr_registered = key != 0;
+    if (key != 0)
+        lun->fenced = false;
+    pthread_mutex_unlock(&lun->lock);
+    return rc;
+}
+
+int lun_pr_reserve(struct lun *lun, uint64_t key, enum lun_pr_type type)
+{
+    return lun_pr_out_current(lun, LUN_PR_ACT_RESERVE, key, 0, type);
+}
+
+int lun_pr_release(struct lun *lun, uint64_t key, enum lun_pr_type type)
+{
+    return lun_pr_out_current(lun, LUN_PR_ACT_RELEASE, key, 0, type);
+}
+
+int lun_pr_preempt(struct lun *lun, uint64_t key, uint64_t victim, enum lun_pr_type type,
+                   bool abort)
+{
+    if (abort && !lun->info.caps.pr_preempt_abort) {
+        log_err("%s: PREEMPT AND ABORT is not supported by the LUN", lun->name);
+        return -EOPNOTSUPP;
+    }
+    return lun_pr_out_current(lun, abort ? LUN_PR_ACT_PREEMPT_ABORT : LUN_PR_ACT_PREEMPT, key,
+                              victim, type);
+}
+
+int lun_pr_clear(struct lun *lun, uint64_t key)
+{
+    return lun_pr_out_current(lun, LUN_PR_ACT_CLEAR, key, 0, LUN_PR_NONE);
+}
+
+int lun_pr_read(struct lun *lun, struct lun_pr_state *out)
+{
+    int rc = -EIO;
+    for (unsigned t = 0; t < lun->npaths; t++) {
+        unsigned i;
+        struct lun_path *p;
+        memset(out, 0, sizeof *out);
+        rc = mp_path_get(lun, &i, &p);
+        if (rc < 0)
+            return rc;
+        rc = p->ops->pr_in(p, out);
+        if (!mp_path_put(lun, i, rc, "PERSISTENT RESERVE IN"))
+            break;
+    }
+    return rc;
+}

@@ -65,6 +65,15 @@ struct lun_info {
     struct lun_caps caps;
 };
 
+/* Path selection policies of a multipath LUN (see docs/multipath.md). */
+enum lun_policy {
+    LUN_POLICY_DEFAULT = 0,  /* the measured best: service-time */
+    LUN_POLICY_FIXED,        /* the preferred path; fail back when it returns */
+    LUN_POLICY_MRU,          /* most recently used: stay where you are */
+    LUN_POLICY_ROUND_ROBIN,  /* switch paths every rr_ios I/Os */
+    LUN_POLICY_SERVICE_TIME, /* least outstanding work (bytes in flight) */
+};
+
 struct lun_options {
     const char *host_name;       /* used for a default initiator name; NULL = gethostname() */
     const char *initiator_name;  /* iSCSI initiator IQN; NULL = iqn.2026-11.org.clusterfs:<host> */
@@ -73,6 +82,18 @@ struct lun_options {
     bool read_only;
     bool no_direct;              /* files: do not try O_DIRECT */
     uint32_t file_block_size;    /* files: logical block size, 512 (default) or 4096 */
+    /* Multipath (used with two or more paths, or with `multipath` set).
+     * 0 means the default given in brackets. */
+    bool multipath;              /* the engine (checker, reconnect, queueing) even for 1 path */
+    enum lun_policy policy;      /* [service-time] */
+    unsigned rr_ios;             /* round-robin: switch every N I/Os [1] */
+    unsigned preferred_path;     /* fixed: index of the preferred path [0] */
+    unsigned queue_ms;           /* all paths down: queue I/O this long, then EIO [60000] */
+    unsigned check_interval_ms;  /* TEST UNIT READY on every path this often [250] */
+    unsigned check_timeout_ms;   /* a path whose TUR hangs this long is failed [1000] */
+    unsigned flap_count;         /* a path that failed this often ... [3] */
+    unsigned flap_window_ms;     /* ... within this window [30000] ... */
+    unsigned flap_hold_ms;       /* ... waits this long before it is used again [5000] */
 };
 
 void lun_options_init(struct lun_options *opts);
@@ -94,10 +115,67 @@ void lun_close(struct lun *lun);
 
 const struct lun_info *lun_get_info(const struct lun *lun);
 const char *lun_name(const struct lun *lun); /* for messages: the URI without password */
+/* The paths of a LUN, for tools: count, kind ("file", "iscsi", "fault") and
+ * name (URI without password) of path i; NULL if i is out of range. */
+unsigned lun_num_paths(const struct lun *lun);
+/* A malloc'd copy of a LUN URI without the password ("iscsi://u%pw@h/..."
+ * -> "iscsi://u@h/..."), for messages; NULL on ENOMEM. */
+char *lun_uri_redact(const char *uri);
+const char *lun_path_kind(const struct lun *lun, unsigned i);
+const char *lun_path_name(const struct lun *lun, unsigned i);
 static inline uint32_t lun_block_size(const struct lun *lun)
 {
     return lun_get_info(lun)->block_size;
 }
+
+/* ---- Multipath state and statistics (tools: `clusterfs paths`) --------- */
+
+enum lun_path_state {
+    LUN_PATH_ACTIVE,  /* carries I/O under the policy */
+    LUN_PATH_STANDBY, /* healthy, not chosen by the policy (fixed, mru) */
+    LUN_PATH_FAILED,  /* down (or held back after flapping) */
+};
+
+#define LUN_LAT_BUCKETS 32 /* bucket b counts latencies in [2^(b-1), 2^b) microseconds */
+
+struct lun_path_stats {
+    enum lun_path_state state;
+    bool held;                 /* failed and waiting out the flap hysteresis */
+    unsigned inflight;         /* commands on the path now */
+    uint64_t reads, writes, others;   /* completed commands */
+    uint64_t read_bytes, write_bytes;
+    uint64_t errors;           /* commands that failed on this path */
+    uint64_t failures;         /* times the path went to FAILED */
+    uint64_t state_age_ms;     /* time in the current state */
+    uint64_t lat_hist[LUN_LAT_BUCKETS];
+    char last_error[128];      /* why it last failed, "" if never */
+};
+
+/* Snapshot of path i's state and counters; -EINVAL if i is out of range. */
+int lun_path_get_stats(struct lun *lun, unsigned i, struct lun_path_stats *out);
+/* The latency below which a fraction q (0..1) of the commands completed,
+ * in microseconds (upper edge of the log2 bucket); 0 with no samples. */
+uint64_t lun_lat_percentile(const uint64_t hist[LUN_LAT_BUCKETS], double q);
+const char *lun_path_state_name(enum lun_path_state s);
+const char *lun_policy_name(enum lun_policy p);
+/* "fixed", "mru", "round-robin" (or "rr"), "service-time" (or "st"). */
+int lun_policy_parse(const char *s, enum lun_policy *out);
+enum lun_policy lun_get_policy(const struct lun *lun);
+bool lun_is_multipath(const struct lun *lun);
+unsigned lun_queued_ios(struct lun *lun); /* I/Os waiting for a path */
+
+/* Fencing. After lun_pr_register(key), the engine re-registers `key` on every
+ * path that reconnects (a new I_T nexus has no registration) and, before the
+ * path carries I/O, asks `fn(opaque)`: 1 = this host's heartbeat generation
+ * is still its own, 0 = it was taken over (we are fenced), -errno = cannot
+ * tell (the path stays failed and is tried again). A host that is fenced, or
+ * that saw 2A/03 / RESERVATION CONFLICT while registered, never re-registers
+ * by itself: lun_is_fenced() says so and writes fail with -EBADE until the
+ * owner calls lun_pr_register() again. Without a callback re-registration is
+ * unchecked. */
+typedef int (*lun_register_check_fn)(void *opaque);
+void lun_set_register_check(struct lun *lun, lun_register_check_fn fn, void *opaque);
+bool lun_is_fenced(struct lun *lun);
 
 /* ---- Synchronous I/O (simple callers) ---------------------------------- */
 

@@ -40,6 +40,13 @@ struct lun_path_ops {
     int (*pr_in)(struct lun_path *p, struct lun_pr_state *out);
     int (*test_unit_ready)(struct lun_path *p);
     void (*close)(struct lun_path *p);
+    /* Optional (multipath): tear the session down now. Every queued and
+     * in-flight command completes with an error (-ENOTCONN) before abort
+     * returns, and none of them can reach the target afterwards (the
+     * connection is closed); later commands fail at once. The path object
+     * stays valid until close. NULL: the kind cannot do it (then the core
+     * waits until every command issued on the path has completed). */
+    void (*abort)(struct lun_path *p);
 };
 
 struct lun_path {
@@ -53,5 +60,26 @@ int lun_path_open_iscsi(const char *uri, const struct lun_options *opts, struct 
 
 /* True if uri names an iSCSI LUN (starts with "iscsi://"). */
 bool lun_uri_is_iscsi(const char *uri);
+
+/* ---- Helpers for path kinds and wrappers (lun.c, file.c) ---------------- */
+
+/* Open one path of the kind `uri` names (iscsi:// or a file). */
+int lun_path_open_uri(const char *uri, const struct lun_options *opts, struct lun_path **out);
+
+/* Close a path: ops->close (which frees the path and its name). */
+void lun_path_close(struct lun_path *p);
+
+/* lun_uri_redact() is declared in lun.h. */
+
+/* Parse a file URI: "file:///abs/path[?block_size=N]", "file://localhost/..."
+ * or a plain path (no query parsing). *path is malloc'd; *block_size is set
+ * only when the URI gives one. Returns 0, -EINVAL (logged) or -ENOMEM. */
+int lun_file_uri_parse(const char *uri, char **path, uint32_t *block_size);
+
+/* Build a LUN over already-open paths (taking ownership of them, also on
+ * failure): probe, check identities, keep lun_info. Used by lun_open and
+ * by wrappers such as the fault injector. */
+int lun_open_with_paths(struct lun_path **paths, unsigned n, const struct lun_options *opts,
+                        struct lun **out);
 
 #endif

@@ -1,9 +1,285 @@
-/* placeholder: being written */
+/* clusterfs locks: the hosts and held locks of a lockspace, as this observer
+ * sees them; clusterfs locks init: lay a lockspace on a LUN. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "lockspace.h"
 #include "log.h"
+#include "lun.h"
 #include "tools.h"
+#include "util.h"
+
+static void locks_usage(FILE *f)
+{
+    fprintf(
+        f, "usage: clusterfs locks [--json] [--offset N] [--samples N] LUN...\n"
+           "       clusterfs locks init [--offset N] [--io-timeout S] [--hosts N] [--locks N] LUN\n"
+           "\n"
+           "Show the hosts of the lockspace at block --offset (default 0) of each LUN\n"
+           "(name, slot, state, heartbeat age as this observer measures it) and its\n"
+           "held locks (mode, owners, version). The heartbeat region is read --samples\n"
+           "times (default 2), one renewal period apart: a host is 'live' once its slot\n"
+           "changed while we watched, 'unknown' before, 'dead' only after the dead time.\n"
+           "\n"
+           "init lays a fresh lockspace: io_timeout in seconds (default 2; every other\n"
+           "timeout derives from it), heartbeat slots (default 256), lock records\n"
+           "(default 64). Only on a LUN no host uses.\n"
+           "\n"
+           "options:\n"
+           "  --json            JSON output\n"
+           "  --block-size N    logical block size of file LUNs (512 or 4096)\n"
+           "  -h, --help        this help\n");
+}
+
+static int open_lun(const char *uri, uint32_t bs, struct lun **out)
+{
+    struct lun_options o;
+    lun_options_init(&o);
+    if (bs)
+        o.file_block_size = bs;
+    int r = lun_open(uri, &o, out);
+    if (r < 0)
+        fprintf(stderr, "clusterfs locks: %s: cannot open: %s\n", uri, strerror(-r));
+    return r;
+}
+
+static int locks_init(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        {"offset", 1, 0, 'o'}, {"io-timeout", 1, 0, 'i'}, {"hosts", 1, 0, 'H'},
+        {"locks", 1, 0, 'L'},  {"block-size", 1, 0, 'b'}, {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
+    uint64_t offset = 0;
+    uint32_t bs = 0;
+    struct ls_format_params p = {0};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        switch (c) {
+        case 'o':
+            offset = strtoull(optarg, NULL, 0);
+            break;
+        case 'i': {
+            char *end;
+            double s = strtod(optarg, &end);
+            if (*end || s <= 0 || s > 600) {
+                log_err("locks init: bad --io-timeout '%s' (seconds, e.g. 2 or 0.5)", optarg);
+                return 2;
+            }
+            p.io_timeout_ms = (uint32_t)(s * 1000 + 0.5);
+            break;
+        }
+        case 'H':
+            p.max_hosts = (uint32_t)strtoul(optarg, NULL, 0);
+            break;
+        case 'L':
+            p.max_locks = (uint32_t)strtoul(optarg, NULL, 0);
+            break;
+        case 'b':
+            bs = (uint32_t)strtoul(optarg, NULL, 0);
+            break;
+        case 'h':
+            locks_usage(stdout);
+            return 0;
+        default:
+            locks_usage(stderr);
+            return 2;
+        }
+    }
+    if (argc - optind != 1) {
+        locks_usage(stderr);
+        return 2;
+    }
+    struct lun *lun;
+    if (open_lun(argv[optind], bs, &lun) < 0)
+        return 1;
+    int r = lockspace_format(lun, offset, &p);
+    if (r == 0) {
+        struct ls_timeouts t;
+        ls_timeouts_derive(p.io_timeout_ms ? p.io_timeout_ms : LS_DEFAULT_IO_TIMEOUT_MS, &t);
+        printf("%s: lockspace at block %" PRIu64 ": %" PRIu64 " blocks, io_timeout %u ms "
+               "(renew %u ms, self-fence %u ms, dead %u ms)\n",
+               lun_name(lun), offset, lockspace_size_blocks(&p), t.io_timeout_ms, t.renew_ms,
+               t.fence_ms, t.dead_ms);
+    }
+    lun_close(lun);
+    return r < 0;
+}
+
+static const char *owner_name(const struct ls_status *st, uint32_t slot)
+{
+    for (unsigned i = 0; i < st->nhosts; i++)
+        if (st->hosts[i].info.slot == slot)
+            return st->hosts[i].info.name;
+    return "?";
+}
+
+static void print_text(struct lun *lun, uint64_t offset, const struct ls_status *st)
+{
+    printf("%s: lockspace at block %" PRIu64 ": io_timeout %u ms, dead after %u ms, %u slots, "
+           "%s\n",
+           lun_name(lun), offset, st->timeouts.io_timeout_ms, st->timeouts.dead_ms, st->max_hosts,
+           st->caw ? "compare-and-write" : "paxos fallback (no COMPARE AND WRITE)");
+    printf("  %-5s %-20s %-10s %-10s %s\n", "SLOT", "HOST", "STATE", "GEN", "HEARTBEAT AGE");
+    for (unsigned i = 0; i < st->nhosts; i++) {
+        const struct ls_status_host *h = &st->hosts[i];
+        printf("  %-5u %-20s %-10s %-10u %.1fs\n", h->info.slot,
+               h->state == LS_HOST_CORRUPT ? "-" : h->info.name, ls_host_state_name(h->state),
+               h->info.generation, (double)h->age_ms / 1000.0);
+    }
+    if (!st->nhosts)
+        printf("  (no hosts)\n");
+    printf("  %-5s %-16s %-13s %-8s %s\n", "LOCK", "NAME", "MODE", "VERSION", "OWNERS");
+    for (unsigned i = 0; i < st->nlocks; i++) {
+        const struct ls_status_lock *l = &st->locks[i];
+        if (l->error) {
+            printf("  %-5u %-16s %-13s %-8s (%s)\n", l->index, "-", "corrupt", "-",
+                   strerror(-l->error));
+            continue;
+        }
+        printf("  %-5u %-16s %-13s %-8" PRIu64 " ", l->index, l->name, ls_lock_mode_name(l->mode),
+               l->version);
+        for (unsigned k = 0; k < l->nowners; k++)
+            printf("%s%s(slot %u gen %u)", k ? ", " : "", owner_name(st, l->owner_slot[k]),
+                   l->owner_slot[k], l->owner_gen[k]);
+        printf("\n");
+    }
+    if (!st->nlocks)
+        printf("  (no locks held)\n");
+}
+
+static void print_json(struct json *j, struct lun *lun, uint64_t offset, const struct ls_status *st)
+{
+    json_obj_begin(j, NULL);
+    json_str(j, "lun", lun_name(lun));
+    json_u64(j, "offset", offset);
+    json_u64(j, "io_timeout_ms", st->timeouts.io_timeout_ms);
+    json_u64(j, "renew_ms", st->timeouts.renew_ms);
+    json_u64(j, "fence_ms", st->timeouts.fence_ms);
+    json_u64(j, "dead_ms", st->timeouts.dead_ms);
+    json_u64(j, "max_hosts", st->max_hosts);
+    json_str(j, "atomic", st->caw ? "compare-and-write" : "paxos");
+    json_arr_begin(j, "hosts");
+    for (unsigned i = 0; i < st->nhosts; i++) {
+        const struct ls_status_host *h = &st->hosts[i];
+        json_obj_begin(j, NULL);
+        json_u64(j, "slot", h->info.slot);
+        json_str(j, "name", h->info.name);
+        json_str(j, "state", ls_host_state_name(h->state));
+        json_u64(j, "generation", h->info.generation);
+        json_u64(j, "counter", h->counter);
+        json_u64(j, "heartbeat_age_ms", h->age_ms);
+        json_obj_end(j);
+    }
+    json_arr_end(j);
+    json_arr_begin(j, "locks");
+    for (unsigned i = 0; i < st->nlocks; i++) {
+        const struct ls_status_lock *l = &st->locks[i];
+        json_obj_begin(j, NULL);
+        json_u64(j, "index", l->index);
+        json_u64(j, "lba", l->lba);
+        if (l->error) {
+            json_str(j, "error", strerror(-l->error));
+        } else {
+            json_str(j, "name", l->name);
+            json_str(j, "mode", ls_lock_mode_name(l->mode));
+            json_u64(j, "version", l->version);
+            json_arr_begin(j, "owners");
+            for (unsigned k = 0; k < l->nowners; k++) {
+                json_obj_begin(j, NULL);
+                json_u64(j, "slot", l->owner_slot[k]);
+                json_u64(j, "generation", l->owner_gen[k]);
+                json_str(j, "name", owner_name(st, l->owner_slot[k]));
+                json_obj_end(j);
+            }
+            json_arr_end(j);
+        }
+        json_obj_end(j);
+    }
+    json_arr_end(j);
+    json_obj_end(j);
+}
 
 int cmd_locks(int argc, char **argv)
 {
-    log_err("%s: not available in this build yet", argv[0]);
-    return 1;
+    if (argc >= 2 && !strcmp(argv[1], "init"))
+        return locks_init(argc - 1, argv + 1);
+    static const struct option lo[] = {{"json", 0, 0, 'j'},    {"offset", 1, 0, 'o'},
+                                       {"samples", 1, 0, 's'}, {"block-size", 1, 0, 'b'},
+                                       {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+    bool json = false;
+    uint64_t offset = 0;
+    unsigned samples = 2;
+    uint32_t bs = 0;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        switch (c) {
+        case 'j':
+            json = true;
+            break;
+        case 'o':
+            offset = strtoull(optarg, NULL, 0);
+            break;
+        case 's':
+            samples = (unsigned)strtoul(optarg, NULL, 0);
+            break;
+        case 'b':
+            bs = (uint32_t)strtoul(optarg, NULL, 0);
+            break;
+        case 'h':
+            locks_usage(stdout);
+            return 0;
+        default:
+            locks_usage(stderr);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        locks_usage(stderr);
+        return 2;
+    }
+    struct json j;
+    if (json) {
+        json_init(&j, stdout);
+        json_arr_begin(&j, NULL);
+    }
+    int rc = 0;
+    for (int i = optind; i < argc; i++) {
+        struct lun *lun;
+        if (open_lun(argv[i], bs, &lun) < 0) {
+            rc = 1;
+            continue;
+        }
+        struct ls_open_opts oo = {.no_fencing = true};
+        struct lockspace *ls;
+        int r = lockspace_open(lun, offset, &oo, &ls);
+        if (r == 0) {
+            struct ls_status st;
+            r = lockspace_status(ls, samples, &st);
+            if (r == 0) {
+                if (json)
+                    print_json(&j, lun, offset, &st);
+                else
+                    print_text(lun, offset, &st);
+                ls_status_free(&st);
+            }
+            lockspace_close(ls);
+        }
+        if (r < 0) {
+            fprintf(stderr, "clusterfs locks: %s: %s\n", argv[i], strerror(-r));
+            rc = 1;
+        }
+        lun_close(lun);
+    }
+    if (json) {
+        json_arr_end(&j);
+        json_finish(&j);
+    }
+    return rc;
 }

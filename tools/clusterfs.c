@@ -12,6 +12,7 @@ static void usage(FILE *f)
                "commands:\n"
                "  lun info [--json] LUN...     identity, capacity and capabilities of a LUN\n"
                "  locks [--json] LUN...        hosts, heartbeats and held locks of a lockspace\n"
+               "  paths [--json] LUN...        state and statistics of the paths of one LUN\n"
                "\n"
                "A LUN is iscsi://[user[%%password]@]host[:port]/target-iqn/lun or a file path.\n"
                "Run 'clusterfs COMMAND --help' for a command's options.\n");
@@ -33,6 +34,8 @@ int main(int argc, char **argv)
         return cmd_lun(argc - 1, argv + 1);
     if (!strcmp(cmd, "locks"))
         return cmd_locks(argc - 1, argv + 1);
+    if (!strcmp(cmd, "paths"))
+        return cmd_paths(argc - 1, argv + 1);
     log_err("unknown command '%s' (try 'clusterfs --help')", cmd);
     return 2;
 }

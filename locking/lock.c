@@ -1,0 +1,428 @@
+/* Lock records: acquire, release, and the break of a dead holder.
+ *
+ * Design notes
+ * ------------
+ * Acquire: read the record, add ourselves (slot, generation) if the mode is
+ * compatible, ls_cas the new record over the one we read (with CAW: 2 I/Os
+ * uncontended). A miscompare means someone else changed it: read again.
+ * An incompatible record is examined owner by owner, judged from our own
+ * heartbeat observations (the renewal thread reads all slots every
+ * renew_ms):
+ *   - the owner's slot is free or has another generation: the owner is
+ *     gone and was recovered (or left): drop it from the record;
+ *   - the owner is dead (slot unchanged for dead_ms on our clock): break
+ *     it, then drop it;
+ *   - otherwise (live or still unknown): the lock is busy; wait with a
+ *     randomized backoff, or return -EBUSY for a non-blocking try.
+ *
+ * Break of a dead host (ls_host_break), the order matters:
+ *   1. mark its slot RECOVERING (by our slot and generation) with ls_cas
+ *      over the exact block we judged dead: of two hosts racing to break it,
+ *      exactly one wins the CAS and recovers it; the other sees RECOVERING
+ *      and waits for the slot to be cleared;
+ *   2. call the recovery hook (the file system replays the dead host's
+ *      journal);
+ *   3. fence: PREEMPT its reservation key (where the LUN has PR), so the
+ *      target refuses its writes on all its paths even if it was only
+ *      paused;
+ *   4. clear the slot with generation + 1 (ls_cas over our mark). If the
+ *      paused host overwrote the mark in between, its key is preempted now
+ *      and it cannot write again: mark and clear again.
+ * A RECOVERING slot whose recoverer is itself gone (its slot cleared or
+ * reused, or dead) is broken again the same way; a long recovery by a live
+ * host is waited for.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "lun.h"
+#include "ls_internal.h"
+
+int lock_record_format(struct lockspace *ls, uint64_t lba, const char *name)
+{
+    uint8_t *buf = calloc(1, ls->bs);
+    if (!buf)
+        return -ENOMEM;
+    struct ls_lockrec lr = {
+        .mode = LS_LOCK_FREE, .writer_slot = ls->slot, .writer_gen = ls->generation};
+    snprintf(lr.name, sizeof(lr.name), "%s", name ? name : "");
+    ls_lockrec_encode(buf, &lr);
+    int r = ls_write_raw(ls, lba, 1, buf);
+    free(buf);
+    return r;
+}
+
+static void held_add(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode)
+{
+    pthread_mutex_lock(&ls->lock);
+    for (struct ls_held *h = ls->held; h; h = h->next)
+        if (h->lba == lba) {
+            pthread_mutex_unlock(&ls->lock);
+            return;
+        }
+    struct ls_held *h = calloc(1, sizeof(*h));
+    if (h) {
+        h->lba = lba;
+        h->mode = mode;
+        h->next = ls->held;
+        ls->held = h;
+    }
+    pthread_mutex_unlock(&ls->lock);
+}
+
+static void held_remove(struct lockspace *ls, uint64_t lba)
+{
+    pthread_mutex_lock(&ls->lock);
+    for (struct ls_held **pp = &ls->held; *pp; pp = &(*pp)->next)
+        if ((*pp)->lba == lba) {
+            struct ls_held *h = *pp;
+            *pp = h->next;
+            free(h);
+            break;
+        }
+    pthread_mutex_unlock(&ls->lock);
+}
+
+int ls_host_fence(struct lockspace *ls, uint32_t slot, uint32_t gen)
+{
+    if (!ls->pr)
+        return 0;
+    struct ls_hb hb;
+    pthread_mutex_lock(&ls->lock);
+    int d = ls_hb_decode(ls->hb_raw + (size_t)slot * ls->bs, &hb, "heartbeat slot",
+                         ls->offset + ls->hdr.hb_off + slot);
+    pthread_mutex_unlock(&ls->lock);
+    if (d < 0 || !hb.pr_key || hb.pr_key == ls->pr_key)
+        return 0;
+    struct lun_pr_state *st = calloc(1, sizeof(*st));
+    if (!st)
+        return -ENOMEM;
+    int r = lun_pr_read(ls->lun, st);
+    bool registered = false;
+    for (unsigned i = 0; r == 0 && i < st->nkeys; i++)
+        if (st->keys[i] == hb.pr_key)
+            registered = true;
+    free(st);
+    if (r == 0 && !registered)
+        return 0; /* already fenced */
+    r = lun_pr_preempt(ls->lun, ls->pr_key, hb.pr_key, LUN_PR_WE_ALL_REGISTRANTS,
+                       lun_get_info(ls->lun)->caps.pr_preempt_abort);
+    if (r < 0)
+        log_err("%s: cannot fence host %s (slot %u generation %u): PREEMPT of key 0x%016" PRIx64
+                " failed: %s",
+                lun_name(ls->lun), hb.name, slot, gen, hb.pr_key, strerror(-r));
+    else
+        log_info("%s: fenced host %s (slot %u generation %u): key 0x%016" PRIx64 " preempted",
+                 lun_name(ls->lun), hb.name, slot, gen, hb.pr_key);
+    return r;
+}
+
+int ls_host_break(struct lockspace *ls, uint32_t slot, uint32_t gen)
+{
+    uint32_t bs = ls->bs;
+    uint64_t lba = ls->offset + ls->hdr.hb_off + slot;
+    uint8_t *cur = calloc(3, bs), *mark = cur + bs, *clear = cur + 2 * bs;
+    if (!cur)
+        return -ENOMEM;
+    int r = -EAGAIN;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        struct ls_hb hb;
+        pthread_mutex_lock(&ls->lock);
+        memcpy(cur, ls->hb_raw + (size_t)slot * bs, bs);
+        bool dead = ls->peers[slot].state == LS_HOST_DEAD;
+        pthread_mutex_unlock(&ls->lock);
+        if ((r = ls_hb_decode(cur, &hb, "heartbeat slot", lba)) < 0)
+            break;
+        if (hb.state == LS_SLOT_FREE || hb.generation != gen) {
+            r = 0; /* somebody recovered it already */
+            break;
+        }
+        bool ours = hb.state == LS_SLOT_RECOVERING && hb.rec_slot == ls->slot &&
+                    hb.rec_gen == ls->generation;
+        if (!ours && hb.state == LS_SLOT_RECOVERING) {
+            /* Being recovered by another host: take over only if that host
+             * is itself gone (a long journal replay is not a death). */
+            int lv = ls_owner_liveness(ls, hb.rec_slot, hb.rec_gen);
+            if (lv == 1) {
+                r = -EAGAIN;
+                break;
+            }
+            dead = true;
+        }
+        if (!ours) {
+            if (!dead) {
+                r = -EAGAIN; /* alive, or being recovered by a live host */
+                break;
+            }
+            struct ls_hb m = hb;
+            m.state = LS_SLOT_RECOVERING;
+            m.rec_slot = ls->slot;
+            m.rec_gen = ls->generation;
+            memset(mark, 0, bs);
+            ls_hb_encode(mark, &m);
+            r = ls_cas(ls, lba, cur, mark, cur);
+            if (r == -EILSEQ) {
+                /* Changed under us: it is alive, or another host won the race. */
+                pthread_mutex_lock(&ls->lock);
+                memcpy(ls->hb_raw + (size_t)slot * bs, cur, bs);
+                pthread_mutex_unlock(&ls->lock);
+                r = -EAGAIN;
+                break;
+            }
+            if (r < 0)
+                break;
+            log_info("%s: host %s (slot %u generation %u) is dead: %s recovers it",
+                     lun_name(ls->lun), hb.name, slot, gen, ls->name);
+            memcpy(cur, mark, bs);
+            hb = m;
+        }
+        if (ls->opts.recover) {
+            struct ls_host_info info = {
+                .slot = slot, .generation = gen, .journal_lba = hb.journal_lba};
+            memcpy(info.uuid, hb.uuid, 16);
+            snprintf(info.name, sizeof(info.name), "%s", hb.name);
+            r = ls->opts.recover(ls, &info, ls->opts.opaque);
+            if (r != 0) {
+                log_err("%s: recovery of host %s (slot %u) failed (%d); slot left recovering",
+                        lun_name(ls->lun), hb.name, slot, r);
+                r = r < 0 ? r : -EIO;
+                break;
+            }
+        }
+        pthread_mutex_lock(&ls->lock);
+        memcpy(ls->hb_raw + (size_t)slot * bs, cur, bs); /* for ls_host_fence */
+        pthread_mutex_unlock(&ls->lock);
+        if ((r = ls_host_fence(ls, slot, gen)) < 0)
+            break;
+        struct ls_hb c = {.state = LS_SLOT_FREE,
+                          .slot = slot,
+                          .generation = gen + 1,
+                          .rec_slot = LS_NO_SLOT,
+                          .io_timeout_ms = ls->hdr.io_timeout_ms};
+        memset(clear, 0, bs);
+        ls_hb_encode(clear, &c);
+        r = ls_cas(ls, lba, cur, clear, cur);
+        if (r == 0) {
+            pthread_mutex_lock(&ls->lock);
+            memcpy(ls->hb_raw + (size_t)slot * bs, clear, bs);
+            pthread_mutex_unlock(&ls->lock);
+            log_info("%s: host %s (slot %u) recovered; slot cleared to generation %u",
+                     lun_name(ls->lun), hb.name, slot, gen + 1);
+            break;
+        }
+        if (r != -EILSEQ)
+            break;
+        /* The host wrote its slot between our mark and the fence. It is
+         * fenced now where the LUN has reservations: mark again. Without
+         * reservations it is alive: give up. */
+        pthread_mutex_lock(&ls->lock);
+        memcpy(ls->hb_raw + (size_t)slot * bs, cur, bs);
+        pthread_mutex_unlock(&ls->lock);
+        log_warn("%s: host %s (slot %u) wrote its slot while being recovered", lun_name(ls->lun),
+                 hb.name, slot);
+        r = -EAGAIN;
+        if (!ls->pr)
+            break;
+    }
+    free(cur);
+    return r;
+}
+
+int lockspace_recover_dead(struct lockspace *ls)
+{
+    if (!ls->joined)
+        return -EINVAL;
+    int r = ls_hb_scan(ls);
+    if (r < 0)
+        return r;
+    int n = 0;
+    for (uint32_t i = 0; i < ls->hdr.max_hosts; i++) {
+        if (i == ls->slot)
+            continue;
+        struct ls_hb hb;
+        pthread_mutex_lock(&ls->lock);
+        bool dead = ls->peers[i].state == LS_HOST_DEAD;
+        int d = ls_hb_decode(ls->hb_raw + (size_t)i * ls->bs, &hb, "heartbeat slot",
+                             ls->offset + ls->hdr.hb_off + i);
+        pthread_mutex_unlock(&ls->lock);
+        if (!dead || d < 0 || hb.state == LS_SLOT_FREE)
+            continue;
+        r = ls_host_break(ls, i, hb.generation);
+        if (r == 0)
+            n++;
+        else if (r != -EAGAIN)
+            return r;
+    }
+    return n;
+}
+
+static void log_busy(struct lockspace *ls, uint64_t lba, const struct ls_lockrec *lr)
+{
+    const struct ls_owner *o = &lr->owners[0];
+    char name[LS_NAME_MAX + 1] = "?";
+    const char *state = "?";
+    uint64_t age = 0;
+    pthread_mutex_lock(&ls->lock);
+    if (o->slot < ls->hdr.max_hosts) {
+        struct ls_hb hb;
+        if (ls_hb_decode(ls->hb_raw + (size_t)o->slot * ls->bs, &hb, "heartbeat slot",
+                         ls->offset + ls->hdr.hb_off + o->slot) == 0)
+            snprintf(name, sizeof(name), "%s", hb.name);
+        state = ls_host_state_name(ls->peers[o->slot].state);
+        if (ls->peers[o->slot].first_seen_ns)
+            age = (ls_now_ns() - ls->peers[o->slot].first_seen_ns) / 1000000;
+    }
+    pthread_mutex_unlock(&ls->lock);
+    log_err("%s: lock '%s' at lba %llu: held %s by host %s (slot %u, heartbeat %s, last change "
+            "seen %llu ms ago)%s",
+            lun_name(ls->lun), lr->name, (unsigned long long)lba, ls_lock_mode_name(lr->mode), name,
+            o->slot, state, (unsigned long long)age, lr->nowners > 1 ? " and others" : "");
+}
+
+int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int timeout_ms)
+{
+    if (!ls->joined || mode == LS_LOCK_FREE || mode > LS_LOCK_MULTI_WRITER)
+        return -EINVAL;
+    uint32_t bs = ls->bs;
+    uint8_t *cur = calloc(2, bs), *nw = cur + bs;
+    if (!cur)
+        return -ENOMEM;
+    uint64_t t_end = timeout_ms > 0 ? ls_now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+    unsigned backoff_us = 100;
+    unsigned max_backoff = ls->to.renew_ms * 250; /* renew/4 in us */
+    if (max_backoff > 50000)
+        max_backoff = 50000;
+    int r = ls_read(ls, lba, 1, cur);
+    for (;;) {
+        if (r < 0)
+            break;
+        struct ls_lockrec lr;
+        if ((r = ls_lockrec_decode(cur, &lr, "lock record", lba)) < 0)
+            break;
+        struct ls_lockrec want = lr;
+        r = ls_lockrec_add_owner(&want, mode, ls->slot, ls->generation);
+        if (r == 1) {
+            r = 0;
+            break;
+        }
+        if (r == 0) {
+            memset(nw, 0, bs);
+            ls_lockrec_encode(nw, &want);
+            r = ls_cas(ls, lba, cur, nw, cur);
+            if (r == 0)
+                break;
+            if (r == -EILSEQ) {
+                r = 0;
+                continue; /* `cur` holds the new contents */
+            }
+            break;
+        }
+        if (r != -EBUSY && r != -ENOSPC)
+            break;
+        if (ls_lockrec_find_owner(&lr, ls->slot, ls->generation) >= 0) {
+            log_err("%s: lock '%s' at lba %llu: already held %s by this host (%s), cannot "
+                    "take it %s",
+                    lun_name(ls->lun), lr.name, (unsigned long long)lba, ls_lock_mode_name(lr.mode),
+                    ls->name, ls_lock_mode_name(mode));
+            r = -EBUSY;
+            break;
+        }
+        /* Conflict: examine the owners. Our heartbeat view may be older than
+         * the record: judge "stale" or "dead" only on a fresh read. */
+        bool rescanned = false;
+        for (unsigned i = 0; i < lr.nowners && !rescanned; i++)
+            if (ls_owner_liveness(ls, lr.owners[i].slot, lr.owners[i].gen) != 1) {
+                if ((r = ls_hb_scan(ls)) < 0)
+                    goto out;
+                rescanned = true;
+            }
+        struct ls_lockrec fixed = lr;
+        bool changed = false;
+        for (unsigned i = 0; i < lr.nowners; i++) {
+            uint32_t s = lr.owners[i].slot, g = lr.owners[i].gen;
+            int lv = ls_owner_liveness(ls, s, g);
+            if (lv == 2) {
+                int b = ls_host_break(ls, s, g);
+                if (b < 0 && b != -EAGAIN) {
+                    r = b;
+                    goto out;
+                }
+                lv = b == 0 ? 0 : 1;
+            }
+            if (lv == 0) {
+                ls_lockrec_remove_owner(&fixed, s, g, ls->slot, ls->generation);
+                changed = true;
+            }
+        }
+        if (changed) {
+            memset(nw, 0, bs);
+            ls_lockrec_encode(nw, &fixed);
+            r = ls_cas(ls, lba, cur, nw, cur);
+            if (r == 0)
+                memcpy(cur, nw, bs);
+            if (r == 0 || r == -EILSEQ) {
+                r = 0;
+                continue;
+            }
+            break;
+        }
+        if (timeout_ms == 0) {
+            log_busy(ls, lba, &lr);
+            r = -EBUSY;
+            break;
+        }
+        if (t_end && ls_now_ns() >= t_end) {
+            log_busy(ls, lba, &lr);
+            r = -ETIMEDOUT;
+            break;
+        }
+        if ((r = lockspace_check_write(ls)) < 0)
+            break;
+        usleep(backoff_us / 2 + (unsigned)random() % (backoff_us / 2 + 1));
+        if (backoff_us < max_backoff)
+            backoff_us *= 2;
+        r = ls_read(ls, lba, 1, cur);
+    }
+out:
+    if (r == 0)
+        held_add(ls, lba, mode);
+    free(cur);
+    return r;
+}
+
+int lock_release(struct lockspace *ls, uint64_t lba)
+{
+    uint32_t bs = ls->bs;
+    uint8_t *cur = calloc(2, bs), *nw = cur + bs;
+    if (!cur)
+        return -ENOMEM;
+    int r = ls_read(ls, lba, 1, cur);
+    while (r == 0) {
+        struct ls_lockrec lr;
+        if ((r = ls_lockrec_decode(cur, &lr, "lock record", lba)) < 0)
+            break;
+        if (ls_lockrec_remove_owner(&lr, ls->slot, ls->generation, ls->slot, ls->generation) < 0) {
+            log_err("%s: lock '%s' at lba %llu: not held by host %s (slot %u generation %u): "
+                    "broken by another host?",
+                    lun_name(ls->lun), lr.name, (unsigned long long)lba, ls->name, ls->slot,
+                    ls->generation);
+            r = -ENOENT;
+            break;
+        }
+        memset(nw, 0, bs);
+        ls_lockrec_encode(nw, &lr);
+        r = ls_cas(ls, lba, cur, nw, cur);
+        if (r == -EILSEQ)
+            r = 0;
+        else
+            break;
+    }
+    held_remove(ls, lba);
+    free(cur);
+    return r;
+}

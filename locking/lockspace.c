@@ -1,0 +1,900 @@
+/* The lockspace object: format, open, join (slot claim), the renewal
+ * thread, self-fencing, leave, status.
+ *
+ * Design notes
+ * ------------
+ * Layout (in blocks from the lockspace start; H = max_hosts, L = max_locks):
+ *   0            header
+ *   1 .. H       heartbeat slots, one per host
+ *   H+1          paxos leader  } the "mutex" of the fallback atomic step
+ *   H+2 .. 2H+1  paxos dblocks } (one dblock per host slot), see paxos.c
+ *   2H+2 ..      L lock records
+ *
+ * Renewal (one thread per lockspace, every renew_ms): read the whole
+ * heartbeat region in one I/O (updating the liveness of every peer, see
+ * liveness.c), check that our own slot is still ours (same state, uuid and
+ * generation: a breaker marks it RECOVERING or clears it with generation+1),
+ * then, if the self-fence deadline has not passed, write our slot with
+ * counter+1. Only the owner writes its slot with plain writes; claiming a
+ * slot and marking/clearing a dead host's slot go through the atomic step.
+ * A successful renewal whose write was issued at t moves the deadline to
+ * t + fence_ms.
+ *
+ * Self-fence: once the deadline passes, or a write is refused with
+ * RESERVATION CONFLICT (our PR key was preempted), or our slot is no longer
+ * ours, the lockspace is fenced for good: every write through it (and
+ * through lockspace_check_write / ls_write) fails with -EIO, the reason is
+ * logged and the fenced callback runs once. Only lockspace_leave/close
+ * remain; a new join gets a new slot or generation.
+ *
+ * Fencing by reservations: where every path supports PR with type 7, join
+ * registers a random key on every path (lun_pr_register), takes the Write
+ * Exclusive - All Registrants reservation if nobody holds it, and records
+ * the key in its slot; a breaker preempts that key (lock.c). A host never
+ * registers again after it was preempted: fenced is final.
+ *
+ * Locking: ls->lock protects the fields marked in ls_internal.h; it is never
+ * held across I/O except the short copy of the heartbeat region. Lock order:
+ * ls->mutex_lock (paxos) before ls->lock.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "lun.h"
+#include "ls_internal.h"
+
+uint64_t ls_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t ms_ns(uint32_t ms)
+{
+    return (uint64_t)ms * 1000000ull;
+}
+
+int ls_read(struct lockspace *ls, uint64_t lba, uint32_t n, void *buf)
+{
+    __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
+    return lun_read(ls->lun, lba, n, buf);
+}
+
+/* Caller holds ls->lock. */
+void ls_fence_locked(struct lockspace *ls, enum ls_fence_reason why, const char *msg)
+{
+    if (ls->fenced)
+        return;
+    ls->fenced = true;
+    log_err("%s: lockspace at block %llu: host %s (slot %u generation %u) fenced: %s; "
+            "all writes to the LUN stop, operations fail with EIO",
+            lun_name(ls->lun), (unsigned long long)ls->offset, ls->name, ls->slot, ls->generation,
+            msg);
+    if (ls->opts.fenced) {
+        /* The callback must not call back into the lockspace's locks. */
+        pthread_mutex_unlock(&ls->lock);
+        ls->opts.fenced(ls, why, ls->opts.opaque);
+        pthread_mutex_lock(&ls->lock);
+    }
+}
+
+static int write_gate_locked(struct lockspace *ls)
+{
+    if (ls->fenced)
+        return -EIO;
+    if (ls->joined && ls_now_ns() >= ls->deadline_ns) {
+        ls_fence_locked(ls, LS_FENCE_DEADLINE, "heartbeat not renewed by the self-fence deadline");
+        return -EIO;
+    }
+    return 0;
+}
+
+int lockspace_check_write(struct lockspace *ls)
+{
+    pthread_mutex_lock(&ls->lock);
+    int r = write_gate_locked(ls);
+    pthread_mutex_unlock(&ls->lock);
+    return r;
+}
+
+static void note_write_error(struct lockspace *ls, int r)
+{
+    if (r == -EBADE) {
+        pthread_mutex_lock(&ls->lock);
+        ls_fence_locked(ls, LS_FENCE_PREEMPTED,
+                        "the target refused a write (RESERVATION CONFLICT): our key was preempted");
+        pthread_mutex_unlock(&ls->lock);
+    }
+}
+
+int ls_write_raw(struct lockspace *ls, uint64_t lba, uint32_t n, const void *buf)
+{
+    int r = lockspace_check_write(ls);
+    if (r < 0)
+        return r;
+    __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
+    r = lun_write(ls->lun, lba, n, buf, 0);
+    note_write_error(ls, r);
+    return r;
+}
+
+int ls_write(struct lockspace *ls, uint64_t lba, uint32_t nblocks, const void *buf, unsigned flags)
+{
+    int r = lockspace_check_write(ls);
+    if (r < 0)
+        return r;
+    r = lun_write(ls->lun, lba, nblocks, buf, flags);
+    note_write_error(ls, r);
+    return r;
+}
+
+/* ---- Format ----------------------------------------------------------------- */
+
+static void fill_params(const struct ls_format_params *p, uint32_t *io, uint32_t *h, uint32_t *l)
+{
+    *io = p && p->io_timeout_ms ? p->io_timeout_ms : LS_DEFAULT_IO_TIMEOUT_MS;
+    *h = p && p->max_hosts ? p->max_hosts : LS_DEFAULT_HOSTS;
+    *l = p && p->max_locks ? p->max_locks : LS_DEFAULT_LOCKS;
+}
+
+uint64_t lockspace_size_blocks(const struct ls_format_params *p)
+{
+    uint32_t io, h, l;
+    fill_params(p, &io, &h, &l);
+    return 2 + 2 * (uint64_t)h + l;
+}
+
+static int write_blocks(struct lun *lun, uint64_t lba, uint32_t n, const void *buf)
+{
+    int r = lun_write(lun, lba, n, buf, 0);
+    if (r < 0)
+        log_err("%s: cannot write lockspace blocks %llu..%llu: %s", lun_name(lun),
+                (unsigned long long)lba, (unsigned long long)(lba + n - 1), strerror(-r));
+    return r;
+}
+
+int lockspace_format(struct lun *lun, uint64_t offset, const struct ls_format_params *p)
+{
+    uint32_t io, H, L;
+    fill_params(p, &io, &H, &L);
+    struct ls_timeouts to;
+    if (ls_timeouts_derive(io, &to) < 0 || H < LS_MAX_HOSTS_MIN || H > LS_MAX_HOSTS_MAX ||
+        L > 1000000) {
+        log_err("%s: bad lockspace parameters (io_timeout %u ms, %u hosts, %u locks)",
+                lun_name(lun), io, H, L);
+        return -EINVAL;
+    }
+    const struct lun_info *info = lun_get_info(lun);
+    uint32_t bs = info->block_size;
+    uint64_t total = lockspace_size_blocks(p);
+    if (offset + total > info->num_blocks) {
+        log_err("%s: lockspace of %llu blocks at %llu does not fit (%llu blocks)", lun_name(lun),
+                (unsigned long long)total, (unsigned long long)offset,
+                (unsigned long long)info->num_blocks);
+        return -ENOSPC;
+    }
+    struct ls_header h = {
+        .block_size = bs,
+        .io_timeout_ms = io,
+        .max_hosts = H,
+        .max_locks = L,
+        .hb_off = 1,
+        .paxos_off = 1 + (uint64_t)H,
+        .locks_off = 2 + 2 * (uint64_t)H,
+        .total_blocks = total,
+    };
+    if (getrandom(h.uuid, 16, 0) != 16)
+        return -errno;
+    const uint32_t chunk = 256;
+    uint8_t *buf = calloc(chunk, bs);
+    if (!buf)
+        return -ENOMEM;
+    int r;
+    /* Heartbeat slots. */
+    for (uint32_t i = 0; i < H; i += chunk) {
+        uint32_t n = H - i < chunk ? H - i : chunk;
+        memset(buf, 0, (size_t)n * bs);
+        for (uint32_t k = 0; k < n; k++) {
+            struct ls_hb hb = {
+                .state = LS_SLOT_FREE, .slot = i + k, .rec_slot = LS_NO_SLOT, .io_timeout_ms = io};
+            ls_hb_encode(buf + (size_t)k * bs, &hb);
+        }
+        if ((r = write_blocks(lun, offset + h.hb_off + i, n, buf)) < 0)
+            goto out;
+    }
+    /* Paxos leader + dblocks. */
+    for (uint32_t i = 0; i < H + 1; i += chunk) {
+        uint32_t n = H + 1 - i < chunk ? H + 1 - i : chunk;
+        memset(buf, 0, (size_t)n * bs);
+        for (uint32_t k = 0; k < n; k++) {
+            if (i + k == 0) {
+                struct ls_leader ld = {.owner_slot = LS_NO_SLOT};
+                ls_leader_encode(buf, &ld);
+            } else {
+                struct ls_dblock d = {.inp_slot = LS_NO_SLOT};
+                ls_dblock_encode(buf + (size_t)k * bs, &d);
+            }
+        }
+        if ((r = write_blocks(lun, offset + h.paxos_off + i, n, buf)) < 0)
+            goto out;
+    }
+    /* Lock records. */
+    for (uint32_t i = 0; i < L; i += chunk) {
+        uint32_t n = L - i < chunk ? L - i : chunk;
+        memset(buf, 0, (size_t)n * bs);
+        for (uint32_t k = 0; k < n; k++) {
+            struct ls_lockrec lr = {.mode = LS_LOCK_FREE, .writer_slot = LS_NO_SLOT};
+            snprintf(lr.name, sizeof(lr.name), "lock%u", i + k);
+            ls_lockrec_encode(buf + (size_t)k * bs, &lr);
+        }
+        if ((r = write_blocks(lun, offset + h.locks_off + i, n, buf)) < 0)
+            goto out;
+    }
+    /* Header last: a half-formatted lockspace does not open. */
+    memset(buf, 0, bs);
+    ls_header_encode(buf, &h);
+    if ((r = write_blocks(lun, offset, 1, buf)) < 0)
+        goto out;
+    r = lun_flush(lun);
+    if (r == -EOPNOTSUPP)
+        r = 0;
+out:
+    free(buf);
+    return r;
+}
+
+/* ---- Open ------------------------------------------------------------------- */
+
+int lockspace_open(struct lun *lun, uint64_t offset, const struct ls_open_opts *o,
+                   struct lockspace **out)
+{
+    struct ls_open_opts dflt = {0};
+    if (!o)
+        o = &dflt;
+    const struct lun_info *info = lun_get_info(lun);
+    uint32_t bs = info->block_size;
+    uint8_t *buf = calloc(1, bs);
+    if (!buf)
+        return -ENOMEM;
+    int r = lun_read(lun, offset, 1, buf);
+    if (r < 0) {
+        log_err("%s: cannot read the lockspace header at block %llu: %s", lun_name(lun),
+                (unsigned long long)offset, strerror(-r));
+        free(buf);
+        return r;
+    }
+    struct ls_header h;
+    r = ls_header_decode(buf, &h, "lockspace header", offset);
+    free(buf);
+    if (r < 0)
+        return r;
+    if (h.block_size != bs) {
+        log_err("%s: lockspace at block %llu was formatted with %u-byte blocks, the LUN has %u",
+                lun_name(lun), (unsigned long long)offset, h.block_size, bs);
+        return -EINVAL;
+    }
+    if ((o->io_timeout_ms && o->io_timeout_ms != h.io_timeout_ms) ||
+        (o->max_hosts && o->max_hosts != h.max_hosts)) {
+        log_err("%s: lockspace at block %llu: mount parameters differ from the on-disk ones "
+                "(io_timeout %u ms vs %u ms on disk, max hosts %u vs %u): refused",
+                lun_name(lun), (unsigned long long)offset, o->io_timeout_ms, h.io_timeout_ms,
+                o->max_hosts, h.max_hosts);
+        return -EINVAL;
+    }
+    if (offset + h.total_blocks > info->num_blocks) {
+        log_err("%s: lockspace at block %llu: %llu blocks do not fit the LUN", lun_name(lun),
+                (unsigned long long)offset, (unsigned long long)h.total_blocks);
+        return -EUCLEAN;
+    }
+    struct lockspace *ls = calloc(1, sizeof(*ls));
+    if (!ls)
+        return -ENOMEM;
+    ls->lun = lun;
+    ls->offset = offset;
+    ls->bs = bs;
+    ls->hdr = h;
+    ls->opts = *o;
+    ls_timeouts_derive(h.io_timeout_ms, &ls->to);
+    if (o->host_name)
+        snprintf(ls->name, sizeof(ls->name), "%s", o->host_name);
+    else if (gethostname(ls->name, sizeof(ls->name) - 1) < 0)
+        snprintf(ls->name, sizeof(ls->name), "host");
+    ls->opts.host_name = NULL;
+    if (o->host_uuid)
+        memcpy(ls->uuid, o->host_uuid, 16);
+    else if (getrandom(ls->uuid, 16, 0) != 16)
+        memset(ls->uuid, 0x5a, 16);
+    ls->opts.host_uuid = NULL;
+    ls->caw = info->caps.compare_and_write && !o->force_paxos;
+    ls->pr =
+        info->caps.persistent_reservations && info->caps.pr_we_all_registrants && !o->no_fencing;
+    ls->slot = LS_NO_SLOT;
+    pthread_mutex_init(&ls->lock, NULL);
+    pthread_mutex_init(&ls->mutex_lock, NULL);
+    pthread_condattr_t ca; /* timed waits on CLOCK_MONOTONIC, like every deadline here */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ls->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    ls->hb_raw = calloc(h.max_hosts, bs);
+    ls->peers = calloc(h.max_hosts, sizeof(*ls->peers));
+    if (!ls->hb_raw || !ls->peers) {
+        lockspace_close(ls);
+        return -ENOMEM;
+    }
+    *out = ls;
+    return 0;
+}
+
+const struct ls_timeouts *lockspace_timeouts(const struct lockspace *ls)
+{
+    return &ls->to;
+}
+uint32_t lockspace_slot(const struct lockspace *ls)
+{
+    return ls->slot;
+}
+uint32_t lockspace_generation(const struct lockspace *ls)
+{
+    return ls->generation;
+}
+bool lockspace_uses_caw(const struct lockspace *ls)
+{
+    return ls->caw;
+}
+uint64_t lockspace_lock_lba(const struct lockspace *ls, uint32_t index)
+{
+    return ls->offset + ls->hdr.locks_off + index;
+}
+uint64_t lockspace_io_count(const struct lockspace *ls)
+{
+    return __atomic_load_n(&ls->nio, __ATOMIC_RELAXED);
+}
+
+/* ---- Heartbeat scan ------------------------------------------------------------ */
+
+int ls_hb_scan(struct lockspace *ls)
+{
+    uint32_t H = ls->hdr.max_hosts;
+    uint8_t *buf = malloc((size_t)H * ls->bs);
+    if (!buf)
+        return -ENOMEM;
+    uint64_t t0 = ls_now_ns();
+    int r = ls_read(ls, ls->offset + ls->hdr.hb_off, H, buf);
+    uint64_t t1 = ls_now_ns();
+    if (r < 0) {
+        log_warn("%s: cannot read the heartbeat region: %s", lun_name(ls->lun), strerror(-r));
+        free(buf);
+        return r;
+    }
+    pthread_mutex_lock(&ls->lock);
+    for (uint32_t i = 0; i < H; i++) {
+        struct ls_hb hb;
+        const uint8_t *b = buf + (size_t)i * ls->bs;
+        /* A corrupt slot is logged when it becomes corrupt, not at every scan. */
+        if (ls->peers[i].state == LS_HOST_CORRUPT &&
+            !memcmp(b, ls->hb_raw + (size_t)i * ls->bs, ls->bs))
+            continue;
+        int d = ls_hb_decode(b, &hb, "heartbeat slot", ls->offset + ls->hdr.hb_off + i);
+        ls_peer_update(&ls->peers[i], &hb, d < 0, t0, t1, ms_ns(ls->to.dead_ms));
+    }
+    memcpy(ls->hb_raw, buf, (size_t)H * ls->bs);
+    ls->hb_read_ns = t1;
+    pthread_mutex_unlock(&ls->lock);
+    free(buf);
+    return 0;
+}
+
+int ls_owner_liveness(struct lockspace *ls, uint32_t slot, uint32_t gen)
+{
+    if (slot >= ls->hdr.max_hosts)
+        return 0;
+    pthread_mutex_lock(&ls->lock);
+    struct ls_hb hb;
+    int r;
+    if (ls_hb_decode(ls->hb_raw + (size_t)slot * ls->bs, &hb, "heartbeat slot",
+                     ls->offset + ls->hdr.hb_off + slot) < 0)
+        r = 1; /* corrupt: never free */
+    else if (hb.state == LS_SLOT_FREE || hb.generation != gen)
+        r = 0;
+    else if (ls->peers[slot].state == LS_HOST_DEAD)
+        r = 2;
+    else
+        r = 1;
+    pthread_mutex_unlock(&ls->lock);
+    return r;
+}
+
+/* ---- Renewal thread ------------------------------------------------------------ */
+
+static void my_slot(struct lockspace *ls, struct ls_hb *hb)
+{
+    memset(hb, 0, sizeof(*hb));
+    hb->state = LS_SLOT_LIVE;
+    hb->slot = ls->slot;
+    hb->generation = ls->generation;
+    hb->counter = ls->counter;
+    hb->pr_key = ls->pr_key;
+    hb->io_timeout_ms = ls->hdr.io_timeout_ms;
+    hb->rec_slot = LS_NO_SLOT;
+    hb->journal_lba = ls->opts.journal_lba;
+    memcpy(hb->uuid, ls->uuid, 16);
+    snprintf(hb->name, sizeof(hb->name), "%s", ls->name);
+}
+
+static void renew_write(struct lockspace *ls);
+
+/* One renewal: read all, check ours, write ours. */
+static void renew_once(struct lockspace *ls)
+{
+    if (ls_hb_scan(ls) == 0) {
+        pthread_mutex_lock(&ls->lock);
+        struct ls_hb hb;
+        int d = ls_hb_decode(ls->hb_raw + (size_t)ls->slot * ls->bs, &hb, "own heartbeat slot",
+                             ls->offset + ls->hdr.hb_off + ls->slot);
+        if (!ls->fenced && (d < 0 || hb.state != LS_SLOT_LIVE || hb.generation != ls->generation ||
+                            memcmp(hb.uuid, ls->uuid, 16))) {
+            char msg[160];
+            snprintf(msg, sizeof(msg),
+                     "our slot %u now reads state %u generation %u (we are generation %u): "
+                     "another host recovered us; drop all cached state",
+                     ls->slot, d < 0 ? 99u : hb.state, d < 0 ? 0u : hb.generation, ls->generation);
+            ls_fence_locked(ls, LS_FENCE_SLOT_LOST, msg);
+        }
+        pthread_mutex_unlock(&ls->lock);
+    }
+    renew_write(ls);
+}
+
+/* Write our slot with counter + 1 (if not fenced and before the deadline);
+ * on success the deadline moves to the write's issue time + fence_ms. */
+static void renew_write(struct lockspace *ls)
+{
+    pthread_mutex_lock(&ls->lock);
+    if (ls->fenced || write_gate_locked(ls) < 0) {
+        pthread_mutex_unlock(&ls->lock);
+        return;
+    }
+    struct ls_hb hb;
+    ls->counter++;
+    my_slot(ls, &hb);
+    uint64_t lba = ls->offset + ls->hdr.hb_off + ls->slot;
+    pthread_mutex_unlock(&ls->lock);
+
+    uint8_t *buf = calloc(1, ls->bs);
+    if (!buf)
+        return;
+    ls_hb_encode(buf, &hb);
+    uint64_t issued = ls_now_ns();
+    __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
+    int r = lun_write(ls->lun, lba, 1, buf, 0);
+    pthread_mutex_lock(&ls->lock);
+    if (r == 0) {
+        uint64_t d = issued + ms_ns(ls->to.fence_ms);
+        if (d > ls->deadline_ns)
+            ls->deadline_ns = d;
+        memcpy(ls->hb_raw + (size_t)ls->slot * ls->bs, buf, ls->bs);
+    } else if (r == -EBADE) {
+        ls_fence_locked(ls, LS_FENCE_PREEMPTED,
+                        "heartbeat write refused (RESERVATION CONFLICT): our key was preempted");
+    } else {
+        log_warn("%s: host %s: heartbeat renewal of slot %u failed: %s (self-fence in %lld ms)",
+                 lun_name(ls->lun), ls->name, ls->slot, strerror(-r),
+                 (long long)((int64_t)(ls->deadline_ns - ls_now_ns()) / 1000000));
+    }
+    pthread_mutex_unlock(&ls->lock);
+    free(buf);
+}
+
+static void *renew_thread(void *arg)
+{
+    struct lockspace *ls = arg;
+    uint64_t next = ls_now_ns(); /* renew at once: a delta claim took 2.5 T */
+    pthread_mutex_lock(&ls->lock);
+    while (!ls->stop) {
+        uint64_t now = ls_now_ns();
+        if (now < next) {
+            /* Wake early enough to fence at the deadline even if I/O hangs elsewhere. */
+            uint64_t until = next;
+            if (!ls->fenced && ls->deadline_ns && ls->deadline_ns < until)
+                until = ls->deadline_ns;
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            uint64_t wake = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec +
+                            (until > now ? until - now : 0);
+            ts.tv_sec = (time_t)(wake / 1000000000ull);
+            ts.tv_nsec = (long)(wake % 1000000000ull);
+            pthread_cond_timedwait(&ls->cond, &ls->lock, &ts);
+            if (!ls->fenced && ls->deadline_ns && ls_now_ns() >= ls->deadline_ns)
+                write_gate_locked(ls);
+            continue;
+        }
+        next = now + ms_ns(ls->to.renew_ms);
+        pthread_mutex_unlock(&ls->lock);
+        renew_once(ls);
+        pthread_mutex_lock(&ls->lock);
+    }
+    pthread_mutex_unlock(&ls->lock);
+    return NULL;
+}
+
+/* ---- Join / leave ---------------------------------------------------------------- */
+
+/* The LUN engine's register check (lun_set_register_check): a path that
+ * reconnects re-registers our key, then asks whether our heartbeat
+ * generation is still ours. Answered from the lockspace's own state, not by
+ * a read: on a single-path LUN a read would wait for the very path being
+ * recovered. The answer is still sound: a host that another host has broken
+ * is, by the safety inequality, past its own self-fence deadline (or its
+ * renewal thread has already seen its slot taken), so it answers 0 and the
+ * engine takes the registration back. */
+static int pr_register_check(void *opaque)
+{
+    struct lockspace *ls = opaque;
+    pthread_mutex_lock(&ls->lock);
+    int ok = write_gate_locked(ls) == 0;
+    if (ok && ls->slot != LS_NO_SLOT) {
+        struct ls_hb hb;
+        if (ls_hb_decode(ls->hb_raw + (size_t)ls->slot * ls->bs, &hb, "own heartbeat slot",
+                         ls->offset + ls->hdr.hb_off + ls->slot) < 0 ||
+            hb.generation != ls->generation || hb.state != LS_SLOT_LIVE)
+            ok = 0;
+    }
+    pthread_mutex_unlock(&ls->lock);
+    return ok;
+}
+
+static int pr_join(struct lockspace *ls)
+{
+    uint64_t key = 0;
+    while (!key)
+        if (getrandom(&key, sizeof(key), 0) != sizeof(key))
+            return -errno;
+    int r = lun_pr_register(ls->lun, key);
+    if (r < 0) {
+        log_err("%s: host %s: cannot register reservation key 0x%016" PRIx64 ": %s",
+                lun_name(ls->lun), ls->name, key, strerror(-r));
+        return r;
+    }
+    ls->pr_key = key;
+    lun_set_register_check(ls->lun, pr_register_check, ls);
+    struct lun_pr_state *st = calloc(1, sizeof(*st));
+    if (!st)
+        return -ENOMEM;
+    r = lun_pr_read(ls->lun, st);
+    if (r == 0 && !st->reserved) {
+        r = lun_pr_reserve(ls->lun, key, LUN_PR_WE_ALL_REGISTRANTS);
+        if (r < 0 && lun_pr_read(ls->lun, st) == 0 && st->reserved &&
+            st->type == LUN_PR_WE_ALL_REGISTRANTS)
+            r = 0; /* somebody else reserved it meanwhile */
+    } else if (r == 0 && st->type != LUN_PR_WE_ALL_REGISTRANTS) {
+        log_err("%s: the LUN holds a reservation of type %d, not Write Exclusive - All "
+                "Registrants: refusing to join",
+                lun_name(ls->lun), st->type);
+        r = -EBUSY;
+    }
+    free(st);
+    if (r < 0)
+        log_err("%s: host %s: cannot take the WE-AR reservation: %s", lun_name(ls->lun), ls->name,
+                strerror(-r));
+    return r;
+}
+
+static int claim_slot_caw(struct lockspace *ls)
+{
+    uint32_t H = ls->hdr.max_hosts;
+    uint8_t *mine = calloc(2, ls->bs), *cur = mine + ls->bs;
+    if (!mine)
+        return -ENOMEM;
+    int r = -ENOSPC;
+    for (uint32_t i = 0; i < H; i++) {
+        struct ls_hb hb;
+        pthread_mutex_lock(&ls->lock);
+        memcpy(cur, ls->hb_raw + (size_t)i * ls->bs, ls->bs);
+        pthread_mutex_unlock(&ls->lock);
+        if (ls_hb_decode(cur, &hb, "heartbeat slot", ls->offset + ls->hdr.hb_off + i) < 0 ||
+            hb.state != LS_SLOT_FREE)
+            continue;
+        ls->slot = i;
+        ls->generation = hb.generation + 1;
+        ls->counter = 1;
+        struct ls_hb me;
+        my_slot(ls, &me);
+        memset(mine, 0, ls->bs);
+        ls_hb_encode(mine, &me);
+        uint64_t issued = ls_now_ns();
+        r = ls_cas(ls, ls->offset + ls->hdr.hb_off + i, cur, mine, NULL);
+        if (r == 0) {
+            pthread_mutex_lock(&ls->lock);
+            ls->deadline_ns = issued + ms_ns(ls->to.fence_ms);
+            memcpy(ls->hb_raw + (size_t)i * ls->bs, mine, ls->bs);
+            pthread_mutex_unlock(&ls->lock);
+            break;
+        }
+        ls->slot = LS_NO_SLOT;
+        if (r != -EILSEQ)
+            break;
+        r = -ENOSPC;
+    }
+    free(mine);
+    return r;
+}
+
+/* Without an atomic step (paxos needs a slot): sanlock's delta-lease claim.
+ * Write our claim within io_timeout of the read that saw the slot free,
+ * wait 2*io_timeout + margin, read it back: only the last writer among
+ * racing claimers still finds its own claim. */
+static int claim_slot_delta(struct lockspace *ls)
+{
+    uint32_t H = ls->hdr.max_hosts;
+    uint8_t *mine = calloc(2, ls->bs), *cur = mine + ls->bs;
+    if (!mine)
+        return -ENOSPC;
+    int r = -ENOSPC;
+    for (uint32_t i = 0; i < H; i++) {
+        struct ls_hb hb;
+        pthread_mutex_lock(&ls->lock);
+        memcpy(cur, ls->hb_raw + (size_t)i * ls->bs, ls->bs);
+        uint64_t seen = ls->hb_read_ns;
+        pthread_mutex_unlock(&ls->lock);
+        if (ls_hb_decode(cur, &hb, "heartbeat slot", ls->offset + ls->hdr.hb_off + i) < 0 ||
+            hb.state != LS_SLOT_FREE)
+            continue;
+        if (ls_now_ns() - seen > ms_ns(ls->to.io_timeout_ms) / 2) {
+            /* Our view is too old to write on it: look again. */
+            if ((r = ls_hb_scan(ls)) < 0)
+                break;
+            i--;
+            continue;
+        }
+        ls->slot = i;
+        ls->generation = hb.generation + 1;
+        ls->counter = 1;
+        struct ls_hb me;
+        my_slot(ls, &me);
+        memset(mine, 0, ls->bs);
+        ls_hb_encode(mine, &me);
+        uint64_t lba = ls->offset + ls->hdr.hb_off + i;
+        uint64_t issued = ls_now_ns();
+        __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
+        r = lun_write(ls->lun, lba, 1, mine, 0);
+        if (r < 0)
+            break;
+        usleep((useconds_t)(2500ull * ls->to.io_timeout_ms));
+        r = ls_read(ls, lba, 1, cur);
+        if (r < 0)
+            break;
+        if (!memcmp(cur, mine, ls->bs)) {
+            pthread_mutex_lock(&ls->lock);
+            ls->deadline_ns = issued + ms_ns(ls->to.fence_ms);
+            memcpy(ls->hb_raw + (size_t)i * ls->bs, mine, ls->bs);
+            pthread_mutex_unlock(&ls->lock);
+            r = 0;
+            break;
+        }
+        ls->slot = LS_NO_SLOT;
+        r = -ENOSPC;
+    }
+    free(mine);
+    return r;
+}
+
+int lockspace_join(struct lockspace *ls)
+{
+    if (ls->joined)
+        return -EALREADY;
+    int r;
+    if (ls->pr && (r = pr_join(ls)) < 0)
+        return r;
+    if ((r = ls_hb_scan(ls)) < 0)
+        return r;
+    r = ls->caw ? claim_slot_caw(ls) : claim_slot_delta(ls);
+    if (r < 0) {
+        if (r == -ENOSPC)
+            log_err("%s: lockspace at block %llu: no free heartbeat slot of %u for host %s",
+                    lun_name(ls->lun), (unsigned long long)ls->offset, ls->hdr.max_hosts, ls->name);
+        if (ls->pr_key) {
+            lun_set_register_check(ls->lun, NULL, NULL);
+            lun_pr_register(ls->lun, 0);
+        }
+        ls->pr_key = 0;
+        return r;
+    }
+    pthread_mutex_lock(&ls->lock);
+    ls->joined = true;
+    ls->stop = false;
+    pthread_mutex_unlock(&ls->lock);
+    /* A first renewal now: the claim (2.5 T ago without CAW) must not eat
+     * the self-fence window before the thread gets going. */
+    renew_write(ls);
+    r = pthread_create(&ls->thread, NULL, renew_thread, ls);
+    if (r) {
+        ls->joined = false;
+        return -r;
+    }
+    ls->thread_running = true;
+    log_info("%s: host %s joined lockspace at block %llu: slot %u generation %u (%s)",
+             lun_name(ls->lun), ls->name, (unsigned long long)ls->offset, ls->slot, ls->generation,
+             ls->caw ? "compare-and-write" : "paxos fallback");
+    return 0;
+}
+
+static void stop_thread(struct lockspace *ls)
+{
+    if (!ls->thread_running)
+        return;
+    pthread_mutex_lock(&ls->lock);
+    ls->stop = true;
+    pthread_cond_broadcast(&ls->cond);
+    pthread_mutex_unlock(&ls->lock);
+    pthread_join(ls->thread, NULL);
+    ls->thread_running = false;
+}
+
+int lockspace_leave(struct lockspace *ls)
+{
+    if (!ls->joined)
+        return 0;
+    int rc = 0;
+    while (ls->held) {
+        int r = lock_release(ls, ls->held->lba); /* drops it from the list, always */
+        if (r < 0 && rc == 0)
+            rc = r;
+    }
+    stop_thread(ls);
+    if (lockspace_check_write(ls) == 0) {
+        /* Free the slot, keeping the generation (the next claimer bumps it). */
+        uint8_t *buf = calloc(1, ls->bs);
+        if (buf) {
+            struct ls_hb hb = {.state = LS_SLOT_FREE,
+                               .slot = ls->slot,
+                               .generation = ls->generation,
+                               .rec_slot = LS_NO_SLOT,
+                               .io_timeout_ms = ls->hdr.io_timeout_ms};
+            ls_hb_encode(buf, &hb);
+            int r = ls_write_raw(ls, ls->offset + ls->hdr.hb_off + ls->slot, 1, buf);
+            if (r < 0 && rc == 0)
+                rc = r;
+            free(buf);
+        }
+    }
+    if (ls->pr_key) {
+        lun_set_register_check(ls->lun, NULL, NULL);
+        if (!ls->fenced)
+            lun_pr_register(ls->lun, 0);
+    }
+    ls->pr_key = 0;
+    ls->joined = false;
+    return rc;
+}
+
+void lockspace_abandon(struct lockspace *ls)
+{
+    stop_thread(ls);
+    pthread_mutex_lock(&ls->lock);
+    ls->fenced = true; /* silently: a dead process writes nothing */
+    pthread_mutex_unlock(&ls->lock);
+}
+
+void lockspace_close(struct lockspace *ls)
+{
+    if (!ls)
+        return;
+    stop_thread(ls);
+    if (ls->pr_key)
+        lun_set_register_check(ls->lun, NULL, NULL);
+    while (ls->held) {
+        struct ls_held *h = ls->held;
+        ls->held = h->next;
+        free(h);
+    }
+    free(ls->hb_raw);
+    free(ls->peers);
+    pthread_mutex_destroy(&ls->lock);
+    pthread_mutex_destroy(&ls->mutex_lock);
+    pthread_cond_destroy(&ls->cond);
+    free(ls);
+}
+
+/* ---- Status -------------------------------------------------------------------- */
+
+int lockspace_status(struct lockspace *ls, unsigned samples, struct ls_status *st)
+{
+    memset(st, 0, sizeof(*st));
+    st->timeouts = ls->to;
+    st->max_hosts = ls->hdr.max_hosts;
+    st->max_locks = ls->hdr.max_locks;
+    st->block_size = ls->bs;
+    st->caw = ls->caw;
+    if (samples == 0)
+        samples = 1;
+    int r = 0;
+    for (unsigned s = 0; s < samples; s++) {
+        if (s)
+            usleep((useconds_t)ls->to.renew_ms * 1000);
+        if ((r = ls_hb_scan(ls)) < 0)
+            return r;
+    }
+    uint32_t H = ls->hdr.max_hosts, L = ls->hdr.max_locks;
+    st->hosts = calloc(H, sizeof(*st->hosts));
+    st->locks = calloc(L ? L : 1, sizeof(*st->locks));
+    uint8_t *buf = calloc(L ? L : 1, ls->bs);
+    if (!st->hosts || !st->locks || !buf) {
+        free(buf);
+        ls_status_free(st);
+        return -ENOMEM;
+    }
+    uint64_t now = ls_now_ns();
+    pthread_mutex_lock(&ls->lock);
+    for (uint32_t i = 0; i < H; i++) {
+        struct ls_hb hb;
+        const struct ls_peer *p = &ls->peers[i];
+        int d = ls_hb_decode(ls->hb_raw + (size_t)i * ls->bs, &hb, "heartbeat slot",
+                             ls->offset + ls->hdr.hb_off + i);
+        if (d == 0 && hb.state == LS_SLOT_FREE)
+            continue;
+        struct ls_status_host *sh = &st->hosts[st->nhosts++];
+        sh->info.slot = i;
+        sh->state = p->state;
+        if (d == 0) {
+            sh->info.generation = hb.generation;
+            snprintf(sh->info.name, sizeof(sh->info.name), "%s", hb.name);
+            memcpy(sh->info.uuid, hb.uuid, 16);
+            sh->info.journal_lba = hb.journal_lba;
+            sh->counter = hb.counter;
+            sh->age_ms =
+                p->first_seen_ns && now > p->first_seen_ns ? (now - p->first_seen_ns) / 1000000 : 0;
+        }
+        sh->self = ls->joined && i == ls->slot;
+        if (sh->self)
+            sh->state = ls->fenced ? LS_HOST_DEAD : LS_HOST_LIVE;
+    }
+    pthread_mutex_unlock(&ls->lock);
+    if (L) {
+        r = ls_read(ls, ls->offset + ls->hdr.locks_off, L, buf);
+        if (r < 0) {
+            free(buf);
+            ls_status_free(st);
+            return r;
+        }
+    }
+    for (uint32_t i = 0; i < L; i++) {
+        struct ls_lockrec lr;
+        int d = ls_lockrec_decode(buf + (size_t)i * ls->bs, &lr, "lock record",
+                                  ls->offset + ls->hdr.locks_off + i);
+        if (d == 0 && lr.mode == LS_LOCK_FREE)
+            continue;
+        struct ls_status_lock *sl = &st->locks[st->nlocks++];
+        sl->index = i;
+        sl->lba = ls->offset + ls->hdr.locks_off + i;
+        sl->error = d;
+        if (d == 0) {
+            snprintf(sl->name, sizeof(sl->name), "%s", lr.name);
+            sl->mode = lr.mode;
+            sl->version = lr.version;
+            sl->nowners = lr.nowners;
+            for (unsigned k = 0; k < lr.nowners; k++) {
+                sl->owner_slot[k] = lr.owners[k].slot;
+                sl->owner_gen[k] = lr.owners[k].gen;
+            }
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+void ls_status_free(struct ls_status *st)
+{
+    free(st->hosts);
+    free(st->locks);
+    st->hosts = NULL;
+    st->locks = NULL;
+}

@@ -1,0 +1,61 @@
+# Helpers for the locking tests: start lockhost processes, wait for a line
+# of their output, clean them up by pid. Source after setting LOCKHOST.
+LH_PIDS=()
+LH_DIR=$(mktemp -d /tmp/clusterfs-locking.XXXXXX)
+
+lh_cleanup() {
+    local p
+    for p in "${LH_PIDS[@]}"; do
+        kill -CONT "$p" 2>/dev/null || true
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    LH_PIDS=()
+    rm -rf "$LH_DIR"
+}
+
+fail() {
+    echo "FAIL: $*" >&2
+    for f in "$LH_DIR"/*.out; do
+        [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
+    done
+    exit 1
+}
+
+# lh_start NAME ARGS... : run lockhost in the background, output in $LH_DIR/NAME.out
+lh_start() {
+    local name=$1
+    shift
+    "$LOCKHOST" "$@" --name "$name" >"$LH_DIR/$name.out" 2>&1 &
+    LH_PIDS+=($!)
+    eval "PID_${name//-/_}=$!"
+}
+
+# lh_wait NAME PATTERN SECONDS
+lh_wait() {
+    local i
+    for i in $(seq 1 $(($3 * 20))); do
+        grep -q "$2" "$LH_DIR/$1.out" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    fail "$1: no '$2' within $3 s"
+}
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# stop_clean PID URI: SIGSTOP a host at a point where it holds none of the
+# file LUN's OFD byte-range locks (its CAW emulation). A paused process
+# stopped inside one would block every reader of that block -- something a
+# real disk never does -- so retry until a reader gets through.
+stop_clean() {
+    local i
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        kill -STOP "$1"
+        if timeout 2 "$CLUSTERFS" locks --offset 8 --samples 1 "$2" >/dev/null 2>&1; then
+            return 0
+        fi
+        kill -CONT "$1"
+        sleep 0.05
+    done
+    fail "could not stop $1 outside a file-LUN lock"
+}

@@ -1,0 +1,51 @@
+#!/bin/bash
+# The vdisk command on bad input: clear errors naming the file and field,
+# non-zero exit, file unchanged; check --repair fixes what is safe.
+set -euo pipefail
+: "${VDISK:?}"
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+cd "$T"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+expect_err() { # file needle
+    local sum; sum=$(md5sum "$1")
+    if "$VDISK" info "$1" >/dev/null 2>err; then fail "$1 opened"; fi
+    grep -q -- "$2" err || fail "$1: expected '$2' in: $(cat err)"
+    grep -q "$1" err || fail "$1: message does not name the file: $(cat err)"
+    [ "$(md5sum "$1")" = "$sum" ] || fail "$1 changed"
+}
+"$VDISK" create good.vmdk 10M
+cp good.vmdk v.vmdk; printf '\x09' | dd of=v.vmdk bs=1 seek=4 conv=notrunc status=none
+expect_err v.vmdk "version 9"
+cp good.vmdk g.vmdk; printf '\x03\x00' | dd of=g.vmdk bs=1 seek=20 conv=notrunc status=none
+expect_err g.vmdk "grainSize"
+head -c 300 good.vmdk > t.vmdk
+expect_err t.vmdk "truncated"
+printf '# Disk DescriptorFile\ncreateType="monolithicFlat"\nRW 100 FLAT "/etc/passwd" 0\n' > abs.vmdk
+expect_err abs.vmdk "outside the image's folder"
+printf '# Disk DescriptorFile\ncreateType="monolithicFlat"\nRW 100 FLAT "../x" 0\n' > dot.vmdk
+expect_err dot.vmdk "outside the image's folder"
+"$VDISK" create --type thick a.vmdk 1M 2>/dev/null
+"$VDISK" create a.vmdk 1M 2>err && fail "create overwrote"
+grep -q "File exists" err || fail "create error: $(cat err)"
+"$VDISK" create x.vmdk 0 2>/dev/null && fail "size 0 accepted"
+rc=0; "$VDISK" bogus 2>/dev/null || rc=$?; [ $rc -eq 2 ] || fail "unknown command exit"
+"$VDISK" --help | grep -q convert || fail "--help"
+
+# check: damage the redundant grain table entry and a primary entry
+"$VDISK" create c.vmdk 10M
+truncate -s 10M c.raw
+gd=$(od -An -t u8 -j 56 -N 8 c.vmdk | tr -d ' ')
+rgd=$(od -An -t u8 -j 48 -N 8 c.vmdk | tr -d ' ')
+gt=$(od -An -t u4 -j $((gd * 512)) -N 4 c.vmdk | tr -d ' ')
+rgt=$(od -An -t u4 -j $((rgd * 512)) -N 4 c.vmdk | tr -d ' ')
+# entry 0 of both tables pointing past the end, entry 1 only in the primary
+printf '\xff\xff\x00\x00' | dd of=c.vmdk bs=1 seek=$((gt * 512)) conv=notrunc status=none
+printf '\xff\xff\x00\x00' | dd of=c.vmdk bs=1 seek=$((rgt * 512)) conv=notrunc status=none
+"$VDISK" check c.vmdk 2>err && fail "check passed a bad image"
+grep -q "past the end" err || fail "check message: $(cat err)"
+expect_err c.vmdk "outside the grain area"
+{ "$VDISK" check --json c.vmdk 2>/dev/null || true; } | jq -e '.errors >= 1 and .repaired == 0' >/dev/null || fail "check --json"
+"$VDISK" check --repair c.vmdk 2>/dev/null || fail "repair"
+"$VDISK" check c.vmdk >/dev/null || fail "still bad after repair"
+qemu-img check c.vmdk >/dev/null || fail "qemu-img check after repair"
+echo OK

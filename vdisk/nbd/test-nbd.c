@@ -1,0 +1,414 @@
+/* Unit tests of the NBD server core over a socketpair, against an in-memory
+ * export backend with guard bytes after its end (a stray write past the
+ * export is a failure even if nothing else notices). */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "le.h"
+#include "nbd_proto.h"
+#include "nbd_server.h"
+#include "util.h"
+
+#define MEM_SIZE (1u << 20)
+#define GUARD    4096
+#define GUARD_BYTE 0xA5
+
+struct mem_be {
+    uint8_t *data; /* MEM_SIZE + GUARD */
+    pthread_mutex_t lock;
+    unsigned flushes;
+    bool ro;
+};
+
+static uint64_t mem_size(void *be) { return MEM_SIZE; }
+static uint32_t mem_gran(void *be) { return 4096; }
+static bool mem_ro(void *be) { return ((struct mem_be *)be)->ro; }
+
+static int mem_pread(void *be, void *buf, uint32_t len, uint64_t off)
+{
+    struct mem_be *m = be;
+    pthread_mutex_lock(&m->lock);
+    memcpy(buf, m->data + off, len);
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+static int mem_pwrite(void *be, const void *buf, uint32_t len, uint64_t off, bool fua)
+{
+    struct mem_be *m = be;
+    pthread_mutex_lock(&m->lock);
+    memcpy(m->data + off, buf, len);
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+static int mem_flush(void *be)
+{
+    struct mem_be *m = be;
+    pthread_mutex_lock(&m->lock);
+    m->flushes++;
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+static int mem_zero(void *be, uint64_t off, uint32_t len, bool no_hole, bool fast)
+{
+    struct mem_be *m = be;
+    if (fast && no_hole)
+        return -ENOTSUP;
+    pthread_mutex_lock(&m->lock);
+    memset(m->data + off, 0, len);
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+static int mem_trim(void *be, uint64_t off, uint32_t len) { return mem_zero(be, off, len, false, false); }
+
+/* 4 KiB blocks of zeroes are holes. */
+static int mem_status(void *be, uint64_t off, uint64_t len, uint64_t *ext, uint32_t *flags)
+{
+    struct mem_be *m = be;
+    uint64_t blk = off / 4096 * 4096, end = MIN(blk + 4096, off + len);
+    bool zero = true;
+    pthread_mutex_lock(&m->lock);
+    for (uint64_t i = blk; i < blk + 4096; i++)
+        zero &= m->data[i] == 0;
+    pthread_mutex_unlock(&m->lock);
+    *ext = end - off;
+    *flags = zero ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0;
+    return 0;
+}
+
+static const struct nbd_export_ops mem_ops = {
+    .size = mem_size, .granularity = mem_gran, .readonly = mem_ro, .pread = mem_pread,
+    .pwrite = mem_pwrite, .flush = mem_flush, .trim = mem_trim, .zero = mem_zero,
+    .block_status = mem_status,
+};
+
+struct fixture {
+    struct mem_be be;
+    struct nbd_server *srv;
+    int fd; /* client end */
+};
+
+static void guard_check(struct mem_be *m)
+{
+    for (unsigned i = 0; i < GUARD; i++)
+        assert_int_equal(m->data[MEM_SIZE + i], GUARD_BYTE);
+}
+
+static struct fixture *fx_new(bool ro)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    f->be.data = malloc(MEM_SIZE + GUARD);
+    assert_non_null(f->be.data);
+    for (unsigned i = 0; i < MEM_SIZE; i++)
+        f->be.data[i] = (uint8_t)(i * 7 + 3);
+    memset(f->be.data + MEM_SIZE, GUARD_BYTE, GUARD);
+    pthread_mutex_init(&f->be.lock, NULL);
+    f->be.ro = ro;
+    struct nbd_server_config cfg = {.max_conns = 4, .workers = 4, .pool_bytes = 64u << 20};
+    assert_int_equal(nbd_server_new(&cfg, &f->srv), 0);
+    assert_int_equal(nbd_server_add_export(f->srv, "mem", "test", &mem_ops, &f->be, false), 0);
+    assert_int_equal(nbd_server_add_export(f->srv, "mem", NULL, &mem_ops, &f->be, false),
+                     -EEXIST);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(nbd_server_serve_fd(f->srv, sv[0]), 0);
+    f->fd = sv[1];
+    return f;
+}
+
+static void fx_free(struct fixture *f)
+{
+    close(f->fd);
+    assert_int_equal(nbd_server_shutdown(f->srv), 0);
+    nbd_server_free(f->srv);
+    guard_check(&f->be);
+    pthread_mutex_destroy(&f->be.lock);
+    free(f->be.data);
+    free(f);
+}
+
+static void xsend(int fd, const void *p, size_t n)
+{
+    assert_int_equal(send(fd, p, n, MSG_NOSIGNAL), (ssize_t)n);
+}
+
+static int xrecv(int fd, void *p, size_t n) /* 0, or -1 on EOF */
+{
+    uint8_t *b = p;
+    while (n) {
+        ssize_t r = recv(fd, b, n, 0);
+        if (r <= 0)
+            return -1;
+        b += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static void opt_send(int fd, uint32_t opt, const void *data, uint32_t len)
+{
+    uint8_t h[NBD_OPT_HDR_SIZE];
+    be64_put(h, NBD_IHAVEOPT);
+    be32_put(h + 8, opt);
+    be32_put(h + 12, len);
+    xsend(fd, h, sizeof(h));
+    if (len)
+        xsend(fd, data, len);
+}
+
+/* Reads option replies until ACK or an error; returns the final type. */
+static uint32_t opt_final(int fd)
+{
+    for (;;) {
+        uint8_t h[NBD_OPT_REP_HDR_SIZE], d[512];
+        assert_int_equal(xrecv(fd, h, sizeof(h)), 0);
+        assert_true(be64_get(h) == NBD_REP_MAGIC);
+        uint32_t type = be32_get(h + 12), len = be32_get(h + 16);
+        assert_true(len <= sizeof(d));
+        assert_int_equal(xrecv(fd, d, len), 0);
+        if (type == NBD_REP_ACK || (type & NBD_REP_FLAG_ERROR))
+            return type;
+    }
+}
+
+/* Handshake with structured replies and base:allocation, GO "mem". */
+static void handshake(int fd)
+{
+    uint8_t g[18];
+    assert_int_equal(xrecv(fd, g, sizeof(g)), 0);
+    assert_true(be64_get(g) == NBD_MAGIC);
+    uint8_t cf[4];
+    be32_put(cf, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+    xsend(fd, cf, 4);
+    opt_send(fd, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+    assert_int_equal(opt_final(fd), NBD_REP_ACK);
+    uint8_t m[4 + 3 + 4 + 4 + 15];
+    be32_put(m, 3);
+    memcpy(m + 4, "mem", 3);
+    be32_put(m + 7, 1);
+    be32_put(m + 11, 15);
+    memcpy(m + 15, "base:allocation", 15);
+    opt_send(fd, NBD_OPT_SET_META_CONTEXT, m, sizeof(m));
+    assert_int_equal(opt_final(fd), NBD_REP_ACK);
+    uint8_t go[4 + 3 + 2];
+    be32_put(go, 3);
+    memcpy(go + 4, "mem", 3);
+    be16_put(go + 7, 0);
+    opt_send(fd, NBD_OPT_GO, go, sizeof(go));
+    assert_int_equal(opt_final(fd), NBD_REP_ACK);
+}
+
+static void req_send(int fd, uint16_t type, uint16_t flags, uint64_t cookie, uint64_t off,
+                     uint32_t len, const void *payload)
+{
+    struct nbd_request r = {.flags = flags, .type = type, .cookie = cookie, .offset = off,
+                            .length = len};
+    uint8_t h[NBD_REQUEST_SIZE];
+    nbd_request_encode(h, &r);
+    xsend(fd, h, sizeof(h));
+    if (payload)
+        xsend(fd, payload, len);
+}
+
+/* One structured reply (all chunks); returns the error, copies data. */
+static uint32_t reply_recv(int fd, uint64_t *cookie, void *data, size_t cap, uint32_t *bs_flags)
+{
+    uint32_t err = 0;
+    for (;;) {
+        uint8_t h[NBD_STRUCT_REPLY_SIZE];
+        assert_int_equal(xrecv(fd, h, sizeof(h)), 0);
+        assert_true(be32_get(h) == NBD_STRUCTURED_REPLY_MAGIC);
+        uint16_t flags = be16_get(h + 4), type = be16_get(h + 6);
+        uint32_t len = be32_get(h + 16);
+        *cookie = be64_get(h + 8);
+        uint8_t *body = malloc(len ? len : 1);
+        assert_non_null(body);
+        assert_int_equal(xrecv(fd, body, len), 0);
+        if (type == NBD_REPLY_TYPE_OFFSET_DATA) {
+            assert_true(len - 8 <= cap);
+            memcpy(data, body + 8, len - 8);
+        } else if (type == NBD_REPLY_TYPE_BLOCK_STATUS && bs_flags) {
+            assert_true(len >= 12);
+            *bs_flags = be32_get(body + 8);
+        } else if (type & 0x8000) {
+            err = be32_get(body);
+        }
+        free(body);
+        if (flags & NBD_REPLY_FLAG_DONE)
+            return err;
+    }
+}
+
+static uint32_t cmd(int fd, uint16_t type, uint16_t flags, uint64_t off, uint32_t len,
+                    const void *payload, void *data)
+{
+    uint64_t c;
+    req_send(fd, type, flags, 42, off, len, payload);
+    uint32_t err = reply_recv(fd, &c, data, len, NULL);
+    assert_true(c == 42);
+    return err;
+}
+
+static void test_nbd_wire_roundtrip(void **state)
+{
+    struct nbd_request r = {.flags = 3, .type = NBD_CMD_WRITE, .cookie = 0x1122334455667788ULL,
+                            .offset = 1ULL << 40, .length = 4096}, d;
+    uint8_t b[NBD_REQUEST_SIZE];
+    nbd_request_encode(b, &r);
+    assert_int_equal(b[0], 0x25); /* big-endian magic */
+    assert_int_equal(nbd_request_decode(b, &d), 0);
+    assert_true(d.cookie == r.cookie && d.offset == r.offset && d.length == 4096 &&
+                d.type == NBD_CMD_WRITE && d.flags == 3);
+    b[0] ^= 1;
+    assert_int_equal(nbd_request_decode(b, &d), -EPROTO);
+    assert_int_equal(nbd_errno_to_wire(EROFS), NBD_EPERM);
+    assert_int_equal(nbd_errno_to_wire(ENOSPC), NBD_ENOSPC);
+    assert_int_equal(nbd_errno_to_wire(EBADMSG), NBD_EIO);
+}
+
+static void test_nbd_write_read_zero_status(void **state)
+{
+    struct fixture *f = fx_new(false);
+    handshake(f->fd);
+    uint8_t *w = malloc(65536), *r = malloc(65536);
+    assert_non_null(w);
+    assert_non_null(r);
+    for (int i = 0; i < 65536; i++)
+        w[i] = (uint8_t)(i ^ 0x5a);
+    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE, NBD_CMD_FLAG_FUA, 12345, 65536, w, NULL), 0);
+    assert_int_equal(cmd(f->fd, NBD_CMD_READ, 0, 12345, 65536, NULL, r), 0);
+    assert_memory_equal(w, r, 65536);
+    assert_memory_equal(f->be.data + 12345, w, 65536);
+    assert_int_equal(cmd(f->fd, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL), 0);
+    assert_true(f->be.flushes >= 1);
+
+    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE_ZEROES, 0, 8192, 8192, NULL, NULL), 0);
+    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE_ZEROES,
+                         NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO, 0, 4096, NULL, NULL),
+                     NBD_ENOTSUP);
+    uint64_t c;
+    uint32_t st = 0;
+    req_send(f->fd, NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_REQ_ONE, 7, 8192, 8192, NULL);
+    assert_int_equal(reply_recv(f->fd, &c, NULL, 0, &st), 0);
+    assert_int_equal(st, NBD_STATE_HOLE | NBD_STATE_ZERO);
+    req_send(f->fd, NBD_CMD_BLOCK_STATUS, 0, 8, 16384, 4096, NULL);
+    assert_int_equal(reply_recv(f->fd, &c, NULL, 0, &st), 0);
+    assert_int_equal(st, 0);
+
+    /* many requests in flight, each answered once */
+    bool seen[100] = {0};
+    for (uint64_t i = 0; i < 100; i++)
+        req_send(f->fd, NBD_CMD_READ, 0, i, i * 4096, 4096, NULL);
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(reply_recv(f->fd, &c, r, 65536, NULL), 0);
+        assert_true(c < 100 && !seen[c]);
+        seen[c] = true;
+        assert_memory_equal(r, f->be.data + c * 4096, 4096);
+    }
+    free(w);
+    free(r);
+    fx_free(f);
+}
+
+static void test_nbd_rejects_bad_requests(void **state)
+{
+    struct fixture *f = fx_new(false);
+    handshake(f->fd);
+    uint8_t buf[8192];
+    memset(buf, 0xEE, sizeof(buf));
+    assert_int_equal(cmd(f->fd, NBD_CMD_READ, 0, MEM_SIZE - 10, 20, NULL, NULL), NBD_EINVAL);
+    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE, 0, MEM_SIZE - 4096, 8192, buf, NULL), NBD_ENOSPC);
+    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE, 0, UINT64_MAX - 100, 4096, buf, NULL),
+                     NBD_ENOSPC);
+    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE_ZEROES, 0, MEM_SIZE, 1, NULL, NULL), NBD_ENOSPC);
+    assert_int_equal(cmd(f->fd, NBD_CMD_READ, 0, 0, 64u << 20, NULL, NULL), NBD_EOVERFLOW);
+    assert_int_equal(cmd(f->fd, 77, 0, 0, 4096, NULL, NULL), NBD_EINVAL);
+    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE, 0x100, 0, 16, buf, NULL), NBD_EINVAL);
+    assert_int_equal(cmd(f->fd, NBD_CMD_TRIM, 0, 0, 0, NULL, NULL), NBD_EINVAL);
+    /* still alive */
+    assert_int_equal(cmd(f->fd, NBD_CMD_READ, 0, 0, 16, NULL, buf), 0);
+    assert_memory_equal(buf, f->be.data, 16);
+    /* garbage header: the server closes */
+    memset(buf, 0x41, NBD_REQUEST_SIZE);
+    xsend(f->fd, buf, NBD_REQUEST_SIZE);
+    assert_int_equal(xrecv(f->fd, buf, 1), -1);
+    fx_free(f);
+}
+
+static void test_nbd_readonly_eperm(void **state)
+{
+    struct fixture *f = fx_new(true);
+    handshake(f->fd);
+    uint8_t buf[512] = {1};
+    uint8_t before[512];
+    memcpy(before, f->be.data, 512);
+    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE, 0, 0, 512, buf, NULL), NBD_EPERM);
+    assert_int_equal(cmd(f->fd, NBD_CMD_TRIM, 0, 0, 512, NULL, NULL), NBD_EPERM);
+    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE_ZEROES, 0, 0, 512, NULL, NULL), NBD_EPERM);
+    assert_memory_equal(before, f->be.data, 512);
+    fx_free(f);
+}
+
+static void test_nbd_handshake_errors(void **state)
+{
+    struct fixture *f = fx_new(false);
+    uint8_t g[18], cf[4];
+    assert_int_equal(xrecv(f->fd, g, sizeof(g)), 0);
+    assert_int_equal(be16_get(g + 16), NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    be32_put(cf, NBD_FLAG_C_FIXED_NEWSTYLE);
+    xsend(f->fd, cf, 4);
+    opt_send(f->fd, 12345, "x", 1);
+    assert_int_equal(opt_final(f->fd), NBD_REP_ERR_UNSUP);
+    uint8_t go[4 + 4 + 2];
+    be32_put(go, 4);
+    memcpy(go + 4, "nope", 4);
+    be16_put(go + 8, 0);
+    opt_send(f->fd, NBD_OPT_GO, go, sizeof(go));
+    assert_int_equal(opt_final(f->fd), NBD_REP_ERR_UNKNOWN);
+    be32_put(go, 100); /* name longer than the data */
+    opt_send(f->fd, NBD_OPT_INFO, go, sizeof(go));
+    assert_int_equal(opt_final(f->fd), NBD_REP_ERR_INVALID);
+    /* EXPORT_NAME without NO_ZEROES: size, flags, 124 zero bytes */
+    opt_send(f->fd, NBD_OPT_EXPORT_NAME, "mem", 3);
+    uint8_t r[134];
+    assert_int_equal(xrecv(f->fd, r, sizeof(r)), 0);
+    assert_true(be64_get(r) == MEM_SIZE);
+    for (int i = 10; i < 134; i++)
+        assert_int_equal(r[i], 0);
+    /* simple replies now */
+    req_send(f->fd, NBD_CMD_READ, 0, 9, 0, 8, NULL);
+    uint8_t h[NBD_SIMPLE_REPLY_SIZE + 8];
+    assert_int_equal(xrecv(f->fd, h, sizeof(h)), 0);
+    assert_true(be32_get(h) == NBD_SIMPLE_REPLY_MAGIC && be32_get(h + 4) == 0 &&
+                be64_get(h + 8) == 9);
+    assert_memory_equal(h + 16, f->be.data, 8);
+    req_send(f->fd, NBD_CMD_DISC, 0, 10, 0, 0, NULL);
+    assert_int_equal(xrecv(f->fd, h, 1), -1);
+    fx_free(f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_nbd_wire_roundtrip),
+        cmocka_unit_test(test_nbd_write_read_zero_status),
+        cmocka_unit_test(test_nbd_rejects_bad_requests),
+        cmocka_unit_test(test_nbd_readonly_eperm),
+        cmocka_unit_test(test_nbd_handshake_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

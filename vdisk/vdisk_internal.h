@@ -1,0 +1,288 @@
+/* vdisk internals: shared by the engine files (vdisk.c, vmdk_*.c) and by the
+ * snapshot/clone code and the `vdisk` tool. Not a stable API.
+ *
+ * Object model
+ *   struct vd_image   one opened image file (raw, or a VMDK descriptor with
+ *                     its extents); img->parent is the next image down the
+ *                     chain (opened read-only), NULL for a base.
+ *   struct vmdk_desc  the parsed text descriptor (embedded in a
+ *                     monolithicSparse file, or a separate small file).
+ *   struct vmdk_extent one extent line: FLAT/VMFS (a range of a plain file),
+ *                     SPARSE (a hosted sparse extent with grain tables),
+ *                     ZERO.
+ *   struct vmdk_sparse the state of a hosted sparse extent: header fields,
+ *                     grain directory and ALL grain tables cached in memory.
+ *
+ * Lock order: vmdk_sparse.stripe[i] -> vmdk_sparse.alloc_lock;
+ *             vd_image.cid_lock is taken alone (before any stripe lock).
+ */
+#ifndef VDISK_VDISK_INTERNAL_H
+#define VDISK_VDISK_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vdisk.h"
+
+#define VD_SECTOR 512u
+#define VD_MAX_CHAIN 64          /* deepest parent chain we follow */
+#define VD_MAX_DESC (1u << 20)   /* largest descriptor we parse (bytes) */
+#define VD_MAX_EXTENTS 4096
+#define VD_MAX_DDB 256
+/* vd_open flag for snapshot.c only: open a frozen image (ddb.frozen) for
+ * writing; without it such an image opens read-only or not at all. */
+#define VD_OPEN_FROZEN_OK (1u << 8)
+
+/* ---------------------------------------------------------------- header */
+/* Hosted sparse extent header ("KDMV", VMware Virtual Disk Format 1.1, and
+ * QEMU's VMDK4Header). 512 bytes on disk, little-endian. */
+#define VMDK4_MAGIC 0x564d444bu /* "KDMV" read as LE u32 */
+#define VMDK4_FLAG_NL_DETECT (1u << 0)
+#define VMDK4_FLAG_RGD (1u << 1)
+#define VMDK4_FLAG_ZERO_GRAIN (1u << 2)
+#define VMDK4_FLAG_COMPRESS (1u << 16)
+#define VMDK4_FLAG_MARKER (1u << 17)
+#define VMDK4_GD_AT_END 0xffffffffffffffffull
+#define VMDK4_COMPRESS_DEFLATE 1
+#define VMDK_GTE_ZEROED 1u /* grain table entry: grain reads as zeroes */
+#define VMDK3_MAGIC_BYTES "COWD" /* ESX vmfsSparse extent; header below at offset 4 */
+#define VMDK3_GTES 4096u
+
+struct vmdk4_header_disk {
+    uint8_t magic[4];
+    uint8_t version[4];
+    uint8_t flags[4];
+    uint8_t capacity[8];      /* sectors */
+    uint8_t grain_size[8];    /* sectors */
+    uint8_t desc_offset[8];   /* sectors */
+    uint8_t desc_size[8];     /* sectors */
+    uint8_t num_gtes_per_gt[4];
+    uint8_t rgd_offset[8];    /* sectors */
+    uint8_t gd_offset[8];     /* sectors */
+    uint8_t overhead[8];      /* sectors: first grain */
+    uint8_t unclean_shutdown;
+    uint8_t single_end_line_char;
+    uint8_t non_end_line_char;
+    uint8_t double_end_line_char1;
+    uint8_t double_end_line_char2;
+    uint8_t compress_algorithm[2];
+    uint8_t pad[433];
+};
+_Static_assert(sizeof(struct vmdk4_header_disk) == 512, "vmdk4 header is one sector");
+_Static_assert(offsetof(struct vmdk4_header_disk, num_gtes_per_gt) == 44, "numGTEsPerGT");
+_Static_assert(offsetof(struct vmdk4_header_disk, overhead) == 64, "overHead");
+_Static_assert(offsetof(struct vmdk4_header_disk, compress_algorithm) == 77, "compressAlgorithm");
+
+struct vmdk4_header {
+    uint32_t version;
+    uint32_t flags;
+    uint64_t capacity;
+    uint64_t grain_size;
+    uint64_t desc_offset;
+    uint64_t desc_size;
+    uint32_t num_gtes_per_gt;
+    uint64_t rgd_offset;
+    uint64_t gd_offset;
+    uint64_t overhead;
+    uint8_t unclean_shutdown;
+    uint16_t compress_algorithm;
+};
+
+void vmdk4_header_encode(const struct vmdk4_header *h, struct vmdk4_header_disk *d);
+/* Decode an ESX "COWD" header (first 512 bytes) into the same in-memory form. */
+int vmdk3_header_decode(const uint8_t *b, struct vmdk4_header *h, const char *what);
+/* Decode and validate ranges. `what` names the file in messages. Returns 0,
+ * -EINVAL (bad magic: not a sparse extent) or -EUCLEAN (bad field). */
+int vmdk4_header_decode(const struct vmdk4_header_disk *d, struct vmdk4_header *h,
+                        const char *what);
+
+/* ------------------------------------------------------------ descriptor */
+/* VMFSSPARSE appears only in descriptors: at run time it is a SPARSE extent
+ * whose file is an ESX "COWD" sparse extent (vmfsSparse deltas; read-only). */
+enum vmdk_ext_type { VMDK_EXT_FLAT, VMDK_EXT_SPARSE, VMDK_EXT_ZERO, VMDK_EXT_VMFS, VMDK_EXT_VMFSSPARSE };
+enum vmdk_access { VMDK_ACC_RW, VMDK_ACC_RDONLY, VMDK_ACC_NOACCESS };
+
+struct vmdk_desc_extent {
+    enum vmdk_access access;
+    enum vmdk_ext_type type;
+    uint64_t sectors;
+    char *fname;          /* NULL for ZERO */
+    uint64_t offset;      /* sectors into fname (FLAT) */
+};
+
+struct vmdk_kv {
+    char *key;
+    char *val; /* without quotes */
+};
+
+struct vmdk_desc {
+    uint32_t version;
+    uint32_t cid;
+    uint32_t parent_cid;      /* 0xffffffff: no parent */
+    char *create_type;        /* "monolithicSparse", ... */
+    char *parent_hint;        /* parentFileNameHint or NULL */
+    struct vmdk_desc_extent *ext;
+    int n_ext;
+    struct vmdk_kv *ddb;      /* ddb.* keys, in file order */
+    int n_ddb;
+};
+
+/* Parse `len` bytes of descriptor text (need not be NUL-terminated; stops
+ * at the first NUL). Extent names must be plain names in the same folder.
+ * Returns 0 or -EUCLEAN with a message naming `what` and the line. */
+int vmdk_desc_parse(const char *text, size_t len, struct vmdk_desc *d, const char *what);
+/* Emit the descriptor text (malloc'd, NUL-terminated) in QEMU's layout. */
+char *vmdk_desc_emit(const struct vmdk_desc *d);
+void vmdk_desc_free(struct vmdk_desc *d);
+const char *vmdk_desc_ddb_get(const struct vmdk_desc *d, const char *key);
+int vmdk_desc_ddb_set(struct vmdk_desc *d, const char *key, const char *val);
+int vmdk_desc_set_str(char **field, const char *val); /* strdup helper; val may be NULL */
+bool vmdk_fname_is_safe(const char *name);
+
+/* ---------------------------------------------------------------- sparse */
+#define VMDK_STRIPES 64
+
+struct vmdk_sparse {
+    struct vmdk4_header h;
+    uint64_t grain_bytes;
+    uint32_t num_gts;         /* grain directory entries */
+    uint32_t *gd;             /* sectors of each GT (primary); immutable after open */
+    uint32_t *rgd;            /* redundant GD or NULL */
+    uint32_t *gt;             /* all GTEs (num_gts * gtes_per_gt); read/written
+                                 with __atomic ops; changes under stripe lock */
+    bool compressed;          /* streamOptimized: grains are deflate + marker */
+    bool zero_grain;          /* GTE 1 means zeroed grain */
+    bool cowd;                /* ESX COWD extent: read-only here */
+    uint64_t file_end;        /* bytes; next grain goes here; under alloc_lock */
+    pthread_mutex_t alloc_lock;
+    pthread_mutex_t stripe[VMDK_STRIPES]; /* stripe[gt index % N] */
+};
+
+/* ---------------------------------------------------------------- extent */
+struct vmdk_extent {
+    enum vmdk_ext_type type;
+    enum vmdk_access access;
+    uint64_t start;           /* bytes into the virtual disk */
+    uint64_t len;             /* bytes */
+    char *path;               /* file path (resolved beside the descriptor) */
+    int fd;                   /* -1 for ZERO */
+    uint64_t file_off;        /* FLAT: byte offset of the extent in the file */
+    struct vmdk_sparse *sp;   /* SPARSE only */
+};
+
+/* Mapping of a range inside one image (not the chain). */
+enum vd_map_state {
+    VD_MAP_DATA,              /* at fd:file_off */
+    VD_MAP_ZERO,              /* reads as zeroes in this image */
+    VD_MAP_UNALLOC,           /* not here: go to the parent (or zeroes) */
+    VD_MAP_COMPRESSED,        /* compressed grain at fd:file_off */
+};
+struct vd_map {
+    enum vd_map_state state;
+    uint64_t len;             /* bytes with this state from the asked offset */
+    int fd;
+    uint64_t file_off;
+    struct vmdk_extent *ext;
+};
+
+/* ----------------------------------------------------------------- image */
+enum vd_kind { VD_KIND_RAW, VD_KIND_VMDK };
+
+struct vd_image {
+    char *path;
+    char *dir;                /* folder holding the descriptor */
+    unsigned flags;
+    bool ro;
+    enum vd_kind kind;
+    uint64_t size;
+    uint32_t gran;
+    int fd;                   /* RAW: the file; VMDK: the descriptor file */
+    /* VMDK only: */
+    struct vmdk_desc desc;    /* CID protected by cid_lock */
+    bool desc_embedded;       /* descriptor inside extent 0's sparse file */
+    uint64_t desc_off, desc_cap; /* bytes: where, and room for it */
+    struct vmdk_extent *ext;
+    int n_ext;
+    struct vd_image *parent;  /* read-only, owned */
+    pthread_mutex_t cid_lock;
+    int cid_updated;          /* atomic; set after the first write rewrote CID */
+};
+
+/* vdisk.c */
+struct vd_image *vd_image_alloc(const char *path, unsigned flags);
+void vd_image_free(struct vd_image *img);
+struct vd_image *vd_parent(const struct vd_image *img);
+/* Open with a list of ancestor real paths for loop detection. */
+int vd_open_chain(const char *path, unsigned flags, int depth, char **seen, struct vd_image **out);
+
+/* Map [off, off+len) of THIS image only (no chain). len > 0; returns 0 and
+ * m->len in (0, len]. */
+int vd_map_local(struct vd_image *img, uint64_t off, uint64_t len, struct vd_map *m);
+/* Read THIS image only: unallocated areas read as zeroes. */
+int vd_pread_local(struct vd_image *img, void *buf, size_t len, uint64_t off);
+/* Iterate allocated ranges (DATA, COMPRESSED or ZERO-marked) of THIS image;
+ * cb returns 0 to continue, nonzero to stop (returned). */
+typedef int (*vd_alloc_cb)(uint64_t off, uint64_t len, enum vd_map_state state, void *opaque);
+int vd_alloc_iterate(struct vd_image *img, vd_alloc_cb cb, void *opaque);
+/* Copy one grain's worth of bytes [off, off+len) from src (chain read) to
+ * dst; skips the write when the data is all zeroes and dst has no parent. */
+int vd_copy_range(struct vd_image *src, struct vd_image *dst, uint64_t off, uint64_t len);
+bool vd_buf_is_zero(const void *buf, size_t len);
+
+/* vmdk_open.c: open a VMDK (header/descriptor already probed). */
+int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int depth,
+              char **seen);
+void vmdk_close(struct vd_image *img);
+/* Rewrite the descriptor (embedded or separate file) from img->desc. */
+int vmdk_desc_write(struct vd_image *img);
+/* Update CID once per open, before the first write (as QEMU does). */
+int vmdk_cid_touch(struct vd_image *img);
+
+/* vmdk_sparse.c */
+int vmdk_sparse_open(struct vmdk_extent *e, const char *what);
+void vmdk_sparse_free(struct vmdk_sparse *sp);
+/* streamOptimized: decode the footer header (at end - 1024) into h. */
+int vmdk_sparse_read_footer(int fd, uint64_t fsize, struct vmdk4_header *h, const char *what);
+int vmdk_sparse_map(struct vmdk_extent *e, uint64_t off, uint64_t len, struct vd_map *m);
+int vmdk_sparse_read_compressed(struct vmdk_extent *e, uint64_t file_off, uint64_t grain,
+                                uint8_t *out);
+int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t *buf,
+                      uint64_t len, uint64_t off, unsigned flags);
+/* Zero [off,off+len) of the extent: whole grains become zeroed-grain GTEs
+ * (or unallocated when `unmap_to_parent`), partial grains are written. */
+int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, uint64_t len,
+                     unsigned flags);
+
+/* vmdk_create.c */
+enum vd_type { VD_TYPE_THIN, VD_TYPE_THICK, VD_TYPE_EAGER, VD_TYPE_STREAM /* convert only */ };
+struct vd_create_opts {
+    uint64_t size;            /* bytes, rounded up to 512 */
+    enum vd_type type;
+    const char *adapter;      /* "ide", "lsilogic", "buslogic", "pvscsi"; NULL: lsilogic */
+    const char *parent_hint;  /* delta disk: parentFileNameHint (thin only) */
+    uint32_t parent_cid;      /* with parent_hint */
+    bool no_zero_grain;       /* do not set the zeroed-grain flag (version 1) */
+};
+/* Create an image file (never overwrites: -EEXIST). */
+int vmdk_create(const char *path, const struct vd_create_opts *o);
+int vd_create_raw(const char *path, uint64_t size);
+/* Grow (or shrink with allow_shrink) an image; not concurrent with I/O. */
+int vd_resize(const char *path, uint64_t size, bool allow_shrink);
+uint32_t vmdk_random_cid(void);
+
+/* vmdk_stream.c: write src as a new streamOptimized image (one pass). */
+int vmdk_stream_write(struct vd_image *src, const char *path, const char *adapter, bool progress);
+
+/* vmdk_check.c */
+struct vd_check_report {
+    unsigned errors;          /* problems found */
+    unsigned repaired;        /* fixed by --repair */
+    unsigned leaks;           /* informational */
+};
+/* json may be NULL; messages go through log_err / the report callback. */
+struct json;
+int vd_check(const char *path, bool repair, struct json *j, struct vd_check_report *r);
+
+#endif

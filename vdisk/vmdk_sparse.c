@@ -1,0 +1,653 @@
+/* vmdk_sparse.c: hosted sparse extents ("KDMV"): header codec, grain table
+ * cache, grain lookup, allocation, zeroed grains, compressed grains.
+ *
+ * Design notes
+ * - Every grain table of the extent is loaded at open into one flat array
+ *   (4 bytes per grain: 64 MiB per TiB of virtual size with 64 KiB grains,
+ *   128 MiB for 2 TiB; we refuse extents needing more than 1 GiB).
+ *   Entries are read with __atomic_load (acquire) and published with
+ *   __atomic_store (release), so reads take no lock at all.
+ * - Writes into an allocated grain are a plain pwrite at the grain's file
+ *   offset, no lock. Allocating a grain (or turning it into a zeroed grain)
+ *   takes stripe[grain % VMDK_STRIPES], re-reads the entry (another writer
+ *   may have allocated it meanwhile: then we just write into it), reserves
+ *   space at the end of the file under alloc_lock, writes the whole grain
+ *   (old content from the parent or zeroes, merged with the new bytes),
+ *   then writes the GT entry, then the redundant GT entry, then publishes
+ *   the entry in memory. A crash between the steps leaves either no entry
+ *   (the grain is leaked, harmless) or an entry pointing at written data.
+ *   With VD_FUA the data is fdatasync'ed before the entry is written, so
+ *   the order also holds across power loss; without it, order holds for a
+ *   process crash and vd_flush() makes everything durable.
+ * - Whole-grain zero writes and discards set the entry to 1 (zeroed grain,
+ *   header flag bit 2, as VMware and QEMU do) and punch the old grain's
+ *   bytes out of the file. Entry 1 hides the parent's data, as the
+ *   vd_discard contract asks.
+ * - Entries are validated at open: an entry pointing into the metadata or
+ *   past the end of the file fails the open with the GT index and value,
+ *   so a crafted image can never make us write over its header.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/falloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "le.h"
+#include "log.h"
+#include "util.h"
+#include "vdisk_internal.h"
+
+#define VD_MAX_GT_BYTES (1ull << 30)
+
+void vmdk4_header_encode(const struct vmdk4_header *h, struct vmdk4_header_disk *d)
+{
+    memset(d, 0, sizeof(*d));
+    le32_put(d->magic, VMDK4_MAGIC);
+    le32_put(d->version, h->version);
+    le32_put(d->flags, h->flags);
+    le64_put(d->capacity, h->capacity);
+    le64_put(d->grain_size, h->grain_size);
+    le64_put(d->desc_offset, h->desc_offset);
+    le64_put(d->desc_size, h->desc_size);
+    le32_put(d->num_gtes_per_gt, h->num_gtes_per_gt);
+    le64_put(d->rgd_offset, h->rgd_offset);
+    le64_put(d->gd_offset, h->gd_offset);
+    le64_put(d->overhead, h->overhead);
+    d->unclean_shutdown = h->unclean_shutdown;
+    d->single_end_line_char = '\n';
+    d->non_end_line_char = ' ';
+    d->double_end_line_char1 = '\r';
+    d->double_end_line_char2 = '\n';
+    le16_put(d->compress_algorithm, h->compress_algorithm);
+}
+
+int vmdk4_header_decode(const struct vmdk4_header_disk *d, struct vmdk4_header *h,
+                        const char *what)
+{
+    memset(h, 0, sizeof(*h));
+    if (le32_get(d->magic) != VMDK4_MAGIC) {
+        log_err("%s: not a VMDK sparse extent (magic %08x, expected %08x \"KDMV\")", what,
+                le32_get(d->magic), VMDK4_MAGIC);
+        return -EINVAL;
+    }
+    h->version = le32_get(d->version);
+    h->flags = le32_get(d->flags);
+    h->capacity = le64_get(d->capacity);
+    h->grain_size = le64_get(d->grain_size);
+    h->desc_offset = le64_get(d->desc_offset);
+    h->desc_size = le64_get(d->desc_size);
+    h->num_gtes_per_gt = le32_get(d->num_gtes_per_gt);
+    h->rgd_offset = le64_get(d->rgd_offset);
+    h->gd_offset = le64_get(d->gd_offset);
+    h->overhead = le64_get(d->overhead);
+    h->unclean_shutdown = d->unclean_shutdown;
+    h->compress_algorithm = le16_get(d->compress_algorithm);
+    if (h->version < 1 || h->version > 3) {
+        log_err("%s: header version %u not supported (1 to 3)", what, h->version);
+        return -EUCLEAN;
+    }
+    if (h->grain_size < 8 || h->grain_size > 2048 || (h->grain_size & (h->grain_size - 1))) {
+        log_err("%s: header grainSize %" PRIu64 " sectors out of range (power of two, 8 to "
+                "2048)", what, h->grain_size);
+        return -EUCLEAN;
+    }
+    if (h->capacity == 0 || h->capacity > (1ull << 50) / VD_SECTOR) {
+        log_err("%s: header capacity %" PRIu64 " sectors out of range (1 sector to 1 PiB)",
+                what, h->capacity);
+        return -EUCLEAN;
+    }
+    if (h->num_gtes_per_gt == 0 || h->num_gtes_per_gt > 512) {
+        log_err("%s: header numGTEsPerGT %u out of range (1 to 512)", what,
+                h->num_gtes_per_gt);
+        return -EUCLEAN;
+    }
+    if (h->desc_offset && (h->desc_size == 0 || h->desc_size > VD_MAX_DESC / VD_SECTOR)) {
+        log_err("%s: header descriptorSize %" PRIu64 " sectors out of range (1 to %u)", what,
+                h->desc_size, VD_MAX_DESC / VD_SECTOR);
+        return -EUCLEAN;
+    }
+    if (h->desc_offset > (1ull << 50) / VD_SECTOR) {
+        log_err("%s: header descriptorOffset %" PRIu64 " out of range", what, h->desc_offset);
+        return -EUCLEAN;
+    }
+    if (h->flags & VMDK4_FLAG_COMPRESS) {
+        if (h->compress_algorithm != VMDK4_COMPRESS_DEFLATE) {
+            log_err("%s: header compressAlgorithm %u not supported (1 = deflate)", what,
+                    h->compress_algorithm);
+            return -EUCLEAN;
+        }
+    }
+    if (h->gd_offset == 0 && !(h->flags & VMDK4_FLAG_RGD && h->rgd_offset)) {
+        log_err("%s: header gdOffset is 0", what);
+        return -EUCLEAN;
+    }
+    if (h->gd_offset != VMDK4_GD_AT_END && h->gd_offset > (1ull << 50) / VD_SECTOR) {
+        log_err("%s: header gdOffset %" PRIu64 " out of range", what, h->gd_offset);
+        return -EUCLEAN;
+    }
+    if ((h->flags & VMDK4_FLAG_RGD) && h->rgd_offset > (1ull << 50) / VD_SECTOR) {
+        log_err("%s: header rgdOffset %" PRIu64 " out of range", what, h->rgd_offset);
+        return -EUCLEAN;
+    }
+    if (h->overhead > (1ull << 50) / VD_SECTOR) {
+        log_err("%s: header overHead %" PRIu64 " out of range", what, h->overhead);
+        return -EUCLEAN;
+    }
+    return 0;
+}
+
+/* ESX "COWD" sparse extent header (vmfsSparse): after the magic, u32 version,
+ * flags, numSectors, grainSize (sectors), gdOffset (sectors), numGDEntries,
+ * freeSector, ...; 4096 entries per grain table, no redundant directory. */
+int vmdk3_header_decode(const uint8_t *b, struct vmdk4_header *h, const char *what)
+{
+    memset(h, 0, sizeof(*h));
+    h->version = le32_get(b + 4);
+    h->capacity = le32_get(b + 12);
+    h->grain_size = le32_get(b + 16);
+    h->gd_offset = le32_get(b + 20);
+    uint32_t gd_entries = le32_get(b + 24);
+    h->num_gtes_per_gt = VMDK3_GTES;
+    h->overhead = 1;
+    if (h->grain_size == 0 || h->grain_size > 2048 || (h->grain_size & (h->grain_size - 1))) {
+        log_err("%s: COWD header grainSize %" PRIu64 " sectors out of range (power of two, 1 to "
+                "2048)", what, h->grain_size);
+        return -EUCLEAN;
+    }
+    if (h->capacity == 0) {
+        log_err("%s: COWD header numSectors is 0", what);
+        return -EUCLEAN;
+    }
+    if (h->gd_offset == 0) {
+        log_err("%s: COWD header gdOffset is 0", what);
+        return -EUCLEAN;
+    }
+    uint64_t need = DIV_ROUND_UP(DIV_ROUND_UP(h->capacity, h->grain_size), VMDK3_GTES);
+    if (gd_entries < need) {
+        log_err("%s: COWD header numGDEntries %u, capacity needs %" PRIu64, what, gd_entries,
+                need);
+        return -EUCLEAN;
+    }
+    return 0;
+}
+
+void vmdk_sparse_free(struct vmdk_sparse *sp)
+{
+    if (!sp)
+        return;
+    free(sp->gd);
+    free(sp->rgd);
+    free(sp->gt);
+    pthread_mutex_destroy(&sp->alloc_lock);
+    for (int i = 0; i < VMDK_STRIPES; i++)
+        pthread_mutex_destroy(&sp->stripe[i]);
+    free(sp);
+}
+
+/* streamOptimized: the real header is the footer at end - 1024. */
+int vmdk_sparse_read_footer(int fd, uint64_t fsize, struct vmdk4_header *h, const char *what)
+{
+    uint8_t buf[1536];
+    if (fsize < 1536 + 512) {
+        log_err("%s: gdOffset says \"at end\" but the file (%" PRIu64 " bytes) has no footer",
+                what, fsize);
+        return -EUCLEAN;
+    }
+    int rc = pread_full(fd, buf, sizeof(buf), fsize - 1536);
+    if (rc < 0) {
+        log_err("%s: read of the footer: %s", what, strerror(-rc));
+        return rc;
+    }
+    if (le32_get(buf + 12) != 3) {
+        log_err("%s: footer marker type %u, expected 3", what, le32_get(buf + 12));
+        return -EUCLEAN;
+    }
+    struct vmdk4_header_disk d;
+    memcpy(&d, buf + 512, 512);
+    rc = vmdk4_header_decode(&d, h, what);
+    if (rc == -EINVAL)
+        rc = -EUCLEAN;
+    if (rc == 0 && h->gd_offset == VMDK4_GD_AT_END) {
+        log_err("%s: footer gdOffset is still \"at end\"", what);
+        return -EUCLEAN;
+    }
+    return rc;
+}
+
+static int vmdk_sparse_read_table(int fd, uint32_t *out, uint64_t n, uint64_t sector,
+                                  uint64_t fsize, const char *what, const char *name)
+{
+    uint64_t bytes = n * 4;
+    if (sector > fsize / VD_SECTOR || sector * VD_SECTOR + bytes > fsize) {
+        log_err("%s: %s at sector %" PRIu64 " (%" PRIu64 " bytes) is past the end of the file "
+                "(%" PRIu64 " bytes)", what, name, sector, bytes, fsize);
+        return -EUCLEAN;
+    }
+    int rc = pread_full(fd, out, bytes, sector * VD_SECTOR);
+    if (rc < 0) {
+        log_err("%s: read of %s: %s", what, name, strerror(-rc));
+        return rc;
+    }
+    for (uint64_t i = 0; i < n; i++)
+        out[i] = le32_get(&out[i]);
+    return 0;
+}
+
+int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
+{
+    struct vmdk_sparse *sp = calloc(1, sizeof(*sp));
+    if (!sp)
+        return -ENOMEM;
+    pthread_mutex_init(&sp->alloc_lock, NULL);
+    for (int i = 0; i < VMDK_STRIPES; i++)
+        pthread_mutex_init(&sp->stripe[i], NULL);
+    int rc;
+    struct stat st;
+    if (fstat(e->fd, &st) < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    uint64_t fsize = (uint64_t)st.st_size;
+    struct vmdk4_header_disk d;
+    if (fsize < 512) {
+        log_err("%s: truncated: %" PRIu64 " bytes, less than one header sector", what, fsize);
+        rc = -EUCLEAN;
+        goto fail;
+    }
+    rc = pread_full(e->fd, &d, sizeof(d), 0);
+    if (rc < 0) {
+        log_err("%s: read of the header: %s", what, strerror(-rc));
+        goto fail;
+    }
+    if (memcmp(d.magic, VMDK3_MAGIC_BYTES, 4) == 0)
+        rc = vmdk3_header_decode((const uint8_t *)&d, &sp->h, what);
+    else
+        rc = vmdk4_header_decode(&d, &sp->h, what);
+    if (rc == -EINVAL)
+        rc = -EUCLEAN;
+    if (rc < 0)
+        goto fail;
+    sp->cowd = memcmp(d.magic, VMDK3_MAGIC_BYTES, 4) == 0;
+    if (sp->h.gd_offset == VMDK4_GD_AT_END) {
+        rc = vmdk_sparse_read_footer(e->fd, fsize, &sp->h, what);
+        if (rc < 0)
+            goto fail;
+    }
+    struct vmdk4_header *h = &sp->h;
+    sp->compressed = (h->flags & VMDK4_FLAG_COMPRESS) != 0;
+    sp->zero_grain = (h->flags & VMDK4_FLAG_ZERO_GRAIN) != 0;
+    sp->grain_bytes = h->grain_size * VD_SECTOR;
+    uint64_t grains = DIV_ROUND_UP(h->capacity, h->grain_size);
+    uint64_t ngt = DIV_ROUND_UP(grains, h->num_gtes_per_gt);
+    uint64_t total = ngt * h->num_gtes_per_gt;
+    if (total * 4 > VD_MAX_GT_BYTES) {
+        log_err("%s: capacity %" PRIu64 " sectors needs %" PRIu64 " MiB of grain tables, more "
+                "than the %llu MiB we cache", what, h->capacity, total * 4 >> 20,
+                VD_MAX_GT_BYTES >> 20);
+        rc = -EUCLEAN;
+        goto fail;
+    }
+    if (e->len > h->capacity * VD_SECTOR) {
+        log_err("%s: the descriptor says %" PRIu64 " sectors but the header capacity is %" PRIu64,
+                what, e->len / VD_SECTOR, h->capacity);
+        rc = -EUCLEAN;
+        goto fail;
+    }
+    sp->num_gts = (uint32_t)ngt;
+    sp->gd = calloc(ngt, 4);
+    sp->gt = calloc(total, 4);
+    if (!sp->gd || !sp->gt) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    uint64_t gd_sector = h->gd_offset;
+    if (gd_sector == 0) /* only a redundant directory: use it */
+        gd_sector = h->rgd_offset;
+    rc = vmdk_sparse_read_table(e->fd, sp->gd, ngt, gd_sector, fsize, what,
+                                "grain directory (header gdOffset)");
+    if (rc < 0)
+        goto fail;
+    if ((h->flags & VMDK4_FLAG_RGD) && h->rgd_offset && !sp->compressed) {
+        sp->rgd = calloc(ngt, 4);
+        if (!sp->rgd) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+        rc = vmdk_sparse_read_table(e->fd, sp->rgd, ngt, h->rgd_offset, fsize, what,
+                                    "redundant grain directory");
+        if (rc < 0)
+            goto fail;
+    }
+    uint64_t gt_bytes = (uint64_t)h->num_gtes_per_gt * 4;
+    uint64_t gt_sectors = DIV_ROUND_UP(gt_bytes, VD_SECTOR);
+    uint64_t meta_end = h->overhead ? h->overhead : 1;
+    for (uint64_t i = 0; i < ngt;) {
+        if (sp->gd[i] == 0) {
+            i++;
+            continue;
+        }
+        /* batch contiguous grain tables into one read */
+        uint64_t j = i + 1;
+        while (j < ngt && j - i < 4096 && sp->gd[j] == sp->gd[j - 1] + gt_sectors &&
+               gt_sectors * VD_SECTOR == gt_bytes)
+            j++;
+        char name[64];
+        snprintf(name, sizeof(name), "grain table %" PRIu64, i);
+        rc = vmdk_sparse_read_table(e->fd, sp->gt + i * h->num_gtes_per_gt,
+                                    (j - i) * h->num_gtes_per_gt, sp->gd[i], fsize, what, name);
+        if (rc < 0)
+            goto fail;
+        if (sp->rgd && sp->rgd[i] == 0) {
+            log_err("%s: redundant grain directory entry %" PRIu64 " is 0 but the primary is %u",
+                    what, i, sp->gd[i]);
+            rc = -EUCLEAN;
+            goto fail;
+        }
+        i = j;
+    }
+    for (uint64_t g = 0; g < total; g++) {
+        uint32_t v = sp->gt[g];
+        if (v == 0 || (v == VMDK_GTE_ZEROED && sp->zero_grain))
+            continue;
+        uint64_t end = (uint64_t)v * VD_SECTOR + (sp->compressed ? 12 : sp->grain_bytes);
+        if (v < meta_end || end > ROUND_UP(fsize, VD_SECTOR)) {
+            log_err("%s: grain table %" PRIu64 " entry %" PRIu64 " (grain %" PRIu64 ") points "
+                    "to sector %u, outside the grain area (sectors %" PRIu64 " to %" PRIu64 ")",
+                    what, g / h->num_gtes_per_gt, g % h->num_gtes_per_gt, g, v, meta_end,
+                    fsize / VD_SECTOR);
+            rc = -EUCLEAN;
+            goto fail;
+        }
+    }
+    sp->file_end = MAX(ROUND_UP(fsize, VD_SECTOR), h->overhead * VD_SECTOR);
+    e->sp = sp;
+    return 0;
+fail:
+    vmdk_sparse_free(sp);
+    return rc;
+}
+
+static inline uint32_t vmdk_gte_load(struct vmdk_sparse *sp, uint64_t grain)
+{
+    return __atomic_load_n(&sp->gt[grain], __ATOMIC_ACQUIRE);
+}
+
+static enum vd_map_state vmdk_gte_state(struct vmdk_sparse *sp, uint32_t v)
+{
+    if (v == 0)
+        return VD_MAP_UNALLOC;
+    if (v == VMDK_GTE_ZEROED && sp->zero_grain)
+        return VD_MAP_ZERO;
+    return sp->compressed ? VD_MAP_COMPRESSED : VD_MAP_DATA;
+}
+
+int vmdk_sparse_map(struct vmdk_extent *e, uint64_t off, uint64_t len, struct vd_map *m)
+{
+    struct vmdk_sparse *sp = e->sp;
+    uint64_t gb = sp->grain_bytes;
+    uint64_t grain = off / gb, in = off % gb;
+    uint32_t v = vmdk_gte_load(sp, grain);
+    m->state = vmdk_gte_state(sp, v);
+    m->fd = e->fd;
+    m->file_off = m->state == VD_MAP_COMPRESSED ? (uint64_t)v * VD_SECTOR
+                                                : (uint64_t)v * VD_SECTOR + in;
+    m->len = MIN(len, gb - in);
+    if (m->state == VD_MAP_COMPRESSED)
+        return 0;
+    uint64_t done = m->len;
+    uint32_t prev = v;
+    while (done < len) {
+        grain++;
+        uint32_t nv = vmdk_gte_load(sp, grain);
+        enum vd_map_state ns = vmdk_gte_state(sp, nv);
+        if (ns != m->state)
+            break;
+        if (ns == VD_MAP_DATA && (uint64_t)nv != (uint64_t)prev + sp->h.grain_size)
+            break;
+        prev = nv;
+        done += MIN(len - done, gb);
+    }
+    m->len = done;
+    return 0;
+}
+
+int vmdk_sparse_read_compressed(struct vmdk_extent *e, uint64_t file_off, uint64_t grain,
+                                uint8_t *out)
+{
+    struct vmdk_sparse *sp = e->sp;
+    uint64_t gb = sp->grain_bytes;
+    bool marker = (sp->h.flags & VMDK4_FLAG_MARKER) != 0;
+    uint64_t cap = 2 * gb + 4096;
+    uint8_t *buf = malloc(cap);
+    if (!buf)
+        return -ENOMEM;
+    int rc;
+    ssize_t n = pread(e->fd, buf, cap, (off_t)file_off);
+    if (n < 0) {
+        rc = -errno;
+        log_err("%s: read of compressed grain %" PRIu64 " at %" PRIu64 ": %s", e->path, grain,
+                file_off, strerror(-rc));
+        goto out;
+    }
+    uint8_t *data = buf;
+    uint64_t dlen = (uint64_t)n;
+    if (marker) {
+        if (n < 12 || le32_get(buf + 8) == 0 || le32_get(buf + 8) > (uint64_t)n - 12) {
+            log_err("%s: compressed grain %" PRIu64 " at file offset %" PRIu64 ": bad marker "
+                    "(size %u)", e->path, grain, file_off, n >= 12 ? le32_get(buf + 8) : 0);
+            rc = -EUCLEAN;
+            goto out;
+        }
+        if (le64_get(buf) != grain * sp->h.grain_size) {
+            log_err("%s: compressed grain %" PRIu64 " at file offset %" PRIu64 ": marker LBA %"
+                    PRIu64 ", expected %" PRIu64, e->path, grain, file_off, le64_get(buf),
+                    grain * sp->h.grain_size);
+            rc = -EUCLEAN;
+            goto out;
+        }
+        dlen = le32_get(buf + 8);
+        data = buf + 12;
+    }
+    uLongf olen = (uLongf)gb;
+    int zr = uncompress(out, &olen, data, (uLong)dlen);
+    if (zr != Z_OK && !(zr == Z_BUF_ERROR && !marker)) {
+        log_err("%s: compressed grain %" PRIu64 " at file offset %" PRIu64 ": inflate failed "
+                "(zlib %d)", e->path, grain, file_off, zr);
+        rc = -EUCLEAN;
+        goto out;
+    }
+    if (olen < gb)
+        memset(out + olen, 0, gb - olen);
+    rc = 0;
+out:
+    free(buf);
+    return rc;
+}
+
+static pthread_mutex_t *vmdk_stripe(struct vmdk_sparse *sp, uint64_t grain)
+{
+    return &sp->stripe[grain % VMDK_STRIPES];
+}
+
+/* Write GT entry (primary then redundant), then publish it. Caller holds
+ * the grain's stripe lock. */
+static int vmdk_gte_store(struct vmdk_extent *e, uint64_t grain, uint32_t val)
+{
+    struct vmdk_sparse *sp = e->sp;
+    uint32_t per = sp->h.num_gtes_per_gt;
+    uint64_t gti = grain / per, idx = grain % per;
+    uint8_t b[4];
+    le32_put(b, val);
+    if (sp->gd[gti] == 0) {
+        log_err("%s: grain table %" PRIu64 " is not allocated (grain directory entry 0); "
+                "cannot allocate grain %" PRIu64, e->path, gti, grain);
+        return -EUCLEAN;
+    }
+    int rc = pwrite_full(e->fd, b, 4, (uint64_t)sp->gd[gti] * VD_SECTOR + idx * 4);
+    if (rc == 0 && sp->rgd && sp->rgd[gti])
+        rc = pwrite_full(e->fd, b, 4, (uint64_t)sp->rgd[gti] * VD_SECTOR + idx * 4);
+    if (rc < 0) {
+        log_err("%s: write of grain table %" PRIu64 " entry %" PRIu64 ": %s", e->path, gti, idx,
+                strerror(-rc));
+        return rc;
+    }
+    __atomic_store_n(&sp->gt[grain], val, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* Allocate `grain` holding `data` (a full grain). Stripe lock held. */
+static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t *data,
+                            unsigned flags)
+{
+    struct vmdk_sparse *sp = e->sp;
+    pthread_mutex_lock(&sp->alloc_lock);
+    uint64_t at = sp->file_end;
+    if (at / VD_SECTOR + sp->h.grain_size > UINT32_MAX) {
+        pthread_mutex_unlock(&sp->alloc_lock);
+        log_err("%s: the extent file would pass 2 TiB; grain offsets do not fit 32 bits",
+                e->path);
+        return -EFBIG;
+    }
+    sp->file_end += sp->grain_bytes;
+    pthread_mutex_unlock(&sp->alloc_lock);
+    int rc = pwrite_full(e->fd, data, sp->grain_bytes, at);
+    if (rc < 0) {
+        log_err("%s: write of new grain %" PRIu64 " at file offset %" PRIu64 ": %s", e->path,
+                grain, at, strerror(-rc));
+        return rc;
+    }
+    if ((flags & VD_FUA) && fdatasync(e->fd) < 0) {
+        rc = -errno;
+        log_err("%s: fdatasync: %s", e->path, strerror(-rc));
+        return rc;
+    }
+    return vmdk_gte_store(e, grain, (uint32_t)(at / VD_SECTOR));
+}
+
+/* Fill a full grain buffer with what the grain reads as now (parent data or
+ * zeroes). */
+static int vmdk_grain_base(struct vd_image *img, struct vmdk_extent *e, uint64_t grain,
+                           uint32_t v, uint8_t *g)
+{
+    struct vmdk_sparse *sp = e->sp;
+    memset(g, 0, sp->grain_bytes);
+    if (v == VMDK_GTE_ZEROED && sp->zero_grain)
+        return 0;
+    struct vd_image *p = img->parent;
+    uint64_t vo = e->start + grain * sp->grain_bytes;
+    if (!p || vo >= p->size)
+        return 0;
+    uint64_t n = MIN(sp->grain_bytes, e->len - grain * sp->grain_bytes);
+    n = MIN(n, p->size - vo);
+    return vd_pread(p, g, n, vo);
+}
+
+int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t *buf,
+                      uint64_t len, uint64_t off, unsigned flags)
+{
+    struct vmdk_sparse *sp = e->sp;
+    uint64_t gb = sp->grain_bytes;
+    uint8_t *g = NULL;
+    int rc = 0;
+    bool wrote = false;
+    while (len > 0) {
+        uint64_t grain = off / gb, in = off % gb;
+        uint64_t n = MIN(len, gb - in);
+        uint32_t v = vmdk_gte_load(sp, grain);
+        if (vmdk_gte_state(sp, v) != VD_MAP_DATA) {
+            pthread_mutex_t *mx = vmdk_stripe(sp, grain);
+            pthread_mutex_lock(mx);
+            v = vmdk_gte_load(sp, grain);
+            if (vmdk_gte_state(sp, v) != VD_MAP_DATA) {
+                const uint8_t *data = buf;
+                if (n < gb) {
+                    if (!g && !(g = malloc(gb))) {
+                        pthread_mutex_unlock(mx);
+                        rc = -ENOMEM;
+                        break;
+                    }
+                    rc = vmdk_grain_base(img, e, grain, v, g);
+                    if (rc == 0)
+                        memcpy(g + in, buf, n);
+                    data = g;
+                }
+                if (rc == 0)
+                    rc = vmdk_grain_alloc(e, grain, data, flags);
+                pthread_mutex_unlock(mx);
+                if (rc < 0)
+                    break;
+                wrote = true; /* FUA: the GT entries must be durable too */
+                goto next;
+            }
+            pthread_mutex_unlock(mx);
+        }
+        rc = pwrite_full(e->fd, buf, n, (uint64_t)v * VD_SECTOR + in);
+        if (rc < 0) {
+            log_err("%s: write of grain %" PRIu64 " at file offset %" PRIu64 ": %s", e->path,
+                    grain, (uint64_t)v * VD_SECTOR + in, strerror(-rc));
+            break;
+        }
+        wrote = true;
+    next:
+        buf += n;
+        off += n;
+        len -= n;
+    }
+    free(g);
+    if (rc == 0 && wrote && (flags & VD_FUA) && fdatasync(e->fd) < 0) {
+        rc = -errno;
+        log_err("%s: fdatasync: %s", e->path, strerror(-rc));
+    }
+    return rc;
+}
+
+int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, uint64_t len,
+                     unsigned flags)
+{
+    struct vmdk_sparse *sp = e->sp;
+    uint64_t gb = sp->grain_bytes;
+    uint8_t *z = NULL;
+    int rc = 0;
+    while (len > 0 && rc == 0) {
+        uint64_t grain = off / gb, in = off % gb;
+        uint64_t n = MIN(len, gb - in);
+        uint32_t v = vmdk_gte_load(sp, grain);
+        enum vd_map_state st = vmdk_gte_state(sp, v);
+        bool whole = n == gb || (in == 0 && off + n == e->len);
+        bool reads_zero = st == VD_MAP_ZERO || (st == VD_MAP_UNALLOC && !img->parent);
+        if (whole && sp->zero_grain && !(flags & VD_NO_HOLE)) {
+            if (st != VD_MAP_ZERO) {
+                pthread_mutex_t *mx = vmdk_stripe(sp, grain);
+                pthread_mutex_lock(mx);
+                v = vmdk_gte_load(sp, grain);
+                if (vmdk_gte_state(sp, v) != VD_MAP_ZERO) {
+                    rc = vmdk_gte_store(e, grain, VMDK_GTE_ZEROED);
+                    if (rc == 0 && vmdk_gte_state(sp, v) == VD_MAP_DATA)
+                        (void)fallocate(e->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                        (off_t)v * VD_SECTOR, (off_t)gb);
+                }
+                pthread_mutex_unlock(mx);
+            }
+        } else if (!(reads_zero && !(flags & VD_NO_HOLE))) {
+            if (!z && !(z = calloc(1, gb))) {
+                rc = -ENOMEM;
+                break;
+            }
+            rc = vmdk_sparse_write(img, e, z, n, off, flags & ~VD_FUA);
+        }
+        off += n;
+        len -= n;
+    }
+    free(z);
+    if (rc == 0 && (flags & VD_FUA) && fdatasync(e->fd) < 0) {
+        rc = -errno;
+        log_err("%s: fdatasync: %s", e->path, strerror(-rc));
+    }
+    return rc;
+}
