@@ -36,7 +36,6 @@ kill "$holder"; wait "$holder" 2>/dev/null || true
 step "Virtual disks: a thin 4 GiB VMDK, some data, a snapshot, a linked clone"
 cd "$D/datastore"
 run "$VD" create --type thin --adapter pvscsi vm1.vmdk 4G
-head -c 8M /dev/urandom > "$D/os.bin"
 run qemu-io -f vmdk -c "write -P 0x5a 0 1M" vm1.vmdk >/dev/null
 run "$VD" snapshot create vm1.vmdk installed
 run qemu-io -f vmdk -c "write -P 0x77 1M 1M" vm1.vmdk >/dev/null
@@ -52,7 +51,7 @@ run "$VD" clone vm1.vmdk vm1-copy.vmdk
 run qemu-img compare -f vmdk -F vmdk vm1.vmdk vm1-copy.vmdk
 
 step "vm1 served over NBD; QEMU reads it through the socket"
-"$VD" serve --socket "$D/nbd.sock" --shared 4 vm1.vmdk > "$D/serve.out" 2>&1 &
+"$VD" serve --socket "$D/nbd.sock" --shared 4 --name vm1 vm1.vmdk > "$D/serve.out" 2>&1 &
 srv=$!
 for _ in $(seq 100); do [ -S "$D/nbd.sock" ] && break; sleep 0.1; done
 run qemu-img info "nbd+unix:///vm1?socket=$D/nbd.sock"

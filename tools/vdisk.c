@@ -93,7 +93,18 @@ static int cmd_create(int argc, char **argv)
         log_err("unknown --format \"%s\" (vmdk, raw)", fmt);
         return 2;
     }
-    return rc < 0 ? 1 : 0;
+    if (rc < 0)
+        return 1;
+    char sz[32];
+    format_size(o.size, sz, sizeof sz);
+    static const char *const tnames[] = {"thin (monolithicSparse)", "thick (monolithicFlat)",
+                                         "eager-zeroed (monolithicFlat)"};
+    if (strcmp(fmt, "raw") == 0)
+        printf("%s: raw, %s\n", argv[optind], sz);
+    else
+        printf("%s: %s VMDK, %s, adapter %s\n", argv[optind],
+               (unsigned)o.type < 3 ? tnames[o.type] : "?", sz, o.adapter ? o.adapter : "lsilogic");
+    return 0;
 }
 
 static uint64_t file_alloc(const char *path)
