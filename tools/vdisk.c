@@ -27,7 +27,7 @@ static void usage(FILE *f)
             "  create [--type thin|thick|eager-zeroed] [--adapter ide|lsilogic|buslogic|pvscsi]\n"
             "         [--format vmdk|raw] FILE SIZE\n"
             "  info [--json] FILE\n"
-            "  check [--repair] [--json] FILE\n"
+            "  check [--repair] [--json] [--progress] FILE\n"
             "  map [--json] FILE\n"
             "  convert [-O vmdk|raw] [--type thin|thick|eager-zeroed|stream] [--adapter A]\n"
             "          [--progress] SRC DST\n"
@@ -442,7 +442,7 @@ static int cmd_check(int argc, char **argv)
                                          {"progress", no_argument, NULL, 'p'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    bool repair = false, js = false;
+    bool repair = false, js = false, prog = false;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "rjph", opts, NULL)) != -1) {
@@ -451,7 +451,7 @@ static int cmd_check(int argc, char **argv)
         else if (c == 'j')
             js = true;
         else if (c == 'p')
-            ;
+            prog = true;
         else if (c == 'h') {
             usage(stdout);
             return 0;
@@ -468,7 +468,8 @@ static int cmd_check(int argc, char **argv)
     if (js)
         json_init(&j, stdout);
     struct vd_check_report r = {0};
-    int rc = vd_check(argv[optind], repair, js ? &j : NULL, &r);
+    int rc = vd_check(argv[optind], (repair ? VD_CHECK_REPAIR : 0) | (prog ? VD_CHECK_PROGRESS : 0),
+                      js ? &j : NULL, &r);
     if (js)
         json_finish(&j);
     else if (rc == 0)

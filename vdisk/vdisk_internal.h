@@ -283,6 +283,8 @@ struct vd_check_report {
 };
 /* json may be NULL; messages go through log_err / the report callback. */
 struct json;
-int vd_check(const char *path, bool repair, struct json *j, struct vd_check_report *r);
+#define VD_CHECK_REPAIR 1u   /* fix what is safe (true works too) */
+#define VD_CHECK_PROGRESS 2u /* draw the progress meter even when stderr is not a terminal */
+int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_report *r);
 
 #endif

@@ -42,6 +42,7 @@ struct vd_checker {
     struct json *j;
     struct vd_check_report *r;
     bool repair;
+    bool progress;
 };
 
 static void vd_problem(struct vd_checker *c, bool repaired, const char *file, const char *fmt, ...)
@@ -245,7 +246,7 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
     }
     qsort(meta, nm, sizeof(*meta), vd_range_cmp);
     struct progress pr;
-    progress_start(&pr, "check", ngt, false);
+    progress_start(&pr, "check", h.capacity * VD_SECTOR, c->progress); /* virtual bytes scanned */
     uint64_t fend = DIV_ROUND_UP(fsize, VD_SECTOR);
     bool zg = (h.flags & VMDK4_FLAG_ZERO_GRAIN) != 0;
     uint64_t nalloc = 0;
@@ -253,7 +254,7 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
     for (uint64_t g = 0; g < ngt * per; g++) {
         uint64_t ti = g / per, idx = g % per;
         if (idx == 0)
-            progress_update(&pr, ti);
+            progress_update(&pr, MIN(g * h.grain_size, h.capacity) * VD_SECTOR);
         if (!gd[ti] && !(has_rgd && rgd[ti]))
             continue;
         uint32_t v = gd[ti] ? gt[g] : 0, rv = has_rgd && rgd[ti] ? rgt[g] : v;
@@ -339,10 +340,11 @@ out:
     return rc;
 }
 
-int vd_check(const char *path, bool repair, struct json *j, struct vd_check_report *r)
+int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_report *r)
 {
     memset(r, 0, sizeof(*r));
-    struct vd_checker c = {.j = j, .r = r, .repair = repair};
+    struct vd_checker c = {.j = j, .r = r, .repair = (flags & VD_CHECK_REPAIR) != 0,
+                           .progress = (flags & VD_CHECK_PROGRESS) != 0};
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int rc = -errno;
