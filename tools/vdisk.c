@@ -125,17 +125,19 @@ static const char *ext_type_name(enum vmdk_ext_type t)
     return "?";
 }
 
-static int cmd_info(int argc, char **argv)
+/* Options of the commands that take [--json] FILE: returns -1 to go on (FILE
+ * is argv[optind]), else the exit status. */
+static int parse_json_file(int argc, char **argv, bool *js)
 {
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    bool js = false;
     int c;
+    *js = false;
     optind = 1;
     while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
         if (c == 'j')
-            js = true;
+            *js = true;
         else if (c == 'h') {
             usage(stdout);
             return 0;
@@ -148,6 +150,15 @@ static int cmd_info(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    return -1;
+}
+
+static int cmd_info(int argc, char **argv)
+{
+    bool js;
+    int prc = parse_json_file(argc, argv, &js);
+    if (prc >= 0)
+        return prc;
     struct vd_image *img;
     if (vd_open(argv[optind], VD_OPEN_RDONLY, &img) < 0)
         return 1;
@@ -248,27 +259,10 @@ static int cmd_info(int argc, char **argv)
 
 static int cmd_map(int argc, char **argv)
 {
-    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    bool js = false;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
-        if (c == 'j')
-            js = true;
-        else if (c == 'h') {
-            usage(stdout);
-            return 0;
-        } else {
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (argc - optind != 1) {
-        usage(stderr);
-        return 2;
-    }
+    bool js;
+    int prc = parse_json_file(argc, argv, &js);
+    if (prc >= 0)
+        return prc;
     struct vd_image *img;
     if (vd_open(argv[optind], VD_OPEN_RDONLY, &img) < 0)
         return 1;
@@ -356,41 +350,7 @@ static int cmd_convert(int argc, char **argv)
     rc = vd_open(dst_path, raw ? VD_OPEN_RAW : 0, &dst);
     if (rc < 0)
         goto out;
-    size_t bs = 1 << 20, gs = 65536;
-    uint8_t *buf = malloc(bs);
-    if (!buf) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    struct progress pr;
-    progress_start(&pr, "convert", o.size, force_progress);
-    uint64_t off = 0;
-    while (off < o.size && rc == 0) {
-        uint64_t n;
-        unsigned st;
-        rc = vd_block_status(src, off, MIN(o.size - off, 64ull << 20), &n, &st);
-        if (rc < 0)
-            break;
-        if (st & VD_STATUS_ZERO) { /* a new image reads as zeroes */
-            off += n;
-            progress_update(&pr, off);
-            continue;
-        }
-        for (uint64_t end = off + n; off < end && rc == 0;) {
-            size_t len = (size_t)MIN(bs - (off % bs), end - off);
-            rc = vd_pread(src, buf, len, off);
-            for (size_t i = 0; i < len && rc == 0;) {
-                size_t piece = (size_t)MIN(gs - ((off + i) % gs), len - i);
-                if (!vd_buf_is_zero(buf + i, piece))
-                    rc = vd_pwrite(dst, buf + i, piece, off + i, 0);
-                i += piece;
-            }
-            off += len;
-            progress_update(&pr, off);
-        }
-    }
-    progress_finish(&pr);
-    free(buf);
+    rc = vd_copy_sparse(src, dst, 65536, "convert", force_progress);
 out:
     if (dst) {
         int rc2 = vd_close(dst);

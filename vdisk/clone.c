@@ -181,43 +181,10 @@ static int cl_full(const char *src_path, const char *dst_path, const struct vd_c
     rc = vd_open(tmp, 0, &dst);
     if (rc < 0)
         goto out_unlink;
-    uint64_t size = vd_size(src), gs = vd_granularity(dst), off = 0;
+    uint64_t gs = vd_granularity(dst);
     if (gs < 4096)
         gs = 4096;
-    size_t bs = 1 << 20;
-    uint8_t *buf = malloc(bs);
-    if (!buf) {
-        rc = -ENOMEM;
-        goto out_unlink;
-    }
-    struct progress pr;
-    progress_start(&pr, "clone", size, o->progress);
-    while (off < size && rc == 0) {
-        uint64_t n;
-        unsigned st;
-        rc = vd_block_status(src, off, MIN(size - off, 64ull << 20), &n, &st);
-        if (rc < 0)
-            break;
-        if (st & VD_STATUS_ZERO) { /* the new image reads zeroes there */
-            off += n;
-            progress_update(&pr, off);
-            continue;
-        }
-        for (uint64_t end = off + n; off < end && rc == 0;) {
-            size_t len = (size_t)MIN(bs - (off % bs), end - off);
-            rc = vd_pread(src, buf, len, off);
-            for (size_t i = 0; i < len && rc == 0;) {
-                size_t piece = (size_t)MIN(gs - ((off + i) % gs), len - i);
-                if (!vd_buf_is_zero(buf + i, piece))
-                    rc = vd_pwrite(dst, buf + i, piece, off + i, 0);
-                i += piece;
-            }
-            off += len;
-            progress_update(&pr, off);
-        }
-    }
-    progress_finish(&pr);
-    free(buf);
+    rc = vd_copy_sparse(src, dst, gs, "clone", o->progress);
     if (rc == 0) {
         rc = vd_close(dst);
         dst = NULL;
@@ -360,4 +327,44 @@ int vd_clone(const char *src, const char *dst, const struct vd_clone_opts *o)
         return -EINVAL;
     }
     return o->linked ? cl_linked(src, dst) : cl_full(src, dst, o);
+}
+
+int vd_copy_sparse(struct vd_image *src, struct vd_image *dst, uint64_t gs, const char *what,
+                   bool progress)
+{
+    uint64_t size = vd_size(src), off = 0;
+    size_t bs = 1 << 20;
+    uint8_t *buf = malloc(bs);
+    if (!buf)
+        return -ENOMEM;
+    int rc = 0;
+    struct progress pr;
+    progress_start(&pr, what, size, progress);
+    while (off < size && rc == 0) {
+        uint64_t n;
+        unsigned st;
+        rc = vd_block_status(src, off, MIN(size - off, 64ull << 20), &n, &st);
+        if (rc < 0)
+            break;
+        if (st & VD_STATUS_ZERO) { /* the new image reads zeroes there */
+            off += n;
+            progress_update(&pr, off);
+            continue;
+        }
+        for (uint64_t end = off + n; off < end && rc == 0;) {
+            size_t len = (size_t)MIN(bs - (off % bs), end - off);
+            rc = vd_pread(src, buf, len, off);
+            for (size_t i = 0; i < len && rc == 0;) {
+                size_t piece = (size_t)MIN(gs - ((off + i) % gs), len - i);
+                if (!vd_buf_is_zero(buf + i, piece))
+                    rc = vd_pwrite(dst, buf + i, piece, off + i, 0);
+                i += piece;
+            }
+            off += len;
+            progress_update(&pr, off);
+        }
+    }
+    progress_finish(&pr);
+    free(buf);
+    return rc;
 }

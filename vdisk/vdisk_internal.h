@@ -283,6 +283,12 @@ struct vd_check_report {
 };
 /* json may be NULL; messages go through log_err / the report callback. */
 struct json;
+/* Copy every byte of src that does not read as zeroes into dst (a fresh image
+ * that reads as zeroes), in pieces of gs bytes, skipping all-zero pieces so they
+ * stay unallocated; a progress meter named `what`. */
+int vd_copy_sparse(struct vd_image *src, struct vd_image *dst, uint64_t gs, const char *what,
+                   bool progress);
+
 #define VD_CHECK_REPAIR 1u   /* fix what is safe (true works too) */
 #define VD_CHECK_PROGRESS 2u /* draw the progress meter even when stderr is not a terminal */
 int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_report *r);
