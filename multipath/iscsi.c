@@ -37,6 +37,14 @@
  * becomes dead, in-flight and later commands fail with -ENOTCONN at once,
  * and the multipath layer (a later issue) decides what to do.
  *
+ * Liveness. Once the multipath core installs a reporter (set_report),
+ * the loop sends a NOP-Out every nop_interval_ms (one outstanding at a
+ * time) and remembers when the target last answered anything (a NOP-In or
+ * a command response). After nop_max_missed intervals of silence it calls
+ * the reporter, which fails the path in the core like a timed-out command;
+ * this catches a silent path that carries no I/O. libiscsi 1.19 has no
+ * ping timer of its own, only iscsi_nop_out_async.
+ *
  * Session identity. The ISID is fixed for the life of the path: a hash of
  * (initiator name, portal, target, LUN, pid, per-process open counter).
  * Two paths of one process, two opens of one LUN, or two processes on one
@@ -68,6 +76,8 @@
 #define ISCSI_DEFAULT_TIMEOUT_MS 5000u
 #define ISCSI_IDLE_POLL_MS 1000
 #define ISCSI_MAX_UA_RETRIES 10
+#define ISCSI_NOP_INTERVAL_MS 1000u
+#define ISCSI_NOP_MAX_MISSED 2u
 
 struct ipath;
 struct icmd;
@@ -124,6 +134,18 @@ struct ipath {
     int dead;                           /* protected by lock: 0 or -errno once the session is gone */
 
     struct icmd inflight;               /* loop thread only: list sentinel, dispatch order */
+
+    /* NOP-Out pings: only once the multipath core installed a reporter. */
+    unsigned nop_interval_ms;           /* immutable; LUN_NOP_OFF = none */
+    unsigned nop_max_missed;            /* immutable */
+    lun_path_report_fn report;          /* protected by lock */
+    void *report_opaque;                /* protected by lock */
+    uint64_t nop_next_ns;               /* loop thread only: next NOP-Out; 0 = not started */
+    uint64_t nop_heard_ns;              /* loop thread only: last NOP-In or command response */
+    bool nop_outstanding;               /* loop thread only: a NOP-Out awaits its NOP-In */
+    bool nop_reported;                  /* loop thread only: this silence was reported */
+    _Atomic uint64_t nop_answered;      /* NOP-Ins received */
+    _Atomic uint64_t nop_missed_total;  /* intervals that passed without one */
 
     /* Written by probe before any I/O is submitted, read-only afterwards. */
     uint32_t block_size;
@@ -378,6 +400,11 @@ static void icmd_cb(struct iscsi_context *iscsi, int status, void *command_data,
     int rc;
 
     inflight_del(c);
+    if (status != SCSI_STATUS_CANCELLED && status != SCSI_STATUS_TIMEOUT &&
+        status != SCSI_STATUS_ERROR) {
+        ip->nop_heard_ns = now_ns(); /* the target answered: alive */
+        ip->nop_reported = false;
+    }
     if (status == SCSI_STATUS_CANCELLED) {
         if (c->timed_out) {
             rc = -ETIMEDOUT;
@@ -456,6 +483,57 @@ static int ipath_enqueue(struct ipath *ip, struct icmd *first, struct icmd *last
 
 /* ---- the loop ------------------------------------------------------------ */
 
+static void nop_cb(struct iscsi_context *iscsi, int status, void *command_data, void *opaque)
+{
+    (void)iscsi;
+    (void)command_data;
+    struct ipath *ip = opaque;
+    ip->nop_outstanding = false;
+    if (status == SCSI_STATUS_GOOD) {
+        ip->nop_heard_ns = now_ns();
+        ip->nop_reported = false;
+        ip->nop_answered++;
+    }
+}
+
+/* NOP-Out pings (loop thread). A NOP-Out goes out every interval unless
+ * the previous one is still unanswered (then the interval counts as a
+ * miss). The target is alive while NOP-Ins, or answers to commands, keep
+ * coming; once nothing has come for nop_max_missed intervals the path is
+ * reported failed (fn). The last answer is at most one interval old when
+ * a path goes silent, so it is found (max_missed - 1) to max_missed
+ * intervals after that, with or without I/O. Returns the poll timeout (ms)
+ * until the next event. */
+static int ipath_nop_run(struct ipath *ip, lun_path_report_fn fn, void *opaque, int timeout)
+{
+    uint64_t now = now_ns(), ivl = (uint64_t)ip->nop_interval_ms * 1000000;
+    uint64_t silence = ivl * ip->nop_max_missed;
+    if (!ip->nop_next_ns) {
+        ip->nop_next_ns = now;
+        ip->nop_heard_ns = now;
+    }
+    if (now >= ip->nop_next_ns) {
+        if (ip->nop_outstanding)
+            ip->nop_missed_total++;
+        else if (iscsi_nop_out_async(ip->iscsi, nop_cb, NULL, 0, ip) == 0)
+            ip->nop_outstanding = true;
+        ip->nop_next_ns = now + ivl;
+    }
+    if (now - ip->nop_heard_ns >= silence) {
+        char why[128];
+        snprintf(why, sizeof why, "no NOP-In for %llu ms (pings every %u ms unanswered)",
+                 (unsigned long long)((now - ip->nop_heard_ns) / 1000000), ip->nop_interval_ms);
+        if (!ip->nop_reported)
+            log_err("%s: %s", ip->base.name, why);
+        ip->nop_reported = true;
+        fn(opaque, &ip->base, why);
+        ip->nop_heard_ns = now - silence + ivl; /* report again an interval later if still silent */
+    }
+    uint64_t next = MIN(ip->nop_next_ns, ip->nop_heard_ns + silence);
+    int until = next <= now ? 0 : (int)((next - now + 999999) / 1000000);
+    return MIN(timeout, until);
+}
+
 static void ipath_expire(struct ipath *ip, uint64_t now)
 {
     while (ip->inflight.next != &ip->inflight) {
@@ -485,6 +563,8 @@ static void *ipath_loop(void *arg)
         ip->pend_head = ip->pend_tail = NULL;
         bool stopping = ip->stopping;
         int dead = ip->dead;
+        lun_path_report_fn report = ip->report;
+        void *report_opaque = ip->report_opaque;
         pthread_mutex_unlock(&ip->lock);
 
         while (q) {
@@ -501,6 +581,8 @@ static void *ipath_loop(void *arg)
             uint64_t now = now_ns(), dl = ip->inflight.next->deadline_ns;
             timeout = dl <= now ? 0 : (int)MIN((dl - now + 999999) / 1000000, (uint64_t)ISCSI_IDLE_POLL_MS);
         }
+        if (report && !dead && !stopping && ip->nop_interval_ms != LUN_NOP_OFF)
+            timeout = ipath_nop_run(ip, report, report_opaque, timeout);
         struct pollfd pfd[2] = {{.fd = ip->efd, .events = POLLIN}, {.fd = -1}};
         if (!dead) {
             pfd[1].fd = iscsi_get_fd(ip->iscsi);
@@ -832,6 +914,8 @@ int lun_path_open_iscsi(const char *uri, const struct lun_options *opts, struct 
     ip->base.priv = ip;
     ip->base.name = lun_uri_redact(uri);
     ip->timeout_ms = opts->timeout_ms ? opts->timeout_ms : ISCSI_DEFAULT_TIMEOUT_MS;
+    ip->nop_interval_ms = opts->nop_interval_ms ? opts->nop_interval_ms : ISCSI_NOP_INTERVAL_MS;
+    ip->nop_max_missed = opts->nop_max_missed ? opts->nop_max_missed : ISCSI_NOP_MAX_MISSED;
     unsigned connect_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms
                                                    : ISCSI_DEFAULT_TIMEOUT_MS;
     int rc;
@@ -1213,10 +1297,16 @@ static int iscsi_path_probe(struct lun_path *p, struct lun_info *info)
     /* FUA: DPOFUA bit of the MODE SENSE device-specific parameter. */
     {
         uint8_t cdb[6] = {0x1A, 0x08, 0x3F, 0, 255, 0};
-        if (ipath_sync_cdb(ip, cdb, 6, SCSI_XFER_READ, NULL, 0, 255, &t, NULL, NULL, NULL) == 0) {
+        rc = ipath_sync_cdb(ip, cdb, 6, SCSI_XFER_READ, NULL, 0, 255, &t, NULL, NULL, NULL);
+        if (rc == 0) {
             if (t->datain.size >= 3)
                 caps->fua = t->datain.data[2] & 0x10;
             scsi_free_scsi_task(t);
+        } else if (rc == -EBADE) {
+            /* tgt refuses MODE SENSE to a nexus that is not registered
+             * under another's reservation (a reconnected path, before it
+             * re-registers): we cannot tell. */
+            info->caps_unknown.fua = true;
         }
     }
 
@@ -1517,8 +1607,29 @@ static void iscsi_path_abort(struct lun_path *p)
         iscsi_disconnect(ip->iscsi);
 }
 
+static void iscsi_path_set_report(struct lun_path *p, lun_path_report_fn fn, void *opaque)
+{
+    struct ipath *ip = p->priv;
+    pthread_mutex_lock(&ip->lock);
+    ip->report = fn;
+    ip->report_opaque = opaque;
+    pthread_mutex_unlock(&ip->lock);
+    uint64_t one = 1;
+    ssize_t n = write(ip->efd, &one, sizeof(one)); /* start pinging now */
+    (void)n;
+}
+
+static void iscsi_path_ping_stats(const struct lun_path *p, uint64_t *answered, uint64_t *missed)
+{
+    const struct ipath *ip = p->priv;
+    *answered = ip->nop_answered;
+    *missed = ip->nop_missed_total;
+}
+
 static const struct lun_path_ops iscsi_path_ops = {
     .kind = "iscsi",
+    .set_report = iscsi_path_set_report,
+    .ping_stats = iscsi_path_ping_stats,
     .abort = iscsi_path_abort,
     .probe = iscsi_path_probe,
     .submit = iscsi_path_submit,

@@ -50,6 +50,17 @@
  *   class error) becomes a FAILED, TORN DOWN slot that its checker keeps
  *   opening; configuration errors still fail the open.
  *
+ *   Late and returning paths: every new session (reconnect, or a path that
+ *   answers for the first time) is probed, must have the LUN's identity
+ *   and geometry and every capability the LUN advertises (unless the probe
+ *   could not tell: caps_unknown), before TUR / re-registration bring it
+ *   UP; otherwise it stays failed, retried on the back-off schedule. The
+ *   probe of each path is kept (lun_path_get_info).
+ *
+ *   Detection: a failing I/O or TUR, the TUR watchdog, and paths that find
+ *   themselves dead (path.h set_report: iSCSI NOP-Out pings unanswered)
+ *   all end in mp_path_fail_locked.
+ *
  *   Stale writes. A modifying command that failed over on path P is not
  *   re-issued before P's session has been torn down (ops->abort: the
  *   connection is closed and every command of the session is back), so a
@@ -89,6 +100,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,6 +155,9 @@ struct mp_slot {
     uint64_t fail_ring[MP_FLAP_RING]; /* protected by lun->lock: recent failure times */
     unsigned fail_pos;             /* protected by lun->lock */
     struct lun_path_stats st;      /* protected by lun->lock: failures, last_error */
+    struct lun_info pinfo;         /* protected by lun->lock: the path's last probe */
+    bool have_pinfo;               /* protected by lun->lock */
+    uint64_t ping_base, miss_base; /* protected by lun->lock: pings of closed sessions */
 };
 
 struct lun {
@@ -232,6 +247,42 @@ void lun_path_close(struct lun_path *p)
 }
 
 /* ---- Open / close ------------------------------------------------------- */
+
+/* The capabilities in `need` that `have` lacks (and that were not left
+ * `unknown` by the probe), as "A, B" in buf; their number. */
+static unsigned lun_caps_missing(const struct lun_caps *have, const struct lun_caps *unknown,
+                                 const struct lun_caps *need, char *buf, size_t len)
+{
+    static const struct {
+        size_t off;
+        const char *name;
+    } t[] = {
+        {offsetof(struct lun_caps, compare_and_write), "COMPARE AND WRITE"},
+        {offsetof(struct lun_caps, persistent_reservations), "PERSISTENT RESERVE"},
+        {offsetof(struct lun_caps, pr_we_all_registrants), "PR type 7 (WE-AR)"},
+        {offsetof(struct lun_caps, pr_preempt_abort), "PREEMPT AND ABORT"},
+        {offsetof(struct lun_caps, unmap), "UNMAP"},
+        {offsetof(struct lun_caps, write_same), "WRITE SAME"},
+        {offsetof(struct lun_caps, write_same_unmap), "WRITE SAME with UNMAP"},
+        {offsetof(struct lun_caps, sync_cache), "SYNCHRONIZE CACHE"},
+        {offsetof(struct lun_caps, fua), "FUA"},
+    };
+    unsigned n = 0;
+    size_t used = 0;
+    buf[0] = 0;
+    for (size_t k = 0; k < sizeof t / sizeof t[0]; k++) {
+        bool h = *(const bool *)((const char *)have + t[k].off);
+        bool w = *(const bool *)((const char *)need + t[k].off);
+        bool u = *(const bool *)((const char *)unknown + t[k].off);
+        if (w && !h && !u) {
+            int m = snprintf(buf + used, len - used, "%s%s", n ? ", " : "", t[k].name);
+            if (m > 0 && (size_t)m < len - used)
+                used += (size_t)m;
+            n++;
+        }
+    }
+    return n;
+}
 
 static void lun_caps_and(struct lun_caps *a, const struct lun_caps *b)
 {
@@ -371,6 +422,7 @@ static uint64_t lun_since_epoch_ns(const struct lun *lun)
 
 static void *mp_monitor_thread(void *arg);
 static void *mp_checker_thread(void *arg);
+static void mp_path_report(void *opaque, struct lun_path *p, const char *why);
 
 static int lun_open_engine(struct lun_path **paths, char **uris, unsigned n,
                            const struct lun_options *opts, struct lun **out)
@@ -423,6 +475,10 @@ static int lun_open_engine(struct lun_path **paths, char **uris, unsigned n,
         o->flap_window_ms = 30000;
     if (!o->flap_hold_ms)
         o->flap_hold_ms = 5000;
+    if (!o->nop_interval_ms)
+        o->nop_interval_ms = 1000;
+    if (!o->nop_max_missed)
+        o->nop_max_missed = 2;
     lun->policy = o->policy == LUN_POLICY_DEFAULT ? LUN_POLICY_SERVICE_TIME : o->policy;
     if ((unsigned)lun->policy > LUN_POLICY_SERVICE_TIME) {
         log_err("unknown path selection policy %d", (int)lun->policy);
@@ -484,6 +540,8 @@ static int lun_open_engine(struct lun_path **paths, char **uris, unsigned n,
         }
         if (pi.physical_block_size < pi.block_size)
             pi.physical_block_size = pi.block_size;
+        lun->slots[i].pinfo = pi;
+        lun->slots[i].have_pinfo = true;
         if ((int)i == ref) {
             lun->info = pi;
             continue;
@@ -520,6 +578,8 @@ static int lun_open_engine(struct lun_path **paths, char **uris, unsigned n,
         }
         lun->monitor_started = true;
         for (unsigned i = 0; i < n; i++) {
+            if (paths[i] && paths[i]->ops->set_report)
+                paths[i]->ops->set_report(paths[i], mp_path_report, &lun->slots[i]);
             rc = -pthread_create(&lun->slots[i].checker, NULL, mp_checker_thread, &lun->slots[i]);
             if (rc < 0) {
                 log_err("%s: cannot start the path checker thread: %s", lun->name, strerror(-rc));
@@ -812,7 +872,7 @@ static unsigned mp_paths_up_locked(const struct lun *lun)
 static void mp_path_fail_locked(struct lun *lun, unsigned i, const char *why)
 {
     struct mp_slot *s = &lun->slots[i];
-    if (!lun->mp || s->failed)
+    if (!lun->mp || s->failed || lun->stopping)
         return;
     uint64_t now = now_ns();
     s->failed = true;
@@ -834,13 +894,50 @@ static void mp_path_fail_locked(struct lun *lun, unsigned i, const char *why)
     pthread_cond_broadcast(&lun->cond);
 }
 
+/* A path found dead by itself (path.h set_report; the path's thread). */
+static void mp_path_report(void *opaque, struct lun_path *p, const char *why)
+{
+    struct mp_slot *s = opaque;
+    struct lun *lun = s->lun;
+    pthread_mutex_lock(&lun->lock);
+    if (s->p == p)
+        mp_path_fail_locked(lun, s->idx, why);
+    pthread_mutex_unlock(&lun->lock);
+}
+
+int lun_path_get_info(struct lun *lun, unsigned i, struct lun_info *out)
+{
+    if (i >= lun->npaths)
+        return -EINVAL;
+    pthread_mutex_lock(&lun->lock);
+    bool have = lun->slots[i].have_pinfo;
+    if (have)
+        *out = lun->slots[i].pinfo;
+    pthread_mutex_unlock(&lun->lock);
+    return have ? 0 : -ENOENT;
+}
+
 int lun_path_get_stats(struct lun *lun, unsigned i, struct lun_path_stats *out)
 {
     if (i >= lun->npaths)
         return -EINVAL;
     pthread_mutex_lock(&lun->lock);
     struct mp_slot *s = &lun->slots[i];
+    /* The current session's ping counters: read outside lun->lock, with
+     * the path pinned (submitting) so its checker cannot close it. */
+    struct lun_path *pp = s->p && s->p->ops->ping_stats ? s->p : NULL;
+    if (pp)
+        s->submitting++;
+    pthread_mutex_unlock(&lun->lock);
+    uint64_t pings = 0, misses = 0;
+    if (pp) {
+        pp->ops->ping_stats(pp, &pings, &misses);
+        s->submitting--;
+    }
+    pthread_mutex_lock(&lun->lock);
     *out = s->st;
+    out->pings = s->ping_base + pings;
+    out->nop_misses = s->miss_base + misses;
     out->reads = s->ctr.reads;
     out->writes = s->ctr.writes;
     out->others = s->ctr.others;
@@ -1256,9 +1353,11 @@ static void *mp_monitor_thread(void *arg)
                 s->torn_down = true;
                 s->gen++;
                 log_debug("%s: path %s torn down", lun->name, s->name);
+                pthread_cond_broadcast(&lun->cond); /* its checker may reopen it now */
             } else if (s->inflight == 0 && s->submitting == 0) {
                 s->torn_down = true;
                 s->gen++;
+                pthread_cond_broadcast(&lun->cond);
             }
         }
         bool work = lun->q_head != NULL;
@@ -1305,6 +1404,14 @@ static int mp_path_recover(struct lun *lun, unsigned i)
         struct lun_path *old = s->p;
         s->p = NULL;
         pthread_mutex_unlock(&lun->lock);
+        if (old && old->ops->ping_stats) {
+            uint64_t a = 0, m = 0;
+            old->ops->ping_stats(old, &a, &m);
+            pthread_mutex_lock(&lun->lock);
+            s->ping_base += a;
+            s->miss_base += m;
+            pthread_mutex_unlock(&lun->lock);
+        }
         lun_path_close(old);
         struct lun_path *np = NULL;
         rc = lun_path_open_uri(s->uri, &lun->opts, &np);
@@ -1316,18 +1423,46 @@ static int mp_path_recover(struct lun *lun, unsigned i)
         struct lun_info pi;
         memset(&pi, 0, sizeof pi);
         rc = np->ops->probe(np, &pi);
+        char why[160], miss[128];
+        why[0] = 0;
+        if (rc == 0) {
+            if (pi.physical_block_size < pi.block_size)
+                pi.physical_block_size = pi.block_size;
+            pthread_mutex_lock(&lun->lock);
+            s->pinfo = pi;
+            s->have_pinfo = true;
+            pthread_mutex_unlock(&lun->lock);
+        }
+        /* A path that returns (or answers for the first time) is a new
+         * session: it must be the same LUN, same geometry, and able to do
+         * everything the LUN already promised its users. */
         if (rc == 0 && (strcmp(pi.id, lun->info.id) != 0 || pi.num_blocks != lun->info.num_blocks ||
                         pi.block_size != lun->info.block_size)) {
             log_err("%s: path %s now reaches LUN %s (%llu blocks of %u), not %s: keeping it "
                     "failed",
                     lun->name, np->name, pi.id, (unsigned long long)pi.num_blocks, pi.block_size,
                     lun->info.id);
+            snprintf(why, sizeof why, "reaches LUN %.64s, not %.64s", pi.id, lun->info.id);
             rc = -EINVAL;
+        } else if (rc == 0 && lun_caps_missing(&pi.caps, &pi.caps_unknown, &lun->info.caps, miss,
+                                               sizeof miss)) {
+            log_err("%s: path %s lacks %s, which the LUN's other paths have: keeping it failed",
+                    lun->name, np->name, miss);
+            snprintf(why, sizeof why, "lacks %s", miss);
+            rc = -EOPNOTSUPP;
         }
         if (rc < 0) {
+            if (why[0]) {
+                pthread_mutex_lock(&lun->lock);
+                snprintf(s->st.last_error, sizeof s->st.last_error, "%s", why);
+                pthread_mutex_unlock(&lun->lock);
+            }
+            s->reopen_fails++; /* back off: it answers, but is not ours */
             lun_path_close(np);
             return rc;
         }
+        if (np->ops->set_report)
+            np->ops->set_report(np, mp_path_report, s);
         pthread_mutex_lock(&lun->lock);
         s->p = np;
         pthread_mutex_unlock(&lun->lock);
@@ -1392,14 +1527,23 @@ static void *mp_checker_thread(void *arg)
     struct lun *lun = s->lun;
     unsigned i = s->idx;
     pthread_mutex_lock(&lun->lock);
-    uint64_t next = now_ns();
+    /* An up path was just checked by its open (TEST UNIT READY there). */
+    uint64_t next = now_ns() + (uint64_t)lun->opts.check_interval_ms * 1000000;
     while (!lun->stopping) {
         uint64_t now = now_ns();
-        if (now < next) {
-            mp_cond_wait_ms(lun, (unsigned)((next - now + 999999) / 1000000));
+        /* Up paths are checked every check_interval_ms; a torn-down path
+         * that can be reopened is retried on its own back-off schedule
+         * (next_reopen_ns), whatever the TUR interval. */
+        bool reopen = s->failed && s->torn_down && s->uri;
+        uint64_t due = next;
+        if (reopen)
+            due = s->next_reopen_ns > s->hold_until_ns ? s->next_reopen_ns : s->hold_until_ns;
+        if (now < due) {
+            mp_cond_wait_ms(lun, (unsigned)MIN((due - now + 999999) / 1000000, 60000u));
             continue;
         }
-        next = now + (uint64_t)lun->opts.check_interval_ms * 1000000;
+        if (!reopen)
+            next = now + (uint64_t)lun->opts.check_interval_ms * 1000000;
         if (!s->failed && s->p) {
             struct lun_path *p = s->p;
             s->submitting++;

@@ -63,6 +63,9 @@ struct lun_info {
     uint32_t max_transfer_blocks;  /* per command; 0 = no limit reported */
     uint32_t max_unmap_blocks;     /* 0 = unknown */
     struct lun_caps caps;
+    struct lun_caps caps_unknown;  /* what the path could not probe (e.g. MODE SENSE refused
+                                      under another initiator's reservation): neither claimed
+                                      nor denied */
 };
 
 /* Path selection policies of a multipath LUN (see docs/multipath.md). */
@@ -94,7 +97,14 @@ struct lun_options {
     unsigned flap_count;         /* a path that failed this often ... [3] */
     unsigned flap_window_ms;     /* ... within this window [30000] ... */
     unsigned flap_hold_ms;       /* ... waits this long before it is used again [5000] */
+    /* Liveness pings (iSCSI NOP-Out) on every path of the engine, idle or
+     * not: a path whose pings go unanswered for nop_max_missed intervals in
+     * a row is failed like a timed-out command. LUN_NOP_OFF: no pings. */
+    unsigned nop_interval_ms;    /* a NOP-Out this often [1000] */
+    unsigned nop_max_missed;     /* intervals without a NOP-In before the path fails [2] */
 };
+
+#define LUN_NOP_OFF 0xFFFFFFFFu /* lun_options.nop_interval_ms: no NOP-Out pings */
 
 void lun_options_init(struct lun_options *opts);
 
@@ -148,11 +158,17 @@ struct lun_path_stats {
     uint64_t failures;         /* times the path went to FAILED */
     uint64_t state_age_ms;     /* time in the current state */
     uint64_t lat_hist[LUN_LAT_BUCKETS];
+    uint64_t pings;            /* NOP-Outs answered (iSCSI; all sessions of the path) */
+    uint64_t nop_misses;       /* ping intervals that passed without a NOP-In */
     char last_error[128];      /* why it last failed, "" if never */
 };
 
 /* Snapshot of path i's state and counters; -EINVAL if i is out of range. */
 int lun_path_get_stats(struct lun *lun, unsigned i, struct lun_path_stats *out);
+/* What path i reported when it was last probed (at open, or when it came
+ * back): identity, geometry, capabilities. -ENOENT if it never answered
+ * (unreachable since the open); -EINVAL if i is out of range. */
+int lun_path_get_info(struct lun *lun, unsigned i, struct lun_info *out);
 /* The latency below which a fraction q (0..1) of the commands completed,
  * in microseconds (upper edge of the log2 bucket); 0 with no samples. */
 uint64_t lun_lat_percentile(const uint64_t hist[LUN_LAT_BUCKETS], double q);

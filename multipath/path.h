@@ -28,6 +28,8 @@ enum lun_pr_action {
     LUN_PR_ACT_PREEMPT_ABORT = 0x05,
 };
 
+typedef void (*lun_path_report_fn)(void *opaque, struct lun_path *p, const char *why);
+
 struct lun_path_ops {
     const char *kind; /* "file", "iscsi", "fault" */
     /* Fill identity, capacity and capabilities (probed from the target). */
@@ -47,6 +49,14 @@ struct lun_path_ops {
      * stays valid until close. NULL: the kind cannot do it (then the core
      * waits until every command issued on the path has completed). */
     void (*abort)(struct lun_path *p);
+    /* Optional (multipath): the core installs `fn`, through which the path
+     * reports a failure it detects by itself while no command need be
+     * failing (iSCSI: NOP-Out pings unanswered). `fn` runs on the path's own
+     * thread, may be called more than once, takes the core's lock and must
+     * not call back into the path. fn NULL: stop reporting. */
+    void (*set_report)(struct lun_path *p, lun_path_report_fn fn, void *opaque);
+    /* Optional: liveness pings answered and intervals missed so far. */
+    void (*ping_stats)(const struct lun_path *p, uint64_t *answered, uint64_t *missed);
 };
 
 struct lun_path {

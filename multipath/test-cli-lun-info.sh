@@ -34,11 +34,33 @@ j2=$("$CLUSTERFS" lun info "$dir/a.img" --block-size 4096 --json) || fail "json2
 [ "$(echo "$j2" | jq '.[0].block_size')" = 4096 ] || fail "--block-size: $j2"
 [ "$(echo "$j1" | jq -r '.[0].id')" = "$(echo "$j2" | jq -r '.[0].id')" ] || fail "ids differ"
 
-# Several LUNs, one bad: the good one is printed, one line for the bad, rc 1.
+# Several LUNs, one bad: the good ones are printed, one line for the bad,
+# rc 1. Two arguments reaching the same LUN (a.img twice) are one LUN with
+# two paths, each with its state and its own probed capabilities; b.img is
+# another LUN.
+truncate -s 32M "$dir/b.img"
 rc=0
-j3=$("$CLUSTERFS" lun info --json "$dir/a.img" "$dir/nope" "$dir/a.img" 2>"$dir/err") || rc=$?
+j3=$("$CLUSTERFS" lun info --json "$dir/a.img" "$dir/nope" "$dir/b.img" "$dir/a.img" 2>"$dir/err") || rc=$?
 [ $rc = 1 ] || fail "mixed rc=$rc"
 [ "$(echo "$j3" | jq length)" = 2 ] || fail "mixed: $j3"
+[ "$(echo "$j3" | jq -r '.[0].lun')" = "$dir/a.img" ] || fail "first LUN: $j3"
+[ "$(echo "$j3" | jq '.[0].paths | length')" = 2 ] || fail "a.img paths: $j3"
+[ "$(echo "$j3" | jq '.[0].multipath')" = true ] || fail "a.img multipath: $j3"
+[ "$(echo "$j3" | jq -r '[.[0].paths[].state] | join(",")')" = active,active ] || fail "states: $j3"
+[ "$(echo "$j3" | jq -r '[.[0].paths[].index] | join(",")')" = 0,1 ] || fail "indexes: $j3"
+[ "$(echo "$j3" | jq -r '.[0].paths[1].id')" = "$(echo "$j3" | jq -r '.[0].id')" ] || fail "path id: $j3"
+[ "$(echo "$j3" | jq '.[0].paths[1].caps.compare_and_write')" = true ] || fail "path caps: $j3"
+[ "$(echo "$j3" | jq '.[0].paths[0] | has("pings") and has("failures") and has("last_error")')" = true ] ||
+    fail "path counters: $j3"
+[ "$(echo "$j3" | jq '.[1].paths | length')" = 1 ] || fail "b.img paths: $j3"
+[ "$(echo "$j3" | jq '.[1].capacity_bytes')" = 33554432 ] || fail "b.img: $j3"
+[ "$(echo "$j3" | jq -r '.[1].paths[0].state')" = active ] || fail "b.img state: $j3"
+t3=$("$CLUSTERFS" lun info "$dir/a.img" "$dir/a.img") || fail "grouped text rc=$?"
+[ "$(echo "$t3" | grep -c "^$dir/a.img\$")" = 1 ] || fail "grouped text: not one LUN: $t3"
+echo "$t3" | grep -q "Paths: *2 (policy service-time)" || fail "grouped text: $t3"
+echo "$t3" | grep -Eq "^ +\|- 0 file +$dir/a.img active reads=" || fail "grouped text path 0: $t3"
+echo "$t3" | grep -Eq '^ +`- 1 file +'"$dir/a.img"' active reads=' || fail "grouped text path 1: $t3"
+echo "$t3" | grep -Eq "^ +id=file\..* ats=yes pr=no" || fail "grouped text caps: $t3"
 [ "$(cat "$dir/err")" = "clusterfs: $dir/nope: No such file or directory" ] ||
     fail "missing file message: $(cat "$dir/err")"
 

@@ -1,11 +1,22 @@
 /* clusterfs lun info: what sg_inq / esxcli storage core device list say
- * about a LUN -- identity, capacity, block sizes, capabilities, paths. */
+ * about a LUN -- identity, capacity, block sizes, capabilities, paths.
+ *
+ * Several arguments that reach the same LUN (same VPD 0x83 identity) are
+ * one LUN with several paths: each argument is opened alone first to learn
+ * its identity, then each group is opened through the multipath engine
+ * (lun_open_paths), so every path shows its state (active, standby,
+ * failed), counters and own probed capabilities, with the same per-path
+ * lines as `clusterfs paths` (cfs_paths.c). An iSCSI argument whose portal
+ * cannot be reached joins the group whose URIs name the same target IQN
+ * and LUN number, as a failed path. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "cfs_paths.h"
 #include "json.h"
 #include "log.h"
 #include "lun.h"
@@ -108,9 +119,41 @@ static void cfs_lun_print_text(const char *uri, struct lun *lun)
     printf("   Synchronize cache:        %s\n", cfs_yesno(in->caps.sync_cache));
     printf("   FUA:                      %s\n", cfs_yesno(in->caps.fua));
     unsigned n = lun_num_paths(lun);
-    printf("   Paths:                    %u\n", n);
-    for (unsigned i = 0; i < n; i++)
-        printf("      %-6s %s\n", lun_path_kind(lun, i), lun_path_name(lun, i));
+    if (lun_is_multipath(lun))
+        printf("   Paths:                    %u (policy %s)%s\n", n,
+               lun_policy_name(lun_get_policy(lun)), lun_is_fenced(lun) ? " FENCED" : "");
+    else
+        printf("   Paths:                    %u\n", n);
+    for (unsigned i = 0; i < n; i++) {
+        cfs_path_print_text(lun, i, "      ");
+        struct lun_info pi;
+        if (lun_path_get_info(lun, i, &pi) < 0) {
+            printf("            not probed: never answered since the LUN was opened\n");
+            continue;
+        }
+        printf("            id=%s ats=%s pr=%s pr-we-ar=%s pr-preempt-abort=%s unmap=%s "
+               "write-same=%s sync-cache=%s fua=%s\n",
+               pi.id, cfs_yesno(pi.caps.compare_and_write),
+               cfs_yesno(pi.caps.persistent_reservations),
+               cfs_yesno(pi.caps.pr_we_all_registrants), cfs_yesno(pi.caps.pr_preempt_abort),
+               cfs_yesno(pi.caps.unmap), cfs_yesno(pi.caps.write_same),
+               cfs_yesno(pi.caps.sync_cache), cfs_yesno(pi.caps.fua));
+    }
+}
+
+static void cfs_lun_caps_json(struct json *j, const char *key, const struct lun_caps *c)
+{
+    json_obj_begin(j, key);
+    json_bool(j, "compare_and_write", c->compare_and_write);
+    json_bool(j, "persistent_reservations", c->persistent_reservations);
+    json_bool(j, "pr_we_all_registrants", c->pr_we_all_registrants);
+    json_bool(j, "pr_preempt_abort", c->pr_preempt_abort);
+    json_bool(j, "unmap", c->unmap);
+    json_bool(j, "write_same", c->write_same);
+    json_bool(j, "write_same_unmap", c->write_same_unmap);
+    json_bool(j, "sync_cache", c->sync_cache);
+    json_bool(j, "fua", c->fua);
+    json_obj_end(j);
 }
 
 static void cfs_lun_print_json(struct json *j, struct lun *lun)
@@ -129,26 +172,51 @@ static void cfs_lun_print_json(struct json *j, struct lun *lun)
     json_u64(j, "physical_block_size", in->physical_block_size);
     json_u64(j, "max_transfer_blocks", in->max_transfer_blocks);
     json_u64(j, "max_unmap_blocks", in->max_unmap_blocks);
-    json_obj_begin(j, "caps");
-    json_bool(j, "compare_and_write", in->caps.compare_and_write);
-    json_bool(j, "persistent_reservations", in->caps.persistent_reservations);
-    json_bool(j, "pr_we_all_registrants", in->caps.pr_we_all_registrants);
-    json_bool(j, "pr_preempt_abort", in->caps.pr_preempt_abort);
-    json_bool(j, "unmap", in->caps.unmap);
-    json_bool(j, "write_same", in->caps.write_same);
-    json_bool(j, "write_same_unmap", in->caps.write_same_unmap);
-    json_bool(j, "sync_cache", in->caps.sync_cache);
-    json_bool(j, "fua", in->caps.fua);
-    json_obj_end(j);
+    cfs_lun_caps_json(j, "caps", &in->caps);
+    json_bool(j, "multipath", lun_is_multipath(lun));
+    json_str(j, "policy", lun_policy_name(lun_get_policy(lun)));
+    json_bool(j, "fenced", lun_is_fenced(lun));
     json_arr_begin(j, "paths");
     for (unsigned i = 0; i < lun_num_paths(lun); i++) {
         json_obj_begin(j, NULL);
-        json_str(j, "kind", lun_path_kind(lun, i));
-        json_str(j, "name", lun_path_name(lun, i));
+        cfs_path_json_fields(j, lun, i);
+        struct lun_info pi;
+        if (lun_path_get_info(lun, i, &pi) == 0) {
+            json_str(j, "id", pi.id);
+            cfs_lun_caps_json(j, "caps", &pi.caps);
+        } else {
+            json_null(j, "id");
+            json_null(j, "caps");
+        }
         json_obj_end(j);
     }
     json_arr_end(j);
     json_obj_end(j);
+}
+
+/* One LUN argument of `lun info`. */
+struct cfs_lun_arg {
+    const char *uri;
+    struct lun *lun; /* opened alone; NULL if that failed or once reported */
+    int rc;
+    char *msg;       /* the open's error message */
+    int group;       /* index of the first argument of its LUN; -1 = none */
+};
+
+/* The portal could not be reached (not a configuration error). */
+static bool cfs_lun_unreachable(int rc)
+{
+    return rc == -ECONNREFUSED || rc == -EHOSTUNREACH || rc == -ENETUNREACH ||
+           rc == -ETIMEDOUT || rc == -ENOTCONN || rc == -ECONNRESET;
+}
+
+/* Two iSCSI URIs naming the same target IQN and LUN number (any portal). */
+static bool cfs_lun_same_target(const char *a, const char *b)
+{
+    if (strncasecmp(a, "iscsi://", 8) || strncasecmp(b, "iscsi://", 8))
+        return false;
+    const char *ta = strchr(a + 8, '/'), *tb = strchr(b + 8, '/');
+    return ta && tb && !strcmp(ta, tb);
 }
 
 static int cmd_lun_info(int argc, char **argv)
@@ -216,41 +284,121 @@ static int cmd_lun_info(int argc, char **argv)
         log_err("lun info: no LUN given (try 'clusterfs lun --help')");
         return 2;
     }
+    unsigned n = (unsigned)(argc - optind);
+    struct cfs_lun_arg *args = calloc(n, sizeof *args);
+    if (!args) {
+        log_err("lun info: out of memory");
+        return 1;
+    }
     int status = 0;
+    /* 1. Each argument alone: its identity, or why it failed. */
+    for (unsigned i = 0; i < n; i++) {
+        struct cfs_lun_arg *a = &args[i];
+        a->uri = argv[optind + (int)i];
+        a->group = -1;
+        log_clear_last_error();
+        log_set_sink(cfs_lun_log_quiet, NULL);
+        a->rc = lun_open(a->uri, &opts, &a->lun);
+        log_set_sink(NULL, NULL);
+        if (a->rc < 0) {
+            const char *msg = log_last_error();
+            a->msg = strdup(msg[0] ? msg : "");
+        }
+    }
+    /* 2. Groups: same identity; an unreachable iSCSI URI joins the group
+     * naming the same target and LUN number. */
+    for (unsigned i = 0; i < n; i++) {
+        struct cfs_lun_arg *a = &args[i];
+        if (!a->lun)
+            continue;
+        a->group = (int)i;
+        for (unsigned k = 0; k < i; k++) {
+            if (args[k].lun && args[k].group == (int)k &&
+                !strcmp(lun_get_info(args[k].lun)->id, lun_get_info(a->lun)->id)) {
+                a->group = (int)k;
+                break;
+            }
+        }
+    }
+    for (unsigned i = 0; i < n; i++) {
+        struct cfs_lun_arg *a = &args[i];
+        if (a->lun || !cfs_lun_unreachable(a->rc))
+            continue;
+        for (unsigned k = 0; k < n; k++) {
+            if (args[k].lun && cfs_lun_same_target(a->uri, args[k].uri)) {
+                a->group = args[k].group;
+                break;
+            }
+        }
+    }
+    /* 3. Arguments that belong to no LUN: one line each. */
+    for (unsigned i = 0; i < n; i++) {
+        struct cfs_lun_arg *a = &args[i];
+        if (a->group >= 0)
+            continue;
+        /* One line: "clusterfs: <uri>: <reason>", password removed. */
+        char *name = lun_uri_redact(a->uri);
+        const char *msg = a->msg ? a->msg : "";
+        const char *reason = msg[0] ? cfs_lun_reason(a->uri, msg) : strerror(-a->rc);
+        if (name && reason == msg)
+            reason = cfs_lun_reason(name, msg);
+        fprintf(stderr, "%s: %s: %s\n", log_program(), name ? name : a->uri, reason);
+        free(name);
+        status = 1;
+    }
+    /* 4. One report per LUN, in the order of first appearance. */
     struct json j;
     if (json) {
         json_init(&j, stdout);
         json_arr_begin(&j, NULL);
     }
-    for (int i = optind; i < argc; i++) {
-        const char *uri = argv[i];
-        struct lun *lun = NULL;
-        log_clear_last_error();
-        log_set_sink(cfs_lun_log_quiet, NULL);
-        int rc = lun_open(uri, &opts, &lun);
-        log_set_sink(NULL, NULL);
-        if (rc < 0) {
-            /* One line: "clusterfs: <uri>: <reason>", password removed. */
-            char *name = lun_uri_redact(uri);
-            const char *msg = log_last_error();
-            const char *reason = msg[0] ? cfs_lun_reason(uri, msg) : strerror(-rc);
-            if (name && reason == msg)
-                reason = cfs_lun_reason(name, msg);
-            fprintf(stderr, "%s: %s: %s\n", log_program(), name ? name : uri, reason);
-            free(name);
-            status = 1;
+    for (unsigned g = 0; g < n; g++) {
+        if (args[g].group != (int)g)
             continue;
+        const char *uris[n];
+        unsigned m = 0;
+        for (unsigned i = g; i < n; i++)
+            if (args[i].group == (int)g)
+                uris[m++] = args[i].uri;
+        struct lun *lun = args[g].lun;
+        if (m > 1) {
+            for (unsigned i = g; i < n; i++) {
+                if (args[i].group == (int)g && args[i].lun) {
+                    lun_close(args[i].lun);
+                    args[i].lun = NULL;
+                }
+            }
+            lun = NULL;
+            log_clear_last_error();
+            log_set_sink(cfs_lun_log_quiet, NULL);
+            int rc = lun_open_paths(uris, m, &opts, &lun);
+            log_set_sink(NULL, NULL);
+            if (rc < 0) {
+                const char *msg = log_last_error();
+                char *name = lun_uri_redact(uris[0]);
+                fprintf(stderr, "%s: %s: %s\n", log_program(), name ? name : uris[0],
+                        msg[0] ? msg : strerror(-rc));
+                free(name);
+                status = 1;
+                continue;
+            }
         }
         if (json)
             cfs_lun_print_json(&j, lun);
         else
-            cfs_lun_print_text(uri, lun);
+            cfs_lun_print_text(uris[0], lun);
         lun_close(lun);
+        args[g].lun = NULL;
     }
     if (json) {
         json_arr_end(&j);
         json_finish(&j);
     }
+    for (unsigned i = 0; i < n; i++) {
+        lun_close(args[i].lun);
+        free(args[i].msg);
+    }
+    free(args);
     return status;
 }
 

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cfs_paths.h"
 #include "json.h"
 #include "log.h"
 #include "lun.h"
@@ -54,6 +55,52 @@ static int parse_uint(const char *opt, const char *s, unsigned max, unsigned *ou
     return 0;
 }
 
+void cfs_path_print_text(struct lun *lun, unsigned i, const char *indent)
+{
+    struct lun_path_stats st;
+    unsigned n = lun_num_paths(lun);
+    if (lun_path_get_stats(lun, i, &st) < 0)
+        return;
+    printf("%s%s %u %-5s %s %s%s reads=%llu writes=%llu other=%llu bytes=%llu errors=%llu "
+           "failures=%llu lat_p50=%lluus lat_p99=%lluus pings=%llu nop_misses=%llu\n",
+           indent, i + 1 == n ? "`-" : "|-", i, lun_path_kind(lun, i), lun_path_name(lun, i),
+           lun_path_state_name(st.state), st.held ? "(held)" : "",
+           (unsigned long long)st.reads, (unsigned long long)st.writes,
+           (unsigned long long)st.others, (unsigned long long)(st.read_bytes + st.write_bytes),
+           (unsigned long long)st.errors, (unsigned long long)st.failures,
+           (unsigned long long)lun_lat_percentile(st.lat_hist, 0.5),
+           (unsigned long long)lun_lat_percentile(st.lat_hist, 0.99),
+           (unsigned long long)st.pings, (unsigned long long)st.nop_misses);
+    if (st.last_error[0])
+        printf("%s      last failure: %s\n", indent, st.last_error);
+}
+
+void cfs_path_json_fields(struct json *j, struct lun *lun, unsigned i)
+{
+    struct lun_path_stats st;
+    if (lun_path_get_stats(lun, i, &st) < 0)
+        return;
+    json_u64(j, "index", i);
+    json_str(j, "kind", lun_path_kind(lun, i));
+    json_str(j, "name", lun_path_name(lun, i));
+    json_str(j, "state", lun_path_state_name(st.state));
+    json_bool(j, "held", st.held);
+    json_u64(j, "inflight", st.inflight);
+    json_u64(j, "reads", st.reads);
+    json_u64(j, "writes", st.writes);
+    json_u64(j, "others", st.others);
+    json_u64(j, "read_bytes", st.read_bytes);
+    json_u64(j, "write_bytes", st.write_bytes);
+    json_u64(j, "errors", st.errors);
+    json_u64(j, "failures", st.failures);
+    json_u64(j, "state_age_ms", st.state_age_ms);
+    json_u64(j, "lat_p50_us", lun_lat_percentile(st.lat_hist, 0.5));
+    json_u64(j, "lat_p99_us", lun_lat_percentile(st.lat_hist, 0.99));
+    json_u64(j, "pings", st.pings);
+    json_u64(j, "nop_misses", st.nop_misses);
+    json_str(j, "last_error", st.last_error);
+}
+
 static void paths_print_text(struct lun *lun)
 {
     const struct lun_info *in = lun_get_info(lun);
@@ -63,23 +110,8 @@ static void paths_print_text(struct lun *lun)
            format_size(in->num_blocks * in->block_size, sz, sizeof sz),
            lun_policy_name(lun_get_policy(lun)), n, lun_queued_ios(lun),
            lun_is_fenced(lun) ? " FENCED" : "");
-    for (unsigned i = 0; i < n; i++) {
-        struct lun_path_stats st;
-        if (lun_path_get_stats(lun, i, &st) < 0)
-            continue;
-        printf("%s %u %-5s %s %s%s reads=%llu writes=%llu other=%llu bytes=%llu errors=%llu "
-               "failures=%llu lat_p50=%lluus lat_p99=%lluus\n",
-               i + 1 == n ? "`-" : "|-", i, lun_path_kind(lun, i), lun_path_name(lun, i),
-               lun_path_state_name(st.state), st.held ? "(held)" : "",
-               (unsigned long long)st.reads, (unsigned long long)st.writes,
-               (unsigned long long)st.others,
-               (unsigned long long)(st.read_bytes + st.write_bytes),
-               (unsigned long long)st.errors, (unsigned long long)st.failures,
-               (unsigned long long)lun_lat_percentile(st.lat_hist, 0.5),
-               (unsigned long long)lun_lat_percentile(st.lat_hist, 0.99));
-        if (st.last_error[0])
-            printf("      last failure: %s\n", st.last_error);
-    }
+    for (unsigned i = 0; i < n; i++)
+        cfs_path_print_text(lun, i, "");
 }
 
 static void paths_print_json(struct lun *lun)
@@ -98,27 +130,8 @@ static void paths_print_json(struct lun *lun)
     json_bool(&j, "fenced", lun_is_fenced(lun));
     json_arr_begin(&j, "paths");
     for (unsigned i = 0; i < lun_num_paths(lun); i++) {
-        struct lun_path_stats st;
-        if (lun_path_get_stats(lun, i, &st) < 0)
-            continue;
         json_obj_begin(&j, NULL);
-        json_u64(&j, "index", i);
-        json_str(&j, "kind", lun_path_kind(lun, i));
-        json_str(&j, "name", lun_path_name(lun, i));
-        json_str(&j, "state", lun_path_state_name(st.state));
-        json_bool(&j, "held", st.held);
-        json_u64(&j, "inflight", st.inflight);
-        json_u64(&j, "reads", st.reads);
-        json_u64(&j, "writes", st.writes);
-        json_u64(&j, "others", st.others);
-        json_u64(&j, "read_bytes", st.read_bytes);
-        json_u64(&j, "write_bytes", st.write_bytes);
-        json_u64(&j, "errors", st.errors);
-        json_u64(&j, "failures", st.failures);
-        json_u64(&j, "state_age_ms", st.state_age_ms);
-        json_u64(&j, "lat_p50_us", lun_lat_percentile(st.lat_hist, 0.5));
-        json_u64(&j, "lat_p99_us", lun_lat_percentile(st.lat_hist, 0.99));
-        json_str(&j, "last_error", st.last_error);
+        cfs_path_json_fields(&j, lun, i);
         json_obj_end(&j);
     }
     json_arr_end(&j);

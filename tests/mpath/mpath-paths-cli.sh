@@ -21,6 +21,10 @@ echo "$j"
 [ "$(echo "$j" | jq '.paths[1].reads')" = 200 ]
 [ "$(echo "$j" | jq -r '.paths[0].state + .paths[1].state')" = activeactive ]
 [ "$(echo "$j" | jq '.paths[1].read_bytes')" = $((200 * 4096)) ]
+# NOP-Out pings run on both paths (the first goes out as the engine starts,
+# ahead of the reads on the same connection).
+[ "$(echo "$j" | jq '.paths[0].pings >= 1 and .paths[1].pings >= 1')" = true ]
+[ "$(echo "$j" | jq '.paths[0].nop_misses + .paths[1].nop_misses')" = 0 ]
 
 t=$("$CLUSTERFS" paths --policy fixed "$u1" "$u2")
 echo "$t"
@@ -28,8 +32,39 @@ echo "$t" | grep -q "policy=fixed paths=2"
 echo "$t" | grep -Eq "^\|- 0 iscsi .* active "
 echo "$t" | grep -Eq "^\`- 1 iscsi .* standby "
 
+# `clusterfs lun info`: arguments reaching the same LUN are one LUN with its
+# paths (state, counters, each path's own probed capabilities); LUN 2 is
+# another LUN.
+u12=$(tgt_uri 1 2 127.0.0.1)
+j=$("$CLUSTERFS" lun info --json "$u1" "$u12" "$u2")
+echo "$j"
+[ "$(echo "$j" | jq length)" = 2 ]
+[ "$(echo "$j" | jq -r '.[0].id')" = naa.3000000100000001 ]
+[ "$(echo "$j" | jq '.[0].paths | length')" = 2 ]
+[ "$(echo "$j" | jq -r '[.[0].paths[].name] | join(" ")')" = "$u1 $u2" ]
+[ "$(echo "$j" | jq -r '[.[0].paths[].state] | join(",")')" = active,active ]
+[ "$(echo "$j" | jq -r '[.[0].paths[].id] | join(",")')" = naa.3000000100000001,naa.3000000100000001 ]
+[ "$(echo "$j" | jq '[.[0].paths[].caps.persistent_reservations] | all')" = true ]
+[ "$(echo "$j" | jq '[.[0].paths[].caps.compare_and_write] | any')" = false ]
+[ "$(echo "$j" | jq -r '.[1].id')" = naa.3000000100000002 ]
+[ "$(echo "$j" | jq '.[1].paths | length')" = 1 ]
+t=$("$CLUSTERFS" lun info "$u1" "$u2")
+echo "$t"
+echo "$t" | grep -q "Paths: *2 (policy service-time)"
+echo "$t" | grep -Eq "^ +\|- 0 iscsi $u1 active .*pings="
+echo "$t" | grep -Eq "^ +id=naa.3000000100000001 ats=no pr=yes pr-we-ar=yes"
+
 # Portal 2 down at open: the LUN opens on path 1, path 2 shows failed.
 tgt_cut_portal 127.0.0.2
+# lun info: the unreachable URI names the same target and LUN, so it is
+# that LUN's failed path (never probed), not an error.
+j=$("$CLUSTERFS" lun info --json --timeout 2000 "$u1" "$u2")
+echo "$j"
+[ "$(echo "$j" | jq length)" = 1 ]
+[ "$(echo "$j" | jq -r '[.[0].paths[].state] | join(",")')" = active,failed ]
+[ "$(echo "$j" | jq '.[0].paths[1].caps')" = null ]
+echo "$j" | jq -r '.[0].paths[1].last_error' | grep -q "not reachable"
+"$CLUSTERFS" lun info --timeout 2000 "$u1" "$u2" | grep -q "not probed: never answered"
 j=$("$CLUSTERFS" paths --json --reads 10 "$u1" "$u2" 2>"$TGT_DIR/err")
 echo "$j"
 [ "$(echo "$j" | jq -r '.paths[0].state')" = active ]
