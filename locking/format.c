@@ -124,6 +124,8 @@ void ls_hb_encode(void *buf, const struct ls_hb *h)
     PUT64(buf, D, journal_lba, h->journal_lba);
     memcpy((uint8_t *)buf + offsetof(D, uuid), h->uuid, 16);
     memcpy((uint8_t *)buf + offsetof(D, name), h->name, strnlen(h->name, LS_NAME_MAX));
+    memcpy((uint8_t *)buf + offsetof(D, rec_uuid), h->rec_uuid, 16);
+    PUT64(buf, D, rec_key, h->rec_key);
     seal(buf);
 }
 
@@ -148,6 +150,8 @@ int ls_hb_decode(const void *buf, struct ls_hb *h, const char *what, uint64_t lb
     h->journal_lba = GET64(buf, D, journal_lba);
     memcpy(h->uuid, (const uint8_t *)buf + offsetof(D, uuid), 16);
     copy_str(h->name, sizeof(h->name), (const uint8_t *)buf + offsetof(D, name), 64);
+    memcpy(h->rec_uuid, (const uint8_t *)buf + offsetof(D, rec_uuid), 16);
+    h->rec_key = GET64(buf, D, rec_key);
     return 0;
 }
 

@@ -88,6 +88,7 @@ void ls_peer_update(struct ls_peer *p, const struct ls_hb *hb, bool corrupt, uin
         p->slot_state = (uint16_t)hb->state;
         memcpy(p->uuid, hb->uuid, 16);
         p->first_seen_ns = end_ns;
+        p->changed = had;
         p->state = had ? LS_HOST_LIVE : LS_HOST_UNKNOWN;
     } else if (start_ns >= p->first_seen_ns + dead_ns) {
         p->state = LS_HOST_DEAD;

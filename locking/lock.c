@@ -88,6 +88,36 @@ static void held_remove(struct lockspace *ls, uint64_t lba)
     pthread_mutex_unlock(&ls->lock);
 }
 
+/* Preempt one reservation key of a host being recovered (no-op if it is
+ * ours, zero, or no longer registered). */
+static int fence_key(struct lockspace *ls, uint64_t key, const char *name, uint32_t slot,
+                     uint32_t gen)
+{
+    if (!ls->pr || !key || key == ls->pr_key)
+        return 0;
+    struct lun_pr_state *st = calloc(1, sizeof(*st));
+    if (!st)
+        return -ENOMEM;
+    int r = lun_pr_read(ls->lun, st);
+    bool registered = false;
+    for (unsigned i = 0; r == 0 && i < st->nkeys; i++)
+        if (st->keys[i] == key)
+            registered = true;
+    free(st);
+    if (r == 0 && !registered)
+        return 0; /* already fenced */
+    r = lun_pr_preempt(ls->lun, ls->pr_key, key, LUN_PR_WE_ALL_REGISTRANTS,
+                       lun_get_info(ls->lun)->caps.pr_preempt_abort);
+    if (r < 0)
+        log_err("%s: cannot fence host %s (slot %u generation %u): PREEMPT of key 0x%016" PRIx64
+                " failed: %s",
+                lun_name(ls->lun), name, slot, gen, key, strerror(-r));
+    else
+        log_info("%s: fenced host %s (slot %u generation %u): key 0x%016" PRIx64 " preempted",
+                 lun_name(ls->lun), name, slot, gen, key);
+    return r;
+}
+
 int ls_host_fence(struct lockspace *ls, uint32_t slot, uint32_t gen)
 {
     if (!ls->pr)
@@ -97,38 +127,79 @@ int ls_host_fence(struct lockspace *ls, uint32_t slot, uint32_t gen)
     int d = ls_hb_decode(ls->hb_raw + (size_t)slot * ls->bs, &hb, "heartbeat slot",
                          ls->offset + ls->hdr.hb_off + slot);
     pthread_mutex_unlock(&ls->lock);
-    if (d < 0 || !hb.pr_key || hb.pr_key == ls->pr_key)
+    if (d < 0)
         return 0;
-    struct lun_pr_state *st = calloc(1, sizeof(*st));
-    if (!st)
+    return fence_key(ls, hb.pr_key, hb.name, slot, gen);
+}
+
+int ls_delta_write(struct lockspace *ls, uint64_t lba, const void *expect, const void *data,
+                   void *found)
+{
+    uint8_t *cur = malloc(ls->bs);
+    if (!cur)
         return -ENOMEM;
-    int r = lun_pr_read(ls->lun, st);
-    bool registered = false;
-    for (unsigned i = 0; r == 0 && i < st->nkeys; i++)
-        if (st->keys[i] == hb.pr_key)
-            registered = true;
-    free(st);
-    if (r == 0 && !registered)
-        return 0; /* already fenced */
-    r = lun_pr_preempt(ls->lun, ls->pr_key, hb.pr_key, LUN_PR_WE_ALL_REGISTRANTS,
-                       lun_get_info(ls->lun)->caps.pr_preempt_abort);
-    if (r < 0)
-        log_err("%s: cannot fence host %s (slot %u generation %u): PREEMPT of key 0x%016" PRIx64
-                " failed: %s",
-                lun_name(ls->lun), hb.name, slot, gen, hb.pr_key, strerror(-r));
-    else
-        log_info("%s: fenced host %s (slot %u generation %u): key 0x%016" PRIx64 " preempted",
-                 lun_name(ls->lun), hb.name, slot, gen, hb.pr_key);
+    int r = -EAGAIN;
+    for (int attempt = 0; attempt < 3 && r == -EAGAIN; attempt++) {
+        if ((r = ls_read(ls, lba, 1, cur)) < 0)
+            break;
+        uint64_t seen = ls_now_ns();
+        if (memcmp(cur, expect, ls->bs)) {
+            r = -EILSEQ;
+            break;
+        }
+        if (ls_now_ns() - seen > (uint64_t)ls->to.io_timeout_ms * 500000ull) {
+            r = -EAGAIN; /* too slow to write on this view: look again */
+            continue;
+        }
+        if ((r = ls_write_raw(ls, lba, 1, data)) < 0)
+            break;
+        usleep((useconds_t)(2500ull * ls->to.io_timeout_ms));
+        if ((r = ls_read(ls, lba, 1, cur)) < 0)
+            break;
+        r = memcmp(cur, data, ls->bs) ? -EILSEQ : 0;
+    }
+    if (r == -EILSEQ && found)
+        memcpy(found, cur, ls->bs);
+    free(cur);
+    return r;
+}
+
+/* The final step of a break on a slot we marked: `final` over our mark.
+ * Nobody but us writes a slot marked by a live recoverer (the dead host is
+ * fenced by now where the LUN has reservations), so without an atomic step
+ * a joiner (which has no paxos dblock of its own) reads, compares and
+ * writes; everyone else uses ls_cas. */
+static int break_finish(struct lockspace *ls, uint64_t lba, uint8_t *cur, const void *final)
+{
+    if (ls->caw || !ls->claiming)
+        return ls_cas(ls, lba, cur, final, cur);
+    uint8_t *now = malloc(ls->bs);
+    if (!now)
+        return -ENOMEM;
+    int r = ls_read(ls, lba, 1, now);
+    if (r == 0 && memcmp(now, cur, ls->bs)) {
+        memcpy(cur, now, ls->bs);
+        r = -EILSEQ;
+    } else if (r == 0) {
+        r = ls_write_raw(ls, lba, 1, final);
+    }
+    free(now);
     return r;
 }
 
 int ls_host_break(struct lockspace *ls, uint32_t slot, uint32_t gen)
+{
+    return ls_host_break_to(ls, slot, gen, NULL);
+}
+
+int ls_host_break_to(struct lockspace *ls, uint32_t slot, uint32_t gen, const void *final)
 {
     uint32_t bs = ls->bs;
     uint64_t lba = ls->offset + ls->hdr.hb_off + slot;
     uint8_t *cur = calloc(3, bs), *mark = cur + bs, *clear = cur + 2 * bs;
     if (!cur)
         return -ENOMEM;
+    uint64_t joiner_key = 0; /* a dead joiner's key, from the mark we take over */
     int r = -EAGAIN;
     for (int attempt = 0; attempt < 3; attempt++) {
         struct ls_hb hb;
@@ -139,19 +210,24 @@ int ls_host_break(struct lockspace *ls, uint32_t slot, uint32_t gen)
         if ((r = ls_hb_decode(cur, &hb, "heartbeat slot", lba)) < 0)
             break;
         if (hb.state == LS_SLOT_FREE || hb.generation != gen) {
-            r = 0; /* somebody recovered it already */
+            r = final ? -EAGAIN : 0; /* somebody recovered it already */
             break;
         }
         bool ours = hb.state == LS_SLOT_RECOVERING && hb.rec_slot == ls->slot &&
-                    hb.rec_gen == ls->generation;
+                    hb.rec_gen == ls->generation && !memcmp(hb.rec_uuid, ls->uuid, 16);
         if (!ours && hb.state == LS_SLOT_RECOVERING) {
             /* Being recovered by another host: take over only if that host
-             * is itself gone (a long journal replay is not a death). */
-            int lv = ls_owner_liveness(ls, hb.rec_slot, hb.rec_gen);
+             * is itself gone (a long journal replay is not a death). A
+             * joiner's mark (rec_slot = the slot itself) is its heartbeat:
+             * it is gone once the mark stayed unchanged for the dead time. */
+            int lv = hb.rec_slot == slot ? (dead ? 2 : 1)
+                                         : ls_owner_liveness(ls, hb.rec_slot, hb.rec_gen);
             if (lv == 1) {
                 r = -EAGAIN;
                 break;
             }
+            if (hb.rec_slot == slot)
+                joiner_key = hb.rec_key;
             dead = true;
         }
         if (!ours) {
@@ -163,9 +239,22 @@ int ls_host_break(struct lockspace *ls, uint32_t slot, uint32_t gen)
             m.state = LS_SLOT_RECOVERING;
             m.rec_slot = ls->slot;
             m.rec_gen = ls->generation;
+            memcpy(m.rec_uuid, ls->uuid, 16);
+            m.rec_key = ls->claiming ? ls->pr_key : 0;
             memset(mark, 0, bs);
             ls_hb_encode(mark, &m);
-            r = ls_cas(ls, lba, cur, mark, cur);
+            uint64_t t_mark = ls_now_ns();
+            if (ls->claiming) {
+                /* A joiner's writes stop at its mark + the self-fence time,
+                 * as a host's stop at its last renewal + fence_ms. */
+                pthread_mutex_lock(&ls->lock);
+                ls->deadline_ns = t_mark + (uint64_t)ls->to.fence_ms * 1000000ull;
+                pthread_mutex_unlock(&ls->lock);
+            }
+            /* Without COMPARE AND WRITE the mark is a delta-lease write: a
+             * joiner has no paxos dblock, and joiners and joined hosts
+             * must race for a dead slot on equal terms. */
+            r = ls->caw ? ls_cas(ls, lba, cur, mark, cur) : ls_delta_write(ls, lba, cur, mark, cur);
             if (r == -EILSEQ) {
                 /* Changed under us: it is alive, or another host won the race. */
                 pthread_mutex_lock(&ls->lock);
@@ -176,9 +265,24 @@ int ls_host_break(struct lockspace *ls, uint32_t slot, uint32_t gen)
             }
             if (r < 0)
                 break;
-            log_info("%s: host %s (slot %u generation %u) is dead: %s recovers it",
-                     lun_name(ls->lun), hb.name, slot, gen, ls->name);
+            log_info("%s: host %s (slot %u generation %u) is dead: %s recovers it%s",
+                     lun_name(ls->lun), hb.name, slot, gen, ls->name,
+                     ls->claiming ? " to take its slot" : "");
             memcpy(cur, mark, bs);
+            if (ls->claiming && !ls->caw) {
+                /* The delta wait ate 2.5 T of our window: refresh the mark
+                 * (nobody else writes it now), which moves our deadline. */
+                m.counter++;
+                memset(mark, 0, bs);
+                ls_hb_encode(mark, &m);
+                t_mark = ls_now_ns();
+                if ((r = ls_write_raw(ls, lba, 1, mark)) < 0)
+                    break;
+                pthread_mutex_lock(&ls->lock);
+                ls->deadline_ns = t_mark + (uint64_t)ls->to.fence_ms * 1000000ull;
+                pthread_mutex_unlock(&ls->lock);
+                memcpy(cur, mark, bs);
+            }
             hb = m;
         }
         if (ls->opts.recover) {
@@ -199,20 +303,32 @@ int ls_host_break(struct lockspace *ls, uint32_t slot, uint32_t gen)
         pthread_mutex_unlock(&ls->lock);
         if ((r = ls_host_fence(ls, slot, gen)) < 0)
             break;
+        if (joiner_key && (r = fence_key(ls, joiner_key, "(joiner)", slot, gen + 1)) < 0)
+            break;
         struct ls_hb c = {.state = LS_SLOT_FREE,
                           .slot = slot,
                           .generation = gen + 1,
                           .rec_slot = LS_NO_SLOT,
                           .io_timeout_ms = ls->hdr.io_timeout_ms};
         memset(clear, 0, bs);
-        ls_hb_encode(clear, &c);
-        r = ls_cas(ls, lba, cur, clear, cur);
+        if (final)
+            memcpy(clear, final, bs);
+        else
+            ls_hb_encode(clear, &c);
+        uint64_t t_final = ls_now_ns();
+        r = break_finish(ls, lba, cur, clear);
         if (r == 0) {
             pthread_mutex_lock(&ls->lock);
             memcpy(ls->hb_raw + (size_t)slot * bs, clear, bs);
+            if (final)
+                ls->deadline_ns = t_final + (uint64_t)ls->to.fence_ms * 1000000ull;
             pthread_mutex_unlock(&ls->lock);
-            log_info("%s: host %s (slot %u) recovered; slot cleared to generation %u",
-                     lun_name(ls->lun), hb.name, slot, gen + 1);
+            if (final)
+                log_info("%s: host %s (slot %u) recovered; slot taken by %s at generation %u",
+                         lun_name(ls->lun), hb.name, slot, ls->name, gen + 1);
+            else
+                log_info("%s: host %s (slot %u) recovered; slot cleared to generation %u",
+                         lun_name(ls->lun), hb.name, slot, gen + 1);
             break;
         }
         if (r != -EILSEQ)

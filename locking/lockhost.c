@@ -8,9 +8,13 @@
  *                                   block, wait --linger ms, check it is
  *                                   still ours
  *   lockhost check  [opts] URI...   counter == --expect, guards intact
+ *   lockhost join   [opts] URI...   join (a free slot, else a dead host's),
+ *                                   stay --linger ms (default 1000), leave
+ *   lockhost prkeys URI...          print the registered PR keys ("KEY 0x...")
  *   lockhost bench  [opts] URI...   uncontended acquire+release latency, I/Os
  *
  * Options: --offset N (lockspace block, default 8), --name NAME,
+ * --hosts N (prep: heartbeat slots, default 256; others: must match),
  * --io-timeout MS, --rounds N, --lock I, --expect N, --linger MS,
  * --timeout MS, --paxos (force the fallback), --raw (hold: write without
  * the self-fence check, to show the target refuses a fenced host),
@@ -18,13 +22,15 @@
  *
  * The guarded area, 8 blocks before the end of the LUN: block G (guard), C (counter: le64
  * at 0, then 0xA5 bytes), G again, D (data: "<name> <seq>"), G again.
- * Lines on stdout: "JOINED slot S", "ACQUIRED <ms>", "FENCED <reason>",
+ * Lines on stdout: "JOINED slot S caw|paxos gen G key K", "ACQUIRED <ms>",
+ * "RECOVERED <name> slot S gen G" (the recovery hook), "FENCED <reason>",
  * "WRITE-REFUSED <errno>", "RESULT ...". Exit 0 on success.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +51,7 @@ static struct {
     uint64_t expect;
     int timeout_ms;
     bool paxos, raw, no_fencing;
+    uint32_t hosts;
 } opt = {.offset = 8, .name = "host", .rounds = 1000, .timeout_ms = -1, .linger_ms = 1000};
 
 static volatile int fenced_flag;
@@ -54,6 +61,14 @@ static void on_fenced(struct lockspace *ls, enum ls_fence_reason why, void *opaq
     fenced_flag = (int)why;
     printf("FENCED %d\n", (int)why);
     fflush(stdout);
+}
+
+/* The recovery hook: one line per call, so tests can count them. */
+static int on_recover(struct lockspace *ls, const struct ls_host_info *dead, void *opaque)
+{
+    printf("RECOVERED %s slot %u gen %u\n", dead->name, dead->slot, dead->generation);
+    fflush(stdout);
+    return 0;
 }
 
 static uint64_t ms_now(void)
@@ -81,11 +96,16 @@ static void area_of(struct lun *lun, struct area *a)
 int main(int argc, char **argv)
 {
     log_set_program("lockhost");
+    /* Never outlive the test script that started us. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() == 1)
+        return 1;
     static const struct option lo[] = {
         {"offset", 1, 0, 'o'}, {"name", 1, 0, 'n'},       {"io-timeout", 1, 0, 'i'},
         {"rounds", 1, 0, 'r'}, {"lock", 1, 0, 'l'},       {"expect", 1, 0, 'e'},
         {"linger", 1, 0, 'g'}, {"timeout", 1, 0, 't'},    {"paxos", 0, 0, 'p'},
-        {"raw", 0, 0, 'w'},    {"no-fencing", 0, 0, 'f'}, {0, 0, 0, 0}};
+        {"raw", 0, 0, 'w'},    {"no-fencing", 0, 0, 'f'}, {"hosts", 1, 0, 'H'},
+        {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
@@ -122,6 +142,9 @@ int main(int argc, char **argv)
         case 'f':
             opt.no_fencing = true;
             break;
+        case 'H':
+            opt.hosts = (uint32_t)strtoul(optarg, NULL, 0);
+            break;
         default:
             return 2;
         }
@@ -150,7 +173,8 @@ int main(int argc, char **argv)
         return 1;
     }
     uint32_t bs = lun_block_size(lun);
-    struct ls_format_params fp = {.io_timeout_ms = opt.io_ms, .max_hosts = 256, .max_locks = 16};
+    struct ls_format_params fp = {
+        .io_timeout_ms = opt.io_ms, .max_hosts = opt.hosts ? opt.hosts : 256, .max_locks = 16};
     uint8_t *blk = calloc(2, bs), *blk2 = blk + bs;
     struct area ar;
     area_of(lun, &ar);
@@ -169,6 +193,18 @@ int main(int argc, char **argv)
         memset(blk, 0, bs);
         r = r ?: lun_write(lun, ar.data, 1, blk, 0);
         rc = r < 0;
+        goto out;
+    }
+    if (!strcmp(cmd, "prkeys")) {
+        struct lun_pr_state *st = calloc(1, sizeof(*st));
+        if (!st || (r = lun_pr_read(lun, st)) < 0) {
+            free(st);
+            goto out;
+        }
+        for (unsigned i = 0; i < st->nkeys; i++)
+            printf("KEY 0x%016" PRIx64 "\n", st->keys[i]);
+        free(st);
+        rc = 0;
         goto out;
     }
     if (!strcmp(cmd, "check")) {
@@ -200,9 +236,11 @@ int main(int argc, char **argv)
 
     struct ls_open_opts oo = {.host_name = opt.name,
                               .io_timeout_ms = opt.io_ms,
+                              .max_hosts = opt.hosts,
                               .force_paxos = opt.paxos,
                               .no_fencing = opt.no_fencing,
-                              .fenced = on_fenced};
+                              .fenced = on_fenced,
+                              .recover = on_recover};
     struct lockspace *ls;
     if ((r = lockspace_open(lun, opt.offset, &oo, &ls)) < 0)
         goto out;
@@ -210,11 +248,18 @@ int main(int argc, char **argv)
         lockspace_close(ls);
         goto out;
     }
-    printf("JOINED slot %u %s\n", lockspace_slot(ls), lockspace_uses_caw(ls) ? "caw" : "paxos");
+    printf("JOINED slot %u %s gen %u key 0x%016" PRIx64 "\n", lockspace_slot(ls),
+           lockspace_uses_caw(ls) ? "caw" : "paxos", lockspace_generation(ls),
+           lockspace_pr_key(ls));
     fflush(stdout);
     uint64_t lba = lockspace_lock_lba(ls, opt.lock);
 
-    if (!strcmp(cmd, "hammer")) {
+    if (!strcmp(cmd, "join")) {
+        uint64_t until = ms_now() + opt.linger_ms;
+        while (!fenced_flag && ms_now() < until)
+            usleep(20000);
+        rc = fenced_flag ? 1 : 0;
+    } else if (!strcmp(cmd, "hammer")) {
         rc = 0;
         for (unsigned i = 0; i < opt.rounds && rc == 0; i++) {
             if ((r = lock_acquire(ls, lba, LS_LOCK_EXCLUSIVE, opt.timeout_ms)) < 0) {

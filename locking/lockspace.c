@@ -90,6 +90,15 @@ static int write_gate_locked(struct lockspace *ls)
 {
     if (ls->fenced)
         return -EIO;
+    if (ls->claiming && ls_now_ns() >= ls->deadline_ns) {
+        /* A joiner recovering a dead slot: its mark is its heartbeat, and
+         * after mark + fence_ms another host may take the slot over. */
+        log_err("%s: lockspace at block %llu: host %s: recovery of slot %u took past the "
+                "joiner's self-fence deadline (%u ms after its mark): write refused",
+                lun_name(ls->lun), (unsigned long long)ls->offset, ls->name, ls->slot,
+                ls->to.fence_ms);
+        return -EIO;
+    }
     if (ls->joined && ls_now_ns() >= ls->deadline_ns) {
         ls_fence_locked(ls, LS_FENCE_DEADLINE, "heartbeat not renewed by the self-fence deadline");
         return -EIO;
@@ -345,6 +354,10 @@ uint32_t lockspace_slot(const struct lockspace *ls)
 uint32_t lockspace_generation(const struct lockspace *ls)
 {
     return ls->generation;
+}
+uint64_t lockspace_pr_key(const struct lockspace *ls)
+{
+    return ls->pr_key;
 }
 bool lockspace_uses_caw(const struct lockspace *ls)
 {
@@ -687,6 +700,122 @@ static int claim_slot_delta(struct lockspace *ls)
     return r;
 }
 
+/* No free slot: watch the slots for the dead time (a new observer starts
+ * every peer as unknown), then recover a dead host and take its slot in the
+ * step that clears it (ls_host_break_to). Gives up with -ENOSPC as soon as
+ * every slot was seen live, or after dead + 2 renewals with a count of what
+ * it saw. A slot that frees up meanwhile is claimed as a free one. */
+static int claim_slot_dead(struct lockspace *ls, bool *freed)
+{
+    uint32_t H = ls->hdr.max_hosts;
+    uint64_t t_start = ls_now_ns();
+    uint64_t t_end = t_start + ms_ns(ls->to.dead_ms + 2 * ls->to.renew_ms);
+    uint8_t *final = calloc(1, ls->bs);
+    if (!final)
+        return -ENOMEM;
+    /* Racing joiners start at different slots. */
+    uint32_t start = 0;
+    if (getrandom(&start, sizeof(start), 0) != sizeof(start))
+        start = (uint32_t)getpid();
+    int r = 0;
+    bool extended = false;
+    *freed = false;
+    for (;;) {
+        unsigned live = 0, corrupt = 0, recovering = 0, unknown = 0, dead = 0;
+        for (uint32_t k = 0; k < H && !*freed; k++) {
+            uint32_t i = (start + k) % H;
+            struct ls_hb hb;
+            pthread_mutex_lock(&ls->lock);
+            enum ls_host_state st = ls->peers[i].state;
+            int d = ls_hb_decode(ls->hb_raw + (size_t)i * ls->bs, &hb, "heartbeat slot",
+                                 ls->offset + ls->hdr.hb_off + i);
+            pthread_mutex_unlock(&ls->lock);
+            if (d < 0 || st == LS_HOST_CORRUPT) {
+                corrupt++; /* never free, never dead */
+                continue;
+            }
+            if (hb.state == LS_SLOT_FREE) {
+                *freed = true;
+                break;
+            }
+            if (st == LS_HOST_LIVE)
+                live++;
+            else if (st == LS_HOST_RECOVERING)
+                recovering++;
+            else if (st != LS_HOST_DEAD)
+                unknown++;
+            if (st != LS_HOST_DEAD)
+                continue;
+            dead++;
+            /* Our identity in the slot: generation + 1, as a claim. */
+            ls->slot = i;
+            ls->generation = hb.generation + 1;
+            ls->counter = 1;
+            struct ls_hb me;
+            my_slot(ls, &me);
+            memset(final, 0, ls->bs);
+            ls_hb_encode(final, &me);
+            pthread_mutex_lock(&ls->lock);
+            ls->claiming = true;
+            pthread_mutex_unlock(&ls->lock);
+            r = ls_host_break_to(ls, i, hb.generation, final);
+            pthread_mutex_lock(&ls->lock);
+            ls->claiming = false;
+            pthread_mutex_unlock(&ls->lock);
+            if (r == 0)
+                goto out;
+            ls->slot = LS_NO_SLOT;
+            ls->generation = 0;
+            if (r != -EAGAIN)
+                goto out;
+            r = 0; /* lost the race or it came back: look at the others */
+            if (!extended) {
+                /* Give the winner time to finish: its writes stop at its
+                 * mark + fence_ms; then we see its slot live (or being
+                 * recovered, if it died on the way). Once. */
+                extended = true;
+                uint64_t t = ls_now_ns() + ms_ns(ls->to.fence_ms + ls->to.renew_ms);
+                if (t > t_end)
+                    t_end = t;
+            }
+        }
+        if (*freed) {
+            r = -EAGAIN;
+            break;
+        }
+        if (live == H) {
+            log_err("%s: lockspace at block %llu: no heartbeat slot for host %s: all %u slots "
+                    "live",
+                    lun_name(ls->lun), (unsigned long long)ls->offset, ls->name, H);
+            r = -ENOSPC;
+            break;
+        }
+        if (ls_now_ns() >= t_end && recovering && !extended) {
+            /* A slot being recovered (by a joiner that will take it, or a
+             * host that will free it): wait for the end of that recovery
+             * once, as after a lost race. */
+            extended = true;
+            t_end = ls_now_ns() + ms_ns(ls->to.fence_ms + ls->to.renew_ms);
+        }
+        if (ls_now_ns() >= t_end) {
+            log_err("%s: lockspace at block %llu: no heartbeat slot for host %s after %u ms: "
+                    "%u live, %u unknown, %u being recovered, %u corrupt, %u dead but not "
+                    "taken, of %u slots",
+                    lun_name(ls->lun), (unsigned long long)ls->offset, ls->name,
+                    (unsigned)((ls_now_ns() - t_start) / 1000000), live, unknown, recovering, corrupt,
+                    dead, H);
+            r = -ENOSPC;
+            break;
+        }
+        usleep((useconds_t)ls->to.renew_ms * 1000);
+        if ((r = ls_hb_scan(ls)) < 0)
+            break;
+    }
+out:
+    free(final);
+    return r;
+}
+
 int lockspace_join(struct lockspace *ls)
 {
     if (ls->joined)
@@ -696,11 +825,26 @@ int lockspace_join(struct lockspace *ls)
         return r;
     if ((r = ls_hb_scan(ls)) < 0)
         return r;
-    r = ls->caw ? claim_slot_caw(ls) : claim_slot_delta(ls);
+    /* Free slots first (no wait, no recovery in the mount path), then dead
+     * hosts' slots; a slot freed while we watched is claimed as a free one. */
+    int round;
+    for (round = 0; round < 8; round++) {
+        r = ls->caw ? claim_slot_caw(ls) : claim_slot_delta(ls);
+        if (r != -ENOSPC)
+            break;
+        bool freed;
+        r = claim_slot_dead(ls, &freed);
+        if (!freed)
+            break;
+        if ((r = ls_hb_scan(ls)) < 0)
+            break;
+        r = -ENOSPC;
+    }
+    if (round == 8)
+        log_err("%s: lockspace at block %llu: no heartbeat slot for host %s: freed slots "
+                "kept being taken by other hosts",
+                lun_name(ls->lun), (unsigned long long)ls->offset, ls->name);
     if (r < 0) {
-        if (r == -ENOSPC)
-            log_err("%s: lockspace at block %llu: no free heartbeat slot of %u for host %s",
-                    lun_name(ls->lun), (unsigned long long)ls->offset, ls->hdr.max_hosts, ls->name);
         if (ls->pr_key) {
             lun_set_register_check(ls->lun, NULL, NULL);
             lun_pr_register(ls->lun, 0);
@@ -817,11 +961,23 @@ int lockspace_status(struct lockspace *ls, unsigned samples, struct ls_status *s
     if (samples == 0)
         samples = 1;
     int r = 0;
+    uint64_t t_end = ls_now_ns() + ms_ns(ls->to.dead_ms + 2 * ls->to.renew_ms);
     for (unsigned s = 0; s < samples; s++) {
         if (s)
             usleep((useconds_t)ls->to.renew_ms * 1000);
         if ((r = ls_hb_scan(ls)) < 0)
             return r;
+        if (samples != LS_STATUS_SETTLE)
+            continue;
+        bool unknown = false;
+        pthread_mutex_lock(&ls->lock);
+        for (uint32_t i = 0; i < ls->hdr.max_hosts; i++)
+            if (ls->peers[i].state == LS_HOST_UNKNOWN ||
+                (ls->peers[i].state == LS_HOST_RECOVERING && !ls->peers[i].first_seen_ns))
+                unknown = true;
+        pthread_mutex_unlock(&ls->lock);
+        if (!unknown || ls_now_ns() >= t_end)
+            break;
     }
     uint32_t H = ls->hdr.max_hosts, L = ls->hdr.max_locks;
     st->hosts = calloc(H, sizeof(*st->hosts));
@@ -853,6 +1009,7 @@ int lockspace_status(struct lockspace *ls, unsigned samples, struct ls_status *s
             sh->age_ms =
                 p->first_seen_ns && now > p->first_seen_ns ? (now - p->first_seen_ns) / 1000000 : 0;
         }
+        sh->changed = p->changed;
         sh->self = ls->joined && i == ls->slot;
         if (sh->self)
             sh->state = ls->fenced ? LS_HOST_DEAD : LS_HOST_LIVE;

@@ -15,7 +15,7 @@
  *   -EBADMSG    a record has a bad CRC; -EUCLEAN a bad magic;
  *               -EPROTO an unsupported version. Never treated as free.
  *   -EINVAL     mount parameters differ from the ones on disk
- *   -ENOSPC     no free heartbeat slot / too many shared owners
+ *   -ENOSPC     no free or dead heartbeat slot / too many shared owners
  * See docs/locking.md for the format, the algorithm and the timeouts.
  */
 #ifndef LOCKING_LOCKSPACE_H
@@ -102,8 +102,13 @@ struct ls_open_opts {
 /* Read and check the header. No write happens until lockspace_join. */
 int lockspace_open(struct lun *lun, uint64_t offset, const struct ls_open_opts *o,
                    struct lockspace **out);
-/* Register the PR key (where the LUN has reservations), claim a free slot,
- * start the renewal thread. */
+/* Register the PR key (where the LUN has reservations), claim a slot, start
+ * the renewal thread. A free slot is taken at once; with none free, the
+ * joiner watches every slot for the dead time (as a new observer) and takes
+ * a dead host's slot after recovering it (mark, recovery hook, fence, slot
+ * to generation + 1 and ours in one atomic step). -ENOSPC ("all N slots
+ * live", or what it saw) once every slot was seen live, or after
+ * dead + 2 renew ms. See docs/locking.md for the bound on the join time. */
 int lockspace_join(struct lockspace *ls);
 /* Release all locks, free the slot, stop renewing, unregister. */
 int lockspace_leave(struct lockspace *ls);
@@ -121,6 +126,8 @@ void lockspace_abandon(struct lockspace *ls);
 const struct ls_timeouts *lockspace_timeouts(const struct lockspace *ls);
 uint32_t lockspace_slot(const struct lockspace *ls);
 uint32_t lockspace_generation(const struct lockspace *ls);
+/* This host's persistent-reservation key (0 = none: no PR on the LUN). */
+uint64_t lockspace_pr_key(const struct lockspace *ls);
 bool lockspace_uses_caw(const struct lockspace *ls);
 /* LBA (absolute) of lock record `index` of the lockspace's table. */
 uint64_t lockspace_lock_lba(const struct lockspace *ls, uint32_t index);
@@ -169,6 +176,7 @@ struct ls_status_host {
     enum ls_host_state state;
     uint64_t counter;
     uint64_t age_ms; /* time since this observer saw the slot change (or first saw it) */
+    bool changed;    /* it saw the slot change (else age_ms is a lower bound) */
     bool self;
 };
 
@@ -195,7 +203,10 @@ struct ls_status {
 };
 
 /* Read the heartbeat region `samples` times, renew_ms apart (more samples =
- * more hosts judged live rather than unknown), then the lock table. */
+ * more hosts judged live rather than unknown), then the lock table.
+ * LS_STATUS_SETTLE: sample until no slot is unknown (every host live or
+ * dead), at most dead_ms + 2 renew_ms. */
+#define LS_STATUS_SETTLE 0xffffffffu
 int lockspace_status(struct lockspace *ls, unsigned samples, struct ls_status *out);
 void ls_status_free(struct ls_status *st);
 

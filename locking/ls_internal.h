@@ -61,10 +61,14 @@ struct ls_hb_disk {
     uint64_t journal_lba;
     uint8_t uuid[16];
     char name[64];
-    uint8_t reserved[372];
+    uint8_t rec_uuid[16]; /* RECOVERING: uuid of the recovering host */
+    uint64_t rec_key;     /* RECOVERING by a joiner: the joiner's PR key */
+    uint8_t reserved[348];
     uint32_t crc;
 };
 _Static_assert(sizeof(struct ls_hb_disk) == LS_REC_SIZE, "hb size");
+_Static_assert(offsetof(struct ls_hb_disk, rec_uuid) == 136, "hb rec_uuid");
+_Static_assert(offsetof(struct ls_hb_disk, rec_key) == 152, "hb rec_key");
 _Static_assert(offsetof(struct ls_hb_disk, counter) == 16, "hb counter");
 _Static_assert(offsetof(struct ls_hb_disk, journal_lba) == 48, "hb journal");
 _Static_assert(offsetof(struct ls_hb_disk, name) == 72, "hb name");
@@ -143,6 +147,11 @@ struct ls_hb {
     uint64_t counter, pr_key, journal_lba;
     uint8_t uuid[16];
     char name[LS_NAME_MAX + 1];
+    /* RECOVERING: who recovers it. A joined host sets rec_slot/rec_gen to its
+     * own slot; a joiner that will claim the slot sets rec_slot = the slot
+     * itself, rec_gen = the generation it will claim, rec_key = its key. */
+    uint8_t rec_uuid[16];
+    uint64_t rec_key;
 };
 
 struct ls_owner {
@@ -203,6 +212,7 @@ struct ls_peer {
     uint64_t counter;
     uint8_t uuid[16];
     uint64_t first_seen_ns; /* completion of the first read showing this value */
+    bool changed;           /* we saw it change: first_seen_ns is when */
 };
 
 /* Feed one read of the slot (read issued at start_ns, completed at end_ns).
@@ -233,6 +243,7 @@ struct lockspace {
     pthread_mutex_t lock; /* protects everything below */
     pthread_cond_t cond;
     bool joined;
+    bool claiming; /* join: recovering a dead slot; writes gated by deadline_ns */
     bool fenced;
     bool stop;
     bool thread_running;
@@ -269,6 +280,15 @@ int ls_owner_liveness(struct lockspace *ls, uint32_t slot, uint32_t gen);
 int ls_host_fence(struct lockspace *ls, uint32_t slot, uint32_t gen);
 /* Break a dead host: mark recovering, hook, fence, clear gen+1. */
 int ls_host_break(struct lockspace *ls, uint32_t slot, uint32_t gen);
+/* The same, ending with `final` (an encoded block) instead of the cleared
+ * slot: a joiner claims the slot in the step that clears it. */
+int ls_host_break_to(struct lockspace *ls, uint32_t slot, uint32_t gen, const void *final);
+/* Write `data` over the block at `lba` that read as `expect` without an
+ * atomic step (sanlock's delta lease): read it, write within io_timeout/2,
+ * wait 2.5 io_timeout, read back. 0 if ours survived, -EILSEQ if it changed
+ * (`found` gets the block) or was overwritten by a racer. */
+int ls_delta_write(struct lockspace *ls, uint64_t lba, const void *expect, const void *data,
+                   void *found);
 /* Read the heartbeat region and update peers (one I/O). */
 int ls_hb_scan(struct lockspace *ls);
 

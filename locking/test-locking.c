@@ -423,7 +423,7 @@ static void test_slot_lost_fences_host(void **state)
     lockspace_close(a);
 }
 
-static void test_mount_with_other_io_timeout_refused(void **state)
+static void test_mount_with_other_parameters_refused(void **state)
 {
     struct fixture *f = *state;
     format(f, 1000);
@@ -432,6 +432,16 @@ static void test_mount_with_other_io_timeout_refused(void **state)
     assert_int_equal(lockspace_open(f->lun[0], 8, &o, &a), -EINVAL);
     assert_non_null(strstr(log_last_error(), "differ"));
     assert_null(a);
+    /* another slot count (format() lays 32) */
+    struct ls_open_opts o2 = {.max_hosts = 64};
+    assert_int_equal(lockspace_open(f->lun[0], 8, &o2, &a), -EINVAL);
+    assert_non_null(strstr(log_last_error(), "max hosts 64 vs 32"));
+    assert_non_null(strstr(log_last_error(), "lockspace at block 8"));
+    assert_null(a);
+    /* the same parameters are accepted */
+    struct ls_open_opts o3 = {.io_timeout_ms = 1000, .max_hosts = 32};
+    assert_int_equal(lockspace_open(f->lun[0], 8, &o3, &a), 0);
+    lockspace_close(a);
 }
 
 static void test_corrupt_lock_record_is_an_error_not_free(void **state)
@@ -648,7 +658,7 @@ int main(int argc, char **argv)
         T(test_lock_modes_caw),
         T(test_lock_modes_paxos),
         T(test_slot_lost_fences_host),
-        T(test_mount_with_other_io_timeout_refused),
+        T(test_mount_with_other_parameters_refused),
         T(test_corrupt_lock_record_is_an_error_not_free),
         T(test_timed_out_caw_resolved_by_read_back),
     };

@@ -17,7 +17,7 @@
 static void locks_usage(FILE *f)
 {
     fprintf(
-        f, "usage: clusterfs locks [--json] [--offset N] [--samples N] LUN...\n"
+        f, "usage: clusterfs locks [--json] [--offset N] [--samples N | --settle] LUN...\n"
            "       clusterfs locks init [--offset N] [--io-timeout S] [--hosts N] [--locks N] LUN\n"
            "\n"
            "Show the hosts of the lockspace at block --offset (default 0) of each LUN\n"
@@ -25,6 +25,10 @@ static void locks_usage(FILE *f)
            "held locks (mode, owners, version). The heartbeat region is read --samples\n"
            "times (default 2), one renewal period apart: a host is 'live' once its slot\n"
            "changed while we watched, 'unknown' before, 'dead' only after the dead time.\n"
+           "--settle samples until no host is 'unknown' (at most the dead time plus two\n"
+           "renewals), so dead hosts show as 'dead'. HEARTBEAT AGE is the time since\n"
+           "this observer saw the slot change; '>=' when it never saw it change (the\n"
+           "age is then only a lower bound).\n"
            "\n"
            "init lays a fresh lockspace: io_timeout in seconds (default 2; every other\n"
            "timeout derives from it), heartbeat slots (default 256), lock records\n"
@@ -125,12 +129,19 @@ static void print_text(struct lun *lun, uint64_t offset, const struct ls_status 
            "%s\n",
            lun_name(lun), offset, st->timeouts.io_timeout_ms, st->timeouts.dead_ms, st->max_hosts,
            st->caw ? "compare-and-write" : "paxos fallback (no COMPARE AND WRITE)");
-    printf("  %-5s %-20s %-10s %-10s %s\n", "SLOT", "HOST", "STATE", "GEN", "HEARTBEAT AGE");
+    printf("  %-5s %-20s %-10s %-10s %-10s %s\n", "SLOT", "HOST", "STATE", "GEN", "COUNTER",
+           "HEARTBEAT AGE");
     for (unsigned i = 0; i < st->nhosts; i++) {
         const struct ls_status_host *h = &st->hosts[i];
-        printf("  %-5u %-20s %-10s %-10u %.1fs\n", h->info.slot,
-               h->state == LS_HOST_CORRUPT ? "-" : h->info.name, ls_host_state_name(h->state),
-               h->info.generation, (double)h->age_ms / 1000.0);
+        if (h->state == LS_HOST_CORRUPT) {
+            printf("  %-5u %-20s %-10s %-10s %-10s -\n", h->info.slot, "-", "corrupt", "-", "-");
+            continue;
+        }
+        /* Unknown / recovering (never seen change): the age is a lower bound. */
+        bool lower = h->state == LS_HOST_UNKNOWN || !h->changed;
+        printf("  %-5u %-20s %-10s %-10u %-10" PRIu64 " %s%.1fs\n", h->info.slot, h->info.name,
+               ls_host_state_name(h->state), h->info.generation, h->counter,
+               lower && !h->self ? ">=" : "", (double)h->age_ms / 1000.0);
     }
     if (!st->nhosts)
         printf("  (no hosts)\n");
@@ -174,6 +185,7 @@ static void print_json(struct json *j, struct lun *lun, uint64_t offset, const s
         json_u64(j, "generation", h->info.generation);
         json_u64(j, "counter", h->counter);
         json_u64(j, "heartbeat_age_ms", h->age_ms);
+        json_bool(j, "age_is_lower_bound", (h->state == LS_HOST_UNKNOWN || !h->changed) && !h->self);
         json_obj_end(j);
     }
     json_arr_end(j);
@@ -211,7 +223,8 @@ int cmd_locks(int argc, char **argv)
         return locks_init(argc - 1, argv + 1);
     static const struct option lo[] = {{"json", 0, 0, 'j'},    {"offset", 1, 0, 'o'},
                                        {"samples", 1, 0, 's'}, {"block-size", 1, 0, 'b'},
-                                       {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+                                       {"settle", 0, 0, 'S'},  {"help", 0, 0, 'h'},
+                                       {0, 0, 0, 0}};
     bool json = false;
     uint64_t offset = 0;
     unsigned samples = 2;
@@ -228,6 +241,13 @@ int cmd_locks(int argc, char **argv)
             break;
         case 's':
             samples = (unsigned)strtoul(optarg, NULL, 0);
+            if (samples == 0 || samples > 1000) {
+                fprintf(stderr, "clusterfs locks: bad --samples '%s' (1..1000)\n", optarg);
+                return 2;
+            }
+            break;
+        case 'S':
+            samples = LS_STATUS_SETTLE;
             break;
         case 'b':
             bs = (uint32_t)strtoul(optarg, NULL, 0);

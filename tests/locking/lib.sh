@@ -3,14 +3,29 @@
 LH_PIDS=()
 LH_DIR=$(mktemp -d /tmp/clusterfs-locking.XXXXXX)
 
-lh_cleanup() {
-    local p
+# Our background jobs still running (bash reports the parent's jobs here).
+lh_running() { echo " $(jobs -p | tr '\n' ' ') "; }
+
+# lh_reap: kill (by pid) every lockhost started so far that still runs,
+# then forget them. Only pids that are still our jobs are signalled, so a
+# pid reused after an earlier wait is never hit.
+lh_reap() {
+    local p live
+    live=$(lh_running)
     for p in "${LH_PIDS[@]}"; do
-        kill -CONT "$p" 2>/dev/null || true
-        kill -KILL "$p" 2>/dev/null || true
+        case "$live" in
+        *" $p "*)
+            kill -CONT "$p" 2>/dev/null || true
+            kill -KILL "$p" 2>/dev/null || true
+            ;;
+        esac
         wait "$p" 2>/dev/null || true
     done
     LH_PIDS=()
+}
+
+lh_cleanup() {
+    lh_reap
     rm -rf "$LH_DIR"
 }
 

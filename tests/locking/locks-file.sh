@@ -12,6 +12,7 @@ BS=${1:-512}
 LOCKHOST=${LOCKHOST:?}
 . "$SRCDIR/tests/locking/lib.sh"
 trap lh_cleanup EXIT
+trap 'exit 130' INT TERM
 IMG="$LH_DIR/lun.img"
 truncate -s 64M "$IMG"
 URI="file://$IMG?block_size=$BS"
@@ -25,7 +26,7 @@ mutex() { # METHOD ROUNDS
         lh_start "m$1$i" hammer "${extra[@]}" --io-timeout $IO --rounds "$2" "$URI"
     done
     for p in "${LH_PIDS[@]}"; do wait "$p" || fail "a hammer process failed ($1)"; done
-    LH_PIDS=()
+    lh_reap
     "$LOCKHOST" check --expect $((4 * $2)) "$URI" || fail "counter/guards after $1 hammer"
     echo "ok: mutual exclusion, $1, 4 x $2 rounds, ${BS}-byte blocks"
 }
@@ -46,7 +47,7 @@ t1=$(now_ms)
 wait "$PID_taker" || fail "taker after kill -9"
 grep -q "RESULT data intact" "$LH_DIR/taker.out" || fail "taker data"
 echo "ok: kill -9 holder -> lock taken elsewhere after $((t1 - t0)) ms (dead time $((6 * IO)) ms)"
-LH_PIDS=()
+lh_reap
 
 # SIGSTOP the holder past its lease, break, SIGCONT: the paused host must not write
 "$LOCKHOST" prep --io-timeout $IO "$URI" || fail prep
@@ -60,7 +61,7 @@ wait "$PID_taker2" || fail "taker2: the paused holder wrote after being broken"
 grep -q "RESULT data intact" "$LH_DIR/taker2.out" || fail "taker2 data"
 lh_wait holder2 "FENCED" 5
 echo "ok: SIGSTOP holder broken; after SIGCONT it fenced itself and wrote nothing"
-LH_PIDS=()
+lh_reap
 
 # A corrupt heartbeat slot is reported, and never taken for a free or dead host
 "$LOCKHOST" prep --io-timeout $IO "$URI" || fail prep

@@ -35,7 +35,7 @@ for lun in 1 2; do
         lh_start "m$lun$i" hammer --io-timeout $IO --rounds 25 "${URI[@]}"
     done
     for p in "${LH_PIDS[@]}"; do wait "$p" || fail "a hammer process failed on LUN $lun"; done
-    LH_PIDS=()
+    lh_reap
     grep -q "JOINED slot .* paxos" "$LH_DIR/m${lun}1.out" || fail "expected the paxos fallback on tgt"
     "$LOCKHOST" check --expect 100 "${URI[@]}" || fail "counter/guards on LUN $lun"
     echo "ok: mutual exclusion on tgt LUN $lun, 4 x 25 rounds"
@@ -58,7 +58,7 @@ t1=$(now_ms)
 wait "$PID_taker" || fail "taker after kill -9"
 grep -q "RESULT data intact" "$LH_DIR/taker.out" || fail "taker data"
 echo "ok: kill -9 holder -> lock taken elsewhere after $((t1 - t0)) ms (dead time $((6 * IO)) ms)"
-LH_PIDS=()
+lh_reap
 
 # SIGSTOP past the lease; the resumed host's raw write is refused by the target
 URI=("$(tgt_uri 1 4)" "$(tgt_uri 1 4 127.0.0.2)")
