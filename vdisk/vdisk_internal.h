@@ -156,6 +156,9 @@ struct vmdk_sparse {
     bool zero_grain;          /* GTE 1 means zeroed grain */
     bool cowd;                /* ESX COWD extent: read-only here */
     uint64_t file_end;        /* bytes; next grain goes here; under alloc_lock */
+    uint64_t durable_end;     /* bytes: the file was extended (and fdatasync'ed)
+                                 ahead of new grains up to here in this session,
+                                 0 before the first; under alloc_lock */
     pthread_mutex_t alloc_lock;
     pthread_mutex_t stripe[VMDK_STRIPES]; /* stripe[gt index % N] */
 };

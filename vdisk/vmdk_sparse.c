@@ -18,7 +18,11 @@
  *   (the grain is leaked, harmless) or an entry pointing at written data.
  *   With VD_FUA the data is fdatasync'ed before the entry is written, so
  *   the order also holds across power loss; without it, order holds for a
- *   process crash and vd_flush() makes everything durable.
+ *   process crash and vd_flush() makes everything durable. Two exceptions
+ *   make the order hold across power loss without FUA too: the file is grown
+ *   (and fdatasync'ed) ahead of new grains, 16 MiB at a time, so no entry
+ *   ever points past the end of the file; and in a delta, a grain that read
+ *   the parent's data is fdatasync'ed before its entry is written.
  * - Whole-grain zero writes and discards set the entry to 1 (zeroed grain,
  *   header flag bit 2, as VMware and QEMU do) and punch the old grain's
  *   bytes out of the file. Entry 1 hides the parent's data, as the
@@ -44,6 +48,9 @@
 #include "vdisk_internal.h"
 
 #define VD_MAX_GT_BYTES (1ull << 30)
+/* New grains go into space the file was grown to ahead of time, this much at
+ * a time (one ftruncate + fdatasync per step; cut back at close). */
+#define VMDK_GROW_AHEAD (16ull << 20)
 
 void vmdk4_header_encode(const struct vmdk4_header *h, struct vmdk4_header_disk *d)
 {
@@ -501,9 +508,14 @@ static int vmdk_gte_store(struct vmdk_extent *e, uint64_t grain, uint32_t val)
     return 0;
 }
 
-/* Allocate `grain` holding `data` (a full grain). Stripe lock held. */
+/* Allocate `grain` holding `data` (a full grain). Stripe lock held.
+ * `shadows`: until now the grain read the parent's data. Then the data is
+ * made durable before the entry, FUA or not: an entry that reached the disk
+ * without its data would read zeroes over the parent's (flushed) bytes after
+ * a power cut, in the rest of the grain too. Without a parent a lost grain
+ * reads zeroes, which is what the grain held, so no sync is needed there. */
 static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t *data,
-                            unsigned flags)
+                            unsigned flags, bool shadows)
 {
     struct vmdk_sparse *sp = e->sp;
     pthread_mutex_lock(&sp->alloc_lock);
@@ -515,14 +527,34 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
         return -EFBIG;
     }
     sp->file_end += sp->grain_bytes;
+    int rc = 0;
+    if (at + sp->grain_bytes > sp->durable_end) {
+        /* Power-cut safety: a GT entry must never point past the end of the
+         * file, even when the grain's data write and the size change it
+         * implies were lost while the entry reached the disk (writeback
+         * order is the kernel's). So grow the file ahead of new grains, in
+         * VMDK_GROW_AHEAD steps, and make the size durable before any entry
+         * points into the new space. A lost grain then reads as zeroes, what
+         * an unallocated grain of a disk without a parent read before. */
+        uint64_t end = ROUND_UP(at + sp->grain_bytes, VMDK_GROW_AHEAD);
+        if (ftruncate(e->fd, (off_t)end) < 0 || fdatasync(e->fd) < 0) {
+            rc = -errno;
+            sp->file_end -= sp->grain_bytes; /* nothing points there yet */
+            pthread_mutex_unlock(&sp->alloc_lock);
+            log_err("%s: growing the file to %" PRIu64 " bytes for new grains: %s", e->path,
+                    end, strerror(-rc));
+            return rc;
+        }
+        sp->durable_end = end;
+    }
     pthread_mutex_unlock(&sp->alloc_lock);
-    int rc = pwrite_full(e->fd, data, sp->grain_bytes, at);
+    rc = pwrite_full(e->fd, data, sp->grain_bytes, at);
     if (rc < 0) {
         log_err("%s: write of new grain %" PRIu64 " at file offset %" PRIu64 ": %s", e->path,
                 grain, at, strerror(-rc));
         return rc;
     }
-    if ((flags & VD_FUA) && fdatasync(e->fd) < 0) {
+    if (((flags & VD_FUA) || shadows) && fdatasync(e->fd) < 0) {
         rc = -errno;
         log_err("%s: fdatasync: %s", e->path, strerror(-rc));
         return rc;
@@ -577,8 +609,10 @@ int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t
                         memcpy(g + in, buf, n);
                     data = g;
                 }
+                bool shadows = img->parent && !(v == VMDK_GTE_ZEROED && sp->zero_grain) &&
+                               e->start + grain * gb < img->parent->size;
                 if (rc == 0)
-                    rc = vmdk_grain_alloc(e, grain, data, flags);
+                    rc = vmdk_grain_alloc(e, grain, data, flags, shadows);
                 pthread_mutex_unlock(mx);
                 if (rc < 0)
                     break;
