@@ -2,13 +2,16 @@
  *
  *   vdisk serve [--socket PATH | --port N [--bind ADDR]] [--readonly]
  *               [--name EXPORT]... [--shared N] [--workers N] [-v]
- *               [--lun URI]... [FILE...]
+ *               [--lun URI]... [--policy P] [FILE...]
  *
  * One export per FILE (opened through vdisk.h: VMDK or raw); --name gives
  * the export names in order (default: the file's base name; the first
  * export also answers to the empty name). Several --lun options are several
- * paths to ONE LUN, exported as "lun" (or the next --name). SIGTERM/SIGINT
- * drain the connections, flush and exit 0.
+ * paths to ONE LUN (lun_open_paths: the multipath engine fails I/O over
+ * between them, invisibly to the NBD clients; paths reaching different LUNs
+ * are refused), exported as "lun" (or the next --name). SIGTERM/SIGINT
+ * drain the connections, flush and exit 0; a multipath LUN's per-path
+ * counters are logged at exit.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -33,13 +36,35 @@ static void serve_usage(FILE *f)
     fprintf(f,
             "usage: vdisk serve [--socket PATH | --port N [--bind ADDR]] [--readonly]\n"
             "                   [--name EXPORT]... [--shared N] [--workers N] [-v]\n"
-            "                   [--lun URI]... [FILE...]\n"
+            "                   [--lun URI]... [--policy P] [FILE...]\n"
             "  Serve each FILE (VMDK or raw) as an NBD export; several --lun URIs are\n"
             "  the paths of one raw LUN served as one export. Default: --port 10809.\n"
             "  --shared N   clients at once (default 1)\n"
+            "  --policy P   paths of a multipath LUN: service-time (default), round-robin,\n"
+            "               fixed (the first --lun preferred), mru\n"
             "  --name NAME  export names, in the order of the FILEs then the LUN\n"
             "               (default: the file's base name, \"lun\"; the first export\n"
             "               also answers to the empty name)\n");
+}
+
+/* At exit, one line per path of a multipath LUN, in the manner of
+ * `clusterfs paths`: what each path carried and how often it failed. */
+static void serve_log_path_stats(struct lun *lun)
+{
+    if (!lun_is_multipath(lun))
+        return;
+    for (unsigned i = 0; i < lun_num_paths(lun); i++) {
+        struct lun_path_stats st;
+        if (lun_path_get_stats(lun, i, &st) < 0)
+            continue;
+        log_info("serve: LUN path %u %s %s%s reads=%llu writes=%llu other=%llu errors=%llu "
+                 "failures=%llu%s%s",
+                 i, lun_path_name(lun, i), lun_path_state_name(st.state), st.held ? "(held)" : "",
+                 (unsigned long long)st.reads, (unsigned long long)st.writes,
+                 (unsigned long long)st.others, (unsigned long long)st.errors,
+                 (unsigned long long)st.failures, st.last_error[0] ? " last failure: " : "",
+                 st.last_error);
+    }
 }
 
 int cmd_serve(int argc, char **argv)
@@ -50,16 +75,17 @@ int cmd_serve(int argc, char **argv)
         {"name", required_argument, NULL, 'n'},   {"shared", required_argument, NULL, 'S'},
         {"lun", required_argument, NULL, 'l'},    {"workers", required_argument, NULL, 'w'},
         {"verbose", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+        {"policy", required_argument, NULL, 'P'}, {NULL, 0, NULL, 0}};
     const char *sock = NULL, *port = NULL, *bind_addr = NULL;
     const char *names[SERVE_MAX_EXPORTS];
     const char *luns[SERVE_MAX_EXPORTS];
     unsigned nnames = 0, nluns = 0;
-    bool ro = false;
+    bool ro = false, have_policy = false;
+    enum lun_policy policy = LUN_POLICY_DEFAULT;
     struct nbd_server_config cfg = {0};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "s:p:b:rn:S:l:w:vh", lopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:p:b:rn:S:l:w:P:vh", lopts, NULL)) != -1) {
         switch (c) {
         case 's': sock = optarg; break;
         case 'p': port = optarg; break;
@@ -94,6 +120,11 @@ int cmd_serve(int argc, char **argv)
             }
             luns[nluns++] = optarg;
             break;
+        case 'P':
+            if (lun_policy_parse(optarg, &policy) < 0) /* logs the choices */
+                return 2;
+            have_policy = true;
+            break;
         case 'v': log_set_level(LOG_LVL_DEBUG); break;
         case 'h': serve_usage(stdout); return 0;
         default: serve_usage(stderr); return 2;
@@ -115,6 +146,10 @@ int cmd_serve(int argc, char **argv)
     }
     if (nnames > nfiles + (nluns ? 1 : 0)) {
         log_err("serve: %u --name for %u exports", nnames, nfiles + (nluns ? 1 : 0));
+        return 2;
+    }
+    if (have_policy && nluns < 2) {
+        log_err("serve: --policy needs a LUN with two or more --lun paths");
         return 2;
     }
     if (!sock && !port)
@@ -166,12 +201,24 @@ int cmd_serve(int argc, char **argv)
         struct lun_options lo;
         lun_options_init(&lo);
         lo.read_only = ro;
-        rc = nluns == 1 ? lun_open(luns[0], &lo, &lun) : lun_open_paths(luns, nluns, &lo, &lun);
+        lo.policy = policy;
+        /* One URI: a plain path (errors reach the clients at once). Several:
+         * the multipath engine; the engine logs why paths were refused (a
+         * path reaching another LUN names both identities). */
+        rc = lun_open_paths(luns, nluns, &lo, &lun);
         if (rc < 0) {
-            log_err("serve: LUN %s%s: cannot open: %s", luns[0], nluns > 1 ? " (+paths)" : "",
-                    strerror(-rc));
+            char *red = lun_uri_redact(luns[0]);
+            if (nluns > 1)
+                log_err("serve: LUN %s (%u paths): cannot open: %s", red ? red : "?", nluns,
+                        strerror(-rc));
+            else
+                log_err("serve: LUN %s: cannot open: %s", red ? red : "?", strerror(-rc));
+            free(red);
             goto out;
         }
+        if (lun_is_multipath(lun))
+            log_info("serve: LUN %s: %u paths, policy %s", lun_get_info(lun)->id,
+                     lun_num_paths(lun), lun_policy_name(lun_get_policy(lun)));
         rc = nbd_lun_backend_new(lun, ro, &lbe);
         if (rc < 0)
             goto out;
@@ -201,8 +248,10 @@ out:
         free(bases[i]);
     }
     nbd_lun_backend_free(lbe);
-    if (lun)
+    if (lun) {
+        serve_log_path_stats(lun);
         lun_close(lun);
+    }
     close(sfd);
     return ret;
 }
