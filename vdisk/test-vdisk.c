@@ -358,6 +358,183 @@ static void test_check_repairs_redundant_table(void **state)
     assert_int_equal(r.repaired, 1);
     assert_int_equal(vd_check(p, false, NULL, &r), 0);
     assert_int_equal(r.errors, 0);
+    /* both copies valid and different (a crash between the two writes of
+     * an entry that had a value already): a crash leftover, primary wins */
+    fd = open(p, O_RDWR);
+    uint8_t one[4] = {1, 0, 0, 0};
+    assert_int_equal(pwrite_full(fd, one, 4, rgt * 512), 0);
+    close(fd);
+    assert_int_equal(vd_check(p, false, NULL, &r), 0);
+    assert_int_equal(r.errors, 1);
+    assert_int_equal(r.repairable, 1);
+    assert_int_equal(vd_check(p, true, NULL, &r), 0);
+    assert_int_equal(r.repaired, 1);
+    assert_int_equal(vd_check(p, false, NULL, &r), 0);
+    assert_int_equal(r.errors, 0);
+    uint8_t got[65536];
+    assert_int_equal(vd_open(p, VD_OPEN_RDONLY, &img), 0);
+    assert_int_equal(vd_pread(img, got, sizeof(got), 0), 0);
+    vd_close(img);
+    assert_memory_equal(got, b, sizeof(got));
+}
+
+/* On-disk primary and redundant grain table entries of `grain` (first grain
+ * table only), read through a separate descriptor. */
+static void disk_gte(const char *p, struct vd_image *img, uint64_t grain, uint32_t *v,
+                     uint32_t *rv)
+{
+    const struct vmdk_sparse *sp = img->ext[0].sp;
+    uint64_t per = sp->h.num_gtes_per_gt;
+    int fd = open(p, O_RDONLY);
+    assert_true(fd >= 0);
+    uint8_t b[4];
+    assert_int_equal(pread_full(fd, b, 4, (uint64_t)sp->gd[grain / per] * 512 + grain % per * 4), 0);
+    *v = le32_get(b);
+    assert_int_equal(pread_full(fd, b, 4, (uint64_t)sp->rgd[grain / per] * 512 + grain % per * 4), 0);
+    *rv = le32_get(b);
+    close(fd);
+}
+
+static void make_delta(const char *base, const char *child, uint64_t size)
+{
+    make_thin(base, size, NULL, 0);
+    struct vd_image *img;
+    uint8_t *pat = malloc(1 << 20);
+    memset(pat, 0x5a, 1 << 20);
+    assert_int_equal(vd_open(base, 0, &img), 0);
+    for (uint64_t off = 0; off < size; off += 1 << 20)
+        assert_int_equal(vd_pwrite(img, pat, 1 << 20, off, 0), 0);
+    vd_close(img);
+    free(pat);
+    const char *slash = strrchr(base, '/');
+    make_thin(child, size, slash ? slash + 1 : base, image_cid(base));
+}
+
+/* In a delta, a grain first written (it read the parent's data) gets its
+ * grain table entry in memory at once and in the file only at the next
+ * flush, FUA write or close; an entry written at once meanwhile (a zeroed
+ * grain) is not overwritten by the flush. */
+static void test_delta_new_grain_entry_waits_for_flush(void **state)
+{
+    const char *base = tpath("dbase.vmdk"), *p = tpath("delta.vmdk");
+    make_delta(base, p, 4 << 20);
+    struct vd_image *img;
+    uint8_t w[4096], got[65536], want[65536];
+    memset(w, 0x33, sizeof(w));
+    memset(want, 0x5a, sizeof(want));
+    memcpy(want + 8192, w, sizeof(w));
+    uint32_t v, rv;
+    assert_int_equal(vd_open(p, 0, &img), 0);
+    const struct vmdk_sparse *sp = img->ext[0].sp;
+    assert_int_equal(vd_pwrite(img, w, sizeof(w), 3 * 65536 + 8192, 0), 0);
+    assert_int_equal(vd_pread(img, got, sizeof(got), 3 * 65536), 0);
+    assert_memory_equal(got, want, sizeof(got)); /* readers see it at once */
+    assert_true(sp->gt[3] > 1);
+    disk_gte(p, img, 3, &v, &rv);
+    assert_int_equal(v, 0); /* the file does not, yet */
+    assert_int_equal(rv, 0);
+    assert_int_equal(vd_flush(img), 0);
+    disk_gte(p, img, 3, &v, &rv);
+    assert_int_equal(v, sp->gt[3]);
+    assert_int_equal(rv, sp->gt[3]);
+    /* FUA: durable with its entry when it returns */
+    assert_int_equal(vd_pwrite(img, w, sizeof(w), 5 * 65536, VD_FUA), 0);
+    disk_gte(p, img, 5, &v, &rv);
+    assert_true(v > 1 && v == sp->gt[5] && rv == v);
+    /* a deferred entry zeroed before the flush: 1 at once, and it stays 1 */
+    assert_int_equal(vd_pwrite(img, w, sizeof(w), 9 * 65536, 0), 0);
+    assert_int_equal(vd_write_zeroes(img, 9 * 65536, 65536, 0), 0);
+    disk_gte(p, img, 9, &v, &rv);
+    assert_int_equal(v, 1);
+    assert_int_equal(vd_pwrite(img, w, sizeof(w), 10 * 65536, 0), 0); /* same GT sector */
+    assert_int_equal(vd_flush(img), 0);
+    disk_gte(p, img, 9, &v, &rv);
+    assert_int_equal(v, 1);
+    assert_int_equal(rv, 1);
+    disk_gte(p, img, 10, &v, &rv);
+    assert_true(v > 1 && v == sp->gt[10] && rv == v);
+    /* close writes what is left */
+    assert_int_equal(vd_pwrite(img, w, sizeof(w), 7 * 65536 + 8192, 0), 0);
+    assert_int_equal(vd_close(img), 0);
+    assert_int_equal(vd_open(p, VD_OPEN_RDONLY, &img), 0);
+    assert_int_equal(vd_pread(img, got, sizeof(got), 7 * 65536), 0);
+    assert_memory_equal(got, want, sizeof(got));
+    vd_close(img);
+    struct vd_check_report r;
+    assert_int_equal(vd_check(p, false, NULL, &r), 0);
+    assert_int_equal(r.errors, 0);
+}
+
+struct flush_racer {
+    const char *path;
+    struct vd_image *img;
+    int t, nt;
+    int bad;
+};
+
+/* Each thread: first write into its grains, and after every other write a
+ * flush, after which every grain it wrote so far has its entry in the file
+ * (both tables), however the other threads' writes and flushes interleave. */
+static void *flush_racer(void *a)
+{
+    struct flush_racer *fr = a;
+    const struct vmdk_sparse *sp = fr->img->ext[0].sp;
+    uint8_t w[4096];
+    memset(w, fr->t + 1, sizeof(w));
+    uint64_t ngrains = vd_size(fr->img) / 65536;
+    uint64_t checked = (uint64_t)fr->t;
+    for (uint64_t g = (uint64_t)fr->t, i = 0; g < ngrains; g += (uint64_t)fr->nt, i++) {
+        if (vd_pwrite(fr->img, w, sizeof(w), g * 65536 + 4096 * (g % 16), 0) < 0) {
+            fr->bad++;
+            break;
+        }
+        if (i % 2 == 0)
+            continue;
+        if (vd_flush(fr->img) < 0) {
+            fr->bad++;
+            break;
+        }
+        for (; checked <= g; checked += (uint64_t)fr->nt) {
+            uint32_t v, rv;
+            disk_gte(fr->path, fr->img, checked, &v, &rv);
+            uint32_t mem = __atomic_load_n(&sp->gt[checked], __ATOMIC_ACQUIRE);
+            if (v != mem || rv != mem || mem <= 1)
+                fr->bad++;
+        }
+    }
+    return NULL;
+}
+
+static void test_delta_flush_covers_concurrent_writes(void **state)
+{
+    const char *base = tpath("fbase.vmdk"), *p = tpath("fdelta.vmdk");
+    make_delta(base, p, 64 << 20); /* 1024 grains, two grain tables */
+    struct vd_image *img;
+    assert_int_equal(vd_open(p, 0, &img), 0);
+    enum { NT = 6 };
+    pthread_t th[NT];
+    struct flush_racer fr[NT];
+    for (int t = 0; t < NT; t++) {
+        fr[t] = (struct flush_racer){.path = p, .img = img, .t = t, .nt = NT};
+        assert_int_equal(pthread_create(&th[t], NULL, flush_racer, &fr[t]), 0);
+    }
+    for (int t = 0; t < NT; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(fr[t].bad, 0);
+    }
+    assert_int_equal(vd_close(img), 0);
+    struct vd_check_report r;
+    assert_int_equal(vd_check(p, false, NULL, &r), 0);
+    assert_int_equal(r.errors, 0);
+    assert_int_equal(vd_open(p, VD_OPEN_RDONLY, &img), 0);
+    uint8_t got[65536], want[65536];
+    for (uint64_t g = 0; g < 1024; g++) {
+        memset(want, 0x5a, sizeof(want));
+        memset(want + 4096 * (g % 16), (int)(g % NT) + 1, 4096);
+        assert_int_equal(vd_pread(img, got, sizeof(got), g * 65536), 0);
+        assert_memory_equal(got, want, sizeof(got));
+    }
+    vd_close(img);
 }
 
 /* A writer killed with SIGKILL at random moments never leaves a grain table
@@ -598,6 +775,8 @@ int main(void)
         cmocka_unit_test(test_cid_changes_on_first_write),
         cmocka_unit_test(test_resize_sparse_grow_and_shrink_keep_data),
         cmocka_unit_test(test_check_repairs_redundant_table),
+        cmocka_unit_test(test_delta_new_grain_entry_waits_for_flush),
+        cmocka_unit_test(test_delta_flush_covers_concurrent_writes),
         cmocka_unit_test(test_kill_mid_write_never_exposes_unwritten_grain),
         cmocka_unit_test(test_malformed_headers_fail_cleanly),
         cmocka_unit_test(test_malformed_descriptors_fail_cleanly),

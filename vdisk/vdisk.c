@@ -343,8 +343,13 @@ int vd_flush(struct vd_image *img)
     if (img->ro)
         return 0;
     int rc = vd_fd_sync(img->fd, img->path);
-    for (int i = 0; i < img->n_ext && rc == 0; i++)
-        rc = vd_fd_sync(img->ext[i].fd, img->ext[i].path);
+    for (int i = 0; i < img->n_ext && rc == 0; i++) {
+        struct vmdk_extent *e = &img->ext[i];
+        if (e->type == VMDK_EXT_SPARSE && e->sp && e->fd >= 0)
+            rc = vmdk_sparse_flush(e); /* data, then the deferred GT entries */
+        else
+            rc = vd_fd_sync(e->fd, e->path);
+    }
     return rc;
 }
 

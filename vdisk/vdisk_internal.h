@@ -13,7 +13,9 @@
  *   struct vmdk_sparse the state of a hosted sparse extent: header fields,
  *                     grain directory and ALL grain tables cached in memory.
  *
- * Lock order: vmdk_sparse.stripe[i] -> vmdk_sparse.alloc_lock;
+ * Lock order: vmdk_sparse.flush_lock -> vmdk_sparse.meta_lock;
+ *             vmdk_sparse.stripe[i] -> vmdk_sparse.alloc_lock;
+ *             vmdk_sparse.stripe[i] -> vmdk_sparse.meta_lock;
  *             vd_image.cid_lock is taken alone (before any stripe lock).
  */
 #ifndef VDISK_VDISK_INTERNAL_H
@@ -161,6 +163,27 @@ struct vmdk_sparse {
                                  0 before the first; under alloc_lock */
     pthread_mutex_t alloc_lock;
     pthread_mutex_t stripe[VMDK_STRIPES]; /* stripe[gt index % N] */
+    /* Deferred grain table entries (vmdk_sparse.c "Design notes"): a new
+     * grain that hides the parent's data is published in gt[] at once but
+     * written to the file only by the next vmdk_sparse_flush(), after an
+     * fdatasync of its data. State per 512-byte GT sector (128 entries),
+     * allocated at the first deferred entry. */
+    bool defer_ok;            /* entries per GT a multiple of 128; set at open */
+    pthread_mutex_t meta_lock; /* every write of GT entries to the file, and
+                                 the fields below */
+    pthread_mutex_t flush_lock; /* one vmdk_sparse_flush() at a time */
+    struct vmdk_gt_sector *gts; /* NULL until the first deferred entry */
+    uint32_t *dirty;          /* GT sectors with pending entries, n_dirty of them */
+    uint32_t *flushing;       /* the list taken by the running flush (flush_lock) */
+    uint32_t n_dirty;         /* under meta_lock */
+};
+
+/* One 512-byte grain table sector. Bit i: entry i of the sector. */
+struct vmdk_gt_sector {
+    uint64_t pend[2];         /* published in memory, the file still holds 0 */
+    uint64_t flush[2];        /* taken by the running flush: data synced, the
+                                 sector write pending */
+    bool listed;              /* in vmdk_sparse.dirty */
 };
 
 /* ---------------------------------------------------------------- extent */
@@ -257,6 +280,10 @@ int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t
  * (or unallocated when `unmap_to_parent`), partial grains are written. */
 int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, uint64_t len,
                      unsigned flags);
+/* Make every write that completed before the call durable: fdatasync the
+ * data, write the GT sectors holding deferred entries (primary, then
+ * redundant), fdatasync again. Thread-safe. */
+int vmdk_sparse_flush(struct vmdk_extent *e);
 
 /* vmdk_create.c */
 enum vd_type { VD_TYPE_THIN, VD_TYPE_THICK, VD_TYPE_EAGER, VD_TYPE_STREAM /* convert only */ };
@@ -282,6 +309,8 @@ int vmdk_stream_write(struct vd_image *src, const char *path, const char *adapte
 struct vd_check_report {
     unsigned errors;          /* problems found */
     unsigned repaired;        /* fixed by --repair */
+    unsigned repairable;      /* of the errors: --repair knows the fix (crash
+                                 leftovers: primary vs redundant, uncleanShutdown) */
     unsigned leaks;           /* informational */
 };
 /* json may be NULL; messages go through log_err / the report callback. */

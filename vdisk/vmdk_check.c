@@ -9,9 +9,15 @@
  *   redundant table), flat extent sizes, and finally the parent chain (by
  *   opening the image read-only: missing parent, CID mismatch, loops).
  * - --repair fixes only what has one right answer:
- *     * a primary GT entry set with its redundant entry 0: the redundant
- *       copy was not written yet when the writer stopped (data, then
- *       primary, then redundant), so the redundant copy gets the primary's;
+ *     * a GT entry whose primary and redundant copies differ, both valid:
+ *       the primary wins, whatever the redundant holds (0 or another valid
+ *       value). The engine writes the primary first (one entry, or whole
+ *       512-byte sectors of deferred entries at a flush), so a difference is
+ *       a crash between the two writes, a crash leftover, not damage; QEMU
+ *       reads only the primary table too. Exception: a primary 0 with a
+ *       valid redundant entry takes the redundant value (a power cut can
+ *       keep the redundant sector and lose the primary; both point at
+ *       synced data or the grain reads zeroes);
  *     * a GT or GD entry invalid in one copy and valid in the other: copy
  *       the valid one;
  *     * an entry invalid in both copies (past the end of the file, inside
@@ -45,27 +51,49 @@ struct vd_checker {
     bool progress;
 };
 
-static void vd_problem(struct vd_checker *c, bool repaired, const char *file, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void vd_problem(struct vd_checker *c, bool repaired, const char *file, const char *fmt, ...)
+/* One problem. `repairable`: --repair knows the one right fix (and applies
+ * it when given: then `repaired` says whether the fix was written). */
+static void vd_vproblem(struct vd_checker *c, bool repairable, bool repaired, const char *file,
+                        const char *fmt, va_list ap)
 {
     char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
     c->r->errors++;
     if (repaired)
         c->r->repaired++;
+    if (repairable || repaired)
+        c->r->repairable++;
     if (c->j) {
         json_obj_begin(c->j, NULL);
         json_str(c->j, "file", file);
         json_str(c->j, "problem", msg);
+        json_bool(c->j, "repairable", repairable || repaired);
         json_bool(c->j, "repaired", repaired);
         json_obj_end(c->j);
     } else {
-        log_warn("%s: %s%s", file, msg, repaired ? " (repaired)" : "");
+        log_warn("%s: %s%s", file, msg,
+                 repaired ? " (repaired)" : repairable ? " (repairable: check --repair)" : "");
     }
+}
+
+static void vd_problem(struct vd_checker *c, bool repaired, const char *file, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void vd_problem(struct vd_checker *c, bool repaired, const char *file, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vd_vproblem(c, false, repaired, file, fmt, ap);
+    va_end(ap);
+}
+
+static void vd_fixable(struct vd_checker *c, bool repaired, const char *file, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void vd_fixable(struct vd_checker *c, bool repaired, const char *file, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vd_vproblem(c, true, repaired, file, fmt, ap);
+    va_end(ap);
 }
 
 struct vd_range {
@@ -160,7 +188,7 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
             uint8_t z = 0;
             fix = pwrite_full(fd, &z, 1, offsetof(struct vmdk4_header_disk, unclean_shutdown)) == 0;
         }
-        vd_problem(c, fix, path, "header: uncleanShutdown is set");
+        vd_fixable(c, fix, path, "header: uncleanShutdown is set");
     }
     uint64_t grains = DIV_ROUND_UP(h.capacity, h.grain_size);
     uint64_t ngt = DIV_ROUND_UP(grains, h.num_gtes_per_gt);
@@ -225,7 +253,7 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
         if (has_rgd && rgd[i] && vd_rd_table(fd, rgt + i * per, per, rgd[i], fsize) < 0)
             rgd[i] = 0;
         if (has_rgd && (gd[i] == 0) != (rgd[i] == 0)) {
-            bool fix = false;
+            bool fix = false, fixable = (gd[i] == 0 && !ok) || (rgd[i] == 0 && ok);
             if (c->repair && gd[i] == 0 && ok == false) {
                 /* primary directory entry bad, redundant fine: copy it */
                 fix = vd_wr_entry(fd, h.gd_offset, i, rgd[i]) == 0;
@@ -240,8 +268,8 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
                     memcpy(rgt + i * per, gt + i * per, per * 4);
                 }
             }
-            vd_problem(c, fix, path, "grain directory entry %" PRIu64 ": primary %u, redundant "
-                       "%u", i, gd[i], rgd[i]);
+            (fixable ? vd_fixable : vd_problem)(c, fix, path, "grain directory entry %" PRIu64
+                                                ": primary %u, redundant %u", i, gd[i], rgd[i]);
         }
     }
     qsort(meta, nm, sizeof(*meta), vd_range_cmp);
@@ -263,24 +291,20 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
         bool rvok = rv == 0 || (zg && rv == 1) ||
                     (rv + span <= fend && !vd_range_hit(meta, nm, rv, rv + span));
         uint32_t want = v;
-        bool fixable = true;
         if (!vok && !rvok)
             want = 0;
         else if (!vok)
             want = rv;
         else if (!rvok)
             want = v;
-        else if (v != rv) {
-            if (rv == 0)
-                want = v;              /* redundant write did not happen yet */
-            else if (v == 0)
-                want = rv;             /* primary lost; redundant is valid */
-            else
-                fixable = false;       /* two different grains: no rule */
-        }
+        else if (v != rv && v == 0)
+            want = rv;                 /* primary lost; redundant is valid */
+        /* else the primary wins: the engine writes an entry to the primary
+         * table first, so a redundant entry that is 0 or another valid value
+         * is a write (or a flush of deferred entries) cut between the two */
         if (!vok || !rvok || v != rv) {
             bool fix = false;
-            if (c->repair && fixable) {
+            if (c->repair) {
                 fix = true;
                 if (gd[ti] && v != want)
                     fix = vd_wr_entry(fd, gd[ti], idx, want) == 0;
@@ -293,7 +317,7 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
                                              ? "redundant entry past the end of the file"
                                              : "redundant entry inside metadata")
                                       : "primary and redundant tables differ";
-            vd_problem(c, fix, path, "grain table %" PRIu64 " entry %" PRIu64 " (primary %u, "
+            vd_fixable(c, fix, path, "grain table %" PRIu64 " entry %" PRIu64 " (primary %u, "
                        "redundant %u): %s", ti, idx, v, rv, why);
             v = fix ? want : (vok ? v : 0);
         }
@@ -427,6 +451,7 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
         json_str(j, "format", fmt);
         json_u64(j, "errors", r->errors);
         json_u64(j, "repaired", r->repaired);
+        json_u64(j, "repairable", r->repairable);
         json_u64(j, "leaked_grains", r->leaks);
         json_obj_end(j);
     }

@@ -46,6 +46,10 @@ void vmdk_close(struct vd_image *img)
 {
     for (int i = 0; i < img->n_ext; i++) {
         struct vmdk_extent *e = &img->ext[i];
+        /* deferred GT entries left when the image is freed without
+         * vd_close() (vd_close flushed them already) */
+        if (e->fd >= 0 && e->sp && !img->ro && e->sp->n_dirty)
+            (void)vmdk_sparse_flush(e);
         /* cut the space grown ahead of new grains (vmdk_grain_alloc) back
          * to the last grain; if this fails or is lost, the tail is holes
          * that `vdisk check` counts as leaked grains */

@@ -13,16 +13,38 @@
  *   may have allocated it meanwhile: then we just write into it), reserves
  *   space at the end of the file under alloc_lock, writes the whole grain
  *   (old content from the parent or zeroes, merged with the new bytes),
- *   then writes the GT entry, then the redundant GT entry, then publishes
- *   the entry in memory. A crash between the steps leaves either no entry
- *   (the grain is leaked, harmless) or an entry pointing at written data.
- *   With VD_FUA the data is fdatasync'ed before the entry is written, so
- *   the order also holds across power loss; without it, order holds for a
- *   process crash and vd_flush() makes everything durable. Two exceptions
- *   make the order hold across power loss without FUA too: the file is grown
- *   (and fdatasync'ed) ahead of new grains, 16 MiB at a time, so no entry
- *   ever points past the end of the file; and in a delta, a grain that read
- *   the parent's data is fdatasync'ed before its entry is written.
+ *   then stores the entry, in one of two ways:
+ *     * at once (a grain that read zeroes: no parent, past the parent's end,
+ *       or a zeroed grain; and every zeroed-grain entry): the GT entry, then
+ *       the redundant GT entry, then the entry is published in memory, all
+ *       under meta_lock. A kill between the steps leaves no entry (a leaked
+ *       grain) or an entry pointing at written data; after a power cut an
+ *       entry whose data was lost reads zeroes, what the grain read before,
+ *       because the file is grown (and fdatasync'ed) ahead of new grains,
+ *       16 MiB at a time, so no entry ever points past the end of the file.
+ *       With VD_FUA the data is fdatasync'ed before the entry.
+ *     * deferred (a grain of a delta that read the parent's data): an entry
+ *       that reached the disk without its data would read zeroes over the
+ *       parent's bytes, so the data must be durable first. As qcow2 does
+ *       with its L2 cache, the entry is published in memory at once (readers
+ *       see it) and marked pending in its 512-byte GT sector; the next
+ *       vmdk_sparse_flush() (vd_flush, a FUA write, close) does
+ *       fdatasync(data) -> write each GT sector with pending entries, whole,
+ *       primary then redundant -> fdatasync. Until then a kill or a power
+ *       cut loses the grain whole (it reads the parent's data again, and the
+ *       space leaks), which is what a write not followed by a flush may do.
+ * - Deferred entries (struct vmdk_gt_sector, per GT sector, under meta_lock):
+ *   `pend` bits are entries published in memory whose file entry is still 0;
+ *   a flush first moves every pend bit to `flush` (the entries published
+ *   before it started: their data writes completed, so its fdatasync covers
+ *   them), syncs, then writes each taken sector from gt[] with the entries
+ *   still pend (published meanwhile, data maybe not durable) as 0, and
+ *   clears the flush bits after the final fdatasync (on an error they go
+ *   back to pend). One flush at a time (flush_lock); a sector is written
+ *   under meta_lock, and every entry written at once takes meta_lock too
+ *   and clears its bits, so a flush never writes back a stale value over
+ *   it. The per-sector list (`dirty`) keeps a flush's work proportional to
+ *   the sectors it has to write.
  * - Whole-grain zero writes and discards set the entry to 1 (zeroed grain,
  *   header flag bit 2, as VMware and QEMU do) and punch the old grain's
  *   bytes out of the file. Entry 1 hides the parent's data, as the
@@ -51,6 +73,7 @@
 /* New grains go into space the file was grown to ahead of time, this much at
  * a time (one ftruncate + fdatasync per step; cut back at close). */
 #define VMDK_GROW_AHEAD (16ull << 20)
+#define VMDK_GTES_PER_SECTOR (VD_SECTOR / 4)
 
 void vmdk4_header_encode(const struct vmdk4_header *h, struct vmdk4_header_disk *d)
 {
@@ -191,7 +214,12 @@ void vmdk_sparse_free(struct vmdk_sparse *sp)
     free(sp->gd);
     free(sp->rgd);
     free(sp->gt);
+    free(sp->gts);
+    free(sp->dirty);
+    free(sp->flushing);
     pthread_mutex_destroy(&sp->alloc_lock);
+    pthread_mutex_destroy(&sp->meta_lock);
+    pthread_mutex_destroy(&sp->flush_lock);
     for (int i = 0; i < VMDK_STRIPES; i++)
         pthread_mutex_destroy(&sp->stripe[i]);
     free(sp);
@@ -252,6 +280,8 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
     if (!sp)
         return -ENOMEM;
     pthread_mutex_init(&sp->alloc_lock, NULL);
+    pthread_mutex_init(&sp->meta_lock, NULL);
+    pthread_mutex_init(&sp->flush_lock, NULL);
     for (int i = 0; i < VMDK_STRIPES; i++)
         pthread_mutex_init(&sp->stripe[i], NULL);
     int rc;
@@ -373,6 +403,7 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
         }
     }
     sp->file_end = MAX(ROUND_UP(fsize, VD_SECTOR), h->overhead * VD_SECTOR);
+    sp->defer_ok = !sp->compressed && !sp->cowd && h->num_gtes_per_gt % VMDK_GTES_PER_SECTOR == 0;
     e->sp = sp;
     return 0;
 fail:
@@ -496,24 +527,172 @@ static int vmdk_gte_store(struct vmdk_extent *e, uint64_t grain, uint32_t val)
                 "cannot allocate grain %" PRIu64, e->path, gti, grain);
         return -EUCLEAN;
     }
+    /* meta_lock: a flush writing this entry's sector must not overwrite
+     * the new value with the one it read before */
+    pthread_mutex_lock(&sp->meta_lock);
     int rc = pwrite_full(e->fd, b, 4, (uint64_t)sp->gd[gti] * VD_SECTOR + idx * 4);
     if (rc == 0 && sp->rgd && sp->rgd[gti])
         rc = pwrite_full(e->fd, b, 4, (uint64_t)sp->rgd[gti] * VD_SECTOR + idx * 4);
+    if (rc == 0) {
+        if (sp->gts) { /* the file has the entry now: nothing left to defer */
+            struct vmdk_gt_sector *t = &sp->gts[grain / VMDK_GTES_PER_SECTOR];
+            unsigned i = grain % VMDK_GTES_PER_SECTOR;
+            t->pend[i / 64] &= ~(1ull << (i % 64));
+            t->flush[i / 64] &= ~(1ull << (i % 64));
+        }
+        __atomic_store_n(&sp->gt[grain], val, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&sp->meta_lock);
     if (rc < 0) {
         log_err("%s: write of grain table %" PRIu64 " entry %" PRIu64 ": %s", e->path, gti, idx,
                 strerror(-rc));
         return rc;
     }
-    __atomic_store_n(&sp->gt[grain], val, __ATOMIC_RELEASE);
     return 0;
 }
 
+/* Publish `val` (a new grain whose data is written but maybe not durable)
+ * for `grain`, whose entry in the file is 0; the file gets it at the next
+ * vmdk_sparse_flush(). Caller holds the grain's stripe lock. -ENOMEM when
+ * the tracking could not be allocated: then the caller writes the entry at
+ * once, after an fdatasync. */
+static int vmdk_gte_defer(struct vmdk_extent *e, uint64_t grain, uint32_t val)
+{
+    struct vmdk_sparse *sp = e->sp;
+    uint64_t gti = grain / sp->h.num_gtes_per_gt;
+    if (sp->gd[gti] == 0) {
+        log_err("%s: grain table %" PRIu64 " is not allocated (grain directory entry 0); "
+                "cannot allocate grain %" PRIu64, e->path, gti, grain);
+        return -EUCLEAN;
+    }
+    pthread_mutex_lock(&sp->meta_lock);
+    if (!sp->gts) {
+        uint64_t nsec = (uint64_t)sp->num_gts * sp->h.num_gtes_per_gt / VMDK_GTES_PER_SECTOR;
+        struct vmdk_gt_sector *gts = calloc(nsec, sizeof(*gts));
+        sp->dirty = malloc(nsec * sizeof(*sp->dirty));
+        sp->flushing = malloc(nsec * sizeof(*sp->flushing));
+        if (!gts || !sp->dirty || !sp->flushing) {
+            free(gts);
+            free(sp->dirty);
+            free(sp->flushing);
+            sp->dirty = sp->flushing = NULL;
+            pthread_mutex_unlock(&sp->meta_lock);
+            return -ENOMEM;
+        }
+        __atomic_store_n(&sp->gts, gts, __ATOMIC_RELEASE);
+    }
+    uint64_t sec = grain / VMDK_GTES_PER_SECTOR;
+    unsigned i = grain % VMDK_GTES_PER_SECTOR;
+    struct vmdk_gt_sector *t = &sp->gts[sec];
+    t->pend[i / 64] |= 1ull << (i % 64);
+    if (!t->listed) {
+        t->listed = true;
+        sp->dirty[sp->n_dirty++] = (uint32_t)sec;
+    }
+    __atomic_store_n(&sp->gt[grain], val, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&sp->meta_lock);
+    return 0;
+}
+
+static int vmdk_fdatasync(struct vmdk_extent *e)
+{
+    if (fdatasync(e->fd) < 0 && errno != EINVAL && errno != EROFS) {
+        int rc = -errno;
+        log_err("%s: fdatasync: %s", e->path, strerror(-rc));
+        return rc;
+    }
+    return 0;
+}
+
+/* Write GT sector `sec` (primary, then redundant) as the file must hold it
+ * now: every entry from gt[] except the pending ones (data not synced yet),
+ * which stay 0. meta_lock held. */
+static int vmdk_gt_sector_write(struct vmdk_extent *e, uint64_t sec)
+{
+    struct vmdk_sparse *sp = e->sp;
+    const struct vmdk_gt_sector *t = &sp->gts[sec];
+    uint32_t per = sp->h.num_gtes_per_gt;
+    uint64_t first = sec * VMDK_GTES_PER_SECTOR, gti = first / per;
+    uint64_t in = (first % per) * 4;
+    uint8_t b[VD_SECTOR];
+    for (unsigned i = 0; i < VMDK_GTES_PER_SECTOR; i++) {
+        bool pend = (t->pend[i / 64] >> (i % 64)) & 1;
+        le32_put(b + i * 4, pend ? 0 : vmdk_gte_load(sp, first + i));
+    }
+    int rc = pwrite_full(e->fd, b, sizeof(b), (uint64_t)sp->gd[gti] * VD_SECTOR + in);
+    if (rc == 0 && sp->rgd && sp->rgd[gti])
+        rc = pwrite_full(e->fd, b, sizeof(b), (uint64_t)sp->rgd[gti] * VD_SECTOR + in);
+    if (rc < 0)
+        log_err("%s: write of grain table %" PRIu64 " entries %" PRIu64 " to %" PRIu64 ": %s",
+                e->path, gti, first % per, first % per + VMDK_GTES_PER_SECTOR - 1,
+                strerror(-rc));
+    return rc;
+}
+
+int vmdk_sparse_flush(struct vmdk_extent *e)
+{
+    struct vmdk_sparse *sp = e->sp;
+    if (!__atomic_load_n(&sp->gts, __ATOMIC_ACQUIRE)) /* nothing was ever deferred */
+        return vmdk_fdatasync(e);
+    pthread_mutex_lock(&sp->flush_lock);
+    /* take every entry published so far: their data writes completed
+     * before they were published, so the fdatasync below covers them */
+    pthread_mutex_lock(&sp->meta_lock);
+    uint32_t n = sp->n_dirty;
+    memcpy(sp->flushing, sp->dirty, n * sizeof(*sp->flushing));
+    for (uint32_t k = 0; k < n; k++) {
+        struct vmdk_gt_sector *t = &sp->gts[sp->flushing[k]];
+        t->listed = false;
+        for (int w = 0; w < 2; w++) {
+            t->flush[w] |= t->pend[w];
+            t->pend[w] = 0;
+        }
+    }
+    sp->n_dirty = 0;
+    pthread_mutex_unlock(&sp->meta_lock);
+    int rc = vmdk_fdatasync(e);
+    if (n == 0) {
+        pthread_mutex_unlock(&sp->flush_lock);
+        return rc;
+    }
+    /* data durable: now the entries; entries published meanwhile are pend
+     * again and are written as 0 (the next flush writes them) */
+    for (uint32_t k = 0; k < n && rc == 0; k++) {
+        pthread_mutex_lock(&sp->meta_lock);
+        const struct vmdk_gt_sector *t = &sp->gts[sp->flushing[k]];
+        if (t->flush[0] | t->flush[1])
+            rc = vmdk_gt_sector_write(e, sp->flushing[k]);
+        pthread_mutex_unlock(&sp->meta_lock);
+    }
+    if (rc == 0)
+        rc = vmdk_fdatasync(e);
+    pthread_mutex_lock(&sp->meta_lock);
+    for (uint32_t k = 0; k < n; k++) {
+        struct vmdk_gt_sector *t = &sp->gts[sp->flushing[k]];
+        for (int w = 0; w < 2; w++) {
+            if (rc < 0) /* not durable: the next flush tries again */
+                t->pend[w] |= t->flush[w];
+            t->flush[w] = 0;
+        }
+        if (rc < 0 && (t->pend[0] | t->pend[1]) && !t->listed) {
+            t->listed = true;
+            sp->dirty[sp->n_dirty++] = sp->flushing[k];
+        }
+    }
+    pthread_mutex_unlock(&sp->meta_lock);
+    pthread_mutex_unlock(&sp->flush_lock);
+    return rc;
+}
+
 /* Allocate `grain` holding `data` (a full grain). Stripe lock held.
- * `shadows`: until now the grain read the parent's data. Then the data is
- * made durable before the entry, FUA or not: an entry that reached the disk
- * without its data would read zeroes over the parent's (flushed) bytes after
- * a power cut, in the rest of the grain too. Without a parent a lost grain
- * reads zeroes, which is what the grain held, so no sync is needed there. */
+ * `shadows`: until now the grain read the parent's data. Then the data must
+ * be durable before the entry reaches the file, FUA or not: an entry that
+ * reached the disk without its data would read zeroes over the parent's
+ * (flushed) bytes after a power cut, in the rest of the grain too. So the
+ * entry is deferred to the next flush, which syncs the data first (or, for
+ * an extent whose tables are not whole 512-byte sectors of entries, the data
+ * is synced here, before the entry). Without a parent a lost grain reads
+ * zeroes, which is what the grain held, so the entry is written at once. */
 static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t *data,
                             unsigned flags, bool shadows)
 {
@@ -553,6 +732,13 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
         log_err("%s: write of new grain %" PRIu64 " at file offset %" PRIu64 ": %s", e->path,
                 grain, at, strerror(-rc));
         return rc;
+    }
+    if (shadows && sp->defer_ok) {
+        /* the entry waits for the next flush, which syncs the data first
+         * (a FUA write flushes before it returns) */
+        rc = vmdk_gte_defer(e, grain, (uint32_t)(at / VD_SECTOR));
+        if (rc != -ENOMEM)
+            return rc;
     }
     if (((flags & VD_FUA) || shadows) && fdatasync(e->fd) < 0) {
         rc = -errno;
@@ -634,10 +820,9 @@ int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t
         len -= n;
     }
     free(g);
-    if (rc == 0 && wrote && (flags & VD_FUA) && fdatasync(e->fd) < 0) {
-        rc = -errno;
-        log_err("%s: fdatasync: %s", e->path, strerror(-rc));
-    }
+    /* FUA: the data and every entry it needs (deferred ones included) */
+    if (rc == 0 && wrote && (flags & VD_FUA))
+        rc = vmdk_sparse_flush(e);
     return rc;
 }
 
@@ -679,9 +864,7 @@ int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, 
         len -= n;
     }
     free(z);
-    if (rc == 0 && (flags & VD_FUA) && fdatasync(e->fd) < 0) {
-        rc = -errno;
-        log_err("%s: fdatasync: %s", e->path, strerror(-rc));
-    }
+    if (rc == 0 && (flags & VD_FUA))
+        rc = vmdk_sparse_flush(e);
     return rc;
 }

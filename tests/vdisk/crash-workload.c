@@ -9,7 +9,7 @@
  *       whole, across grain tables), overwrite allocated grains, FUA writes,
  *       zero whole grains (zeroed-grain entries + punch), zero with NO_HOLE,
  *       discard, and flush.
- *   crash-workload verify IMG LOG SEED FIRST LAST kill|power [OUT.raw]
+ *   crash-workload verify IMG LOG SEED FIRST LAST kill|kill-delta|power [OUT.raw]
  *       read IMG through the library and check every 512-byte sector against
  *       the model of ops [0, LAST) and the LOG of the crashed run (ops before
  *       FIRST were made and flushed before the run):
@@ -18,7 +18,12 @@
  *         power: every sector as of the last completed flush (or FUA write of
  *                that sector) reads back exactly, except where ops after that
  *                touched it: there, the flushed value or a value one of those
- *                ops wrote; never anything else.
+ *                ops wrote; never anything else;
+ *         kill-delta: as kill, except that a whole grain may read exactly
+ *                its values as of the last flush: in a delta, the grain table
+ *                entry of a grain first written since the last flush (it read
+ *                the parent's data until then) reaches the file only at the
+ *                next flush, so a killed process loses such a grain whole.
  *       OUT.raw: what the library read, for comparison with qemu-img convert.
  * Every written sector carries (op, sector) in its first 16 bytes, so a
  * failure says whose data was found. Exit 0 ok, 1 mismatch or error. */
@@ -201,7 +206,7 @@ static int do_run(const char *img_path, const char *log_path, unsigned seed, int
 }
 
 static int do_verify(const char *img_path, const char *log_path, unsigned seed, int first,
-                     int last, bool power, const char *out_path)
+                     int last, bool power, bool grain_lost_ok, const char *out_path)
 {
     struct op *ops = ops_make(seed, last);
     if (!ops)
@@ -258,13 +263,27 @@ static int do_verify(const char *img_path, const char *log_path, unsigned seed, 
      * since the sector's last flush */
     uint8_t *got = malloc(GRAIN), *want = malloc(SEC);
     int ofd = out_path ? open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1;
-    uint64_t n_exact = 0, n_window = 0, n_old = 0, bad = 0;
+    uint64_t n_exact = 0, n_window = 0, n_old = 0, bad = 0, n_lost = 0;
     int rc = 0;
     for (uint64_t base = 0; base < nsec && rc == 0; base += GSEC) {
         uint64_t n = MIN(GSEC, nsec - base);
         rc = vd_pread(img, got, n * SEC, base * SEC);
         if (rc == 0 && ofd >= 0)
             rc = pwrite_full(ofd, got, n * SEC, base * SEC);
+        if (rc == 0 && grain_lost_ok) {
+            /* the grain as of the last flush, whole, and not as of now */
+            bool all_dur = true, all_cur = true;
+            for (uint64_t k = 0; k < n && all_dur; k++) {
+                sector_fill(want, dur[base + k], base + k);
+                all_dur = memcmp(got + k * SEC, want, SEC) == 0;
+                sector_fill(want, cur[base + k], base + k);
+                all_cur = all_cur && memcmp(got + k * SEC, want, SEC) == 0;
+            }
+            if (all_dur && !all_cur) {
+                n_lost++;
+                continue;
+            }
+        }
         for (uint64_t k = 0; k < n && rc == 0; k++) {
             uint64_t s = base + k;
             const uint8_t *g = got + k * SEC;
@@ -313,9 +332,10 @@ static int do_verify(const char *img_path, const char *log_path, unsigned seed, 
     if (rc < 0)
         fprintf(stderr, "crash-workload: %s: read: %s\n", img_path, strerror(-rc));
     printf("crash in op %d (%s), last flush op %d: %" PRIu64 " sectors settled, %" PRIu64
-           " touched since then read old, %" PRIu64 " read a newer write, %" PRIu64 " bad\n",
+           " touched since then read old, %" PRIu64 " read a newer write, %" PRIu64
+           " grains read as of the last flush, %" PRIu64 " bad\n",
            crashed, crashed >= 0 ? op_name[ops[crashed].kind] : "none", last_flush, n_exact,
-           n_old, n_window, bad);
+           n_old, n_window, n_lost, bad);
     if (ofd >= 0)
         close(ofd);
     free(got);
@@ -334,10 +354,13 @@ int main(int argc, char **argv)
     if (argc == 7 && strcmp(argv[1], "run") == 0)
         return do_run(argv[2], argv[3], (unsigned)atoi(argv[4]), atoi(argv[5]), atoi(argv[6]));
     if ((argc == 8 || argc == 9) && strcmp(argv[1], "verify") == 0 &&
-        (strcmp(argv[7], "kill") == 0 || strcmp(argv[7], "power") == 0))
+        (strcmp(argv[7], "kill") == 0 || strcmp(argv[7], "kill-delta") == 0 ||
+         strcmp(argv[7], "power") == 0))
         return do_verify(argv[2], argv[3], (unsigned)atoi(argv[4]), atoi(argv[5]), atoi(argv[6]),
-                         strcmp(argv[7], "power") == 0, argc == 9 ? argv[8] : NULL);
+                         strcmp(argv[7], "power") == 0, strcmp(argv[7], "kill-delta") == 0,
+                         argc == 9 ? argv[8] : NULL);
     fprintf(stderr, "usage: crash-workload run IMG LOG SEED FIRST LAST |\n"
-                    "       crash-workload verify IMG LOG SEED FIRST LAST kill|power [OUT.raw]\n");
+                    "       crash-workload verify IMG LOG SEED FIRST LAST kill|kill-delta|power "
+                    "[OUT.raw]\n");
     return 2;
 }

@@ -5,7 +5,9 @@
  *   SPARSE_CRASH_AT     N: the process dies right before its Nth (1-based)
  *                       pwrite / fsync / fdatasync / fallocate / ftruncate on
  *                       the file; unset: count them, and write the count to
- *                       SPARSE_CRASH_COUNT_FILE at exit
+ *                       SPARSE_CRASH_COUNT_FILE at exit, and the numbers of
+ *                       the fsync/fdatasync calls among them, one a line, to
+ *                       SPARSE_CRASH_SYNCS_FILE (if set)
  *   SPARSE_CRASH_MODE   "kill" (default): _exit(99), everything written so far
  *                       stays (the page cache survives a process crash);
  *                       "power": before dying, forget a random subset of what
@@ -57,6 +59,8 @@ static dev_t dev;
 static ino_t ino;
 static int watching;
 static long crash_at = -1, ops;
+static long *syncs; /* counting run: numbers of the sync calls */
+static size_t n_syncs, cap_syncs;
 static int power;
 static unsigned seed = 1;
 static struct undo *log_;
@@ -88,6 +92,12 @@ __attribute__((destructor)) static void shim_fini(void)
         fprintf(o, "%ld\n", ops);
         fclose(o);
     }
+    const char *sf = getenv("SPARSE_CRASH_SYNCS_FILE");
+    o = sf && crash_at < 0 ? fopen(sf, "w") : NULL;
+    for (size_t i = 0; o && i < n_syncs; i++)
+        fprintf(o, "%ld\n", syncs[i]);
+    if (o)
+        fclose(o);
 }
 
 static int watched(int fd)
@@ -204,6 +214,15 @@ static int do_sync(int (*real)(int), int fd)
         return real(fd);
     pthread_mutex_lock(&mu);
     shim_op();
+    if (crash_at < 0) {
+        if (n_syncs == cap_syncs) {
+            cap_syncs = cap_syncs ? cap_syncs * 2 : 64;
+            syncs = realloc(syncs, cap_syncs * sizeof(*syncs));
+            if (!syncs)
+                abort();
+        }
+        syncs[n_syncs++] = ops;
+    }
     int r = real(fd);
     if (r == 0)
         log_clear();
