@@ -432,9 +432,13 @@ static int cmd_check(int argc, char **argv)
                       js ? &j : NULL, &r);
     if (js)
         json_finish(&j);
-    else if (rc == 0)
+    else if (rc == 0) {
         printf("%s: %u problem(s) found, %u repaired, %u leaked grain(s)\n", argv[optind],
                r.errors, r.repaired, r.leaks);
+        if (!repair && r.repairable)
+            printf("%s: %u of the problems can be fixed by 'vdisk check --repair %s'\n",
+                   argv[optind], r.repairable, argv[optind]);
+    }
     if (rc < 0)
         return 1;
     return r.errors > r.repaired ? 1 : 0;
