@@ -3,13 +3,31 @@
  *
  * Design notes
  * ------------
- * NBD is byte-addressed, the LUN block-addressed. Aligned requests go
- * straight to lun_read / lun_write. An unaligned write becomes a
+ * NBD is byte-addressed, the LUN block-addressed.
+ *
+ * Asynchronous path (ops->submit, the hot path). Aligned READ and WRITE and
+ * FLUSH are started with lun_submit from the connection's reader thread;
+ * the LUN's completion (the iSCSI session's loop thread, a file worker)
+ * calls the core's done, which queues the reply and tries one non-blocking
+ * send. No NBD worker thread waits for the LUN, so a request costs no
+ * thread switch beyond the loop thread's own, and requests queued by the
+ * multipath engine while every path is down (up to queue_ms) hold no
+ * worker: other exports of the server keep their workers. A request longer
+ * than one command (1 MiB or the LUN's max transfer) is issued as a chain
+ * of commands, the next submitted from the previous one's completion.
+ *
+ * Synchronous path (worker threads): unaligned I/O, TRIM, WRITE_ZEROES,
+ * and whatever submit declines (-EAGAIN). An unaligned write becomes a
  * read-modify-write of its first and last blocks; to keep it atomic against
- * other writers of the same blocks, aligned I/O takes b->rmw as a reader and
- * a read-modify-write takes it as a writer (unaligned writes are rare: every
- * VMM sends the preferred block size we advertise, LUN block size or more).
- * Requests longer than the LUN's max transfer are split. Zeroing uses WRITE
+ * other writers of the same blocks, every aligned write (either path),
+ * zero and unmap holds the gate shared and a read-modify-write holds it
+ * exclusively. The gate is a counter, not a pthread rwlock, because an
+ * asynchronous write enters it on the reader thread and leaves it on the
+ * completion thread. Writers are preferred: while a read-modify-write
+ * waits or runs, submit declines aligned writes, which then wait on a
+ * worker (unaligned writes are rare: every VMM sends the preferred block
+ * size we advertise, LUN block size or more). Reads take no lock: a
+ * concurrent write may be seen or not, as on any disk. Zeroing uses WRITE
  * SAME (with UNMAP unless NO_HOLE) where the LUN has it, else writes of a
  * zero buffer. A LUN knows nothing of allocation, so block status reports
  * the whole range as data.
@@ -32,9 +50,68 @@ struct nbd_lun_backend {
     uint64_t size;
     uint32_t max_blocks; /* per command */
     bool readonly;
-    pthread_rwlock_t rmw; /* aligned I/O: read lock; read-modify-write: write lock */
     void *zero_blk;       /* one zeroed block, read-only after creation */
+    /* The write gate (see the design notes). gate_lock is a leaf lock. */
+    pthread_mutex_t gate_lock;
+    pthread_cond_t gate_cond;
+    unsigned shared;       /* aligned writes / zero / unmap running; protected by gate_lock */
+    bool excl;             /* a read-modify-write running; protected by gate_lock */
+    unsigned excl_waiting; /* read-modify-writes waiting; protected by gate_lock */
 };
+
+/* Per-request state of the asynchronous path, in nbd_aio.be_data. */
+struct lun_be_aio {
+    struct lun_io io;
+    struct nbd_lun_backend *b;
+    uint64_t left;  /* blocks still to issue after the current command */
+    bool shared;    /* holds the gate shared */
+};
+_Static_assert(sizeof(struct lun_be_aio) <= NBD_AIO_BE_DATA, "lun_be_aio does not fit be_data");
+
+/* Enter the gate shared. wait=false: return false instead of waiting
+ * (a read-modify-write runs or waits). */
+static bool gate_shared_enter(struct nbd_lun_backend *b, bool wait)
+{
+    pthread_mutex_lock(&b->gate_lock);
+    while (b->excl || b->excl_waiting) {
+        if (!wait) {
+            pthread_mutex_unlock(&b->gate_lock);
+            return false;
+        }
+        pthread_cond_wait(&b->gate_cond, &b->gate_lock);
+    }
+    b->shared++;
+    pthread_mutex_unlock(&b->gate_lock);
+    return true;
+}
+
+/* Leave the gate (any thread; never blocks for long). */
+static void gate_shared_exit(struct nbd_lun_backend *b)
+{
+    pthread_mutex_lock(&b->gate_lock);
+    if (--b->shared == 0 && b->excl_waiting)
+        pthread_cond_broadcast(&b->gate_cond);
+    pthread_mutex_unlock(&b->gate_lock);
+}
+
+static void gate_excl_enter(struct nbd_lun_backend *b)
+{
+    pthread_mutex_lock(&b->gate_lock);
+    b->excl_waiting++;
+    while (b->excl || b->shared)
+        pthread_cond_wait(&b->gate_cond, &b->gate_lock);
+    b->excl_waiting--;
+    b->excl = true;
+    pthread_mutex_unlock(&b->gate_lock);
+}
+
+static void gate_excl_exit(struct nbd_lun_backend *b)
+{
+    pthread_mutex_lock(&b->gate_lock);
+    b->excl = false;
+    pthread_cond_broadcast(&b->gate_cond);
+    pthread_mutex_unlock(&b->gate_lock);
+}
 
 int nbd_lun_backend_new(struct lun *lun, bool readonly, struct nbd_lun_backend **out)
 {
@@ -54,7 +131,8 @@ int nbd_lun_backend_new(struct lun *lun, bool readonly, struct nbd_lun_backend *
     if (li->max_transfer_blocks && li->max_transfer_blocks < b->max_blocks)
         b->max_blocks = li->max_transfer_blocks;
     b->readonly = readonly;
-    pthread_rwlock_init(&b->rmw, NULL);
+    pthread_mutex_init(&b->gate_lock, NULL);
+    pthread_cond_init(&b->gate_cond, NULL);
     *out = b;
     return 0;
 }
@@ -63,7 +141,8 @@ void nbd_lun_backend_free(struct nbd_lun_backend *b)
 {
     if (!b)
         return;
-    pthread_rwlock_destroy(&b->rmw);
+    pthread_mutex_destroy(&b->gate_lock);
+    pthread_cond_destroy(&b->gate_cond);
     free(b->zero_blk);
     free(b);
 }
@@ -116,16 +195,16 @@ static int lun_be_pwrite(void *be, const void *buf, uint32_t len, uint64_t off, 
     uint64_t first = off / b->bs, last = (off + len - 1) / b->bs;
     int rc;
     if (off % b->bs == 0 && len % b->bs == 0) {
-        pthread_rwlock_rdlock(&b->rmw);
+        gate_shared_enter(b, true);
         rc = lun_be_io(b, true, first, len / b->bs, (void *)buf, flags);
-        pthread_rwlock_unlock(&b->rmw);
+        gate_shared_exit(b);
         return rc;
     }
     size_t blen = (size_t)(last - first + 1) * b->bs;
     uint8_t *tmp = malloc(blen);
     if (!tmp)
         return -ENOMEM;
-    pthread_rwlock_wrlock(&b->rmw);
+    gate_excl_enter(b);
     /* read only the edge blocks; the middle is overwritten entirely */
     rc = lun_be_io(b, false, first, 1, tmp, 0);
     if (rc == 0 && last != first)
@@ -134,7 +213,7 @@ static int lun_be_pwrite(void *be, const void *buf, uint32_t len, uint64_t off, 
         memcpy(tmp + (off - first * b->bs), buf, len);
         rc = lun_be_io(b, true, first, last - first + 1, tmp, flags);
     }
-    pthread_rwlock_unlock(&b->rmw);
+    gate_excl_exit(b);
     free(tmp);
     return rc;
 }
@@ -177,7 +256,7 @@ static int lun_be_zero_range(struct nbd_lun_backend *b, uint64_t off, uint64_t l
             return rc;
     }
     uint64_t lba = a / b->bs, nb = (z - a) / b->bs;
-    pthread_rwlock_rdlock(&b->rmw);
+    gate_shared_enter(b, true);
     if (ws) {
         unsigned fl = (allow_unmap && caps->write_same_unmap) ? LUN_IO_UNMAP : 0;
         while (nb && rc == 0) {
@@ -193,7 +272,7 @@ static int lun_be_zero_range(struct nbd_lun_backend *b, uint64_t off, uint64_t l
         rc = 0;
         uint8_t *zb = calloc(b->max_blocks, b->bs);
         if (!zb) {
-            pthread_rwlock_unlock(&b->rmw);
+            gate_shared_exit(b);
             return -ENOMEM;
         }
         while (nb && rc == 0) {
@@ -204,7 +283,7 @@ static int lun_be_zero_range(struct nbd_lun_backend *b, uint64_t off, uint64_t l
         }
         free(zb);
     }
-    pthread_rwlock_unlock(&b->rmw);
+    gate_shared_exit(b);
     return rc;
 }
 
@@ -228,14 +307,14 @@ static int lun_be_trim(void *be, uint64_t off, uint32_t len)
     if (!maxu)
         maxu = 1u << 16;
     int rc = 0;
-    pthread_rwlock_rdlock(&b->rmw);
+    gate_shared_enter(b, true);
     while (nb && rc == 0) {
         uint32_t n = (uint32_t)MIN(nb, (uint64_t)maxu);
         rc = lun_unmap(b->lun, lba, n);
         lba += n;
         nb -= n;
     }
-    pthread_rwlock_unlock(&b->rmw);
+    gate_shared_exit(b);
     return rc == -EOPNOTSUPP ? 0 : rc;
 }
 
@@ -245,6 +324,69 @@ static int lun_be_block_status(void *be, uint64_t off, uint64_t len, uint64_t *e
     *ext_len = len;
     *flags = 0;
     return 0;
+}
+
+/* Completion of one command of an asynchronous request (LUN thread). */
+static void lun_be_aio_done(struct lun_io *io, int result)
+{
+    struct nbd_aio *a = io->opaque;
+    struct lun_be_aio *la = (struct lun_be_aio *)a->be_data;
+    struct nbd_lun_backend *b = la->b;
+    if (result == 0 && la->left) { /* next command of a long request */
+        io->lba += io->nblocks;
+        io->buf = (uint8_t *)io->buf + (size_t)io->nblocks * b->bs;
+        io->nblocks = (uint32_t)MIN(la->left, (uint64_t)b->max_blocks);
+        la->left -= io->nblocks;
+        result = lun_submit(b->lun, io);
+        if (result == 0)
+            return;
+    }
+    if (la->shared)
+        gate_shared_exit(b);
+    a->done(a, result);
+}
+
+static int lun_be_submit(void *be, struct nbd_aio *a)
+{
+    struct nbd_lun_backend *b = be;
+    struct lun_be_aio *la = (struct lun_be_aio *)a->be_data;
+    memset(la, 0, sizeof(*la));
+    la->b = b;
+    la->io.done = lun_be_aio_done;
+    la->io.opaque = a;
+    switch (a->type) {
+    case NBD_CMD_FLUSH:
+        if (!lun_get_info(b->lun)->caps.sync_cache) {
+            a->done(a, 0); /* write-through LUN: nothing to flush */
+            return 0;
+        }
+        la->io.op = LUN_OP_FLUSH;
+        break;
+    case NBD_CMD_READ:
+    case NBD_CMD_WRITE: {
+        if (a->off % b->bs || a->len % b->bs)
+            return -EAGAIN; /* bounce buffer / read-modify-write: worker */
+        uint64_t nblocks = a->len / b->bs;
+        la->io.op = a->type == NBD_CMD_READ ? LUN_OP_READ : LUN_OP_WRITE;
+        la->io.lba = a->off / b->bs;
+        la->io.nblocks = (uint32_t)MIN(nblocks, (uint64_t)b->max_blocks);
+        la->left = nblocks - la->io.nblocks;
+        la->io.buf = a->buf;
+        if (a->type == NBD_CMD_WRITE) {
+            la->io.flags = a->fua ? LUN_IO_FUA : 0;
+            if (!gate_shared_enter(b, false))
+                return -EAGAIN; /* a read-modify-write runs or waits */
+            la->shared = true;
+        }
+        break;
+    }
+    default:
+        return -EAGAIN;
+    }
+    int rc = lun_submit(b->lun, &la->io);
+    if (rc < 0 && la->shared)
+        gate_shared_exit(b);
+    return rc;
 }
 
 const struct nbd_export_ops nbd_lun_ops = {
@@ -258,4 +400,5 @@ const struct nbd_export_ops nbd_lun_ops = {
     .trim = lun_be_trim,
     .zero = lun_be_zero,
     .block_status = lun_be_block_status,
+    .submit = lun_be_submit,
 };

@@ -19,6 +19,18 @@
  * blocks on another's socket write (a preempted lock holder would stall
  * them all), and at high queue depth one syscall carries many replies.
  *
+ * Asynchronous requests. An export whose backend has ops->submit (the LUN)
+ * gets its READ / WRITE / FLUSH started by the reader itself, without a
+ * worker; the backend's completion (the iSCSI loop thread) prepares the
+ * reply and joins the same reply queue and sender role. A completion thread
+ * must never block, so as sender it uses MSG_DONTWAIT; when the socket is
+ * full it keeps the sender role (the partly sent reply stays at the head,
+ * c->send_off) and queues the connection's send job to the worker pool,
+ * and a worker finishes the queue with blocking sends. Submit may decline
+ * (-EAGAIN: unaligned I/O), and the request then goes to a worker as
+ * before. In-flight counting is the same for both paths: from the header
+ * until the reply is sent or dropped.
+ *
  * Bounds. A connection has at most NBD_MAX_INFLIGHT requests queued or
  * running; its reader waits before reading more. READ/WRITE length is at
  * most NBD_MAX_REQUEST (32 MiB). Request buffers are charged to one pool
@@ -48,8 +60,9 @@
  * process: a FLUSH on one connection flushes what every connection wrote.
  *
  * Lock order: srv->lock, then conn->lock. srv->pool_lock and
- * srv->queue_lock are leaves. A connection is freed by its reader once
- * inflight == 0 and no worker holds its sender role.
+ * srv->queue_lock are leaves. No lock of ours is held across ops->submit
+ * (its completion may run inside it). A connection is freed by its reader
+ * once inflight == 0 and no thread holds its sender role.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -103,12 +116,16 @@ struct nbd_conn {
     /* receive buffer: reader thread only */
     uint8_t *rbuf;
     size_t rpos, rlen;
-    bool send_failed;          /* only the thread holding the sender role touches it */
+    /* only the thread holding the sender role touches these three */
+    bool send_failed;
+    struct nbd_req *send_cur;  /* replies being sent, in order */
+    size_t send_off;           /* bytes of send_cur's reply already sent */
+    struct nbd_req *send_job;  /* queued to a worker to take over the sender role */
     pthread_mutex_t lock;
     pthread_cond_t cond;
     unsigned inflight;         /* requests read and not yet freed; protected by lock */
     struct nbd_req *out_head, *out_tail; /* replies waiting to be sent; protected by lock */
-    bool sending;              /* a worker holds the sender role; protected by lock */
+    bool sending;              /* a thread holds the sender role; protected by lock */
     struct nbd_conn *next;     /* protected by srv->lock */
 };
 
@@ -118,6 +135,8 @@ struct nbd_req {
     void *buf;
     size_t charge; /* bytes taken from the pool */
     int early_err; /* >0: answer this wire error without running */
+    bool is_send_job; /* not a request: c->send_job (worker: continue sending) */
+    struct nbd_aio aio; /* the asynchronous path (ops->submit) */
     /* the reply, prepared by the worker, sent by the connection's sender */
     uint8_t rh[NBD_STRUCT_REPLY_SIZE + 8];
     size_t rh_len;
@@ -153,6 +172,8 @@ struct nbd_server {
     pthread_t *workers;
     unsigned nworkers;
 };
+
+static void queue_push(struct nbd_server *srv, struct nbd_req *q);
 
 /* ---- wire helpers -------------------------------------------------------- */
 
@@ -328,23 +349,43 @@ static void req_done(struct nbd_req *q)
     pthread_mutex_unlock(&c->lock);
 }
 
-/* Send a batch of replies with as few sendmsg() calls as possible. Only the
- * thread that holds the sender role (c->sending) calls this. */
-static void conn_send_batch(struct nbd_conn *c, struct nbd_req *batch)
+/* Send the replies of c->send_cur (a list in order, the first one's first
+ * c->send_off bytes already sent) with as few sendmsg() calls as possible,
+ * freeing each request once its reply is out. Only the thread that holds
+ * the sender role (c->sending) calls this. nonblock: MSG_DONTWAIT, and
+ * return -EAGAIN (send_cur / send_off left at the unsent part) where a
+ * blocking send would wait; the caller then hands the role to a worker. */
+static int conn_send_list(struct nbd_conn *c, bool nonblock)
 {
     struct iovec iov[2 * NBD_SEND_BATCH];
-    while (batch) {
+    while (c->send_cur) {
         int n = 0;
-        struct nbd_req *q = batch;
-        for (; q && n < 2 * NBD_SEND_BATCH; q = q->next) {
-            if (q->rh_len)
-                iov[n++] = (struct iovec){q->rh, q->rh_len};
-            if (q->rdata_len)
-                iov[n++] = (struct iovec){q->rdata, q->rdata_len};
+        size_t skip = c->send_off, total = 0;
+        struct nbd_req *q = c->send_cur;
+        for (; q && n < 2 * NBD_SEND_BATCH - 1; q = q->next) {
+            struct iovec v[2] = {{q->rh, q->rh_len}, {q->rdata, q->rdata_len}};
+            for (int i = 0; i < 2; i++) {
+                if (skip >= v[i].iov_len) {
+                    skip -= v[i].iov_len;
+                    continue;
+                }
+                iov[n].iov_base = (uint8_t *)v[i].iov_base + skip;
+                iov[n].iov_len = v[i].iov_len - skip;
+                total += iov[n].iov_len;
+                n++;
+                skip = 0;
+            }
         }
-        if (!c->send_failed) {
-            int rc = send_iov(c->fd, iov, n);
-            if (rc < 0) {
+        size_t sent = total;
+        if (!c->send_failed && n > 0) {
+            struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+            ssize_t r = sendmsg(c->fd, &mh, MSG_NOSIGNAL | (nonblock ? MSG_DONTWAIT : 0));
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0 && nonblock && (errno == EAGAIN || errno == EWOULDBLOCK))
+                return -EAGAIN;
+            if (r < 0) {
+                int rc = -errno;
                 c->send_failed = true;
                 log_debug("nbd: %s: send failed: %s", c->peer, strerror(-rc));
                 /* A client that stopped reading (send timeout) is dropped:
@@ -354,28 +395,73 @@ static void conn_send_batch(struct nbd_conn *c, struct nbd_req *batch)
                  * sent is lost. */
                 if (rc == -EAGAIN || rc == -ETIMEDOUT)
                     shutdown(c->fd, SHUT_RDWR);
+            } else {
+                sent = (size_t)r;
             }
         }
+        /* free the requests whose reply is entirely out (all of the batch
+         * once sending has failed) */
+        size_t done_bytes = c->send_off + sent;
         unsigned done = 0;
-        while (batch != q) {
-            struct nbd_req *next = batch->next;
-            req_free(batch);
-            batch = next;
+        while (c->send_cur != q) {
+            struct nbd_req *r0 = c->send_cur;
+            size_t len = r0->rh_len + r0->rdata_len;
+            if (!c->send_failed && done_bytes < len)
+                break;
+            done_bytes -= c->send_failed ? MIN(done_bytes, len) : len;
+            c->send_cur = r0->next;
+            req_free(r0);
             done++;
         }
-        pthread_mutex_lock(&c->lock);
-        c->inflight -= done;
-        pthread_cond_broadcast(&c->cond);
-        pthread_mutex_unlock(&c->lock);
+        c->send_off = c->send_failed ? 0 : done_bytes;
+        if (done) {
+            pthread_mutex_lock(&c->lock);
+            c->inflight -= done;
+            pthread_cond_broadcast(&c->cond);
+            pthread_mutex_unlock(&c->lock);
+        }
     }
+    c->send_off = 0;
+    return 0;
+}
+
+/* Holding the sender role (c->sending, taken under c->lock, which the
+ * caller holds): send until the reply queue is empty, then drop the role.
+ * Non-blocking senders (I/O completion threads) that would wait hand the
+ * role to a worker through the connection's send job instead. Returns with
+ * c->lock released; c may be freed once the role is dropped. */
+static void conn_send_locked(struct nbd_conn *c, bool nonblock)
+{
+    for (;;) {
+        if (!c->send_cur) {
+            if (!c->out_head)
+                break;
+            c->send_cur = c->out_head;
+            c->out_head = c->out_tail = NULL;
+        }
+        pthread_mutex_unlock(&c->lock);
+        int rc = conn_send_list(c, nonblock);
+        if (rc == -EAGAIN) {
+            /* keep the sender role; a worker continues with blocking sends */
+            queue_push(c->srv, c->send_job);
+            return;
+        }
+        pthread_mutex_lock(&c->lock);
+    }
+    c->sending = false;
+    pthread_cond_broadcast(&c->cond);
+    pthread_mutex_unlock(&c->lock);
+    /* c may be freed from here on (conn_main waits for !sending) */
 }
 
 /* Queue the reply prepared in q (rh/rdata) and send it. Replies are
- * combined: if another worker is sending on this connection, q joins the
- * queue and that worker sends it with its own batch; otherwise this worker
+ * combined: if another thread is sending on this connection, q joins the
+ * queue and that thread sends it with its own batch; otherwise this thread
  * becomes the sender until the queue is empty. One writev carries many
- * replies at high queue depth, and no worker waits on a socket lock. */
-static void conn_reply(struct nbd_conn *c, struct nbd_req *q)
+ * replies at high queue depth, and no thread waits on a socket lock.
+ * nonblock (I/O completion threads, which must never block): send with
+ * MSG_DONTWAIT and leave the rest to a worker if the socket is full. */
+static void conn_reply(struct nbd_conn *c, struct nbd_req *q, bool nonblock)
 {
     pthread_mutex_lock(&c->lock);
     q->next = NULL;
@@ -389,17 +475,7 @@ static void conn_reply(struct nbd_conn *c, struct nbd_req *q)
         return;
     }
     c->sending = true;
-    while (c->out_head) {
-        struct nbd_req *batch = c->out_head;
-        c->out_head = c->out_tail = NULL;
-        pthread_mutex_unlock(&c->lock);
-        conn_send_batch(c, batch);
-        pthread_mutex_lock(&c->lock);
-    }
-    c->sending = false;
-    pthread_cond_broadcast(&c->cond);
-    pthread_mutex_unlock(&c->lock);
-    /* c may be freed from here on (conn_main waits for !sending) */
+    conn_send_locked(c, nonblock);
 }
 
 static void reply_error(struct nbd_conn *c, struct nbd_req *q, uint32_t err)
@@ -505,6 +581,23 @@ static void do_block_status(struct nbd_conn *c, struct nbd_req *q)
     q->rextra = buf;
 }
 
+/* Prepare q's reply from the backend's result. */
+static void req_result(struct nbd_req *q, int rc)
+{
+    struct nbd_conn *c = q->conn;
+    const struct nbd_request *r = &q->hdr;
+    if (rc < 0) {
+        if (!(r->type == NBD_CMD_WRITE_ZEROES && rc == -ENOTSUP))
+            log_err("nbd: %s: export '%s': %s offset %" PRIu64 " length %u failed: %s", c->peer,
+                    c->exp->name, nbd_cmd_name(r->type), r->offset, r->length, strerror(-rc));
+        reply_error(c, q, nbd_errno_to_wire(-rc));
+    } else if (r->type == NBD_CMD_READ) {
+        reply_read(c, q);
+    } else {
+        reply_ok(c, q);
+    }
+}
+
 /* Run one validated request and prepare its reply in q (worker thread). */
 static void req_run(struct nbd_req *q)
 {
@@ -520,10 +613,6 @@ static void req_run(struct nbd_req *q)
     switch (r->type) {
     case NBD_CMD_READ:
         rc = e->ops->pread(e->be, q->buf, r->length, r->offset);
-        if (rc == 0) {
-            reply_read(c, q);
-            return;
-        }
         break;
     case NBD_CMD_WRITE:
         rc = e->ops->pwrite(e->be, q->buf, r->length, r->offset, r->flags & NBD_CMD_FLAG_FUA);
@@ -549,14 +638,41 @@ static void req_run(struct nbd_req *q)
         rc = -EINVAL;
         break;
     }
+    req_result(q, rc);
+}
+
+/* Completion of a request run by ops->submit (any thread, never blocks). */
+static void req_aio_done(struct nbd_aio *aio, int rc)
+{
+    struct nbd_req *q = (struct nbd_req *)((char *)aio - offsetof(struct nbd_req, aio));
+    req_result(q, rc);
+    conn_reply(q->conn, q, true);
+}
+
+/* Hand a READ / WRITE / FLUSH to the export's asynchronous entry (reader
+ * thread). true: taken (or failed at once and answered); false: declined,
+ * run it on a worker. q may be freed when this returns true. */
+static bool req_submit(struct nbd_req *q)
+{
+    struct nbd_export *e = q->conn->exp;
+    const struct nbd_request *r = &q->hdr;
+    if (!e->ops->submit || q->early_err ||
+        (r->type != NBD_CMD_READ && r->type != NBD_CMD_WRITE && r->type != NBD_CMD_FLUSH))
+        return false;
+    q->aio.type = r->type;
+    q->aio.fua = r->flags & NBD_CMD_FLAG_FUA;
+    q->aio.off = r->offset;
+    q->aio.len = r->type == NBD_CMD_FLUSH ? 0 : r->length;
+    q->aio.buf = q->buf;
+    q->aio.done = req_aio_done;
+    int rc = e->ops->submit(e->be, &q->aio);
+    if (rc == -EAGAIN)
+        return false;
     if (rc < 0) {
-        if (!(r->type == NBD_CMD_WRITE_ZEROES && rc == -ENOTSUP))
-            log_err("nbd: %s: export '%s': %s offset %" PRIu64 " length %u failed: %s", c->peer,
-                    e->name, nbd_cmd_name(r->type), r->offset, r->length, strerror(-rc));
-        reply_error(c, q, nbd_errno_to_wire(-rc));
-    } else {
-        reply_ok(c, q);
+        req_result(q, rc);
+        conn_reply(q->conn, q, false);
     }
+    return true;
 }
 
 static void *worker_main(void *arg)
@@ -575,8 +691,13 @@ static void *worker_main(void *arg)
         if (!srv->qhead)
             srv->qtail = NULL;
         pthread_mutex_unlock(&srv->queue_lock);
+        if (q->is_send_job) { /* take over a sender role that would have blocked */
+            pthread_mutex_lock(&q->conn->lock);
+            conn_send_locked(q->conn, false);
+            continue;
+        }
         req_run(q);
-        conn_reply(q->conn, q);
+        conn_reply(q->conn, q, false);
     }
 }
 
@@ -982,7 +1103,8 @@ static void conn_transmission(struct nbd_conn *c)
                 }
             }
         }
-        queue_push(srv, q);
+        if (!req_submit(q))
+            queue_push(srv, q);
     }
 }
 
@@ -990,6 +1112,7 @@ static void conn_free(struct nbd_conn *c)
 {
     pthread_mutex_destroy(&c->lock);
     pthread_cond_destroy(&c->cond);
+    free(c->send_job);
     free(c->rbuf);
     free(c);
 }
@@ -1038,10 +1161,15 @@ int nbd_server_serve_fd(struct nbd_server *srv, int fd)
     if (!c)
         return -ENOMEM;
     c->rbuf = malloc(NBD_RBUF_SIZE);
-    if (!c->rbuf) {
+    c->send_job = calloc(1, sizeof(*c->send_job));
+    if (!c->rbuf || !c->send_job) {
+        free(c->rbuf);
+        free(c->send_job);
         free(c);
         return -ENOMEM;
     }
+    c->send_job->conn = c;
+    c->send_job->is_send_job = true;
     c->srv = srv;
     c->fd = fd;
     pthread_mutex_init(&c->lock, NULL);

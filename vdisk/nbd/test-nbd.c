@@ -95,8 +95,84 @@ static const struct nbd_export_ops mem_ops = {
     .block_status = mem_status,
 };
 
+/* ---- an asynchronous backend: mem_ops plus submit -------------------------
+ * submit queues the request to one completion thread (as the iSCSI loop
+ * thread completes lun_ios); unaligned I/O is declined (-EAGAIN) and so runs
+ * on a worker. While `hold` is set, completions wait, then run newest first
+ * (replies out of order). */
+struct async_be {
+    struct mem_be m; /* first: the sync ops take the same pointer */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct nbd_aio *q[256];
+    unsigned nq;
+    bool hold, stop;
+    unsigned submitted, completed, sync_calls, fua_seen; /* protected by lock */
+    pthread_t thread;
+};
+
+static void *async_thread(void *arg)
+{
+    struct async_be *a = arg;
+    pthread_mutex_lock(&a->lock);
+    for (;;) {
+        while ((a->hold || !a->nq) && !a->stop)
+            pthread_cond_wait(&a->cond, &a->lock);
+        if (!a->nq)
+            break;
+        struct nbd_aio *io = a->q[--a->nq]; /* newest first */
+        pthread_mutex_unlock(&a->lock);
+        struct mem_be *m = &a->m;
+        pthread_mutex_lock(&m->lock);
+        if (io->type == NBD_CMD_READ)
+            memcpy(io->buf, m->data + io->off, io->len);
+        else if (io->type == NBD_CMD_WRITE)
+            memcpy(m->data + io->off, io->buf, io->len);
+        else
+            m->flushes++;
+        pthread_mutex_unlock(&m->lock);
+        io->done(io, 0); /* must not block, even if the client reads nothing */
+        pthread_mutex_lock(&a->lock);
+        a->completed++;
+        pthread_cond_broadcast(&a->cond);
+    }
+    pthread_mutex_unlock(&a->lock);
+    return NULL;
+}
+
+static int async_submit(void *be, struct nbd_aio *io)
+{
+    struct async_be *a = be;
+    if (io->off % 4096 || io->len % 4096)
+        return -EAGAIN;
+    pthread_mutex_lock(&a->lock);
+    assert_true(a->nq < 256);
+    a->q[a->nq++] = io;
+    a->submitted++;
+    a->fua_seen += io->fua;
+    pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&a->lock);
+    return 0;
+}
+
+static int async_sync_pwrite(void *be, const void *buf, uint32_t len, uint64_t off, bool fua)
+{
+    struct async_be *a = be;
+    pthread_mutex_lock(&a->lock);
+    a->sync_calls++;
+    pthread_mutex_unlock(&a->lock);
+    return mem_pwrite(be, buf, len, off, fua);
+}
+
+static const struct nbd_export_ops async_ops = {
+    .size = mem_size, .granularity = mem_gran, .readonly = mem_ro, .pread = mem_pread,
+    .pwrite = async_sync_pwrite, .flush = mem_flush, .trim = mem_trim, .zero = mem_zero,
+    .block_status = mem_status, .submit = async_submit,
+};
+
 struct fixture {
     struct mem_be be;
+    struct mem_be *ext; /* the backend if not `be` (async tests) */
     struct nbd_server *srv;
     int fd; /* client end */
 };
@@ -107,22 +183,31 @@ static void guard_check(struct mem_be *m)
         assert_int_equal(m->data[MEM_SIZE + i], GUARD_BYTE);
 }
 
+static struct fixture *fx_new_be(bool ro, const struct nbd_export_ops *ops, struct mem_be *be);
+
 static struct fixture *fx_new(bool ro)
+{
+    return fx_new_be(ro, &mem_ops, NULL);
+}
+
+static struct fixture *fx_new_be(bool ro, const struct nbd_export_ops *ops, struct mem_be *be)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     assert_non_null(f);
-    f->be.data = malloc(MEM_SIZE + GUARD);
-    assert_non_null(f->be.data);
+    f->ext = be;
+    if (!be)
+        be = &f->be;
+    be->data = malloc(MEM_SIZE + GUARD);
+    assert_non_null(be->data);
     for (unsigned i = 0; i < MEM_SIZE; i++)
-        f->be.data[i] = (uint8_t)(i * 7 + 3);
-    memset(f->be.data + MEM_SIZE, GUARD_BYTE, GUARD);
-    pthread_mutex_init(&f->be.lock, NULL);
-    f->be.ro = ro;
+        be->data[i] = (uint8_t)(i * 7 + 3);
+    memset(be->data + MEM_SIZE, GUARD_BYTE, GUARD);
+    pthread_mutex_init(&be->lock, NULL);
+    be->ro = ro;
     struct nbd_server_config cfg = {.max_conns = 4, .workers = 4, .pool_bytes = 64u << 20};
     assert_int_equal(nbd_server_new(&cfg, &f->srv), 0);
-    assert_int_equal(nbd_server_add_export(f->srv, "mem", "test", &mem_ops, &f->be, false), 0);
-    assert_int_equal(nbd_server_add_export(f->srv, "mem", NULL, &mem_ops, &f->be, false),
-                     -EEXIST);
+    assert_int_equal(nbd_server_add_export(f->srv, "mem", "test", ops, be, false), 0);
+    assert_int_equal(nbd_server_add_export(f->srv, "mem", NULL, ops, be, false), -EEXIST);
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     assert_int_equal(nbd_server_serve_fd(f->srv, sv[0]), 0);
@@ -132,12 +217,14 @@ static struct fixture *fx_new(bool ro)
 
 static void fx_free(struct fixture *f)
 {
-    close(f->fd);
+    if (f->fd >= 0)
+        close(f->fd);
     assert_int_equal(nbd_server_shutdown(f->srv), 0);
     nbd_server_free(f->srv);
-    guard_check(&f->be);
-    pthread_mutex_destroy(&f->be.lock);
-    free(f->be.data);
+    struct mem_be *be = f->ext ? f->ext : &f->be;
+    guard_check(be);
+    pthread_mutex_destroy(&be->lock);
+    free(be->data);
     free(f);
 }
 
@@ -401,6 +488,170 @@ static void test_nbd_handshake_errors(void **state)
     fx_free(f);
 }
 
+static struct async_be *async_new(void)
+{
+    struct async_be *a = calloc(1, sizeof(*a));
+    assert_non_null(a);
+    pthread_mutex_init(&a->lock, NULL);
+    pthread_cond_init(&a->cond, NULL);
+    assert_int_equal(pthread_create(&a->thread, NULL, async_thread, a), 0);
+    return a;
+}
+
+static void async_free(struct async_be *a)
+{
+    pthread_mutex_lock(&a->lock);
+    a->stop = true;
+    a->hold = false;
+    pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&a->lock);
+    pthread_join(a->thread, NULL);
+    pthread_mutex_destroy(&a->lock);
+    pthread_cond_destroy(&a->cond);
+    free(a);
+}
+
+/* Wait (polling the condition, 10 s at most) until `n` completions ran. */
+static bool async_wait_completed(struct async_be *a, unsigned n)
+{
+    for (int i = 0; i < 10000; i++) {
+        pthread_mutex_lock(&a->lock);
+        bool ok = a->completed >= n;
+        pthread_mutex_unlock(&a->lock);
+        if (ok)
+            return true;
+        usleep(1000);
+    }
+    return false;
+}
+
+/* Aligned READ / WRITE / FLUSH go through submit and are answered from the
+ * completion thread, out of order; FUA reaches the backend; unaligned
+ * writes are declined and run on a worker through pwrite. */
+static void test_nbd_async_submit_out_of_order(void **state)
+{
+    struct async_be *a = async_new();
+    struct fixture *f = fx_new_be(false, &async_ops, &a->m);
+    handshake(f->fd);
+    uint8_t *w = malloc(32 * 4096), *r = malloc(32 * 4096);
+    assert_non_null(w);
+    assert_non_null(r);
+    for (unsigned i = 0; i < 32 * 4096; i++)
+        w[i] = (uint8_t)(i * 13 + 1);
+    pthread_mutex_lock(&a->lock);
+    a->hold = true;
+    pthread_mutex_unlock(&a->lock);
+    for (uint64_t i = 0; i < 32; i++)
+        req_send(f->fd, NBD_CMD_WRITE, i == 5 ? NBD_CMD_FLAG_FUA : 0, i, i * 4096, 4096,
+                 w + i * 4096);
+    /* every write submitted, none answered while completions are held */
+    for (int i = 0; i < 10000; i++) {
+        pthread_mutex_lock(&a->lock);
+        unsigned sub = a->submitted;
+        pthread_mutex_unlock(&a->lock);
+        if (sub == 32)
+            break;
+        usleep(1000);
+    }
+    pthread_mutex_lock(&a->lock);
+    assert_int_equal(a->submitted, 32);
+    assert_int_equal(a->completed, 0);
+    assert_int_equal(a->fua_seen, 1);
+    a->hold = false;
+    pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&a->lock);
+    uint64_t c, order[32];
+    bool seen[32] = {0};
+    for (int i = 0; i < 32; i++) {
+        assert_int_equal(reply_recv(f->fd, &c, NULL, 0, NULL), 0);
+        assert_true(c < 32 && !seen[c]);
+        seen[c] = true;
+        order[i] = c;
+    }
+    assert_true(order[0] == 31); /* newest completed first: out of order */
+    assert_memory_equal(a->m.data, w, 32 * 4096);
+    /* flush through submit; read back through submit */
+    assert_int_equal(cmd(f->fd, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL), 0);
+    assert_int_equal(a->m.flushes, 1);
+    assert_int_equal(cmd(f->fd, NBD_CMD_READ, 0, 0, 32 * 4096, NULL, r), 0);
+    assert_memory_equal(r, w, 32 * 4096);
+    /* unaligned: declined, done by a worker */
+    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE, 0, 100, 10, w, NULL), 0);
+    assert_memory_equal(a->m.data + 100, w, 10);
+    pthread_mutex_lock(&a->lock);
+    assert_int_equal(a->sync_calls, 1);
+    assert_int_equal(a->submitted, 34);
+    pthread_mutex_unlock(&a->lock);
+    free(w);
+    free(r);
+    fx_free(f);
+    async_free(a);
+}
+
+/* A client that reads no replies must not block the completion thread
+ * (the iSCSI loop thread in production): its replies are handed to a
+ * worker, and every reply arrives intact once the client reads. */
+static void test_nbd_async_completion_never_blocks(void **state)
+{
+    struct async_be *a = async_new();
+    struct fixture *f = fx_new_be(false, &async_ops, &a->m);
+    handshake(f->fd);
+    enum { N = 48, LEN = 256 << 10 }; /* 12 MiB of replies, far beyond the socket buffer */
+    for (uint64_t i = 0; i < N; i++)
+        req_send(f->fd, NBD_CMD_READ, 0, i, (i * 4096) % (MEM_SIZE - LEN), LEN, NULL);
+    assert_true(async_wait_completed(a, N)); /* nothing read yet */
+    uint8_t *r = malloc(LEN);
+    assert_non_null(r);
+    bool seen[N] = {0};
+    for (int i = 0; i < N; i++) {
+        uint64_t c;
+        assert_int_equal(reply_recv(f->fd, &c, r, LEN, NULL), 0);
+        assert_true(c < N && !seen[c]);
+        seen[c] = true;
+        assert_memory_equal(r, a->m.data + (c * 4096) % (MEM_SIZE - LEN), LEN);
+    }
+    free(r);
+    fx_free(f);
+    async_free(a);
+}
+
+/* A client that disconnects with requests held in the backend: shutdown
+ * waits for their completions (the connection is not freed under them). */
+static void test_nbd_async_disconnect_in_flight(void **state)
+{
+    struct async_be *a = async_new();
+    struct fixture *f = fx_new_be(false, &async_ops, &a->m);
+    handshake(f->fd);
+    uint8_t w[4096];
+    memset(w, 0x77, sizeof(w));
+    pthread_mutex_lock(&a->lock);
+    a->hold = true;
+    pthread_mutex_unlock(&a->lock);
+    for (uint64_t i = 0; i < 8; i++)
+        req_send(f->fd, NBD_CMD_WRITE, 0, i, i * 4096, 4096, w);
+    close(f->fd);
+    f->fd = -1;
+    for (int i = 0; i < 10000; i++) {
+        pthread_mutex_lock(&a->lock);
+        unsigned sub = a->submitted;
+        pthread_mutex_unlock(&a->lock);
+        if (sub == 8)
+            break;
+        usleep(1000);
+    }
+    pthread_mutex_lock(&a->lock);
+    assert_int_equal(a->submitted, 8);
+    a->hold = false; /* release while the reader waits for them */
+    pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&a->lock);
+    assert_int_equal(nbd_server_shutdown(f->srv), 0);
+    assert_int_equal(a->completed, 8);
+    for (int i = 0; i < 8; i++)
+        assert_memory_equal(a->m.data + i * 4096, w, 4096); /* every fully sent write landed */
+    fx_free(f);
+    async_free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -409,6 +660,9 @@ int main(void)
         cmocka_unit_test(test_nbd_rejects_bad_requests),
         cmocka_unit_test(test_nbd_readonly_eperm),
         cmocka_unit_test(test_nbd_handshake_errors),
+        cmocka_unit_test(test_nbd_async_submit_out_of_order),
+        cmocka_unit_test(test_nbd_async_completion_never_blocks),
+        cmocka_unit_test(test_nbd_async_disconnect_in_flight),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
