@@ -16,6 +16,19 @@
  * Synchronous commands (probe, PR, TEST UNIT READY) are the same commands
  * with a waiter (mutex + condvar) instead of a done callback.
  *
+ * Sending. libiscsi sends each PDU with its own system call, and a WRITE
+ * with immediate data with two (the header by send, the data by writev
+ * straight from the caller's buffer); on a TCP_NODELAY socket every one of
+ * them is a TCP segment, which the sender pays for (on loopback the
+ * receiver's side of the stack too). When the loop has queued two or more
+ * sends since its last write, it sets TCP_CORK around the iscsi_service
+ * call that writes them and clears it right after (which pushes them out):
+ * a burst of commands leaves in as few segments as the sizes allow and no
+ * data waits for the cork timer. That costs two setsockopt calls per
+ * burst and cut our CPU time per 4 KiB write by a quarter to a third
+ * (docs/iscsi.md, Performance). The loop also reads the clock once per wakeup
+ * (loop_now_ns), for deadlines and liveness, not once per command.
+ *
  * Zero copy. READ data lands directly in the caller's buffer
  * (scsi_task_add_data_in_buffer); WRITE data is sent from the caller's
  * buffer (scsi_task_add_data_out_buffer). Large I/Os are split at the
@@ -70,7 +83,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define ISCSI_DEFAULT_TIMEOUT_MS 5000u
@@ -144,6 +160,9 @@ struct ipath {
     uint64_t nop_heard_ns;              /* loop thread only: last NOP-In or command response */
     bool nop_outstanding;               /* loop thread only: a NOP-Out awaits its NOP-In */
     bool nop_reported;                  /* loop thread only: this silence was reported */
+    uint64_t loop_now_ns;               /* loop thread only: clock read after the last poll */
+    unsigned out_pdus;                  /* loop thread only: PDUs queued since the last write */
+    bool cork;                          /* loop thread only (set at open): batch sends under TCP_CORK */
     _Atomic uint64_t nop_answered;      /* NOP-Ins received */
     _Atomic uint64_t nop_missed_total;  /* intervals that passed without one */
 
@@ -402,7 +421,7 @@ static void icmd_cb(struct iscsi_context *iscsi, int status, void *command_data,
     inflight_del(c);
     if (status != SCSI_STATUS_CANCELLED && status != SCSI_STATUS_TIMEOUT &&
         status != SCSI_STATUS_ERROR) {
-        ip->nop_heard_ns = now_ns(); /* the target answered: alive */
+        ip->nop_heard_ns = ip->loop_now_ns; /* the target answered: alive */
         ip->nop_reported = false;
     }
     if (status == SCSI_STATUS_CANCELLED) {
@@ -432,7 +451,11 @@ static void ipath_dispatch(struct ipath *ip, struct icmd *c)
         icmd_complete(c, dead, 0, 0, 0);
         return;
     }
-    c->deadline_ns = deadline_after_ms(ip->timeout_ms);
+    /* The loop's clock, read after its last poll: one clock read per
+     * wakeup, not per command. It only grows, so the in-flight list stays
+     * in deadline order. */
+    c->deadline_ns = ip->loop_now_ns + (uint64_t)ip->timeout_ms * 1000000ULL;
+    ip->out_pdus += c->task->xfer_dir == SCSI_XFER_WRITE ? 2 : 1;
     inflight_add(ip, c);
     if (iscsi_scsi_command_async(ip->iscsi, ip->lun_nr, c->task, icmd_cb, NULL, c) != 0) {
         inflight_del(c);
@@ -553,10 +576,19 @@ static void ipath_expire(struct ipath *ip, uint64_t now)
     }
 }
 
+/* TCP_CORK on (1) or off (0, which sends what is held). A failure only
+ * costs segments: ignored. */
+static void ipath_cork(struct ipath *ip, int fd, int on)
+{
+    if (setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on)) < 0 && on)
+        ip->cork = false; /* not a TCP socket after all: stop trying */
+}
+
 static void *ipath_loop(void *arg)
 {
     struct ipath *ip = arg;
 
+    ip->loop_now_ns = now_ns();
     for (;;) {
         pthread_mutex_lock(&ip->lock);
         struct icmd *q = ip->pend_head;
@@ -597,17 +629,31 @@ static void *ipath_loop(void *arg)
             log_err("%s: poll failed: %s", ip->base.name, strerror(errno));
             break;
         }
+        ip->loop_now_ns = now_ns();
         if (n > 0 && (pfd[0].revents & POLLIN)) {
             uint64_t v;
             ssize_t r = read(ip->efd, &v, sizeof(v));
             (void)r;
         }
         if (!dead && pfd[1].fd >= 0 && n > 0 && pfd[1].revents) {
-            if (iscsi_service(ip->iscsi, pfd[1].revents) < 0) {
+            /* Several PDUs to send (a WRITE is two: header, then data
+             * from the caller's buffer): cork the socket so they leave in
+             * as few TCP segments as the sizes allow, not one per send. */
+            bool cork = ip->cork && (pfd[1].revents & POLLOUT) && ip->out_pdus >= 2;
+            if (cork)
+                ipath_cork(ip, pfd[1].fd, 1);
+            int src = iscsi_service(ip->iscsi, pfd[1].revents);
+            /* Uncork (send what is held) unless libiscsi closed the socket:
+             * the number may already name someone else's. */
+            if (cork && src >= 0 && iscsi_get_fd(ip->iscsi) == pfd[1].fd)
+                ipath_cork(ip, pfd[1].fd, 0);
+            if (src < 0) {
                 char e[256];
                 iscsi_error_copy(ip->iscsi, e, sizeof(e));
                 ipath_set_dead(ip, -ENOTCONN, e);
             }
+            if (pfd[1].revents & POLLOUT)
+                ip->out_pdus = 0;
         }
         pthread_mutex_lock(&ip->lock);
         dead = ip->dead;
@@ -623,7 +669,7 @@ static void *ipath_loop(void *arg)
                 }
             }
         } else {
-            ipath_expire(ip, now_ns());
+            ipath_expire(ip, ip->loop_now_ns);
         }
     }
     return NULL;
@@ -908,6 +954,7 @@ int lun_path_open_iscsi(const char *uri, const struct lun_options *opts, struct 
     if (!ip)
         return -ENOMEM;
     ip->efd = -1;
+    ip->cork = true;
     pthread_mutex_init(&ip->lock, NULL);
     ip->inflight.next = ip->inflight.prev = &ip->inflight;
     ip->base.ops = &iscsi_path_ops;

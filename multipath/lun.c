@@ -40,7 +40,10 @@
  *
  *   Selection (mp_select_locked): fixed = the preferred path when up, else
  *   like mru; mru = stay on `cur` while it is up; round-robin = advance
- *   `cur` every rr_ios I/Os; service-time = the up path with the fewest
+ *   `cur` every rr_ios I/Os, except that an I/O submitted from a completion
+ *   callback stays on the completing path while that path has at most
+ *   rr_ios more commands in flight than the least busy one (no bounce
+ *   between loop threads); service-time = the up path with the fewest
  *   bytes in flight (plus 4 KiB per command), ties broken by rotation; an
  *   I/O submitted from a completion callback stays on the completing path
  *   (its loop thread, no cross-thread wakeup) unless that path carries
@@ -92,7 +95,8 @@
  *
  * Locking: lun->lock protects the slots' dynamic state, the queue, cur, the
  * PR key and fenced flag (see struct lun). The per-I/O counters are atomics
- * so a completion takes no lock; a dispatch takes lun->lock once. The core never holds lun->lock
+ * so a completion takes no lock; a dispatch takes lun->lock once (a plain
+ * single path, which is never failed or replaced: not at all). The core never holds lun->lock
  * while calling into a path (paths complete I/O on their own threads, which
  * take lun->lock in lun_io_done). Paths have their own locks.
  */
@@ -810,6 +814,21 @@ static int mp_select_locked(struct lun *lun)
         }
         break;
     case LUN_POLICY_ROUND_ROBIN:
+        /* Locality: an I/O submitted from a completion callback stays on
+         * the completing path (its loop thread, no cross-thread wakeup)
+         * while that path has at most rr_ios more commands in flight than
+         * the least busy up path. The queue keeps the even spread it was
+         * given (or regains it: an overloaded path hands over); rotating
+         * every I/O instead bounced each resubmission to the other loop
+         * thread (an eventfd write and a wakeup per I/O). */
+        if (mp_tls_lun == lun && mp_tls_path >= 0 && mp_usable(lun, (unsigned)mp_tls_path)) {
+            unsigned least = UINT32_MAX;
+            for (unsigned i = 0; i < n; i++)
+                if (mp_usable(lun, i) && lun->slots[i].inflight < least)
+                    least = lun->slots[i].inflight;
+            if (lun->slots[mp_tls_path].inflight <= least + lun->opts.rr_ios)
+                return mp_tls_path;
+        }
         if (lun->rr_count >= lun->opts.rr_ios || !mp_usable(lun, lun->cur)) {
             lun->rr_count = 0;
             for (unsigned k = 1; k <= n; k++) {
@@ -1066,16 +1085,37 @@ static bool mp_queue_expired(const struct lun *lun, const struct lun_io *io)
     return (uint64_t)waited * 100 >= lun->opts.queue_ms;
 }
 
+/* A LUN of one plain path (no engine): its path is never failed, replaced
+ * or closed before lun_close, so no lock is needed to choose it. */
+static int mp_dispatch_plain(struct lun *lun, struct lun_io *io, unsigned retries)
+{
+    struct mp_slot *s = &lun->slots[0];
+    uint64_t cost = lun_io_cost(lun, io);
+    s->inflight++;
+    s->inflight_cost += cost;
+    uint32_t disp = (uint32_t)(lun_since_epoch_ns(lun) / 1000);
+    io->priv[2] = (void *)LUN_PRIV_MAKE(retries, 0u, 0u, disp);
+    io->done = lun_io_done;
+    io->sense_key = io->asc = io->ascq = 0;
+    int rc = s->p->ops->submit(s->p, io);
+    if (rc < 0) {
+        s->inflight--;
+        s->inflight_cost -= cost;
+        s->ctr.errors++;
+    }
+    return rc;
+}
+
 /* Issue io on a path: `pin` (retry on the same path) or the policy's
  * choice; queue it if no path is up (multipath). Returns 0, or for a plain
  * single path the path's refusal (-errno, done not called). */
 static int mp_dispatch(struct lun *lun, struct lun_io *io, unsigned retries, int pin)
 {
+    if (!lun->mp)
+        return mp_dispatch_plain(lun, io, retries);
     pthread_mutex_lock(&lun->lock);
     int i = -1;
-    if (!lun->mp)
-        i = 0;
-    else if (lun->stopping)
+    if (lun->stopping)
         i = -1;
     else if (pin >= 0 && mp_usable(lun, (unsigned)pin))
         i = pin;

@@ -342,6 +342,137 @@ static void test_round_robin_switches_every_n_ios(void **state)
     fixture_close(&fx);
 }
 
+/* A chain of writes, each submitted from the previous one's completion
+ * callback (how a caller keeps a queue full). */
+struct chain {
+    struct lun_io io;
+    struct lun *lun;
+    unsigned left;
+    pthread_mutex_t *m;
+    pthread_cond_t *c;
+    unsigned *running;
+    _Atomic bool *stop; /* NULL: run `left` more writes */
+    int result;
+    uint8_t buf[BS];
+};
+
+static void chain_done(struct lun_io *io, int result)
+{
+    struct chain *ch = io->opaque;
+    if (result == 0 && ch->left > 0 && !(ch->stop && *ch->stop)) {
+        ch->left--;
+        int rc = lun_submit(ch->lun, &ch->io);
+        if (rc == 0)
+            return;
+        result = rc;
+    }
+    pthread_mutex_lock(ch->m);
+    ch->result = result;
+    (*ch->running)--;
+    pthread_cond_signal(ch->c);
+    pthread_mutex_unlock(ch->m);
+}
+
+/* Round-robin, resubmission from completion callbacks: each chain stays on
+ * the path it started on (no bounce to the other path's thread) because
+ * the queue is spread evenly; the spread is the one the first round got
+ * (chains 0 and 2 on one path, chain 1 on the other), not a rotation of
+ * every I/O (which would give each path half of all writes). */
+static void test_round_robin_resubmission_stays_on_completing_path(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_ROUND_ROBIN);
+    o.rr_ios = 1;
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    enum { NCHAIN = 3, PER = 40 };
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+    unsigned running = NCHAIN;
+    struct chain ch[NCHAIN];
+    memset(ch, 0, sizeof ch);
+    for (unsigned k = 0; k < NCHAIN; k++) {
+        ch[k].lun = fx.lun;
+        ch[k].left = PER - 1;
+        ch[k].m = &m;
+        ch[k].c = &c;
+        ch[k].running = &running;
+        fill(ch[k].buf, k, 1);
+        ch[k].io = (struct lun_io){.op = LUN_OP_WRITE, .lba = k, .nblocks = 1,
+                                   .buf = ch[k].buf, .done = chain_done, .opaque = &ch[k]};
+    }
+    /* Submitted from here, so the plain rotation applies: 0, 1, 0. */
+    for (unsigned k = 0; k < NCHAIN; k++)
+        assert_int_equal(lun_submit(fx.lun, &ch[k].io), 0);
+    pthread_mutex_lock(&m);
+    while (running > 0)
+        pthread_cond_wait(&c, &m);
+    pthread_mutex_unlock(&m);
+    for (unsigned k = 0; k < NCHAIN; k++)
+        assert_int_equal(ch[k].result, 0);
+    unsigned w0 = fx.tp[0]->writes, w1 = fx.tp[1]->writes;
+    assert_int_equal(w0 + w1, NCHAIN * PER);
+    /* Which path took two chains depends on where the rotation stood. */
+    assert_true((w0 == 2 * PER && w1 == PER) || (w0 == PER && w1 == 2 * PER));
+    fixture_close(&fx);
+}
+
+/* Round-robin locality does not pin the queue: after a path failed (every
+ * chain moved to the survivor) and came back, resubmissions from the
+ * survivor's callbacks hand work over to it (the survivor has more than
+ * rr_ios commands beyond the least busy path), so both carry writes again. */
+static void test_round_robin_returning_path_gets_resubmissions(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_ROUND_ROBIN);
+    o.rr_ios = 1;
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    enum { NCHAIN = 8 };
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+    unsigned running = NCHAIN;
+    _Atomic bool stop = false;
+    struct chain ch[NCHAIN];
+    memset(ch, 0, sizeof ch);
+    for (unsigned k = 0; k < NCHAIN; k++) {
+        ch[k].lun = fx.lun;
+        ch[k].left = UINT32_MAX;
+        ch[k].m = &m;
+        ch[k].c = &c;
+        ch[k].running = &running;
+        ch[k].stop = &stop;
+        fill(ch[k].buf, k, 2);
+        ch[k].io = (struct lun_io){.op = LUN_OP_WRITE, .lba = k, .nblocks = 1,
+                                   .buf = ch[k].buf, .done = chain_done, .opaque = &ch[k]};
+    }
+    for (unsigned k = 0; k < NCHAIN; k++)
+        assert_int_equal(lun_submit(fx.lun, &ch[k].io), 0);
+    fx.tp[1]->mode = T_CUT;
+    assert_true(wait_state(fx.lun, 1, LUN_PATH_FAILED, 5000));
+    /* Every chain now runs on path 0. */
+    unsigned w0 = fx.tp[0]->writes;
+    for (unsigned t = 0; t < 5000 && fx.tp[0]->writes < w0 + 200; t += 5)
+        usleep(5000);
+    assert_true(fx.tp[0]->writes >= w0 + 200);
+    fx.tp[1]->mode = T_UP;
+    assert_true(wait_state(fx.lun, 1, LUN_PATH_ACTIVE, 5000));
+    unsigned w1 = fx.tp[1]->writes;
+    for (unsigned t = 0; t < 5000 && fx.tp[1]->writes < w1 + 200; t += 5)
+        usleep(5000);
+    assert_true(fx.tp[1]->writes >= w1 + 200);
+    stop = true;
+    pthread_mutex_lock(&m);
+    while (running > 0)
+        pthread_cond_wait(&c, &m);
+    pthread_mutex_unlock(&m);
+    for (unsigned k = 0; k < NCHAIN; k++)
+        assert_int_equal(ch[k].result, 0);
+    fixture_close(&fx);
+}
+
 struct stream {
     struct lun *lun;
     _Atomic bool stop;
@@ -739,6 +870,8 @@ int main(void)
         cmocka_unit_test(test_policy_names_parse),
         cmocka_unit_test(test_round_robin_uses_both_paths),
         cmocka_unit_test(test_round_robin_switches_every_n_ios),
+        cmocka_unit_test(test_round_robin_resubmission_stays_on_completing_path),
+        cmocka_unit_test(test_round_robin_returning_path_gets_resubmissions),
         cmocka_unit_test(test_cut_path_midstream_no_errors_and_failback_fixed),
         cmocka_unit_test(test_mru_stays_on_the_path_it_moved_to),
         cmocka_unit_test(test_silently_dead_path_detected_by_checker),

@@ -10,8 +10,8 @@
 #     1 path and through 2 paths (round-robin switching every I/O and
 #     every 16 I/Os, service-time): MiB/s and
 #     the 2-path / 1-path ratio. Best of $REPS runs each.
-#     Also the writer's own CPU time per write (lowest of the runs: less
-#     sensitive to a busy machine than MiB/s).
+#     Also the writer's own CPU time and context switches per write
+#     (lowest of the runs: less sensitive to a busy machine than MiB/s).
 # Prints peak RSS of the writer. Needs root (tgtd).
 #
 #   bench/failover/run.sh [BUILDDIR]     env: SECS=5 REPS=3
@@ -62,16 +62,16 @@ printf "%-22s %10s %10s %10s %10s %8s %8s %8s\n" workload "1 path" "2p rr" "2p r
 for wl in "64k 16" "4k 32"; do
     set -- $wl
     bs=$1 qd=$2
-    one=() rr=() rr16=() st=() c1=() crr=() crr16=() cst=()
+    one=() rr=() rr16=() st=() c1=() crr=() crr16=() cst=() s1=() srr=() srr16=() sst=()
     for r in $(seq 1 "$REPS"); do
         o=$("$STREAM" --seconds "$SECS" --bs "$bs" --qd "$qd" --region 512M --no-verify "$U1" 2>/dev/null); note_rss "$o"
-        one+=("$(echo "$o" | field mib_s)"); c1+=("$(echo "$o" | field cpu_us_per_op)")
+        one+=("$(echo "$o" | field mib_s)"); c1+=("$(echo "$o" | field cpu_us_per_op)"); s1+=("$(echo "$o" | field csw_per_op)")
         o=$("$STREAM" --seconds "$SECS" --bs "$bs" --qd "$qd" --region 512M --no-verify --policy round-robin "$U1" "$U2" 2>/dev/null); note_rss "$o"
-        rr+=("$(echo "$o" | field mib_s)"); crr+=("$(echo "$o" | field cpu_us_per_op)")
+        rr+=("$(echo "$o" | field mib_s)"); crr+=("$(echo "$o" | field cpu_us_per_op)"); srr+=("$(echo "$o" | field csw_per_op)")
         o=$("$STREAM" --seconds "$SECS" --bs "$bs" --qd "$qd" --region 512M --no-verify --policy round-robin --rr-ios 16 "$U1" "$U2" 2>/dev/null); note_rss "$o"
-        rr16+=("$(echo "$o" | field mib_s)"); crr16+=("$(echo "$o" | field cpu_us_per_op)")
+        rr16+=("$(echo "$o" | field mib_s)"); crr16+=("$(echo "$o" | field cpu_us_per_op)"); srr16+=("$(echo "$o" | field csw_per_op)")
         o=$("$STREAM" --seconds "$SECS" --bs "$bs" --qd "$qd" --region 512M --no-verify --policy service-time "$U1" "$U2" 2>/dev/null); note_rss "$o"
-        st+=("$(echo "$o" | field mib_s)"); cst+=("$(echo "$o" | field cpu_us_per_op)")
+        st+=("$(echo "$o" | field mib_s)"); cst+=("$(echo "$o" | field cpu_us_per_op)"); sst+=("$(echo "$o" | field csw_per_op)")
     done
     b1=$(printf "%s\n" "${one[@]}" | best)
     brr=$(printf "%s\n" "${rr[@]}" | best)
@@ -84,6 +84,9 @@ for wl in "64k 16" "4k 32"; do
     printf "%-22s %10s %10s %10s %10s\n" "  our CPU us/op (min)" "$(printf "%s\n" "${c1[@]}" | least)" \
         "$(printf "%s\n" "${crr[@]}" | least)" "$(printf "%s\n" "${crr16[@]}" | least)" \
         "$(printf "%s\n" "${cst[@]}" | least)"
+    printf "%-22s %10s %10s %10s %10s\n" "  ctx switches/op (min)" "$(printf "%s\n" "${s1[@]}" | least)" \
+        "$(printf "%s\n" "${srr[@]}" | least)" "$(printf "%s\n" "${srr16[@]}" | least)" \
+        "$(printf "%s\n" "${sst[@]}" | least)"
 done
 echo
 echo "peak RSS of the writer: $rss KiB"

@@ -8,7 +8,8 @@
  * libiscsi's iscsi-perf, as the peer our layer is measured against (data
  * lands in the caller's buffer in both, as our layer does).
  *
- * Prints one line: "mode=... iops=... mib_s=... peak_rss_kib=...".
+ * Prints one line: "mode=... iops=... mib_s=... cpu_us_per_io=... csw_per_io=...
+ * peak_rss_kib=..." (CPU time and context switches of this process per I/O).
  */
 #include "lun.h"
 #include "util.h"
@@ -303,9 +304,12 @@ int main(int argc, char **argv)
     getrusage(RUSAGE_SELF, &ru);
     double cpu_us = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
                     (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+    /* Context switches per I/O (all threads): how often a thread slept
+     * and was woken, i.e. how well completions are batched per wakeup. */
+    double csw = (double)(ru.ru_nvcsw + ru.ru_nivcsw);
     printf("mode=%s engine=%s bs=%" PRIu64 " qd=%u iops=%.0f mib_s=%.1f cpu_us_per_io=%.2f "
-           "peak_rss_kib=%" PRIu64 "\n",
+           "csw_per_io=%.3f peak_rss_kib=%" PRIu64 "\n",
            mode, raw ? "libiscsi" : "lun", bytes, qd, iops, iops * (double)bytes / 1048576.0,
-           n ? cpu_us / (double)n : 0.0, peak_rss_kib());
+           n ? cpu_us / (double)n : 0.0, n ? csw / (double)n : 0.0, peak_rss_kib());
     return 0;
 }

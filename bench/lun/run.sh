@@ -7,9 +7,9 @@
 # Sequential 1 MiB and random 4 KiB, reads and writes, queue depth $QD.
 # Each case runs $REPS times alternating ours/peer; the best of each is kept
 # (the machine is shared, the best run is the least disturbed one).
-# Prints ours/peer ratios, CPU time per I/O of ours and of libiscsi alone
-# (the lowest of the runs: less sensitive to a busy machine than IOPS), and
-# our peak RSS. Needs root (tgtd).
+# Prints ours/peer ratios, CPU time and context switches per I/O of ours
+# and of libiscsi alone (the lowest of the runs: less sensitive to a busy
+# machine than IOPS), and our peak RSS. Needs root (tgtd).
 #
 #   bench/lun/run.sh [BUILDDIR]     env: SECS=5 REPS=3 QD=32 SIZE=1G
 set -euo pipefail
@@ -40,19 +40,21 @@ best() { sort -g | tail -n1; }
 least() { sort -g | head -n1; }
 
 echo "# LUN benchmark: tgt LUN $SIZE in ${TGT_BACKING_DIR:-$TGT_DIR}, QD $QD, ${SECS}s x $REPS (best), $(nproc) CPUs"
-printf "%-14s %10s %14s %6s %11s %6s %10s %10s %8s\n" workload "ours IOPS" "libiscsi IOPS" ratio "iscsi-perf" ratio "ours us/IO" "lib us/IO" "RSS KiB"
+printf "%-14s %10s %14s %6s %11s %6s %10s %10s %9s %9s %8s\n" workload "ours IOPS" "libiscsi IOPS" ratio "iscsi-perf" ratio "ours us/IO" "lib us/IO" "ours cs/IO" "lib cs/IO" "RSS KiB"
 for spec in "read 1M 2048 " "randread 4k 8 -r" "write 1M 2048 " "randwrite 4k 8 -r"; do
     set -- $spec
     mode=$1 bs=$2 blocks=$3 rflag=${4:-}
-    ours=() raw=() perf=() rss=() ocpu=() rcpu=()
+    ours=() raw=() perf=() rss=() ocpu=() rcpu=() ocsw=() rcsw=()
     for r in $(seq 1 "$REPS"); do
         o=$("$BENCH" "$URI" "$mode" "$bs" "$QD" "$SECS")
         ours+=("$(echo "$o" | field iops)")
         ocpu+=("$(echo "$o" | field cpu_us_per_io)")
+        ocsw+=("$(echo "$o" | field csw_per_io)")
         rss+=("$(echo "$o" | field peak_rss_kib)")
         o=$("$BENCH" --raw "$URI" "$mode" "$bs" "$QD" "$SECS")
         raw+=("$(echo "$o" | field iops)")
         rcpu+=("$(echo "$o" | field cpu_us_per_io)")
+        rcsw+=("$(echo "$o" | field csw_per_io)")
         if [ "${mode%read}" != "$mode" ]; then
             p=$(timeout $((SECS + 20)) iscsi-perf -m "$QD" -b "$blocks" -t "$SECS" $rflag "$URI" 2>&1 |
                 tr '\r' '\n' | sed -n 's/^ *iops average \([0-9]*\) .*/\1/p' | tail -n1)
@@ -71,6 +73,8 @@ for spec in "read 1M 2048 " "randread 4k 8 -r" "write 1M 2048 " "randwrite 4k 8 
     fi
     oc=$(printf '%s\n' "${ocpu[@]}" | least)
     rc=$(printf '%s\n' "${rcpu[@]}" | least)
-    printf "%-14s %10.0f %14.0f %6s %11s %6s %10s %10s %8s\n" "$mode $bs" "$o_best" "$r_best" "$ratio_raw" "$p_best" "$ratio_perf" "$oc" "$rc" "$rss_max"
+    os=$(printf '%s\n' "${ocsw[@]}" | least)
+    rs=$(printf '%s\n' "${rcsw[@]}" | least)
+    printf "%-14s %10.0f %14.0f %6s %11s %6s %10s %10s %9s %9s %8s\n" "$mode $bs" "$o_best" "$r_best" "$ratio_raw" "$p_best" "$ratio_perf" "$oc" "$rc" "$os" "$rs" "$rss_max"
 done
 echo "# ratio = ours / peer (goal >= 0.95). iscsi-perf has no write mode: writes compare with libiscsi alone only."

@@ -18,7 +18,8 @@
  *
  * Every write carries (lba, pass) in each block; at the end every block of
  * the region is read back and compared with the last pass written there.
- * Prints "ops= errors= eio= max_stall_ms= mib_s= verify=" and per-path
+ * Prints "ops= errors= eio= max_stall_ms= mib_s= cpu_us_per_op= csw_per_op= verify=" (CPU
+ * time and context switches of the process per write) and per-path
  * counters. Exit 0 on success, 1 on any error or mismatch.
  */
 #include <errno.h>
@@ -267,11 +268,12 @@ int main(int argc, char **argv)
         free(r);
         free(e);
     }
+    double csw = (double)(ru.ru_nvcsw + ru.ru_nivcsw); /* all threads: sleeps and wakeups */
     printf("ops=%llu errors=%llu eio=%llu max_stall_ms=%.1f mib_s=%.1f cpu_us_per_op=%.2f "
-           "verify=%s peak_rss_kib=%llu\n",
+           "csw_per_op=%.3f verify=%s peak_rss_kib=%llu\n",
            (unsigned long long)s.ops, (unsigned long long)s.errors, (unsigned long long)s.eio,
            (double)s.max_stall_ns / 1e6, (double)s.bytes / secs / 1048576.0,
-           s.ops ? cpu_us / (double)s.ops : 0.0,
+           s.ops ? cpu_us / (double)s.ops : 0.0, s.ops ? csw / (double)s.ops : 0.0,
            !verify || expect_eio ? "skipped" : bad ? "FAILED" : "ok",
            (unsigned long long)peak_rss_kib());
     for (unsigned i = 0; i < lun_num_paths(lun); i++) {
