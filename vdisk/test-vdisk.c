@@ -14,6 +14,7 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -77,6 +78,103 @@ static uint32_t image_cid(const char *path)
     uint32_t cid = img->desc.cid;
     vd_close(img);
     return cid;
+}
+
+/* ------------------------------------------------------- non-blocking read */
+
+/* vd_pread_nowait answers from the page cache with the same bytes as
+ * vd_pread, declines (-EAGAIN) what would wait for the disk, and vd_pread
+ * then reads it: cached raw data, cold data after fadvise(DONTNEED), a
+ * child's read through to its parent, holes, a compressed grain (always
+ * declined), the test hook, and the range check. */
+static void test_pread_nowait_serves_cached_declines_cold(void **state)
+{
+    const char *p = tpath("nowait.raw");
+    const size_t size = 8 << 20;
+    assert_int_equal(vd_create_raw(p, size), 0);
+    struct vd_image *img;
+    assert_int_equal(vd_open(p, VD_OPEN_RAW, &img), 0);
+    uint8_t *shadow = malloc(size), *b = malloc(1 << 20);
+    assert_non_null(shadow);
+    assert_non_null(b);
+    unsigned seed = 7;
+    fill_random(shadow, size, &seed);
+    assert_int_equal(vd_pwrite(img, shadow, size, 0, 0), 0);
+
+    /* hot: just written, in the page cache */
+    assert_int_equal(vd_pread_nowait(img, b, 10000, 12345), 0);
+    assert_memory_equal(b, shadow + 12345, 10000);
+    assert_int_equal(vd_pread_nowait(img, b, 1 << 20, size - (1 << 20)), 0);
+    assert_memory_equal(b, shadow + size - (1 << 20), 1 << 20);
+    assert_int_equal(vd_pread_nowait(img, b, 10, size - 5), -EINVAL);
+
+    /* the hook declines exactly N calls */
+    vd_test_nowait_eagain = 2;
+    assert_int_equal(vd_pread_nowait(img, b, 4096, 0), -EAGAIN);
+    assert_int_equal(vd_pread_nowait(img, b, 4096, 0), -EAGAIN);
+    assert_int_equal(vd_pread_nowait(img, b, 4096, 0), 0);
+    assert_memory_equal(b, shadow, 4096);
+    assert_int_equal(vd_test_nowait_eagain, 0);
+
+    /* cold: written back and dropped from the page cache. Each 4 KiB probe
+     * sits 512 KiB from the last (past any readahead a miss starts). A miss
+     * is -EAGAIN; a hit (readahead already done) must be the right data. */
+    assert_int_equal(vd_flush(img), 0);
+    int fd = open(p, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    struct statfs sf;
+    assert_int_equal(fstatfs(fd, &sf), 0);
+    close(fd);
+    unsigned misses = 0;
+    for (uint64_t off = 4096; off + 4096 <= size; off += 512 << 10) {
+        memset(b, 0xee, 4096);
+        int rc = vd_pread_nowait(img, b, 4096, off);
+        assert_true(rc == 0 || rc == -EAGAIN);
+        if (rc == -EAGAIN) {
+            misses++;
+            assert_int_equal(vd_pread(img, b, 4096, off), 0);
+        }
+        assert_memory_equal(b, shadow + off, 4096);
+        /* now cached: served without the disk */
+        assert_int_equal(vd_pread_nowait(img, b, 4096, off), 0);
+        assert_memory_equal(b, shadow + off, 4096);
+    }
+    if (sf.f_type != 0x01021994 /* TMPFS_MAGIC: everything is cached */)
+        assert_true(misses > 0);
+
+    /* a compressed grain (streamOptimized) is always declined */
+    const char *sp = tpath("nowait-stream.vmdk");
+    assert_int_equal(vmdk_stream_write(img, sp, "lsilogic", false), 0);
+    vd_close(img);
+    assert_int_equal(vd_open(sp, VD_OPEN_RDONLY, &img), 0);
+    assert_int_equal(vd_pread_nowait(img, b, 4096, 65536), -EAGAIN);
+    assert_int_equal(vd_pread(img, b, 4096, 65536), 0);
+    assert_memory_equal(b, shadow + 65536, 4096);
+    vd_close(img);
+
+    /* a child reads unallocated grains from its parent, holes as zeroes */
+    const char *base = tpath("nowait-base.vmdk"), *child = tpath("nowait-child.vmdk");
+    make_thin(base, 4 << 20, NULL, 0);
+    assert_int_equal(vd_open(base, 0, &img), 0);
+    assert_int_equal(vd_pwrite(img, shadow, 1 << 20, 0, 0), 0);
+    vd_close(img);
+    make_thin(child, 4 << 20, "nowait-base.vmdk", image_cid(base));
+    assert_int_equal(vd_open(child, 0, &img), 0);
+    assert_int_equal(vd_pwrite(img, shadow + (2 << 20), 4096, 65536, 0), 0);
+    /* the parent's pages may have been dropped by the close: warm them */
+    assert_int_equal(vd_pread(img, b, 1 << 20, 0), 0);
+    memset(b, 0xee, 1 << 20);
+    assert_int_equal(vd_pread_nowait(img, b, 1 << 20, 0), 0);
+    assert_memory_equal(b, shadow, 65536);
+    assert_memory_equal(b + 65536, shadow + (2 << 20), 4096);
+    assert_memory_equal(b + 65536 + 4096, shadow + 65536 + 4096, (1 << 20) - 65536 - 4096);
+    memset(b, 0xee, 65536);
+    assert_int_equal(vd_pread_nowait(img, b, 65536, 3 << 20), 0); /* hole everywhere */
+    assert_true(vd_buf_is_zero(b, 65536));
+    vd_close(img);
+    free(shadow);
+    free(b);
 }
 
 /* ------------------------------------------------------------------ raw */
@@ -767,6 +865,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_raw_io_discard_status),
+        cmocka_unit_test(test_pread_nowait_serves_cached_declines_cold),
         cmocka_unit_test(test_sparse_random_io_matches_shadow),
         cmocka_unit_test(test_sparse_racing_writers_allocate_once),
         cmocka_unit_test(test_chain_reads_parent_and_copies_on_write),

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "le.h"
@@ -314,6 +315,84 @@ static int vd_pread_common(struct vd_image *img, void *buf, size_t len, uint64_t
         len -= m.len;
     }
     return 0;
+}
+
+/* ------------------------------------------------------- non-blocking read
+ * vd_pread_nowait() serves a read only if it needs no disk I/O: the mapping
+ * is in memory (raw, flat, zero extents; sparse grain tables are loaded at
+ * open and read with atomic loads, no lock), and each data piece is read
+ * with preadv2(RWF_NOWAIT), which copies from the page cache or fails with
+ * EAGAIN (a miss starts readahead, it does not wait for it). Anything else
+ * (a compressed grain: inflate is a blocking pread plus CPU; a short read; a
+ * filesystem without RWF_NOWAIT; an I/O error) is -EAGAIN, silently: the
+ * caller retries with vd_pread, which does the work and logs the error. */
+int vd_test_nowait_eagain; /* test hook: > 0 fails that many calls with -EAGAIN */
+
+static int vd_pread_nowait_fd(int fd, void *buf, size_t len, uint64_t off)
+{
+    uint8_t *p = buf;
+    while (len > 0) {
+        struct iovec iov = {.iov_base = p, .iov_len = len};
+        ssize_t n = preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            return -EAGAIN; /* miss, EOF, EOPNOTSUPP, EIO: the caller retries blocking */
+        }
+        p += n;
+        off += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int vd_pread_nowait_common(struct vd_image *img, uint8_t *p, size_t len, uint64_t off)
+{
+    if (off > img->size || len > img->size - off)
+        return -EINVAL;
+    while (len > 0) {
+        struct vd_map m;
+        int rc = vd_map_local(img, off, len, &m);
+        if (rc < 0)
+            return -EAGAIN;
+        switch (m.state) {
+        case VD_MAP_DATA:
+            rc = vd_pread_nowait_fd(m.fd, p, m.len, m.file_off);
+            break;
+        case VD_MAP_ZERO:
+            memset(p, 0, m.len);
+            break;
+        case VD_MAP_UNALLOC:
+            if (!img->parent || off >= img->parent->size) {
+                memset(p, 0, m.len);
+            } else {
+                uint64_t pn = MIN(m.len, img->parent->size - off);
+                if (pn < m.len)
+                    memset(p + pn, 0, m.len - pn);
+                rc = vd_pread_nowait_common(img->parent, p, pn, off);
+            }
+            break;
+        case VD_MAP_COMPRESSED:
+            rc = -EAGAIN;
+            break;
+        }
+        if (rc < 0)
+            return rc;
+        p += m.len;
+        off += m.len;
+        len -= m.len;
+    }
+    return 0;
+}
+
+int vd_pread_nowait(struct vd_image *img, void *buf, size_t len, uint64_t off)
+{
+    int n = __atomic_load_n(&vd_test_nowait_eagain, __ATOMIC_RELAXED);
+    while (n > 0)
+        if (__atomic_compare_exchange_n(&vd_test_nowait_eagain, &n, n - 1, false,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return -EAGAIN;
+    return vd_pread_nowait_common(img, buf, len, off);
 }
 
 int vd_pread(struct vd_image *img, void *buf, size_t len, uint64_t off)

@@ -38,6 +38,13 @@ uint32_t vd_granularity(const struct vd_image *img);
 /* Byte-addressed I/O; any alignment. Reads of unallocated areas return the
  * parent's data or zeroes. Out-of-range requests are -EINVAL. */
 int vd_pread(struct vd_image *img, void *buf, size_t len, uint64_t off);
+/* Non-blocking read, for a thread that must never wait for the disk (an NBD
+ * connection's reader): the same result as vd_pread when every byte comes
+ * from memory (page cache, zeroes, holes), else -EAGAIN with buf partly
+ * written (a page-cache miss, which starts readahead; a compressed grain;
+ * a filesystem without RWF_NOWAIT; an I/O error): call vd_pread then. Logs
+ * nothing. Out-of-range requests are -EINVAL. */
+int vd_pread_nowait(struct vd_image *img, void *buf, size_t len, uint64_t off);
 int vd_pwrite(struct vd_image *img, const void *buf, size_t len, uint64_t off, unsigned flags);
 int vd_flush(struct vd_image *img);
 /* Deallocate where the whole grain is covered (reads then return zeroes,

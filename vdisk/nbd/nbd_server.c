@@ -19,7 +19,8 @@
  * blocks on another's socket write (a preempted lock holder would stall
  * them all), and at high queue depth one syscall carries many replies.
  *
- * Asynchronous requests. An export whose backend has ops->submit (the LUN)
+ * Asynchronous requests. An export whose backend has ops->submit (the LUN;
+ * the vdisk export for READs it can answer from the page cache)
  * gets its READ / WRITE / FLUSH started by the reader itself, without a
  * worker; the backend's completion (the iSCSI loop thread) prepares the
  * reply and joins the same reply queue and sender role. A completion thread

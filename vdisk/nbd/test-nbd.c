@@ -2,14 +2,17 @@
  * export backend with guard bytes after its end (a stray write past the
  * export is a failure even if nothing else notices). */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -18,6 +21,8 @@
 #include "nbd_proto.h"
 #include "nbd_server.h"
 #include "util.h"
+#include "vdisk.h"
+#include "vdisk_internal.h"
 
 #define MEM_SIZE (1u << 20)
 #define GUARD    4096
@@ -652,6 +657,75 @@ static void test_nbd_async_disconnect_in_flight(void **state)
     async_free(a);
 }
 
+/* The vdisk export answers cache-hot READs inline (submit with
+ * vd_pread_nowait) and sends the rest to a worker: 64 pipelined reads, the
+ * first 24 declined through the test hook, then a write (worker) and a read
+ * of it, then reads after the file was dropped from the page cache. Every
+ * reply carries the right bytes; the hook reaching 0 proves submit ran. */
+static void test_nbd_vd_inline_read_and_fallback(void **state)
+{
+    char dir[] = "/tmp/test-nbd-vd.XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof(path), "%s/disk.raw", dir);
+    const uint32_t size = 4u << 20;
+    uint8_t *pat = malloc(size);
+    assert_non_null(pat);
+    for (uint32_t i = 0; i < size; i++)
+        pat[i] = (uint8_t)(i * 13 + (i >> 12));
+    int fd = open(path, O_CREAT | O_RDWR | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite_full(fd, pat, size, 0), 0);
+    assert_int_equal(fsync(fd), 0);
+    struct vd_image *img;
+    assert_int_equal(vd_open(path, VD_OPEN_RAW, &img), 0);
+
+    struct nbd_server *srv;
+    struct nbd_server_config cfg = {.max_conns = 2, .workers = 2, .pool_bytes = 16u << 20};
+    assert_int_equal(nbd_server_new(&cfg, &srv), 0);
+    assert_int_equal(nbd_server_add_export(srv, "mem", NULL, &nbd_vd_ops, img, false), 0);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(nbd_server_serve_fd(srv, sv[0]), 0);
+    handshake(sv[1]);
+
+    uint8_t *b = malloc(8192);
+    assert_non_null(b);
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) /* cold: misses decline to workers (vd_pread) */
+            assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+        vd_test_nowait_eagain = round == 0 ? 24 : 0;
+        bool seen[64] = {false};
+        for (uint64_t i = 0; i < 64; i++)
+            req_send(sv[1], NBD_CMD_READ, 0, i, (i * 65537 * 7) % (size - 8192), 8192, NULL);
+        for (int i = 0; i < 64; i++) {
+            uint64_t c = ~0ull;
+            assert_int_equal(reply_recv(sv[1], &c, b, 8192, NULL), 0);
+            assert_true(c < 64 && !seen[c]);
+            seen[c] = true;
+            assert_memory_equal(b, pat + (c * 65537 * 7) % (size - 8192), 8192);
+        }
+        assert_int_equal(vd_test_nowait_eagain, 0);
+    }
+    /* a write goes to a worker; the read after its reply sees it */
+    memset(pat + 100000, 0x3c, 4096);
+    assert_int_equal(cmd(sv[1], NBD_CMD_WRITE, 0, 100000, 4096, pat + 100000, NULL), 0);
+    assert_int_equal(cmd(sv[1], NBD_CMD_READ, 0, 98304, 8192, NULL, b), 0);
+    assert_memory_equal(b, pat + 98304, 8192);
+    /* past the end: rejected before the backend */
+    assert_int_equal(cmd(sv[1], NBD_CMD_READ, 0, size - 4096, 8192, NULL, b), NBD_EINVAL);
+
+    close(sv[1]);
+    assert_int_equal(nbd_server_shutdown(srv), 0);
+    nbd_server_free(srv);
+    assert_int_equal(vd_close(img), 0);
+    close(fd);
+    free(b);
+    free(pat);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -663,6 +737,7 @@ int main(void)
         cmocka_unit_test(test_nbd_async_submit_out_of_order),
         cmocka_unit_test(test_nbd_async_completion_never_blocks),
         cmocka_unit_test(test_nbd_async_disconnect_in_flight),
+        cmocka_unit_test(test_nbd_vd_inline_read_and_fallback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
