@@ -802,8 +802,8 @@ static int claim_slot_dead(struct lockspace *ls, bool *freed)
                     "%u live, %u unknown, %u being recovered, %u corrupt, %u dead but not "
                     "taken, of %u slots",
                     lun_name(ls->lun), (unsigned long long)ls->offset, ls->name,
-                    (unsigned)((ls_now_ns() - t_start) / 1000000), live, unknown, recovering, corrupt,
-                    dead, H);
+                    (unsigned)((ls_now_ns() - t_start) / 1000000), live, unknown, recovering,
+                    corrupt, dead, H);
             r = -ENOSPC;
             break;
         }

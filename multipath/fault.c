@@ -41,12 +41,12 @@
 
 struct fault_io {
     struct lun_io inner;
-    struct lun_io *outer;       /* the core's I/O; NULL for a held write */
+    struct lun_io *outer; /* the core's I/O; NULL for a held write */
     struct lun_fault *f;
-    struct fault_drain *drain;  /* held writes: who waits for them */
-    uint8_t *copy;              /* held writes: our copy of the data */
-    uint64_t seq;               /* submission order */
-    struct fault_io *next;      /* held list, newest first */
+    struct fault_drain *drain; /* held writes: who waits for them */
+    uint8_t *copy;             /* held writes: our copy of the data */
+    uint64_t seq;              /* submission order */
+    struct fault_io *next;     /* held list, newest first */
 };
 
 struct fault_drain {
@@ -57,14 +57,14 @@ struct fault_drain {
 
 struct lun_fault {
     struct lun_path path;
-    char *inner_uri;                /* immutable */
-    struct lun_options opts;        /* immutable; strings point to the copies below */
+    char *inner_uri;         /* immutable */
+    struct lun_options opts; /* immutable; strings point to the copies below */
     char *host_name, *initiator_name;
 
-    pthread_mutex_t lock;           /* protects everything below */
-    pthread_cond_t idle;            /* inflight or held_draining dropped to 0 */
-    struct lun_path *inner;         /* NULL while restarting or after a failed restart */
-    unsigned inflight;              /* commands issued to inner, not completed */
+    pthread_mutex_t lock;   /* protects everything below */
+    pthread_cond_t idle;    /* inflight or held_draining dropped to 0 */
+    struct lun_path *inner; /* NULL while restarting or after a failed restart */
+    unsigned inflight;      /* commands issued to inner, not completed */
 
     unsigned read_nth, read_seen;
     int read_err;
@@ -79,12 +79,12 @@ struct lun_fault {
 
     unsigned delay_ms;
     unsigned reorder_k;
-    struct fault_io *held;          /* newest first */
+    struct fault_io *held; /* newest first */
     unsigned nheld;
-    unsigned held_draining;         /* held writes taken for issue, not completed */
+    unsigned held_draining; /* held writes taken for issue, not completed */
 
-    uint32_t bs;                    /* from the inner probe */
-    uint32_t max_transfer;          /* immutable: claimed limit, 0 = inner's */
+    uint32_t bs;           /* from the inner probe */
+    uint32_t max_transfer; /* immutable: claimed limit, 0 = inner's */
     uint64_t seq, max_issued_seq;
     struct lun_fault_stats st;
 };
@@ -98,12 +98,18 @@ static bool fault_op_modifies(enum lun_op op)
 static const char *fault_op_name(enum lun_op op)
 {
     switch (op) {
-    case LUN_OP_READ: return "read";
-    case LUN_OP_WRITE: return "write";
-    case LUN_OP_FLUSH: return "flush";
-    case LUN_OP_UNMAP: return "unmap";
-    case LUN_OP_WRITE_SAME: return "write-same";
-    case LUN_OP_COMPARE_AND_WRITE: return "compare-and-write";
+    case LUN_OP_READ:
+        return "read";
+    case LUN_OP_WRITE:
+        return "write";
+    case LUN_OP_FLUSH:
+        return "flush";
+    case LUN_OP_UNMAP:
+        return "unmap";
+    case LUN_OP_WRITE_SAME:
+        return "write-same";
+    case LUN_OP_COMPARE_AND_WRITE:
+        return "compare-and-write";
     }
     return "?";
 }
@@ -253,12 +259,24 @@ static void fault_held_done(struct lun_fault *f, struct fault_drain *d)
 static void fault_count(struct lun_fault *f, enum lun_op op)
 {
     switch (op) {
-    case LUN_OP_READ: f->st.reads++; break;
-    case LUN_OP_WRITE: f->st.writes++; break;
-    case LUN_OP_FLUSH: f->st.flushes++; break;
-    case LUN_OP_UNMAP: f->st.unmaps++; break;
-    case LUN_OP_WRITE_SAME: f->st.write_sames++; break;
-    case LUN_OP_COMPARE_AND_WRITE: f->st.compare_and_writes++; break;
+    case LUN_OP_READ:
+        f->st.reads++;
+        break;
+    case LUN_OP_WRITE:
+        f->st.writes++;
+        break;
+    case LUN_OP_FLUSH:
+        f->st.flushes++;
+        break;
+    case LUN_OP_UNMAP:
+        f->st.unmaps++;
+        break;
+    case LUN_OP_WRITE_SAME:
+        f->st.write_sames++;
+        break;
+    case LUN_OP_COMPARE_AND_WRITE:
+        f->st.compare_and_writes++;
+        break;
     }
 }
 
@@ -310,8 +328,8 @@ static int fault_submit(struct lun_path *p, struct lun_io *io)
     }
     fio->f = f;
     fio->seq = ++f->seq;
-    fio->inner = (struct lun_io){.op = io->op, .lba = io->lba, .nblocks = io->nblocks,
-                                 .buf = io->buf, .flags = io->flags};
+    fio->inner = (struct lun_io){
+        .op = io->op, .lba = io->lba, .nblocks = io->nblocks, .buf = io->buf, .flags = io->flags};
     if (io->op == LUN_OP_WRITE && f->reorder_k && !(io->flags & LUN_IO_FUA)) {
         /* Hold it back (a copy: the caller may reuse its buffer once told
          * the write is done), acknowledge it now. */

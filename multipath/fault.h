@@ -38,12 +38,12 @@ struct lun_fault;
 
 struct lun_fault_stats {
     uint64_t reads, writes, flushes, unmaps, write_sames, compare_and_writes; /* submitted */
-    uint64_t issued_writes;  /* modifying commands that reached the inner path */
-    uint64_t injected;       /* commands failed on purpose */
-    uint64_t dropped;        /* writes lost to the power cut (reported success) */
-    uint64_t held;           /* writes held back for reordering, total */
-    uint64_t reordered;      /* writes issued out of submission order */
-    uint64_t delayed;        /* commands delayed */
+    uint64_t issued_writes; /* modifying commands that reached the inner path */
+    uint64_t injected;      /* commands failed on purpose */
+    uint64_t dropped;       /* writes lost to the power cut (reported success) */
+    uint64_t held;          /* writes held back for reordering, total */
+    uint64_t reordered;     /* writes issued out of submission order */
+    uint64_t delayed;       /* commands delayed */
 };
 
 int lun_open_fault(const char *inner_uri, const struct lun_options *opts, struct lun **out,

@@ -244,7 +244,8 @@ static int file_xfer(struct file_path *fp, bool write, void *buf, size_t len, ui
     for (int attempt = 0; attempt < 2; attempt++) {
         int rc;
         if (!file_direct(fp) || ((uintptr_t)buf % FILE_ALIGN) == 0) {
-            rc = write ? file_pwrite_raw(fp, buf, len, off, fua) : file_pread_raw(fp, buf, len, off);
+            rc =
+                write ? file_pwrite_raw(fp, buf, len, off, fua) : file_pread_raw(fp, buf, len, off);
         } else {
             size_t blen = len < FILE_BOUNCE_MAX ? len : FILE_BOUNCE_MAX;
             void *bounce;
@@ -580,8 +581,8 @@ static int file_pr_unsupported(struct file_path *fp)
     return -EOPNOTSUPP;
 }
 
-static int file_pr_out(struct lun_path *p, enum lun_pr_action action, uint64_t key,
-                       uint64_t sa_key, enum lun_pr_type type)
+static int file_pr_out(struct lun_path *p, enum lun_pr_action action, uint64_t key, uint64_t sa_key,
+                       enum lun_pr_type type)
 {
     return file_pr_unsupported(p->priv);
 }

@@ -102,8 +102,8 @@ struct icmd;
 struct isync {
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    bool done;   /* protected by lock */
-    int result;  /* protected by lock */
+    bool done;  /* protected by lock */
+    int result; /* protected by lock */
 };
 
 /* A caller's I/O split in several commands. Loop thread only. */
@@ -123,13 +123,13 @@ struct icmd {
     struct ipath *ip;
     enum icmd_kind kind;
     struct scsi_task *task;
-    struct lun_io *io;      /* ICMD_IO, ICMD_CAW_READBACK */
-    struct isplit *split;   /* ICMD_IO split in pieces, else NULL */
-    struct isync *sync;     /* ICMD_SYNC */
-    void *owned;            /* buffer freed with the command (UNMAP list, PR params, CAW data) */
-    uint64_t deadline_ns;   /* loop thread only */
-    bool timed_out;         /* loop thread only */
-    bool is_caw;            /* COMPARE AND WRITE: read back on miscompare */
+    struct lun_io *io;        /* ICMD_IO, ICMD_CAW_READBACK */
+    struct isplit *split;     /* ICMD_IO split in pieces, else NULL */
+    struct isync *sync;       /* ICMD_SYNC */
+    void *owned;              /* buffer freed with the command (UNMAP list, PR params, CAW data) */
+    uint64_t deadline_ns;     /* loop thread only */
+    bool timed_out;           /* loop thread only */
+    bool is_caw;              /* COMPARE AND WRITE: read back on miscompare */
     struct icmd *prev, *next; /* pending queue (next only) or in-flight list */
 };
 
@@ -147,24 +147,24 @@ struct ipath {
     pthread_mutex_t lock;
     struct icmd *pend_head, *pend_tail; /* protected by lock */
     bool stopping;                      /* protected by lock */
-    int dead;                           /* protected by lock: 0 or -errno once the session is gone */
+    int dead; /* protected by lock: 0 or -errno once the session is gone */
 
-    struct icmd inflight;               /* loop thread only: list sentinel, dispatch order */
+    struct icmd inflight; /* loop thread only: list sentinel, dispatch order */
 
     /* NOP-Out pings: only once the multipath core installed a reporter. */
-    unsigned nop_interval_ms;           /* immutable; LUN_NOP_OFF = none */
-    unsigned nop_max_missed;            /* immutable */
-    lun_path_report_fn report;          /* protected by lock */
-    void *report_opaque;                /* protected by lock */
-    uint64_t nop_next_ns;               /* loop thread only: next NOP-Out; 0 = not started */
-    uint64_t nop_heard_ns;              /* loop thread only: last NOP-In or command response */
-    bool nop_outstanding;               /* loop thread only: a NOP-Out awaits its NOP-In */
-    bool nop_reported;                  /* loop thread only: this silence was reported */
-    uint64_t loop_now_ns;               /* loop thread only: clock read after the last poll */
-    unsigned out_pdus;                  /* loop thread only: PDUs queued since the last write */
-    bool cork;                          /* loop thread only (set at open): batch sends under TCP_CORK */
-    _Atomic uint64_t nop_answered;      /* NOP-Ins received */
-    _Atomic uint64_t nop_missed_total;  /* intervals that passed without one */
+    unsigned nop_interval_ms;      /* immutable; LUN_NOP_OFF = none */
+    unsigned nop_max_missed;       /* immutable */
+    lun_path_report_fn report;     /* protected by lock */
+    void *report_opaque;           /* protected by lock */
+    uint64_t nop_next_ns;          /* loop thread only: next NOP-Out; 0 = not started */
+    uint64_t nop_heard_ns;         /* loop thread only: last NOP-In or command response */
+    bool nop_outstanding;          /* loop thread only: a NOP-Out awaits its NOP-In */
+    bool nop_reported;             /* loop thread only: this silence was reported */
+    uint64_t loop_now_ns;          /* loop thread only: clock read after the last poll */
+    unsigned out_pdus;             /* loop thread only: PDUs queued since the last write */
+    bool cork;                     /* loop thread only (set at open): batch sends under TCP_CORK */
+    _Atomic uint64_t nop_answered; /* NOP-Ins received */
+    _Atomic uint64_t nop_missed_total; /* intervals that passed without one */
 
     /* Written by probe before any I/O is submitted, read-only afterwards. */
     uint32_t block_size;
@@ -360,8 +360,8 @@ static void icmd_complete(struct icmd *c, int result, uint8_t key, uint8_t asc, 
 
     if (c->is_caw && result == -EILSEQ && !c->split) {
         /* Read the current block into buf's first block. */
-        struct scsi_task *t = scsi_cdb_read16(io->lba, ip->block_size, (int)ip->block_size, 0, 0,
-                                              0, 0, 0);
+        struct scsi_task *t =
+            scsi_cdb_read16(io->lba, ip->block_size, (int)ip->block_size, 0, 0, 0, 0, 0);
         if (t && scsi_task_add_data_in_buffer(t, (int)ip->block_size, io->buf) == 0) {
             struct icmd *rb = icmd_new(ip, ICMD_CAW_READBACK, t);
             if (rb) {
@@ -564,8 +564,8 @@ static void ipath_expire(struct ipath *ip, uint64_t now)
         if (c->deadline_ns > now)
             break;
         c->timed_out = true;
-        log_err("%s: SCSI command 0x%02x timed out after %u ms", ip->base.name,
-                c->task->cdb[0], ip->timeout_ms);
+        log_err("%s: SCSI command 0x%02x timed out after %u ms", ip->base.name, c->task->cdb[0],
+                ip->timeout_ms);
         /* The cancel runs icmd_cb (which unlinks and frees c) unless
          * libiscsi no longer knew the task: then finish it here. */
         iscsi_scsi_cancel_task(ip->iscsi, c->task);
@@ -611,7 +611,9 @@ static void *ipath_loop(void *arg)
         int timeout = ISCSI_IDLE_POLL_MS;
         if (ip->inflight.next != &ip->inflight) {
             uint64_t now = now_ns(), dl = ip->inflight.next->deadline_ns;
-            timeout = dl <= now ? 0 : (int)MIN((dl - now + 999999) / 1000000, (uint64_t)ISCSI_IDLE_POLL_MS);
+            timeout = dl <= now
+                          ? 0
+                          : (int)MIN((dl - now + 999999) / 1000000, (uint64_t)ISCSI_IDLE_POLL_MS);
         }
         if (report && !dead && !stopping && ip->nop_interval_ms != LUN_NOP_OFF)
             timeout = ipath_nop_run(ip, report, report_opaque, timeout);
@@ -845,8 +847,8 @@ static int ipath_login(struct ipath *ip, unsigned connect_timeout_ms)
     while (!ls.done) {
         uint64_t now = now_ns();
         if (now >= deadline) {
-            log_err("%s: login timed out after %u ms (portal %s not answering)",
-                    ip->base.name, connect_timeout_ms, ip->portal);
+            log_err("%s: login timed out after %u ms (portal %s not answering)", ip->base.name,
+                    connect_timeout_ms, ip->portal);
             return -ETIMEDOUT;
         }
         struct pollfd pfd = {.fd = iscsi_get_fd(ip->iscsi),
@@ -909,8 +911,8 @@ static int ipath_check_lun(struct ipath *ip)
     int pq = t->datain.size > 0 ? t->datain.data[0] >> 5 : 3;
     scsi_free_scsi_task(t);
     if (pq == 3) {
-        log_err("%s: LUN %d does not exist on target %s (peripheral qualifier 3)",
-                ip->base.name, ip->lun_nr, ip->target);
+        log_err("%s: LUN %d does not exist on target %s (peripheral qualifier 3)", ip->base.name,
+                ip->lun_nr, ip->target);
         return -ENOENT;
     }
     return 0;
@@ -963,8 +965,8 @@ int lun_path_open_iscsi(const char *uri, const struct lun_options *opts, struct 
     ip->timeout_ms = opts->timeout_ms ? opts->timeout_ms : ISCSI_DEFAULT_TIMEOUT_MS;
     ip->nop_interval_ms = opts->nop_interval_ms ? opts->nop_interval_ms : ISCSI_NOP_INTERVAL_MS;
     ip->nop_max_missed = opts->nop_max_missed ? opts->nop_max_missed : ISCSI_NOP_MAX_MISSED;
-    unsigned connect_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms
-                                                   : ISCSI_DEFAULT_TIMEOUT_MS;
+    unsigned connect_ms =
+        opts->connect_timeout_ms ? opts->connect_timeout_ms : ISCSI_DEFAULT_TIMEOUT_MS;
     int rc;
     if (!ip->base.name) {
         rc = -ENOMEM;
@@ -1006,8 +1008,8 @@ int lun_path_open_iscsi(const char *uri, const struct lun_options *opts, struct 
     if (url->user[0])
         chap_ok = iscsi_set_initiator_username_pwd(ip->iscsi, url->user, url->passwd) == 0;
     if (chap_ok && url->target_user[0])
-        chap_ok = iscsi_set_target_username_pwd(ip->iscsi, url->target_user,
-                                                url->target_passwd) == 0;
+        chap_ok =
+            iscsi_set_target_username_pwd(ip->iscsi, url->target_user, url->target_passwd) == 0;
     iscsi_destroy_url(url);
     if (!chap_ok) {
         log_err("%s: bad CHAP credentials (user or password too long?)", ip->base.name);
@@ -1112,8 +1114,12 @@ static void rsoc_parse(const uint8_t *d, size_t size, struct rsoc_result *r)
     for (size_t off = 4; off + 8 <= len;) {
         const uint8_t *e = d + off;
         switch (e[0]) {
-        case 0x89: r->caw = true; break;
-        case 0x5E: r->pr_in = true; break;
+        case 0x89:
+            r->caw = true;
+            break;
+        case 0x5E:
+            r->pr_in = true;
+            break;
         case 0x5F:
             r->pr_out = true;
             /* tgt answers the one-command form of RSOC as "supported" for any
@@ -1121,13 +1127,26 @@ static void rsoc_parse(const uint8_t *d, size_t size, struct rsoc_result *r)
             if ((e[5] & 0x01) && be16_get(e + 2) == LUN_PR_ACT_PREEMPT_ABORT)
                 r->pr_preempt_abort = true;
             break;
-        case 0x93: r->ws16 = true; break;
-        case 0x42: r->unmap = true; break;
-        case 0x91: r->sync16 = true; break;
-        case 0x35: r->sync10 = true; break;
-        case 0x88: r->read16 = true; break;
-        case 0x8A: r->write16 = true; break;
-        default: break;
+        case 0x93:
+            r->ws16 = true;
+            break;
+        case 0x42:
+            r->unmap = true;
+            break;
+        case 0x91:
+            r->sync16 = true;
+            break;
+        case 0x35:
+            r->sync10 = true;
+            break;
+        case 0x88:
+            r->read16 = true;
+            break;
+        case 0x8A:
+            r->write16 = true;
+            break;
+        default:
+            break;
         }
         off += 8 + ((e[5] & 0x02) ? 12 : 0); /* CTDP: a timeouts descriptor follows */
     }
@@ -1235,8 +1254,7 @@ static int iscsi_path_probe(struct lun_path *p, struct lun_info *info)
     }
     if (!info->id[0]) {
         if (info->serial[0])
-            snprintf(info->id, sizeof(info->id), "serial.%.8s.%.200s", info->vendor,
-                     info->serial);
+            snprintf(info->id, sizeof(info->id), "serial.%.8s.%.200s", info->vendor, info->serial);
         else
             snprintf(info->id, sizeof(info->id), "iscsi.%.200s.%d", ip->target, ip->lun_nr);
     }
@@ -1271,8 +1289,8 @@ static int iscsi_path_probe(struct lun_path *p, struct lun_info *info)
             if (rc == 0)
                 scsi_free_scsi_task(t);
             char sb[LUN_SENSE_STR_MAX];
-            log_err("%s: READ CAPACITY(16) failed: %s (%s)", p->name,
-                    strerror(rc < 0 ? -rc : EIO), lun_sense_str(key, asc, ascq, sb, sizeof(sb)));
+            log_err("%s: READ CAPACITY(16) failed: %s (%s)", p->name, strerror(rc < 0 ? -rc : EIO),
+                    lun_sense_str(key, asc, ascq, sb, sizeof(sb)));
             return rc < 0 ? rc : -EIO;
         }
         const uint8_t *d = t->datain.data;
@@ -1393,8 +1411,9 @@ static int build_rw(struct ipath *ip, struct lun_io *io, bool write, struct icmd
         else
             t = scsi_cdb_read16(lba, (uint32_t)len, (int)bs, 0, 0, 0, 0, 0);
         struct icmd *c = t ? icmd_new(ip, ICMD_IO, t) : NULL;
-        if (!c || (write ? scsi_task_add_data_out_buffer(t, (int)len, buf + (size_t)done * bs)
-                         : scsi_task_add_data_in_buffer(t, (int)len, buf + (size_t)done * bs)) != 0) {
+        if (!c ||
+            (write ? scsi_task_add_data_out_buffer(t, (int)len, buf + (size_t)done * bs)
+                   : scsi_task_add_data_in_buffer(t, (int)len, buf + (size_t)done * bs)) != 0) {
             if (c)
                 icmd_free(c);
             else if (t)
@@ -1556,12 +1575,18 @@ static int iscsi_path_submit(struct lun_path *p, struct lun_io *io)
 static const char *pr_action_name(enum lun_pr_action a)
 {
     switch (a) {
-    case LUN_PR_ACT_REGISTER_IGNORE: return "REGISTER AND IGNORE EXISTING KEY";
-    case LUN_PR_ACT_RESERVE: return "RESERVE";
-    case LUN_PR_ACT_RELEASE: return "RELEASE";
-    case LUN_PR_ACT_CLEAR: return "CLEAR";
-    case LUN_PR_ACT_PREEMPT: return "PREEMPT";
-    case LUN_PR_ACT_PREEMPT_ABORT: return "PREEMPT AND ABORT";
+    case LUN_PR_ACT_REGISTER_IGNORE:
+        return "REGISTER AND IGNORE EXISTING KEY";
+    case LUN_PR_ACT_RESERVE:
+        return "RESERVE";
+    case LUN_PR_ACT_RELEASE:
+        return "RELEASE";
+    case LUN_PR_ACT_CLEAR:
+        return "CLEAR";
+    case LUN_PR_ACT_PREEMPT:
+        return "PREEMPT";
+    case LUN_PR_ACT_PREEMPT_ABORT:
+        return "PREEMPT AND ABORT";
     }
     return "?";
 }
@@ -1576,14 +1601,15 @@ static int iscsi_path_pr_out(struct lun_path *p, enum lun_pr_action action, uint
     be64_put(params, key);
     be64_put(params + 8, sa_key);
     uint8_t k, a, q;
-    int rc = ipath_sync_cdb(ip, cdb, 10, SCSI_XFER_WRITE, params, sizeof(params), 0, NULL, &k,
-                            &a, &q);
+    int rc =
+        ipath_sync_cdb(ip, cdb, 10, SCSI_XFER_WRITE, params, sizeof(params), 0, NULL, &k, &a, &q);
     if (rc < 0) {
         char sb[LUN_SENSE_STR_MAX];
-        log_err("%s: PERSISTENT RESERVE OUT %s (key 0x%llx, sa key 0x%llx, type %d) failed: %s%s%s%s",
-                p->name, pr_action_name(action), (unsigned long long)key,
-                (unsigned long long)sa_key, (int)type, strerror(-rc), k ? " (" : "",
-                k ? lun_sense_str(k, a, q, sb, sizeof(sb)) : "", k ? ")" : "");
+        log_err(
+            "%s: PERSISTENT RESERVE OUT %s (key 0x%llx, sa key 0x%llx, type %d) failed: %s%s%s%s",
+            p->name, pr_action_name(action), (unsigned long long)key, (unsigned long long)sa_key,
+            (int)type, strerror(-rc), k ? " (" : "",
+            k ? lun_sense_str(k, a, q, sb, sizeof(sb)) : "", k ? ")" : "");
         if (rc == -EINVAL && k == LUN_SK_ILLEGAL_REQUEST && action == LUN_PR_ACT_PREEMPT_ABORT)
             rc = -EOPNOTSUPP;
     }

@@ -129,65 +129,65 @@ struct lun;
 
 /* One path of a LUN and its engine state. */
 struct mp_slot {
-    struct lun *lun;               /* immutable */
-    unsigned idx;                  /* immutable */
-    char *uri;                     /* immutable: reopen URI (password kept), NULL = cannot reopen */
-    char *name;                    /* immutable: the path's name (URI without password) */
-    const char *kind;              /* immutable: "iscsi", "file", ... */
-    pthread_t checker;             /* immutable once started */
-    bool checker_started;          /* immutable once started */
-    struct lun_path *p;            /* protected by lun->lock; replaced only by the checker */
-    bool failed;                   /* protected by lun->lock */
-    bool torn_down;                /* protected by lun->lock: failed session aborted / drained */
-    bool aborting;                 /* protected by lun->lock: the monitor is in ops->abort */
-    unsigned gen;                  /* protected by lun->lock: teardown generation */
+    struct lun *lun;      /* immutable */
+    unsigned idx;         /* immutable */
+    char *uri;            /* immutable: reopen URI (password kept), NULL = cannot reopen */
+    char *name;           /* immutable: the path's name (URI without password) */
+    const char *kind;     /* immutable: "iscsi", "file", ... */
+    pthread_t checker;    /* immutable once started */
+    bool checker_started; /* immutable once started */
+    struct lun_path *p;   /* protected by lun->lock; replaced only by the checker */
+    bool failed;          /* protected by lun->lock */
+    bool torn_down;       /* protected by lun->lock: failed session aborted / drained */
+    bool aborting;        /* protected by lun->lock: the monitor is in ops->abort */
+    unsigned gen;         /* protected by lun->lock: teardown generation */
     /* Atomics: incremented only under lun->lock (together with the path
      * choice), decremented anywhere; so a reader holding lun->lock that
      * sees 0 knows no thread is about to use the path. */
-    _Atomic unsigned submitting;   /* threads inside the path */
-    _Atomic unsigned inflight;     /* commands issued on the path, not yet completed */
+    _Atomic unsigned submitting;    /* threads inside the path */
+    _Atomic unsigned inflight;      /* commands issued on the path, not yet completed */
     _Atomic uint64_t inflight_cost; /* bytes + 4 KiB per command in flight */
-    struct {                       /* atomics, updated without lun->lock */
+    struct {                        /* atomics, updated without lun->lock */
         _Atomic uint64_t reads, writes, others, read_bytes, write_bytes, errors;
         _Atomic uint64_t lat_hist[LUN_LAT_BUCKETS];
     } ctr;
-    uint64_t tur_started_ns;       /* protected by lun->lock: 0 = no TUR outstanding */
-    uint64_t hold_until_ns;        /* protected by lun->lock: flap hysteresis */
-    uint64_t state_since_ns;       /* protected by lun->lock */
-    uint64_t next_reopen_ns;       /* checker thread only */
-    unsigned reopen_fails;         /* checker thread only: back-off 0.5, 1, 2, 4 s */
+    uint64_t tur_started_ns;          /* protected by lun->lock: 0 = no TUR outstanding */
+    uint64_t hold_until_ns;           /* protected by lun->lock: flap hysteresis */
+    uint64_t state_since_ns;          /* protected by lun->lock */
+    uint64_t next_reopen_ns;          /* checker thread only */
+    unsigned reopen_fails;            /* checker thread only: back-off 0.5, 1, 2, 4 s */
     uint64_t fail_ring[MP_FLAP_RING]; /* protected by lun->lock: recent failure times */
-    unsigned fail_pos;             /* protected by lun->lock */
-    struct lun_path_stats st;      /* protected by lun->lock: failures, last_error */
-    struct lun_info pinfo;         /* protected by lun->lock: the path's last probe */
-    bool have_pinfo;               /* protected by lun->lock */
-    uint64_t ping_base, miss_base; /* protected by lun->lock: pings of closed sessions */
+    unsigned fail_pos;                /* protected by lun->lock */
+    struct lun_path_stats st;         /* protected by lun->lock: failures, last_error */
+    struct lun_info pinfo;            /* protected by lun->lock: the path's last probe */
+    bool have_pinfo;                  /* protected by lun->lock */
+    uint64_t ping_base, miss_base;    /* protected by lun->lock: pings of closed sessions */
 };
 
 struct lun {
-    pthread_mutex_t lock;          /* lock order: lun->lock, then nothing (never held in paths) */
-    pthread_cond_t cond;           /* with lock: wakes the monitor and the checkers */
-    char *name;                    /* immutable after open */
-    struct lun_info info;          /* immutable after open */
-    struct lun_options opts;       /* immutable; host/initiator point at the copies below */
+    pthread_mutex_t lock;    /* lock order: lun->lock, then nothing (never held in paths) */
+    pthread_cond_t cond;     /* with lock: wakes the monitor and the checkers */
+    char *name;              /* immutable after open */
+    struct lun_info info;    /* immutable after open */
+    struct lun_options opts; /* immutable; host/initiator point at the copies below */
     char *host_name, *initiator_name; /* immutable: for reopening paths */
-    bool mp;                       /* immutable: the multipath engine is on */
-    enum lun_policy policy;        /* immutable, resolved (never DEFAULT) */
-    uint64_t epoch_ns;             /* immutable: time origin of priv[2] stamps */
-    unsigned npaths;               /* immutable after open */
+    bool mp;                          /* immutable: the multipath engine is on */
+    enum lun_policy policy;           /* immutable, resolved (never DEFAULT) */
+    uint64_t epoch_ns;                /* immutable: time origin of priv[2] stamps */
+    unsigned npaths;                  /* immutable after open */
     struct mp_slot slots[LUN_MAX_PATHS];
-    unsigned cur;                  /* protected by lock: current path (mru, fixed, rr) */
-    unsigned rr_count, st_next;    /* protected by lock */
+    unsigned cur;                   /* protected by lock: current path (mru, fixed, rr) */
+    unsigned rr_count, st_next;     /* protected by lock */
     struct lun_io *q_head, *q_tail; /* protected by lock: I/Os waiting for a path */
-    unsigned nqueued;              /* protected by lock */
-    bool stopping;                 /* protected by lock */
-    bool pr_registered;            /* protected by lock: lun_pr_register(key != 0) succeeded */
-    uint64_t pr_key;               /* protected by lock */
-    bool fenced;                   /* protected by lock */
+    unsigned nqueued;               /* protected by lock */
+    bool stopping;                  /* protected by lock */
+    bool pr_registered;             /* protected by lock: lun_pr_register(key != 0) succeeded */
+    uint64_t pr_key;                /* protected by lock */
+    bool fenced;                    /* protected by lock */
     lun_register_check_fn check_fn; /* protected by lock */
-    void *check_opaque;            /* protected by lock */
-    pthread_t monitor;             /* immutable once started */
-    bool monitor_started;          /* immutable once started */
+    void *check_opaque;             /* protected by lock */
+    pthread_t monitor;              /* immutable once started */
+    bool monitor_started;           /* immutable once started */
 };
 
 void lun_options_init(struct lun_options *opts)
@@ -306,12 +306,18 @@ static void lun_caps_and(struct lun_caps *a, const struct lun_caps *b)
 static const char *lun_op_name(enum lun_op op)
 {
     switch (op) {
-    case LUN_OP_READ: return "read";
-    case LUN_OP_WRITE: return "write";
-    case LUN_OP_FLUSH: return "flush";
-    case LUN_OP_UNMAP: return "unmap";
-    case LUN_OP_WRITE_SAME: return "write-same";
-    case LUN_OP_COMPARE_AND_WRITE: return "compare-and-write";
+    case LUN_OP_READ:
+        return "read";
+    case LUN_OP_WRITE:
+        return "write";
+    case LUN_OP_FLUSH:
+        return "flush";
+    case LUN_OP_UNMAP:
+        return "unmap";
+    case LUN_OP_WRITE_SAME:
+        return "write-same";
+    case LUN_OP_COMPARE_AND_WRITE:
+        return "compare-and-write";
     }
     return "?";
 }
@@ -339,9 +345,12 @@ static uint64_t lun_io_cost(const struct lun *lun, const struct lun_io *io)
 const char *lun_path_state_name(enum lun_path_state s)
 {
     switch (s) {
-    case LUN_PATH_ACTIVE: return "active";
-    case LUN_PATH_STANDBY: return "standby";
-    case LUN_PATH_FAILED: return "failed";
+    case LUN_PATH_ACTIVE:
+        return "active";
+    case LUN_PATH_STANDBY:
+        return "standby";
+    case LUN_PATH_FAILED:
+        return "failed";
     }
     return "?";
 }
@@ -349,21 +358,32 @@ const char *lun_path_state_name(enum lun_path_state s)
 const char *lun_policy_name(enum lun_policy p)
 {
     switch (p) {
-    case LUN_POLICY_DEFAULT: return "default";
-    case LUN_POLICY_FIXED: return "fixed";
-    case LUN_POLICY_MRU: return "mru";
-    case LUN_POLICY_ROUND_ROBIN: return "round-robin";
-    case LUN_POLICY_SERVICE_TIME: return "service-time";
+    case LUN_POLICY_DEFAULT:
+        return "default";
+    case LUN_POLICY_FIXED:
+        return "fixed";
+    case LUN_POLICY_MRU:
+        return "mru";
+    case LUN_POLICY_ROUND_ROBIN:
+        return "round-robin";
+    case LUN_POLICY_SERVICE_TIME:
+        return "service-time";
     }
     return "?";
 }
 
 int lun_policy_parse(const char *s, enum lun_policy *out)
 {
-    static const struct { const char *name; enum lun_policy p; } t[] = {
-        {"fixed", LUN_POLICY_FIXED},          {"mru", LUN_POLICY_MRU},
-        {"round-robin", LUN_POLICY_ROUND_ROBIN}, {"rr", LUN_POLICY_ROUND_ROBIN},
-        {"service-time", LUN_POLICY_SERVICE_TIME}, {"st", LUN_POLICY_SERVICE_TIME},
+    static const struct {
+        const char *name;
+        enum lun_policy p;
+    } t[] = {
+        {"fixed", LUN_POLICY_FIXED},
+        {"mru", LUN_POLICY_MRU},
+        {"round-robin", LUN_POLICY_ROUND_ROBIN},
+        {"rr", LUN_POLICY_ROUND_ROBIN},
+        {"service-time", LUN_POLICY_SERVICE_TIME},
+        {"st", LUN_POLICY_SERVICE_TIME},
         {"default", LUN_POLICY_DEFAULT},
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
@@ -409,12 +429,12 @@ static unsigned lun_lat_bucket(uint64_t us)
 /* priv[2]: bits 0-7 retries on the same path, 8-15 path index, 16-31 time
  * first queued (100 ms units since epoch, +1; 0 = never), 32-63 dispatch
  * time (microseconds since epoch, modulo 2^32). */
-#define LUN_PRIV_RETRIES(v) ((unsigned)((v) & 0xFF))
+#define LUN_PRIV_RETRIES(v) ((unsigned)((v)&0xFF))
 #define LUN_PRIV_PATH(v) ((unsigned)(((v) >> 8) & 0xFF))
 #define LUN_PRIV_QUEUED(v) ((unsigned)(((v) >> 16) & 0xFFFF))
 #define LUN_PRIV_DISPATCH(v) ((uint32_t)((v) >> 32))
 #define LUN_PRIV_MAKE(retries, path, queued, disp)                                                 \
-    ((uintptr_t)(retries) | ((uintptr_t)(path) << 8) | ((uintptr_t)(queued) << 16) |              \
+    ((uintptr_t)(retries) | ((uintptr_t)(path) << 8) | ((uintptr_t)(queued) << 16) |               \
      ((uintptr_t)(disp) << 32))
 
 static uint64_t lun_since_epoch_ns(const struct lun *lun)
@@ -515,7 +535,8 @@ static int lun_open_engine(struct lun_path **paths, char **uris, unsigned n,
             s->name = s->uri ? lun_uri_redact(s->uri) : NULL;
             s->failed = s->torn_down = true;
             s->st.failures = 1;
-            snprintf(s->st.last_error, sizeof s->st.last_error, "not reachable when the LUN was "
+            snprintf(s->st.last_error, sizeof s->st.last_error,
+                     "not reachable when the LUN was "
                      "opened");
         }
     }
@@ -558,15 +579,14 @@ static int lun_open_engine(struct lun_path **paths, char **uris, unsigned n,
         }
         if (pi.block_size != lun->info.block_size || pi.num_blocks != lun->info.num_blocks) {
             log_err("%s: path reports %llu blocks of %u bytes, %s reports %llu of %u",
-                    paths[i]->name, (unsigned long long)pi.num_blocks, pi.block_size,
-                    refname, (unsigned long long)lun->info.num_blocks,
-                    lun->info.block_size);
+                    paths[i]->name, (unsigned long long)pi.num_blocks, pi.block_size, refname,
+                    (unsigned long long)lun->info.num_blocks, lun->info.block_size);
             rc = -EINVAL;
             goto fail;
         }
         lun_caps_and(&lun->info.caps, &pi.caps);
-        if (pi.max_transfer_blocks &&
-            (!lun->info.max_transfer_blocks || pi.max_transfer_blocks < lun->info.max_transfer_blocks))
+        if (pi.max_transfer_blocks && (!lun->info.max_transfer_blocks ||
+                                       pi.max_transfer_blocks < lun->info.max_transfer_blocks))
             lun->info.max_transfer_blocks = pi.max_transfer_blocks;
     }
     lun->name = strdup(refname);
@@ -902,14 +922,14 @@ static void mp_path_fail_locked(struct lun *lun, unsigned i, const char *why)
     s->fail_ring[s->fail_pos++ % MP_FLAP_RING] = now;
     unsigned recent = 0;
     for (unsigned k = 0; k < MP_FLAP_RING; k++)
-        if (s->fail_ring[k] && now - s->fail_ring[k] <= (uint64_t)lun->opts.flap_window_ms * 1000000)
+        if (s->fail_ring[k] &&
+            now - s->fail_ring[k] <= (uint64_t)lun->opts.flap_window_ms * 1000000)
             recent++;
     bool hold = recent >= lun->opts.flap_count;
     if (hold)
         s->hold_until_ns = now + (uint64_t)lun->opts.flap_hold_ms * 1000000;
-    log_err("%s: path %s failed: %s; %u of %u paths up%s", lun->name,
-            s->name, why, mp_paths_up_locked(lun), lun->npaths,
-            hold ? " (flapping: held back)" : "");
+    log_err("%s: path %s failed: %s; %u of %u paths up%s", lun->name, s->name, why,
+            mp_paths_up_locked(lun), lun->npaths, hold ? " (flapping: held back)" : "");
     pthread_cond_broadcast(&lun->cond);
 }
 
@@ -988,8 +1008,8 @@ static int lun_io_check(struct lun *lun, const struct lun_io *io)
         return -EINVAL;
     }
     if (lun_op_modifies(io->op) && lun->opts.read_only) {
-        log_err("%s: %s at lba %llu refused: LUN opened read-only", lun->name,
-                lun_op_name(io->op), (unsigned long long)io->lba);
+        log_err("%s: %s at lba %llu refused: LUN opened read-only", lun->name, lun_op_name(io->op),
+                (unsigned long long)io->lba);
         return -EROFS;
     }
     if (io->op == LUN_OP_FLUSH)
@@ -1267,8 +1287,8 @@ static void lun_io_done(struct lun_io *io, int result)
         if (newly)
             log_err("%s: this host is fenced: %s of %u blocks at lba %llu refused on %s (%s); "
                     "paths will not re-register the reservation key",
-                    lun->name, lun_op_name(io->op), io->nblocks, (unsigned long long)io->lba,
-                    pname, io->sense_key ? sbuf : "RESERVATION CONFLICT");
+                    lun->name, lun_op_name(io->op), io->nblocks, (unsigned long long)io->lba, pname,
+                    io->sense_key ? sbuf : "RESERVATION CONFLICT");
     }
     if (result != -EILSEQ && (io->sense_key || io->asc || io->ascq))
         log_err("%s: %s of %u blocks at lba %llu failed on %s: %s (%s)", lun->name,
@@ -1705,8 +1725,13 @@ static int lun_sync(struct lun *lun, enum lun_op op, uint64_t lba, uint32_t nblo
     pthread_mutex_init(&w.m, NULL);
     pthread_cond_init(&w.c, NULL);
     struct lun_io io = {
-        .op = op, .lba = lba, .nblocks = nblocks, .buf = buf, .flags = flags,
-        .done = lun_waiter_done, .opaque = &w,
+        .op = op,
+        .lba = lba,
+        .nblocks = nblocks,
+        .buf = buf,
+        .flags = flags,
+        .done = lun_waiter_done,
+        .opaque = &w,
     };
     int rc = lun_submit(lun, &io);
     if (rc == 0) {

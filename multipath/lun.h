@@ -51,21 +51,21 @@ struct lun_caps {
 #define LUN_ID_MAX 256
 
 struct lun_info {
-    char vendor[9];                /* T10 vendor id, trimmed */
+    char vendor[9]; /* T10 vendor id, trimmed */
     char product[17];
     char revision[5];
-    char serial[LUN_ID_MAX];       /* VPD 0x80 unit serial number */
-    char id[LUN_ID_MAX];           /* VPD 0x83 designator as text, e.g. "naa.60000000..."
-                                      or "t10.IET..."; for files "file.<dev>.<ino>" */
-    uint32_t block_size;           /* logical block size in bytes: 512 or 4096 */
-    uint32_t physical_block_size;  /* >= block_size */
-    uint64_t num_blocks;           /* capacity in logical blocks */
-    uint32_t max_transfer_blocks;  /* per command; 0 = no limit reported */
-    uint32_t max_unmap_blocks;     /* 0 = unknown */
+    char serial[LUN_ID_MAX];      /* VPD 0x80 unit serial number */
+    char id[LUN_ID_MAX];          /* VPD 0x83 designator as text, e.g. "naa.60000000..."
+                                     or "t10.IET..."; for files "file.<dev>.<ino>" */
+    uint32_t block_size;          /* logical block size in bytes: 512 or 4096 */
+    uint32_t physical_block_size; /* >= block_size */
+    uint64_t num_blocks;          /* capacity in logical blocks */
+    uint32_t max_transfer_blocks; /* per command; 0 = no limit reported */
+    uint32_t max_unmap_blocks;    /* 0 = unknown */
     struct lun_caps caps;
-    struct lun_caps caps_unknown;  /* what the path could not probe (e.g. MODE SENSE refused
-                                      under another initiator's reservation): neither claimed
-                                      nor denied */
+    struct lun_caps caps_unknown; /* what the path could not probe (e.g. MODE SENSE refused
+                                     under another initiator's reservation): neither claimed
+                                     nor denied */
 };
 
 /* Path selection policies of a multipath LUN (see docs/multipath.md). */
@@ -83,25 +83,25 @@ struct lun_options {
     unsigned timeout_ms;         /* per command; default 5000 */
     unsigned connect_timeout_ms; /* login; default 5000 */
     bool read_only;
-    bool no_direct;              /* files: do not try O_DIRECT */
-    uint32_t file_block_size;    /* files: logical block size, 512 (default) or 4096 */
+    bool no_direct;           /* files: do not try O_DIRECT */
+    uint32_t file_block_size; /* files: logical block size, 512 (default) or 4096 */
     /* Multipath (used with two or more paths, or with `multipath` set).
      * 0 means the default given in brackets. */
-    bool multipath;              /* the engine (checker, reconnect, queueing) even for 1 path */
-    enum lun_policy policy;      /* [service-time] */
-    unsigned rr_ios;             /* round-robin: switch every N I/Os [1] */
-    unsigned preferred_path;     /* fixed: index of the preferred path [0] */
-    unsigned queue_ms;           /* all paths down: queue I/O this long, then EIO [60000] */
-    unsigned check_interval_ms;  /* TEST UNIT READY on every path this often [250] */
-    unsigned check_timeout_ms;   /* a path whose TUR hangs this long is failed [1000] */
-    unsigned flap_count;         /* a path that failed this often ... [3] */
-    unsigned flap_window_ms;     /* ... within this window [30000] ... */
-    unsigned flap_hold_ms;       /* ... waits this long before it is used again [5000] */
+    bool multipath;             /* the engine (checker, reconnect, queueing) even for 1 path */
+    enum lun_policy policy;     /* [service-time] */
+    unsigned rr_ios;            /* round-robin: switch every N I/Os [1] */
+    unsigned preferred_path;    /* fixed: index of the preferred path [0] */
+    unsigned queue_ms;          /* all paths down: queue I/O this long, then EIO [60000] */
+    unsigned check_interval_ms; /* TEST UNIT READY on every path this often [250] */
+    unsigned check_timeout_ms;  /* a path whose TUR hangs this long is failed [1000] */
+    unsigned flap_count;        /* a path that failed this often ... [3] */
+    unsigned flap_window_ms;    /* ... within this window [30000] ... */
+    unsigned flap_hold_ms;      /* ... waits this long before it is used again [5000] */
     /* Liveness pings (iSCSI NOP-Out) on every path of the engine, idle or
      * not: a path whose pings go unanswered for nop_max_missed intervals in
      * a row is failed like a timed-out command. LUN_NOP_OFF: no pings. */
-    unsigned nop_interval_ms;    /* a NOP-Out this often [1000] */
-    unsigned nop_max_missed;     /* intervals without a NOP-In before the path fails [2] */
+    unsigned nop_interval_ms; /* a NOP-Out this often [1000] */
+    unsigned nop_max_missed;  /* intervals without a NOP-In before the path fails [2] */
 };
 
 #define LUN_NOP_OFF 0xFFFFFFFFu /* lun_options.nop_interval_ms: no NOP-Out pings */
@@ -150,17 +150,17 @@ enum lun_path_state {
 
 struct lun_path_stats {
     enum lun_path_state state;
-    bool held;                 /* failed and waiting out the flap hysteresis */
-    unsigned inflight;         /* commands on the path now */
-    uint64_t reads, writes, others;   /* completed commands */
+    bool held;                      /* failed and waiting out the flap hysteresis */
+    unsigned inflight;              /* commands on the path now */
+    uint64_t reads, writes, others; /* completed commands */
     uint64_t read_bytes, write_bytes;
-    uint64_t errors;           /* commands that failed on this path */
-    uint64_t failures;         /* times the path went to FAILED */
-    uint64_t state_age_ms;     /* time in the current state */
+    uint64_t errors;       /* commands that failed on this path */
+    uint64_t failures;     /* times the path went to FAILED */
+    uint64_t state_age_ms; /* time in the current state */
     uint64_t lat_hist[LUN_LAT_BUCKETS];
-    uint64_t pings;            /* NOP-Outs answered (iSCSI; all sessions of the path) */
-    uint64_t nop_misses;       /* ping intervals that passed without a NOP-In */
-    char last_error[128];      /* why it last failed, "" if never */
+    uint64_t pings;       /* NOP-Outs answered (iSCSI; all sessions of the path) */
+    uint64_t nop_misses;  /* ping intervals that passed without a NOP-In */
+    char last_error[128]; /* why it last failed, "" if never */
 };
 
 /* Snapshot of path i's state and counters; -EINVAL if i is out of range. */
@@ -195,7 +195,7 @@ bool lun_is_fenced(struct lun *lun);
 
 /* ---- Synchronous I/O (simple callers) ---------------------------------- */
 
-#define LUN_IO_FUA   (1u << 0) /* write: force unit access */
+#define LUN_IO_FUA (1u << 0)   /* write: force unit access */
 #define LUN_IO_UNMAP (1u << 1) /* write_same: allow deallocation */
 
 int lun_read(struct lun *lun, uint64_t lba, uint32_t nblocks, void *buf);
@@ -232,7 +232,7 @@ struct lun_pr_state {
     unsigned nkeys;
     uint64_t keys[LUN_PR_MAX_KEYS]; /* registered keys (one per I_T nexus) */
     bool reserved;
-    uint64_t holder_key;            /* reservation key of the holder; 0 for all-registrants */
+    uint64_t holder_key; /* reservation key of the holder; 0 for all-registrants */
     enum lun_pr_type type;
 };
 
@@ -268,8 +268,8 @@ struct lun_io {
     uint64_t lba;
     uint32_t nblocks;
     void *buf;
-    unsigned flags;        /* LUN_IO_* */
-    lun_io_done_fn done;   /* called exactly once, on a LUN thread: do not block in it */
+    unsigned flags;      /* LUN_IO_* */
+    lun_io_done_fn done; /* called exactly once, on a LUN thread: do not block in it */
     void *opaque;
     /* set by the LUN layer before done() is called */
     uint8_t sense_key, asc, ascq; /* SCSI sense of the final failure, 0 if none */

@@ -61,8 +61,8 @@ struct lun_path_ops {
 
 struct lun_path {
     const struct lun_path_ops *ops;
-    char *name;   /* the URI without password, for messages */
-    void *priv;   /* the kind's own state */
+    char *name; /* the URI without password, for messages */
+    void *priv; /* the kind's own state */
 };
 
 int lun_path_open_file(const char *uri, const struct lun_options *opts, struct lun_path **out);

@@ -172,10 +172,14 @@ int lun_status_errno(uint8_t status, uint8_t key, uint8_t asc, uint8_t ascq)
 const char *lun_sense_class_name(enum lun_sense_class c)
 {
     switch (c) {
-    case LUN_SENSE_OK: return "ok";
-    case LUN_SENSE_RETRY_SAME: return "retry-same";
-    case LUN_SENSE_FAILOVER: return "failover";
-    case LUN_SENSE_FAIL_UP: return "fail-up";
+    case LUN_SENSE_OK:
+        return "ok";
+    case LUN_SENSE_RETRY_SAME:
+        return "retry-same";
+    case LUN_SENSE_FAILOVER:
+        return "failover";
+    case LUN_SENSE_FAIL_UP:
+        return "fail-up";
     }
     return "?";
 }
@@ -183,10 +187,10 @@ const char *lun_sense_class_name(enum lun_sense_class c)
 const char *lun_sense_key_name(uint8_t key)
 {
     static const char *const names[16] = {
-        "NO SENSE",        "RECOVERED ERROR", "NOT READY",       "MEDIUM ERROR",
-        "HARDWARE ERROR",  "ILLEGAL REQUEST", "UNIT ATTENTION",  "DATA PROTECT",
-        "BLANK CHECK",     "VENDOR SPECIFIC", "COPY ABORTED",    "ABORTED COMMAND",
-        "RESERVED (0xC)",  "VOLUME OVERFLOW", "MISCOMPARE",      "COMPLETED",
+        "NO SENSE",       "RECOVERED ERROR", "NOT READY",      "MEDIUM ERROR",
+        "HARDWARE ERROR", "ILLEGAL REQUEST", "UNIT ATTENTION", "DATA PROTECT",
+        "BLANK CHECK",    "VENDOR SPECIFIC", "COPY ABORTED",   "ABORTED COMMAND",
+        "RESERVED (0xC)", "VOLUME OVERFLOW", "MISCOMPARE",     "COMPLETED",
     };
     return names[key & 0xF];
 }
@@ -194,14 +198,22 @@ const char *lun_sense_key_name(uint8_t key)
 const char *lun_status_name(uint8_t status)
 {
     switch (status) {
-    case LUN_STATUS_GOOD: return "GOOD";
-    case LUN_STATUS_CHECK_CONDITION: return "CHECK CONDITION";
-    case LUN_STATUS_CONDITION_MET: return "CONDITION MET";
-    case LUN_STATUS_BUSY: return "BUSY";
-    case LUN_STATUS_RESERVATION_CONFLICT: return "RESERVATION CONFLICT";
-    case LUN_STATUS_TASK_SET_FULL: return "TASK SET FULL";
-    case LUN_STATUS_ACA_ACTIVE: return "ACA ACTIVE";
-    case LUN_STATUS_TASK_ABORTED: return "TASK ABORTED";
+    case LUN_STATUS_GOOD:
+        return "GOOD";
+    case LUN_STATUS_CHECK_CONDITION:
+        return "CHECK CONDITION";
+    case LUN_STATUS_CONDITION_MET:
+        return "CONDITION MET";
+    case LUN_STATUS_BUSY:
+        return "BUSY";
+    case LUN_STATUS_RESERVATION_CONFLICT:
+        return "RESERVATION CONFLICT";
+    case LUN_STATUS_TASK_SET_FULL:
+        return "TASK SET FULL";
+    case LUN_STATUS_ACA_ACTIVE:
+        return "ACA ACTIVE";
+    case LUN_STATUS_TASK_ABORTED:
+        return "TASK ABORTED";
     }
     return "UNKNOWN STATUS";
 }
@@ -267,7 +279,7 @@ char *lun_sense_str(uint8_t key, uint8_t asc, uint8_t ascq, char *buf, size_t le
         snprintf(buf, len, "%s: %s (%02X/%02X/%02X)", lun_sense_key_name(key), text, key, asc,
                  ascq);
     else
-        snprintf(buf, len, "%s: ASC/ASCQ %02X/%02X (%02X/%02X/%02X)", lun_sense_key_name(key),
-                 asc, ascq, key, asc, ascq);
+        snprintf(buf, len, "%s: ASC/ASCQ %02X/%02X (%02X/%02X/%02X)", lun_sense_key_name(key), asc,
+                 ascq, key, asc, ascq);
     return buf;
 }

@@ -340,8 +340,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_delay_slows_every_io, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writers_with_reorder_lose_nothing, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_core_splits_commands_at_max_transfer, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_core_splits_commands_at_max_transfer, setup, teardown),
     };
     log_set_program("test-fault");
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -16,26 +16,25 @@
 static void test_login_error_maps_status_and_socket_errors(void **state)
 {
     const char *reason = NULL;
-    assert_int_equal(login_error("Failed to log in to target. Status: Authentication failure(513)",
-                                 &reason),
-                     -EACCES);
+    assert_int_equal(
+        login_error("Failed to log in to target. Status: Authentication failure(513)", &reason),
+        -EACCES);
     assert_non_null(strstr(reason, "CHAP"));
     assert_int_equal(
         login_error("Failed to log in to target. Status: Authorization failure(514)", &reason),
         -EACCES);
     assert_non_null(strstr(reason, "not authorized"));
     assert_int_equal(
-        login_error("Failed to log in to target. Status: Target not found(515)", &reason),
-        -ENOENT);
+        login_error("Failed to log in to target. Status: Target not found(515)", &reason), -ENOENT);
     assert_non_null(strstr(reason, "no such target"));
     assert_int_equal(login_error("Failed to connect to iSCSI socket. iscsi_service: socket error "
                                  "Connection refused(111).",
                                  &reason),
                      -ECONNREFUSED);
     assert_int_equal(login_error("socket error No route to host(113)", &reason), -EHOSTUNREACH);
-    assert_int_equal(login_error("Authentication failed. Invalid CHAP_R response from the target",
-                                 &reason),
-                     -EACCES);
+    assert_int_equal(
+        login_error("Authentication failed. Invalid CHAP_R response from the target", &reason),
+        -EACCES);
 }
 
 static void test_task_result_maps_status_and_sense(void **state)
@@ -85,8 +84,8 @@ static void test_designator_prefers_naa_then_eui_then_t10(void **state)
 {
     /* As tgt sends them: T10 vendor id "IET     00010001", NAA 3000000100000001. */
     const uint8_t d[3][24] = {
-        {0x02, 0x01, 0x00, 16, 'I', 'E', 'T', ' ', ' ', ' ', ' ', ' ', '0', '0', '0', '1', '0',
-         '0', '0', '1'},
+        {0x02, 0x01, 0x00, 16,  'I', 'E', 'T', ' ', ' ', ' ',
+         ' ',  ' ',  '0',  '0', '0', '1', '0', '0', '0', '1'},
         {0x01, 0x02, 0x00, 8, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08},
         {0x01, 0x03, 0x00, 8, 0x30, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01},
     };
@@ -129,7 +128,7 @@ static void test_rsoc_parse_lists_what_tgt_lists(void **state)
         uint8_t op;
         uint16_t sa;
         bool servactv;
-    } cmds[] = {{0x88, 0, false}, {0x8A, 0, false}, {0x5F, 0, true}, {0x5F, 4, true},
+    } cmds[] = {{0x88, 0, false}, {0x8A, 0, false}, {0x5F, 0, true},  {0x5F, 4, true},
                 {0x5F, 6, true},  {0x91, 0, false}, {0x93, 0, false}, {0x5E, 2, true}};
     for (size_t i = 0; i < ARRAY_SIZE(cmds); i++) {
         uint8_t *e = buf + 4 + i * 8;

@@ -122,7 +122,8 @@ static void test_open_missing_file_is_enoent(void **state)
     log_clear_last_error();
     assert_int_equal(lun_open("/nonexistent-dir-xyz/disk.img", NULL, &lun), -ENOENT);
     assert_null(lun);
-    assert_string_equal(log_last_error(), "/nonexistent-dir-xyz/disk.img: No such file or directory");
+    assert_string_equal(log_last_error(),
+                        "/nonexistent-dir-xyz/disk.img: No such file or directory");
 }
 
 static void test_open_refuses_file_smaller_than_one_block(void **state)
@@ -190,8 +191,8 @@ static void test_range_checks_refuse_past_end_and_zero_blocks(void **state)
     /* The last block itself is fine. */
     assert_int_equal(lun_read(lun, 63, 1, buf), 0);
     /* lun_submit refuses at once without calling done(). */
-    struct lun_io io = {.op = LUN_OP_READ, .lba = 64, .nblocks = 1, .buf = buf,
-                        .done = (lun_io_done_fn)abort};
+    struct lun_io io = {
+        .op = LUN_OP_READ, .lba = 64, .nblocks = 1, .buf = buf, .done = (lun_io_done_fn)abort};
     assert_int_equal(lun_submit(lun, &io), -EINVAL);
     lun_close(lun);
     unlink(path);
@@ -392,8 +393,12 @@ static void test_async_io_many_in_flight(void **state)
     uint8_t *data = malloc((size_t)N * BS), *back = malloc((size_t)N * BS);
     fill(data, (size_t)N * BS, 9);
     for (unsigned i = 0; i < N; i++) {
-        ios[i] = (struct lun_io){.op = LUN_OP_WRITE, .lba = i, .nblocks = 1,
-                                 .buf = data + (size_t)i * BS, .done = async_done, .opaque = &s};
+        ios[i] = (struct lun_io){.op = LUN_OP_WRITE,
+                                 .lba = i,
+                                 .nblocks = 1,
+                                 .buf = data + (size_t)i * BS,
+                                 .done = async_done,
+                                 .opaque = &s};
         assert_int_equal(lun_submit(lun, &ios[i]), 0);
     }
     async_wait(&s, N);
@@ -402,8 +407,11 @@ static void test_async_io_many_in_flight(void **state)
     assert_int_equal(lun_submit(lun, &fl), 0);
     async_wait(&s, N + 1);
     for (unsigned i = 0; i < N; i++) {
-        ios[i] = (struct lun_io){.op = LUN_OP_READ, .lba = N - 1 - i, .nblocks = 1,
-                                 .buf = back + (size_t)(N - 1 - i) * BS, .done = async_done,
+        ios[i] = (struct lun_io){.op = LUN_OP_READ,
+                                 .lba = N - 1 - i,
+                                 .nblocks = 1,
+                                 .buf = back + (size_t)(N - 1 - i) * BS,
+                                 .done = async_done,
                                  .opaque = &s};
         assert_int_equal(lun_submit(lun, &ios[i]), 0);
     }

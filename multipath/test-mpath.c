@@ -38,7 +38,7 @@ struct tpath {
     _Atomic uint64_t reg_key;           /* emulated PR registration of this I_T nexus */
     _Atomic unsigned registers;
     struct tpath *peer;
-    _Atomic uint64_t timed_out_lba;     /* lba of the last write that timed out, +1 */
+    _Atomic uint64_t timed_out_lba; /* lba of the last write that timed out, +1 */
     /* T_HANG: a silently dead link. Commands and TUR never answer until
      * the path is aborted. */
     pthread_mutex_t hm;
@@ -94,7 +94,7 @@ static int tp_submit(struct lun_path *p, struct lun_io *io)
         return 0;
     }
     io->priv[5] = (void *)io->done;
-    
+
     io->done = tp_inner_done;
     int rc = t->inner->ops->submit(t->inner, io);
     if (rc < 0)
@@ -234,7 +234,7 @@ static void opts_fast(struct lun_options *o, enum lun_policy pol)
     o->policy = pol;
     o->check_interval_ms = 20;
     o->check_timeout_ms = 3000; /* no false alarms on a loaded machine */
-    o->flap_count = 100; /* no hysteresis unless a test wants it */
+    o->flap_count = 100;        /* no hysteresis unless a test wants it */
     o->flap_hold_ms = 100;
     o->queue_ms = 5000;
 }
@@ -399,8 +399,12 @@ static void test_round_robin_resubmission_stays_on_completing_path(void **state)
         ch[k].c = &c;
         ch[k].running = &running;
         fill(ch[k].buf, k, 1);
-        ch[k].io = (struct lun_io){.op = LUN_OP_WRITE, .lba = k, .nblocks = 1,
-                                   .buf = ch[k].buf, .done = chain_done, .opaque = &ch[k]};
+        ch[k].io = (struct lun_io){.op = LUN_OP_WRITE,
+                                   .lba = k,
+                                   .nblocks = 1,
+                                   .buf = ch[k].buf,
+                                   .done = chain_done,
+                                   .opaque = &ch[k]};
     }
     /* Submitted from here, so the plain rotation applies: 0, 1, 0. */
     for (unsigned k = 0; k < NCHAIN; k++)
@@ -445,8 +449,12 @@ static void test_round_robin_returning_path_gets_resubmissions(void **state)
         ch[k].running = &running;
         ch[k].stop = &stop;
         fill(ch[k].buf, k, 2);
-        ch[k].io = (struct lun_io){.op = LUN_OP_WRITE, .lba = k, .nblocks = 1,
-                                   .buf = ch[k].buf, .done = chain_done, .opaque = &ch[k]};
+        ch[k].io = (struct lun_io){.op = LUN_OP_WRITE,
+                                   .lba = k,
+                                   .nblocks = 1,
+                                   .buf = ch[k].buf,
+                                   .done = chain_done,
+                                   .opaque = &ch[k]};
     }
     for (unsigned k = 0; k < NCHAIN; k++)
         assert_int_equal(lun_submit(fx.lun, &ch[k].io), 0);
@@ -576,7 +584,7 @@ static void test_silently_dead_path_detected_by_checker(void **state)
     assert_true(wait_state(fx.lun, 0, LUN_PATH_FAILED, 8000));
     uint64_t ms = (now_ns() - t0) / 1000000;
     print_message("silent path death detected after %llu ms\n", (unsigned long long)ms);
-    assert_true(ms < 8000); /* ~1.25 s on an idle machine; not a benchmark */
+    assert_true(ms < 8000);                /* ~1.25 s on an idle machine; not a benchmark */
     assert_true(wait_progress(&st, 5000)); /* flowing on path 1 */
     struct lun_path_stats s0;
     lun_path_get_stats(fx.lun, 0, &s0);
@@ -707,8 +715,8 @@ static void test_all_paths_down_shorter_than_queue_time_resumes(void **state)
     struct async_one a = {.done = false};
     pthread_mutex_init(&a.m, NULL);
     pthread_cond_init(&a.c, NULL);
-    struct lun_io io = {.op = LUN_OP_WRITE, .lba = 100, .nblocks = 8, .buf = b,
-                        .done = async_done, .opaque = &a};
+    struct lun_io io = {
+        .op = LUN_OP_WRITE, .lba = 100, .nblocks = 8, .buf = b, .done = async_done, .opaque = &a};
     assert_int_equal(lun_submit(fx.lun, &io), 0);
     usleep(400000);
     pthread_mutex_lock(&a.m);

@@ -24,22 +24,22 @@ static const struct sense_case sense_cases[] = {
     {0x6, 0x3F, 0x0E, LUN_SENSE_RETRY_SAME, -EAGAIN}, /* reported luns changed */
     {0x2, 0x04, 0x01, LUN_SENSE_RETRY_SAME, -EIO},    /* becoming ready */
     /* fail over */
-    {0x2, 0x04, 0x03, LUN_SENSE_FAILOVER, -EIO}, /* manual intervention */
-    {0x2, 0x04, 0x0A, LUN_SENSE_FAILOVER, -EIO}, /* ALUA transition */
-    {0x2, 0x04, 0x0B, LUN_SENSE_FAILOVER, -EIO}, /* standby port */
+    {0x2, 0x04, 0x03, LUN_SENSE_FAILOVER, -EIO},       /* manual intervention */
+    {0x2, 0x04, 0x0A, LUN_SENSE_FAILOVER, -EIO},       /* ALUA transition */
+    {0x2, 0x04, 0x0B, LUN_SENSE_FAILOVER, -EIO},       /* standby port */
     {0xB, 0x47, 0x03, LUN_SENSE_FAILOVER, -ECANCELED}, /* aborted: CRC error */
     /* fail up */
-    {0x6, 0x2A, 0x03, LUN_SENSE_FAIL_UP, -EBADE},  /* reservations preempted: fenced */
-    {0x3, 0x11, 0x00, LUN_SENSE_FAIL_UP, -EIO},    /* unrecovered read error */
-    {0x3, 0x0C, 0x00, LUN_SENSE_FAIL_UP, -EIO},    /* write error */
-    {0x4, 0x44, 0x00, LUN_SENSE_FAIL_UP, -EIO},    /* hardware error */
-    {0xE, 0x1D, 0x00, LUN_SENSE_FAIL_UP, -EILSEQ}, /* miscompare */
-    {0x5, 0x25, 0x00, LUN_SENSE_FAIL_UP, -ENODEV}, /* LUN not supported: PDL */
+    {0x6, 0x2A, 0x03, LUN_SENSE_FAIL_UP, -EBADE},      /* reservations preempted: fenced */
+    {0x3, 0x11, 0x00, LUN_SENSE_FAIL_UP, -EIO},        /* unrecovered read error */
+    {0x3, 0x0C, 0x00, LUN_SENSE_FAIL_UP, -EIO},        /* write error */
+    {0x4, 0x44, 0x00, LUN_SENSE_FAIL_UP, -EIO},        /* hardware error */
+    {0xE, 0x1D, 0x00, LUN_SENSE_FAIL_UP, -EILSEQ},     /* miscompare */
+    {0x5, 0x25, 0x00, LUN_SENSE_FAIL_UP, -ENODEV},     /* LUN not supported: PDL */
     {0x5, 0x20, 0x00, LUN_SENSE_FAIL_UP, -EOPNOTSUPP}, /* invalid opcode */
     {0x5, 0x24, 0x00, LUN_SENSE_FAIL_UP, -EOPNOTSUPP}, /* invalid field in CDB */
-    {0x5, 0x21, 0x00, LUN_SENSE_FAIL_UP, -EINVAL}, /* LBA out of range */
-    {0x7, 0x27, 0x00, LUN_SENSE_FAIL_UP, -EROFS},  /* write protected */
-    {0x2, 0x3A, 0x00, LUN_SENSE_FAIL_UP, -EIO},    /* medium not present */
+    {0x5, 0x21, 0x00, LUN_SENSE_FAIL_UP, -EINVAL},     /* LBA out of range */
+    {0x7, 0x27, 0x00, LUN_SENSE_FAIL_UP, -EROFS},      /* write protected */
+    {0x2, 0x3A, 0x00, LUN_SENSE_FAIL_UP, -EIO},        /* medium not present */
     /* not a failure */
     {0x0, 0x00, 0x00, LUN_SENSE_OK, 0},
     {0x1, 0x17, 0x01, LUN_SENSE_OK, 0},

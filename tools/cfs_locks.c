@@ -185,7 +185,8 @@ static void print_json(struct json *j, struct lun *lun, uint64_t offset, const s
         json_u64(j, "generation", h->info.generation);
         json_u64(j, "counter", h->counter);
         json_u64(j, "heartbeat_age_ms", h->age_ms);
-        json_bool(j, "age_is_lower_bound", (h->state == LS_HOST_UNKNOWN || !h->changed) && !h->self);
+        json_bool(j, "age_is_lower_bound",
+                  (h->state == LS_HOST_UNKNOWN || !h->changed) && !h->self);
         json_obj_end(j);
     }
     json_arr_end(j);
@@ -221,9 +222,12 @@ int cmd_locks(int argc, char **argv)
 {
     if (argc >= 2 && !strcmp(argv[1], "init"))
         return locks_init(argc - 1, argv + 1);
-    static const struct option lo[] = {{"json", 0, 0, 'j'},    {"offset", 1, 0, 'o'},
-                                       {"samples", 1, 0, 's'}, {"block-size", 1, 0, 'b'},
-                                       {"settle", 0, 0, 'S'},  {"help", 0, 0, 'h'},
+    static const struct option lo[] = {{"json", 0, 0, 'j'},
+                                       {"offset", 1, 0, 'o'},
+                                       {"samples", 1, 0, 's'},
+                                       {"block-size", 1, 0, 'b'},
+                                       {"settle", 0, 0, 'S'},
+                                       {"help", 0, 0, 'h'},
                                        {0, 0, 0, 0}};
     bool json = false;
     uint64_t offset = 0;

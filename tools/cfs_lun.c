@@ -25,21 +25,21 @@
 
 static void lun_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: clusterfs lun info [OPTIONS] LUN...\n"
-            "\n"
-            "Show identity (VPD 0x83 / 0x80), capacity, block sizes, maximum transfer and\n"
-            "capabilities of each LUN, and its paths.\n"
-            "\n"
-            "options:\n"
-            "  --json              print a JSON array, one object per LUN\n"
-            "  --block-size N      logical block size of file LUNs: 512 (default) or 4096\n"
-            "  --initiator IQN     iSCSI initiator name (default iqn.2026-11.org.clusterfs:<host>)\n"
-            "  --timeout MS        per-command and login timeout in milliseconds (default 5000)\n"
-            "  -h, --help          this help\n"
-            "\n"
-            "A LUN is iscsi://[user[%%password]@]host[:port]/target-iqn/lun,\n"
-            "file:///path[?block_size=4096], or a path to a file or block device.\n");
+    fprintf(
+        f, "usage: clusterfs lun info [OPTIONS] LUN...\n"
+           "\n"
+           "Show identity (VPD 0x83 / 0x80), capacity, block sizes, maximum transfer and\n"
+           "capabilities of each LUN, and its paths.\n"
+           "\n"
+           "options:\n"
+           "  --json              print a JSON array, one object per LUN\n"
+           "  --block-size N      logical block size of file LUNs: 512 (default) or 4096\n"
+           "  --initiator IQN     iSCSI initiator name (default iqn.2026-11.org.clusterfs:<host>)\n"
+           "  --timeout MS        per-command and login timeout in milliseconds (default 5000)\n"
+           "  -h, --help          this help\n"
+           "\n"
+           "A LUN is iscsi://[user[%%password]@]host[:port]/target-iqn/lun,\n"
+           "file:///path[?block_size=4096], or a path to a file or block device.\n");
 }
 
 /* Messages logged while opening a LUN are collected, not printed: the
@@ -100,9 +100,8 @@ static void cfs_lun_print_text(const char *uri, struct lun *lun)
     printf("   Revision:                 %s\n", in->revision);
     printf("   Identity (VPD 0x83):      %s\n", in->id);
     printf("   Serial (VPD 0x80):        %s\n", in->serial[0] ? in->serial : "-");
-    printf("   Capacity:                 %llu bytes (%llu blocks, %s)\n",
-           (unsigned long long)bytes, (unsigned long long)in->num_blocks,
-           format_size(bytes, sz, sizeof sz));
+    printf("   Capacity:                 %llu bytes (%llu blocks, %s)\n", (unsigned long long)bytes,
+           (unsigned long long)in->num_blocks, format_size(bytes, sz, sizeof sz));
     printf("   Logical block size:       %u\n", in->block_size);
     printf("   Physical block size:      %u\n", in->physical_block_size);
     if (in->max_transfer_blocks)
@@ -134,10 +133,10 @@ static void cfs_lun_print_text(const char *uri, struct lun *lun)
         printf("            id=%s ats=%s pr=%s pr-we-ar=%s pr-preempt-abort=%s unmap=%s "
                "write-same=%s sync-cache=%s fua=%s\n",
                pi.id, cfs_yesno(pi.caps.compare_and_write),
-               cfs_yesno(pi.caps.persistent_reservations),
-               cfs_yesno(pi.caps.pr_we_all_registrants), cfs_yesno(pi.caps.pr_preempt_abort),
-               cfs_yesno(pi.caps.unmap), cfs_yesno(pi.caps.write_same),
-               cfs_yesno(pi.caps.sync_cache), cfs_yesno(pi.caps.fua));
+               cfs_yesno(pi.caps.persistent_reservations), cfs_yesno(pi.caps.pr_we_all_registrants),
+               cfs_yesno(pi.caps.pr_preempt_abort), cfs_yesno(pi.caps.unmap),
+               cfs_yesno(pi.caps.write_same), cfs_yesno(pi.caps.sync_cache),
+               cfs_yesno(pi.caps.fua));
     }
 }
 
@@ -199,15 +198,15 @@ struct cfs_lun_arg {
     const char *uri;
     struct lun *lun; /* opened alone; NULL if that failed or once reported */
     int rc;
-    char *msg;       /* the open's error message */
-    int group;       /* index of the first argument of its LUN; -1 = none */
+    char *msg; /* the open's error message */
+    int group; /* index of the first argument of its LUN; -1 = none */
 };
 
 /* The portal could not be reached (not a configuration error). */
 static bool cfs_lun_unreachable(int rc)
 {
-    return rc == -ECONNREFUSED || rc == -EHOSTUNREACH || rc == -ENETUNREACH ||
-           rc == -ETIMEDOUT || rc == -ENOTCONN || rc == -ECONNRESET;
+    return rc == -ECONNREFUSED || rc == -EHOSTUNREACH || rc == -ENETUNREACH || rc == -ETIMEDOUT ||
+           rc == -ENOTCONN || rc == -ECONNRESET;
 }
 
 /* Two iSCSI URIs naming the same target IQN and LUN number (any portal). */

@@ -17,22 +17,22 @@
 
 static void paths_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: clusterfs paths [OPTIONS] LUN...\n"
-            "\n"
-            "Open one LUN through every LUN argument (the same LUN through different\n"
-            "portals; identities must match) and show each path's state (active,\n"
-            "standby, failed), I/O counters, errors and latency percentiles.\n"
-            "\n"
-            "options:\n"
-            "  --json              print one JSON object\n"
-            "  --policy P          fixed, mru, round-robin, service-time (default)\n"
-            "  --rr-ios N          round-robin: switch paths every N I/Os (default 1)\n"
-            "  --reads N           first issue N reads of 4 KiB through the policy\n"
-            "  --initiator IQN     iSCSI initiator name (default iqn.2026-11.org.clusterfs:<host>)\n"
-            "  --timeout MS        per-command and login timeout in milliseconds (default 5000)\n"
-            "  --block-size N      logical block size of file LUNs: 512 (default) or 4096\n"
-            "  -h, --help          this help\n");
+    fprintf(
+        f, "usage: clusterfs paths [OPTIONS] LUN...\n"
+           "\n"
+           "Open one LUN through every LUN argument (the same LUN through different\n"
+           "portals; identities must match) and show each path's state (active,\n"
+           "standby, failed), I/O counters, errors and latency percentiles.\n"
+           "\n"
+           "options:\n"
+           "  --json              print one JSON object\n"
+           "  --policy P          fixed, mru, round-robin, service-time (default)\n"
+           "  --rr-ios N          round-robin: switch paths every N I/Os (default 1)\n"
+           "  --reads N           first issue N reads of 4 KiB through the policy\n"
+           "  --initiator IQN     iSCSI initiator name (default iqn.2026-11.org.clusterfs:<host>)\n"
+           "  --timeout MS        per-command and login timeout in milliseconds (default 5000)\n"
+           "  --block-size N      logical block size of file LUNs: 512 (default) or 4096\n"
+           "  -h, --help          this help\n");
 }
 
 static void paths_log_quiet(enum log_level level, const char *msg, void *opaque)
@@ -64,13 +64,13 @@ void cfs_path_print_text(struct lun *lun, unsigned i, const char *indent)
     printf("%s%s %u %-5s %s %s%s reads=%llu writes=%llu other=%llu bytes=%llu errors=%llu "
            "failures=%llu lat_p50=%lluus lat_p99=%lluus pings=%llu nop_misses=%llu\n",
            indent, i + 1 == n ? "`-" : "|-", i, lun_path_kind(lun, i), lun_path_name(lun, i),
-           lun_path_state_name(st.state), st.held ? "(held)" : "",
-           (unsigned long long)st.reads, (unsigned long long)st.writes,
-           (unsigned long long)st.others, (unsigned long long)(st.read_bytes + st.write_bytes),
-           (unsigned long long)st.errors, (unsigned long long)st.failures,
+           lun_path_state_name(st.state), st.held ? "(held)" : "", (unsigned long long)st.reads,
+           (unsigned long long)st.writes, (unsigned long long)st.others,
+           (unsigned long long)(st.read_bytes + st.write_bytes), (unsigned long long)st.errors,
+           (unsigned long long)st.failures,
            (unsigned long long)lun_lat_percentile(st.lat_hist, 0.5),
-           (unsigned long long)lun_lat_percentile(st.lat_hist, 0.99),
-           (unsigned long long)st.pings, (unsigned long long)st.nop_misses);
+           (unsigned long long)lun_lat_percentile(st.lat_hist, 0.99), (unsigned long long)st.pings,
+           (unsigned long long)st.nop_misses);
     if (st.last_error[0])
         printf("%s      last failure: %s\n", indent, st.last_error);
 }
@@ -210,8 +210,8 @@ int cmd_paths(int argc, char **argv)
     struct lun *lun = NULL;
     log_clear_last_error();
     log_set_sink(paths_log_quiet, NULL);
-    int rc = lun_open_paths((const char *const *)argv + optind, (unsigned)(argc - optind), &opts,
-                            &lun);
+    int rc =
+        lun_open_paths((const char *const *)argv + optind, (unsigned)(argc - optind), &opts, &lun);
     log_set_sink(NULL, NULL);
     if (rc < 0) {
         const char *msg = log_last_error();

@@ -56,10 +56,11 @@ static int parse_type(const char *s, enum vd_type *t)
 
 static int cmd_create(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"type", required_argument, NULL, 't'},   {"adapter", required_argument, NULL, 'a'},
-        {"format", required_argument, NULL, 'f'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"type", required_argument, NULL, 't'},
+                                         {"adapter", required_argument, NULL, 'a'},
+                                         {"format", required_argument, NULL, 'f'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     struct vd_create_opts o = {0};
     const char *fmt = "vmdk";
     int c;
@@ -70,10 +71,18 @@ static int cmd_create(int argc, char **argv)
             if (parse_type(optarg, &o.type) < 0)
                 return 2;
             break;
-        case 'a': o.adapter = optarg; break;
-        case 'f': fmt = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'a':
+            o.adapter = optarg;
+            break;
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (argc - optind != 2) {
@@ -116,11 +125,16 @@ static uint64_t file_alloc(const char *path)
 static const char *ext_type_name(enum vmdk_ext_type t)
 {
     switch (t) {
-    case VMDK_EXT_SPARSE: return "SPARSE";
-    case VMDK_EXT_FLAT: return "FLAT";
-    case VMDK_EXT_VMFS: return "VMFS";
-    case VMDK_EXT_VMFSSPARSE: return "VMFSSPARSE";
-    case VMDK_EXT_ZERO: return "ZERO";
+    case VMDK_EXT_SPARSE:
+        return "SPARSE";
+    case VMDK_EXT_FLAT:
+        return "FLAT";
+    case VMDK_EXT_VMFS:
+        return "VMFS";
+    case VMDK_EXT_VMFSSPARSE:
+        return "VMFSSPARSE";
+    case VMDK_EXT_ZERO:
+        return "ZERO";
     }
     return "?";
 }
@@ -129,9 +143,8 @@ static const char *ext_type_name(enum vmdk_ext_type t)
  * is argv[optind]), else the exit status. */
 static int parse_json_file(int argc, char **argv, bool *js)
 {
-    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int c;
     *js = false;
     optind = 1;
@@ -245,9 +258,8 @@ static int cmd_info(int argc, char **argv)
             printf("granularity: %u\n", img->gran);
             for (int i = 0; i < img->n_ext; i++)
                 printf("extent %d: %s %s, %" PRIu64 " bytes at %" PRIu64 "\n", i,
-                       ext_type_name(img->ext[i].type),
-                       img->ext[i].path ? img->ext[i].path : "-", img->ext[i].len,
-                       img->ext[i].start);
+                       ext_type_name(img->ext[i].type), img->ext[i].path ? img->ext[i].path : "-",
+                       img->ext[i].len, img->ext[i].start);
         }
         int depth = 1;
         for (struct vd_image *p = img->parent; p; p = p->parent, depth++)
@@ -304,10 +316,11 @@ static int cmd_map(int argc, char **argv)
 
 static int cmd_convert(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"type", required_argument, NULL, 't'}, {"adapter", required_argument, NULL, 'a'},
-        {"progress", no_argument, NULL, 'p'},   {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"type", required_argument, NULL, 't'},
+                                         {"adapter", required_argument, NULL, 'a'},
+                                         {"progress", no_argument, NULL, 'p'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     struct vd_create_opts o = {0};
     const char *fmt = "vmdk";
     bool force_progress = false;
@@ -315,15 +328,25 @@ static int cmd_convert(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "O:t:a:ph", opts, NULL)) != -1) {
         switch (c) {
-        case 'O': fmt = optarg; break;
+        case 'O':
+            fmt = optarg;
+            break;
         case 't':
             if (parse_type(optarg, &o.type) < 0)
                 return 2;
             break;
-        case 'a': o.adapter = optarg; break;
-        case 'p': force_progress = true; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'a':
+            o.adapter = optarg;
+            break;
+        case 'p':
+            force_progress = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (argc - optind != 2 || (strcmp(fmt, "vmdk") && strcmp(fmt, "raw"))) {
@@ -359,16 +382,15 @@ out:
     }
     vd_close(src);
     if (rc < 0)
-        log_err("convert %s -> %s failed: %s (the partial %s is left in place)", src_path,
-                dst_path, strerror(-rc), dst_path);
+        log_err("convert %s -> %s failed: %s (the partial %s is left in place)", src_path, dst_path,
+                strerror(-rc), dst_path);
     return rc < 0 ? 1 : 0;
 }
 
 static int cmd_resize(int argc, char **argv)
 {
-    static const struct option opts[] = {{"shrink", no_argument, NULL, 's'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"shrink", no_argument, NULL, 's'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     bool shrink = false;
     int c;
     optind = 1;
@@ -433,8 +455,8 @@ static int cmd_check(int argc, char **argv)
     if (js)
         json_finish(&j);
     else if (rc == 0) {
-        printf("%s: %u problem(s) found, %u repaired, %u leaked grain(s)\n", argv[optind],
-               r.errors, r.repaired, r.leaks);
+        printf("%s: %u problem(s) found, %u repaired, %u leaked grain(s)\n", argv[optind], r.errors,
+               r.repaired, r.leaks);
         if (!repair && r.repairable)
             printf("%s: %u of the problems can be fixed by 'vdisk check --repair %s'\n",
                    argv[optind], r.repairable, argv[optind]);
@@ -460,9 +482,9 @@ int main(int argc, char **argv)
         const char *name;
         int (*fn)(int, char **);
     } cmds[] = {
-        {"create", cmd_create},     {"info", cmd_info},         {"check", cmd_check},
-        {"map", cmd_map},           {"convert", cmd_convert},   {"resize", cmd_resize},
-        {"serve", cmd_serve},       {"snapshot", cmd_snapshot}, {"clone", cmd_clone},
+        {"create", cmd_create}, {"info", cmd_info},         {"check", cmd_check},
+        {"map", cmd_map},       {"convert", cmd_convert},   {"resize", cmd_resize},
+        {"serve", cmd_serve},   {"snapshot", cmd_snapshot}, {"clone", cmd_clone},
     };
     for (size_t i = 0; i < ARRAY_SIZE(cmds); i++)
         if (strcmp(cmd, cmds[i].name) == 0)

@@ -33,18 +33,17 @@
 
 static void serve_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: vdisk serve [--socket PATH | --port N [--bind ADDR]] [--readonly]\n"
-            "                   [--name EXPORT]... [--shared N] [--workers N] [-v]\n"
-            "                   [--lun URI]... [--policy P] [FILE...]\n"
-            "  Serve each FILE (VMDK or raw) as an NBD export; several --lun URIs are\n"
-            "  the paths of one raw LUN served as one export. Default: --port 10809.\n"
-            "  --shared N   clients at once (default 1)\n"
-            "  --policy P   paths of a multipath LUN: service-time (default), round-robin,\n"
-            "               fixed (the first --lun preferred), mru\n"
-            "  --name NAME  export names, in the order of the FILEs then the LUN\n"
-            "               (default: the file's base name, \"lun\"; the first export\n"
-            "               also answers to the empty name)\n");
+    fprintf(f, "usage: vdisk serve [--socket PATH | --port N [--bind ADDR]] [--readonly]\n"
+               "                   [--name EXPORT]... [--shared N] [--workers N] [-v]\n"
+               "                   [--lun URI]... [--policy P] [FILE...]\n"
+               "  Serve each FILE (VMDK or raw) as an NBD export; several --lun URIs are\n"
+               "  the paths of one raw LUN served as one export. Default: --port 10809.\n"
+               "  --shared N   clients at once (default 1)\n"
+               "  --policy P   paths of a multipath LUN: service-time (default), round-robin,\n"
+               "               fixed (the first --lun preferred), mru\n"
+               "  --name NAME  export names, in the order of the FILEs then the LUN\n"
+               "               (default: the file's base name, \"lun\"; the first export\n"
+               "               also answers to the empty name)\n");
 }
 
 /* At exit, one line per path of a multipath LUN, in the manner of
@@ -87,10 +86,18 @@ int cmd_serve(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "s:p:b:rn:S:l:w:P:vh", lopts, NULL)) != -1) {
         switch (c) {
-        case 's': sock = optarg; break;
-        case 'p': port = optarg; break;
-        case 'b': bind_addr = optarg; break;
-        case 'r': ro = true; break;
+        case 's':
+            sock = optarg;
+            break;
+        case 'p':
+            port = optarg;
+            break;
+        case 'b':
+            bind_addr = optarg;
+            break;
+        case 'r':
+            ro = true;
+            break;
         case 'n':
             if (nnames == SERVE_MAX_EXPORTS) {
                 log_err("serve: too many --name (max %d)", SERVE_MAX_EXPORTS);
@@ -103,8 +110,8 @@ int cmd_serve(int argc, char **argv)
             char *end;
             long v = strtol(optarg, &end, 10);
             if (*end || v < 1 || v > (c == 'S' ? NBD_MAX_CONNS : 256)) {
-                log_err("serve: --%s %s: expected 1..%d", c == 'S' ? "shared" : "workers",
-                        optarg, c == 'S' ? NBD_MAX_CONNS : 256);
+                log_err("serve: --%s %s: expected 1..%d", c == 'S' ? "shared" : "workers", optarg,
+                        c == 'S' ? NBD_MAX_CONNS : 256);
                 return 2;
             }
             if (c == 'S')
@@ -125,9 +132,15 @@ int cmd_serve(int argc, char **argv)
                 return 2;
             have_policy = true;
             break;
-        case 'v': log_set_level(LOG_LVL_DEBUG); break;
-        case 'h': serve_usage(stdout); return 0;
-        default: serve_usage(stderr); return 2;
+        case 'v':
+            log_set_level(LOG_LVL_DEBUG);
+            break;
+        case 'h':
+            serve_usage(stdout);
+            return 0;
+        default:
+            serve_usage(stderr);
+            return 2;
         }
     }
     unsigned nfiles = (unsigned)(argc - optind);

@@ -100,17 +100,22 @@ static int snap_list(const char *path, bool json)
 
 int cmd_snapshot(int argc, char **argv)
 {
-    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     bool json = false;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "+jh", opts, NULL)) != -1) {
         switch (c) {
-        case 'j': json = true; break;
-        case 'h': snap_usage(stdout); return 0;
-        default: snap_usage(stderr); return 2;
+        case 'j':
+            json = true;
+            break;
+        case 'h':
+            snap_usage(stdout);
+            return 0;
+        default:
+            snap_usage(stderr);
+            return 2;
         }
     }
     if (optind >= argc) {
@@ -121,9 +126,15 @@ int cmd_snapshot(int argc, char **argv)
     /* options may also follow the subcommand */
     while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
         switch (c) {
-        case 'j': json = true; break;
-        case 'h': snap_usage(stdout); return 0;
-        default: snap_usage(stderr); return 2;
+        case 'j':
+            json = true;
+            break;
+        case 'h':
+            snap_usage(stdout);
+            return 0;
+        default:
+            snap_usage(stderr);
+            return 2;
         }
     }
     int nargs = argc - optind;
@@ -157,16 +168,19 @@ int cmd_snapshot(int argc, char **argv)
 
 int cmd_clone(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"linked", no_argument, NULL, 'l'},   {"type", required_argument, NULL, 't'},
-        {"progress", no_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"linked", no_argument, NULL, 'l'},
+                                         {"type", required_argument, NULL, 't'},
+                                         {"progress", no_argument, NULL, 'p'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     struct vd_clone_opts o = {.type = VD_TYPE_THIN};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "lt:ph", opts, NULL)) != -1) {
         switch (c) {
-        case 'l': o.linked = true; break;
+        case 'l':
+            o.linked = true;
+            break;
         case 't':
             if (strcmp(optarg, "thin") == 0 || strcmp(optarg, "sparse") == 0) {
                 o.type = VD_TYPE_THIN;
@@ -177,9 +191,15 @@ int cmd_clone(int argc, char **argv)
                 return 2;
             }
             break;
-        case 'p': o.progress = true; break;
-        case 'h': clone_usage(stdout); return 0;
-        default: clone_usage(stderr); return 2;
+        case 'p':
+            o.progress = true;
+            break;
+        case 'h':
+            clone_usage(stdout);
+            return 0;
+        default:
+            clone_usage(stderr);
+            return 2;
         }
     }
     if (argc - optind != 2) {

@@ -51,8 +51,8 @@ static const char *cl_basename(const char *p)
 static const char *cl_adapter(const struct vd_image *img)
 {
     static const char *const known[] = {"ide", "lsilogic", "buslogic", "pvscsi", "legacyESX"};
-    const char *a = img->kind == VD_KIND_VMDK ? vmdk_desc_ddb_get(&img->desc, "ddb.adapterType")
-                                               : NULL;
+    const char *a =
+        img->kind == VD_KIND_VMDK ? vmdk_desc_ddb_get(&img->desc, "ddb.adapterType") : NULL;
     for (size_t i = 0; a && i < ARRAY_SIZE(known); i++)
         if (strcmp(a, known[i]) == 0)
             return a;
@@ -259,8 +259,7 @@ static int cl_linked(const char *src_path, const char *dst_path)
     int rc = vd_open(src_path, VD_OPEN_RDONLY, &src);
     if (rc < 0)
         return rc;
-    const char *fz = src->kind == VD_KIND_VMDK ? vmdk_desc_ddb_get(&src->desc, "ddb.frozen")
-                                                : NULL;
+    const char *fz = src->kind == VD_KIND_VMDK ? vmdk_desc_ddb_get(&src->desc, "ddb.frozen") : NULL;
     bool frozen = fz && strcmp(fz, "true") == 0;
     bool is_vmdk = src->kind == VD_KIND_VMDK;
     uint32_t cid = src->desc.cid;
@@ -296,9 +295,11 @@ static int cl_linked(const char *src_path, const char *dst_path)
     rc = vd_snap_dependent_add(fpath, dst_path);
     if (rc < 0)
         goto out;
-    struct vd_create_opts co = {.size = size, .type = VD_TYPE_THIN,
+    struct vd_create_opts co = {.size = size,
+                                .type = VD_TYPE_THIN,
                                 .adapter = adapter[0] ? adapter : NULL,
-                                .parent_hint = hint, .parent_cid = cid};
+                                .parent_hint = hint,
+                                .parent_cid = cid};
     char *tmp = cl_tmp_path(dst_path);
     if (!tmp) {
         rc = -ENOMEM;

@@ -120,8 +120,9 @@ static uint8_t *fuzz_slurp(const char *path, size_t *n)
     return b;
 }
 
-static const uint32_t interesting[] = {0, 1, 2, 3, 7, 8, 127, 128, 511, 512, 513, 0x7fffffff,
-                                       0x80000000u, 0xffffffffu, 0xfffffffeu, 0x564d444b};
+static const uint32_t interesting[] = {
+    0,   1,   2,   3,          7,           8,           127,         128,
+    511, 512, 513, 0x7fffffff, 0x80000000u, 0xffffffffu, 0xfffffffeu, 0x564d444b};
 
 int main(int argc, char **argv)
 {
@@ -182,9 +183,9 @@ int main(int argc, char **argv)
         uint32_t hdr[9] = {1, 3, 2048, 1, 4, 1, 41, 0, 0};
         for (int k = 0; k < 9; k++)
             le32_put(c + 4 + 4 * k, hdr[k]);
-        le32_put(c + 4 * 512, 5);          /* GD[0] -> GT at sector 5 */
-        le32_put(c + 5 * 512, 37);         /* grain 0 */
-        le32_put(c + 5 * 512 + 40, 38);    /* grain 10 */
+        le32_put(c + 4 * 512, 5);       /* GD[0] -> GT at sector 5 */
+        le32_put(c + 5 * 512, 37);      /* grain 0 */
+        le32_put(c + 5 * 512 + 40, 38); /* grain 10 */
         memset(c + 37 * 512, 0xcd, 1024);
     }
     /* a streamOptimized image (compressed grains, footer) made from seed0 */
@@ -236,7 +237,7 @@ int main(int argc, char **argv)
         free(seeds[s].b);
     printf("fuzz-vmdk: %ld inputs (%ld opened, %ld descriptors parsed), no crash\n", iters,
            fuzz_opened, fuzz_desc_ok);
-out: {
+out : {
     char cmd[200];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", fuzz_dir);
     if (system(cmd) != 0)

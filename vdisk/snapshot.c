@@ -222,7 +222,8 @@ static int sn_meta_load(const struct vmdk_desc *d, struct vd_snap_list *l, const
         continue;
     bad:
         log_err("%s: snapshot tree key \"%s\" is missing or malformed (see ddb.snapshot.* in "
-                "the descriptor)", what, d->ddb[i].key);
+                "the descriptor)",
+                what, d->ddb[i].key);
         rc = -EUCLEAN;
     }
     if (rc < 0) {
@@ -280,8 +281,7 @@ static bool sn_name_ok(const char *name)
 
 static bool sn_is_frozen(const struct vd_image *img)
 {
-    const char *v = img->kind == VD_KIND_VMDK ? vmdk_desc_ddb_get(&img->desc, "ddb.frozen")
-                                               : NULL;
+    const char *v = img->kind == VD_KIND_VMDK ? vmdk_desc_ddb_get(&img->desc, "ddb.frozen") : NULL;
     return v && strcmp(v, "true") == 0;
 }
 
@@ -289,7 +289,8 @@ static int sn_refuse_frozen(const struct vd_image *img)
 {
     if (sn_is_frozen(img)) {
         log_err("%s: is a frozen image (ddb.frozen): snapshots or linked clones sit on it, so "
-                "it is never written; work on the disk above it instead", img->path);
+                "it is never written; work on the disk above it instead",
+                img->path);
         return -EROFS;
     }
     return 0;
@@ -310,7 +311,8 @@ int vd_snap_check_writable(const char *path)
     }
     if (!(st.st_mode & 0222)) {
         log_err("%s: file is read-only (mode %04o): frozen snapshot or clone parents are never "
-                "written", path, (unsigned)(st.st_mode & 07777));
+                "written",
+                path, (unsigned)(st.st_mode & 07777));
         return -EROFS;
     }
     return 0;
@@ -332,7 +334,8 @@ static int sn_lock_folder(const char *path, int *fd_out)
     if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
         if (errno == EWOULDBLOCK) {
             log_err("%s: another snapshot or clone operation is running in this folder; try "
-                    "again when it has finished", path);
+                    "again when it has finished",
+                    path);
             close(fd);
             return -EBUSY;
         }
@@ -379,7 +382,8 @@ static int sn_open_disk(const char *path, struct vd_image **img, struct vd_snap_
         struct stat st;
         if (f && stat(f, &st) == 0 && (st.st_mode & 0222)) {
             log_info("%s: snapshot \"%s\": marking %s frozen (an interrupted create left it "
-                     "writable)", path, l->s[i].name, f);
+                     "writable)",
+                     path, l->s[i].name, f);
             (void)sn_mark_frozen(f);
         }
         free(f);
@@ -457,8 +461,8 @@ static int sn_new_delta(const char *path, const struct vd_image *ref, uint64_t s
             rc = vmdk_desc_write(t);
         if (rc == -ENOSPC || rc == -E2BIG)
             log_err("%s: the snapshot tree (%d snapshots) no longer fits the descriptor "
-                    "(at most %d keys, %u bytes); delete some snapshots first", path, l->n,
-                    VD_MAX_DDB, 20 * VD_SECTOR);
+                    "(at most %d keys, %u bytes); delete some snapshots first",
+                    path, l->n, VD_MAX_DDB, 20 * VD_SECTOR);
         int rc2 = vd_close(t);
         if (rc == 0)
             rc = rc2;
@@ -510,7 +514,8 @@ int vd_snap_freeze(const char *path, const char *name, char **frozen_path, uint3
 {
     if (!sn_name_ok(name)) {
         log_err("%s: snapshot name \"%s\" is not valid (1 to %d printable characters, no "
-                "quote or backslash)", path, name, VD_SNAP_NAME_MAX);
+                "quote or backslash)",
+                path, name, VD_SNAP_NAME_MAX);
         return -EINVAL;
     }
     struct vd_image *top;
@@ -605,8 +610,12 @@ int vd_snap_freeze(const char *path, const char *name, char **frozen_path, uint3
         goto out;
     }
     l.s = n;
-    l.s[l.n] = (struct vd_snap){.id = id, .name = strdup(name), .file = strdup(fname),
-                                .cid = cid, .parent = l.current, .created = (int64_t)time(NULL)};
+    l.s[l.n] = (struct vd_snap){.id = id,
+                                .name = strdup(name),
+                                .file = strdup(fname),
+                                .cid = cid,
+                                .parent = l.current,
+                                .created = (int64_t)time(NULL)};
     l.n++;
     l.current = id;
     if (!l.s[l.n - 1].name || !l.s[l.n - 1].file) {
@@ -620,8 +629,7 @@ int vd_snap_freeze(const char *path, const char *name, char **frozen_path, uint3
     /* (4) mark the frozen image */
     rc = sn_mark_frozen(fpath);
     if (rc < 0)
-        log_err("%s: snapshot \"%s\" was taken, but marking %s frozen failed", path, name,
-                fpath);
+        log_err("%s: snapshot \"%s\" was taken, but marking %s frozen failed", path, name, fpath);
 out:
     if (linked && unlink(fpath) < 0)
         log_warn("%s: cleanup: unlink %s: %s", path, fpath, strerror(errno));
@@ -673,8 +681,8 @@ int vd_snapshot_revert(const char *path, const char *name)
     char *fpath = NULL;
     struct vd_snap *s = sn_find(&l, name);
     if (!s) {
-        log_err("%s: no snapshot named \"%s\" (%d snapshots; see vdisk snapshot list)", path,
-                name, l.n);
+        log_err("%s: no snapshot named \"%s\" (%d snapshots; see vdisk snapshot list)", path, name,
+                l.n);
         rc = -ENOENT;
         goto out;
     }
@@ -690,14 +698,14 @@ int vd_snapshot_revert(const char *path, const char *name)
         goto out;
     if (snap->kind != VD_KIND_VMDK || snap->desc.cid != s->cid) {
         log_err("%s: snapshot \"%s\": %s has CID %08x but the tree recorded %08x (it was "
-                "written after the snapshot); refusing to revert to changed data", path, name,
-                fpath, snap->desc.cid, s->cid);
+                "written after the snapshot); refusing to revert to changed data",
+                path, name, fpath, snap->desc.cid, s->cid);
         rc = -EUCLEAN;
         goto out;
     }
     if (!top->desc_embedded)
-        log_warn("%s: the live image is a %s descriptor; its extent files are left in place",
-                 path, top->desc.create_type);
+        log_warn("%s: the live image is a %s descriptor; its extent files are left in place", path,
+                 top->desc.create_type);
     l.current = s->id;
     rc = sn_new_delta(path, top, snap->size, s->file, s->cid, &l);
 out:
@@ -784,8 +792,7 @@ static int sn_get_dependents(const char *frozen_path, char **out)
     int rc = vd_open(frozen_path, VD_OPEN_RDONLY, &f);
     if (rc < 0)
         return rc;
-    const char *v = f->kind == VD_KIND_VMDK ? vmdk_desc_ddb_get(&f->desc, "ddb.dependents")
-                                             : NULL;
+    const char *v = f->kind == VD_KIND_VMDK ? vmdk_desc_ddb_get(&f->desc, "ddb.dependents") : NULL;
     if (v && !(*out = strdup(v)))
         rc = -ENOMEM;
     vd_close(f);
@@ -803,8 +810,8 @@ int vd_snap_dependent_add(const char *frozen_path, const char *dependent)
         return -EINVAL;
     }
     int rc = sn_get_dependents(frozen_path, &cur);
-    if (rc == 0 && asprintf(&val, "%s%s%s", cur && *cur ? cur : "", cur && *cur ? ";" : "",
-                            name) < 0) {
+    if (rc == 0 &&
+        asprintf(&val, "%s%s%s", cur && *cur ? cur : "", cur && *cur ? ";" : "", name) < 0) {
         val = NULL;
         rc = -ENOMEM;
     }
@@ -848,8 +855,8 @@ int vd_snap_dependents_live(const char *frozen_path, const char *what)
             live++;
         } else {
             pruned++;
-            log_info("%s: former linked clone %s %s; dropped from ddb.dependents", frozen_path,
-                     p, exists ? "no longer sits on it" : "is gone");
+            log_info("%s: former linked clone %s %s; dropped from ddb.dependents", frozen_path, p,
+                     exists ? "no longer sits on it" : "is gone");
         }
         free(p);
     }
@@ -859,8 +866,9 @@ int vd_snap_dependents_live(const char *frozen_path, const char *what)
         (void)sn_set_dependents(frozen_path, keep);
     if (live)
         log_err("%s cannot be deleted: %d linked clone%s depend%s on %s: %s (delete them or make "
-                "full clones of them first)", what, live, live == 1 ? "" : "s",
-                live == 1 ? "s" : "", frozen_path, live_list ? live_list : "");
+                "full clones of them first)",
+                what, live, live == 1 ? "" : "s", live == 1 ? "s" : "", frozen_path,
+                live_list ? live_list : "");
     rc = live;
 out:
     if (lf)
@@ -879,7 +887,7 @@ struct sn_merge {
     struct vd_image *child;
     struct vd_image *parent;
     uint8_t *buf;
-    bool grandparent;         /* the child will still have a parent after */
+    bool grandparent; /* the child will still have a parent after */
 };
 
 /* Copy one allocated range of the parent into the child where the child
@@ -950,16 +958,16 @@ static int sn_consolidate_into(const char *cpath, const char *fpath, const char 
     free(have);
     if (!ok) {
         log_err("%s: expected to sit on %s (parentFileNameHint \"%s\"); the snapshot tree "
-                "does not match the files", cpath, fpath,
-                c->desc.parent_hint ? c->desc.parent_hint : "");
+                "does not match the files",
+                cpath, fpath, c->desc.parent_hint ? c->desc.parent_hint : "");
         rc = -EUCLEAN;
         goto out;
     }
     /* Copying a parent's grains into the child does not change what the
      * child reads: keep its CID so its own children stay valid. */
     __atomic_store_n(&c->cid_updated, 1, __ATOMIC_RELEASE);
-    struct sn_merge m = {.child = c, .parent = c->parent, .buf = malloc(c->gran),
-                         .grandparent = phint != NULL};
+    struct sn_merge m = {
+        .child = c, .parent = c->parent, .buf = malloc(c->gran), .grandparent = phint != NULL};
     if (!m.buf) {
         rc = -ENOMEM;
         goto out;
@@ -1005,8 +1013,8 @@ int vd_snapshot_delete(const char *path, const char *name)
     uint32_t pcid = 0xffffffffu;
     struct vd_snap *s = sn_find(&l, name);
     if (!s) {
-        log_err("%s: no snapshot named \"%s\" (%d snapshots; see vdisk snapshot list)", path,
-                name, l.n);
+        log_err("%s: no snapshot named \"%s\" (%d snapshots; see vdisk snapshot list)", path, name,
+                l.n);
         rc = -ENOENT;
         goto out;
     }
@@ -1020,8 +1028,8 @@ int vd_snapshot_delete(const char *path, const char *name)
     if (stat(fpath, &fst) < 0 && errno == ENOENT) {
         /* An interrupted delete unlinked the file after re-pointing every
          * child (step 2 runs only after step 1 is complete): finish step 3. */
-        log_info("%s: snapshot \"%s\": %s is gone already; finishing an interrupted delete",
-                 path, name, fpath);
+        log_info("%s: snapshot \"%s\": %s is gone already; finishing an interrupted delete", path,
+                 name, fpath);
         goto tree;
     }
     char what[PATH_MAX + VD_SNAP_NAME_MAX + 32];

@@ -20,18 +20,18 @@
 #define VD_SNAP_NAME_MAX 64
 
 struct vd_snap {
-    int id;                   /* > 0, unique within the disk, never reused */
+    int id; /* > 0, unique within the disk, never reused */
     char *name;
-    char *file;               /* frozen image, relative to the disk's folder */
-    uint32_t cid;             /* CID of the frozen image */
-    int parent;               /* id of the parent snapshot, 0: none */
-    int64_t created;          /* unix seconds */
+    char *file;      /* frozen image, relative to the disk's folder */
+    uint32_t cid;    /* CID of the frozen image */
+    int parent;      /* id of the parent snapshot, 0: none */
+    int64_t created; /* unix seconds */
 };
 
 struct vd_snap_list {
-    struct vd_snap *s;        /* sorted by id */
+    struct vd_snap *s; /* sorted by id */
     int n;
-    int current;              /* id the live delta sits on, 0: none */
+    int current; /* id the live delta sits on, 0: none */
 };
 
 void vd_snap_list_free(struct vd_snap_list *l);
@@ -45,9 +45,9 @@ int vd_snapshot_revert(const char *path, const char *name);
 int vd_snapshot_delete(const char *path, const char *name);
 
 struct vd_clone_opts {
-    bool linked;              /* delta on a frozen copy of src's current state */
-    enum vd_type type;        /* full clone: THIN (monolithicSparse) or THICK (flat) */
-    bool progress;            /* force the progress meter */
+    bool linked;       /* delta on a frozen copy of src's current state */
+    enum vd_type type; /* full clone: THIN (monolithicSparse) or THICK (flat) */
+    bool progress;     /* force the progress meter */
 };
 /* -EEXIST: dst exists. */
 int vd_clone(const char *src, const char *dst, const struct vd_clone_opts *o);

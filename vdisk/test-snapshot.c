@@ -106,8 +106,8 @@ static void expect_image(const char *path, const uint8_t *want, const char *what
         size_t i = 0;
         while (got[i] == want[i])
             i++;
-        fail_msg("step %d: %s (%s) differs from the model at offset %zu: %02x, want %02x",
-                 step, what, path, i, got[i], want[i]);
+        fail_msg("step %d: %s (%s) differs from the model at offset %zu: %02x, want %02x", step,
+                 what, path, i, got[i], want[i]);
     }
     free(got);
     vd_close(img);
@@ -118,8 +118,7 @@ static void expect_check_clean(const char *path, int step)
     struct vd_check_report r;
     assert_int_equal(vd_check(path, false, NULL, &r), 0);
     if (r.errors)
-        fail_msg("step %d: vd_check %s: %u errors (%s)", step, path, r.errors,
-                 log_last_error());
+        fail_msg("step %d: vd_check %s: %u errors (%s)", step, path, r.errors, log_last_error());
 }
 
 struct msnap {
@@ -127,12 +126,12 @@ struct msnap {
     char name[40];
     char file[64];
     uint8_t *data;
-    int clone;                /* index into clones[] of a live linked clone on it, or -1 */
+    int clone; /* index into clones[] of a live linked clone on it, or -1 */
 };
 
 struct mclone {
     char path[320];
-    uint8_t *data;            /* NULL: slot free */
+    uint8_t *data; /* NULL: slot free */
 };
 
 #define MAX_CLONES 2
@@ -312,8 +311,8 @@ static void test_snapshot_model_random_ops(void **state)
         }
     }
     printf("%d writes, %d creates, %d reverts, %d deletes, %d linked clones (%d removed, %d "
-           "deletes refused for them)\n", counts[0], counts[1], counts[2], counts[3], counts[4],
-           counts[5], counts[6]);
+           "deletes refused for them)\n",
+           counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], counts[6]);
     assert_true(counts[1] > 10 && counts[2] > 10 && counts[3] > 10 && counts[4] > 3 &&
                 counts[6] > 0);
     /* nothing is left behind but the disk, the live snapshots and clones */

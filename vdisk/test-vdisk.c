@@ -65,8 +65,8 @@ static void fill_random(uint8_t *b, size_t n, unsigned *seed)
 
 static void make_thin(const char *path, uint64_t size, const char *hint, uint32_t pcid)
 {
-    struct vd_create_opts o = {.size = size, .type = VD_TYPE_THIN, .parent_hint = hint,
-                               .parent_cid = pcid};
+    struct vd_create_opts o = {
+        .size = size, .type = VD_TYPE_THIN, .parent_hint = hint, .parent_cid = pcid};
     unlink(path);
     assert_int_equal(vmdk_create(path, &o), 0);
 }
@@ -478,17 +478,18 @@ static void test_check_repairs_redundant_table(void **state)
 
 /* On-disk primary and redundant grain table entries of `grain` (first grain
  * table only), read through a separate descriptor. */
-static void disk_gte(const char *p, struct vd_image *img, uint64_t grain, uint32_t *v,
-                     uint32_t *rv)
+static void disk_gte(const char *p, struct vd_image *img, uint64_t grain, uint32_t *v, uint32_t *rv)
 {
     const struct vmdk_sparse *sp = img->ext[0].sp;
     uint64_t per = sp->h.num_gtes_per_gt;
     int fd = open(p, O_RDONLY);
     assert_true(fd >= 0);
     uint8_t b[4];
-    assert_int_equal(pread_full(fd, b, 4, (uint64_t)sp->gd[grain / per] * 512 + grain % per * 4), 0);
+    assert_int_equal(pread_full(fd, b, 4, (uint64_t)sp->gd[grain / per] * 512 + grain % per * 4),
+                     0);
     *v = le32_get(b);
-    assert_int_equal(pread_full(fd, b, 4, (uint64_t)sp->rgd[grain / per] * 512 + grain % per * 4), 0);
+    assert_int_equal(pread_full(fd, b, 4, (uint64_t)sp->rgd[grain / per] * 512 + grain % per * 4),
+                     0);
     *rv = le32_get(b);
     close(fd);
 }

@@ -200,8 +200,7 @@ static int vd_check_range(const struct vd_image *img, uint64_t off, uint64_t len
 {
     if (off > img->size || len > img->size - off) {
         log_err("%s: %s of %llu bytes at offset %llu is past the end (size %llu)", img->path, op,
-                (unsigned long long)len, (unsigned long long)off,
-                (unsigned long long)img->size);
+                (unsigned long long)len, (unsigned long long)off, (unsigned long long)img->size);
         return -EINVAL;
     }
     return 0;
@@ -389,8 +388,8 @@ int vd_pread_nowait(struct vd_image *img, void *buf, size_t len, uint64_t off)
 {
     int n = __atomic_load_n(&vd_test_nowait_eagain, __ATOMIC_RELAXED);
     while (n > 0)
-        if (__atomic_compare_exchange_n(&vd_test_nowait_eagain, &n, n - 1, false,
-                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        if (__atomic_compare_exchange_n(&vd_test_nowait_eagain, &n, n - 1, false, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED))
             return -EAGAIN;
     return vd_pread_nowait_common(img, buf, len, off);
 }
@@ -666,8 +665,7 @@ int vd_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *
     if (rc < 0)
         return rc;
     if (len == 0) {
-        log_err("%s: block status of an empty range at %llu", img->path,
-                (unsigned long long)off);
+        log_err("%s: block status of an empty range at %llu", img->path, (unsigned long long)off);
         return -EINVAL;
     }
     uint64_t n;

@@ -20,19 +20,19 @@ struct vd_image;
 
 /* vd_open flags */
 #define VD_OPEN_RDONLY (1u << 0)
-#define VD_OPEN_RAW    (1u << 1) /* treat the file as raw, do not probe */
+#define VD_OPEN_RAW (1u << 1) /* treat the file as raw, do not probe */
 
 int vd_open(const char *path, unsigned flags, struct vd_image **out);
 int vd_close(struct vd_image *img); /* flushes if writable; returns the flush result */
 
-uint64_t vd_size(const struct vd_image *img);         /* virtual size in bytes */
+uint64_t vd_size(const struct vd_image *img); /* virtual size in bytes */
 bool vd_is_readonly(const struct vd_image *img);
 const char *vd_path(const struct vd_image *img);
 /* Allocation granularity for block status / discard (grain size; 4096 for raw). */
 uint32_t vd_granularity(const struct vd_image *img);
 
 /* I/O flags */
-#define VD_FUA     (1u << 0) /* write through to stable storage before returning */
+#define VD_FUA (1u << 0)     /* write through to stable storage before returning */
 #define VD_NO_HOLE (1u << 1) /* write_zeroes: keep the range allocated */
 
 /* Byte-addressed I/O; any alignment. Reads of unallocated areas return the

@@ -29,8 +29,8 @@
 #include "vdisk.h"
 
 #define VD_SECTOR 512u
-#define VD_MAX_CHAIN 64          /* deepest parent chain we follow */
-#define VD_MAX_DESC (1u << 20)   /* largest descriptor we parse (bytes) */
+#define VD_MAX_CHAIN 64        /* deepest parent chain we follow */
+#define VD_MAX_DESC (1u << 20) /* largest descriptor we parse (bytes) */
 #define VD_MAX_EXTENTS 4096
 #define VD_MAX_DDB 256
 /* vd_open flag for snapshot.c only: open a frozen image (ddb.frozen) for
@@ -48,7 +48,7 @@
 #define VMDK4_FLAG_MARKER (1u << 17)
 #define VMDK4_GD_AT_END 0xffffffffffffffffull
 #define VMDK4_COMPRESS_DEFLATE 1
-#define VMDK_GTE_ZEROED 1u /* grain table entry: grain reads as zeroes */
+#define VMDK_GTE_ZEROED 1u       /* grain table entry: grain reads as zeroes */
 #define VMDK3_MAGIC_BYTES "COWD" /* ESX vmfsSparse extent; header below at offset 4 */
 #define VMDK3_GTES 4096u
 
@@ -56,14 +56,14 @@ struct vmdk4_header_disk {
     uint8_t magic[4];
     uint8_t version[4];
     uint8_t flags[4];
-    uint8_t capacity[8];      /* sectors */
-    uint8_t grain_size[8];    /* sectors */
-    uint8_t desc_offset[8];   /* sectors */
-    uint8_t desc_size[8];     /* sectors */
+    uint8_t capacity[8];    /* sectors */
+    uint8_t grain_size[8];  /* sectors */
+    uint8_t desc_offset[8]; /* sectors */
+    uint8_t desc_size[8];   /* sectors */
     uint8_t num_gtes_per_gt[4];
-    uint8_t rgd_offset[8];    /* sectors */
-    uint8_t gd_offset[8];     /* sectors */
-    uint8_t overhead[8];      /* sectors: first grain */
+    uint8_t rgd_offset[8]; /* sectors */
+    uint8_t gd_offset[8];  /* sectors */
+    uint8_t overhead[8];   /* sectors: first grain */
     uint8_t unclean_shutdown;
     uint8_t single_end_line_char;
     uint8_t non_end_line_char;
@@ -103,15 +103,21 @@ int vmdk4_header_decode(const struct vmdk4_header_disk *d, struct vmdk4_header *
 /* ------------------------------------------------------------ descriptor */
 /* VMFSSPARSE appears only in descriptors: at run time it is a SPARSE extent
  * whose file is an ESX "COWD" sparse extent (vmfsSparse deltas; read-only). */
-enum vmdk_ext_type { VMDK_EXT_FLAT, VMDK_EXT_SPARSE, VMDK_EXT_ZERO, VMDK_EXT_VMFS, VMDK_EXT_VMFSSPARSE };
+enum vmdk_ext_type {
+    VMDK_EXT_FLAT,
+    VMDK_EXT_SPARSE,
+    VMDK_EXT_ZERO,
+    VMDK_EXT_VMFS,
+    VMDK_EXT_VMFSSPARSE
+};
 enum vmdk_access { VMDK_ACC_RW, VMDK_ACC_RDONLY, VMDK_ACC_NOACCESS };
 
 struct vmdk_desc_extent {
     enum vmdk_access access;
     enum vmdk_ext_type type;
     uint64_t sectors;
-    char *fname;          /* NULL for ZERO */
-    uint64_t offset;      /* sectors into fname (FLAT) */
+    char *fname;     /* NULL for ZERO */
+    uint64_t offset; /* sectors into fname (FLAT) */
 };
 
 struct vmdk_kv {
@@ -122,12 +128,12 @@ struct vmdk_kv {
 struct vmdk_desc {
     uint32_t version;
     uint32_t cid;
-    uint32_t parent_cid;      /* 0xffffffff: no parent */
-    char *create_type;        /* "monolithicSparse", ... */
-    char *parent_hint;        /* parentFileNameHint or NULL */
+    uint32_t parent_cid; /* 0xffffffff: no parent */
+    char *create_type;   /* "monolithicSparse", ... */
+    char *parent_hint;   /* parentFileNameHint or NULL */
     struct vmdk_desc_extent *ext;
     int n_ext;
-    struct vmdk_kv *ddb;      /* ddb.* keys, in file order */
+    struct vmdk_kv *ddb; /* ddb.* keys, in file order */
     int n_ddb;
 };
 
@@ -149,18 +155,18 @@ bool vmdk_fname_is_safe(const char *name);
 struct vmdk_sparse {
     struct vmdk4_header h;
     uint64_t grain_bytes;
-    uint32_t num_gts;         /* grain directory entries */
-    uint32_t *gd;             /* sectors of each GT (primary); immutable after open */
-    uint32_t *rgd;            /* redundant GD or NULL */
-    uint32_t *gt;             /* all GTEs (num_gts * gtes_per_gt); read/written
-                                 with __atomic ops; changes under stripe lock */
-    bool compressed;          /* streamOptimized: grains are deflate + marker */
-    bool zero_grain;          /* GTE 1 means zeroed grain */
-    bool cowd;                /* ESX COWD extent: read-only here */
-    uint64_t file_end;        /* bytes; next grain goes here; under alloc_lock */
-    uint64_t durable_end;     /* bytes: the file was extended (and fdatasync'ed)
-                                 ahead of new grains up to here in this session,
-                                 0 before the first; under alloc_lock */
+    uint32_t num_gts;     /* grain directory entries */
+    uint32_t *gd;         /* sectors of each GT (primary); immutable after open */
+    uint32_t *rgd;        /* redundant GD or NULL */
+    uint32_t *gt;         /* all GTEs (num_gts * gtes_per_gt); read/written
+                             with __atomic ops; changes under stripe lock */
+    bool compressed;      /* streamOptimized: grains are deflate + marker */
+    bool zero_grain;      /* GTE 1 means zeroed grain */
+    bool cowd;            /* ESX COWD extent: read-only here */
+    uint64_t file_end;    /* bytes; next grain goes here; under alloc_lock */
+    uint64_t durable_end; /* bytes: the file was extended (and fdatasync'ed)
+                             ahead of new grains up to here in this session,
+                             0 before the first; under alloc_lock */
     pthread_mutex_t alloc_lock;
     pthread_mutex_t stripe[VMDK_STRIPES]; /* stripe[gt index % N] */
     /* Deferred grain table entries (vmdk_sparse.c "Design notes"): a new
@@ -168,46 +174,46 @@ struct vmdk_sparse {
      * written to the file only by the next vmdk_sparse_flush(), after an
      * fdatasync of its data. State per 512-byte GT sector (128 entries),
      * allocated at the first deferred entry. */
-    bool defer_ok;            /* entries per GT a multiple of 128; set at open */
-    pthread_mutex_t meta_lock; /* every write of GT entries to the file, and
-                                 the fields below */
+    bool defer_ok;              /* entries per GT a multiple of 128; set at open */
+    pthread_mutex_t meta_lock;  /* every write of GT entries to the file, and
+                                  the fields below */
     pthread_mutex_t flush_lock; /* one vmdk_sparse_flush() at a time */
     struct vmdk_gt_sector *gts; /* NULL until the first deferred entry */
-    uint32_t *dirty;          /* GT sectors with pending entries, n_dirty of them */
-    uint32_t *flushing;       /* the list taken by the running flush (flush_lock) */
-    uint32_t n_dirty;         /* under meta_lock */
+    uint32_t *dirty;            /* GT sectors with pending entries, n_dirty of them */
+    uint32_t *flushing;         /* the list taken by the running flush (flush_lock) */
+    uint32_t n_dirty;           /* under meta_lock */
 };
 
 /* One 512-byte grain table sector. Bit i: entry i of the sector. */
 struct vmdk_gt_sector {
-    uint64_t pend[2];         /* published in memory, the file still holds 0 */
-    uint64_t flush[2];        /* taken by the running flush: data synced, the
-                                 sector write pending */
-    bool listed;              /* in vmdk_sparse.dirty */
+    uint64_t pend[2];  /* published in memory, the file still holds 0 */
+    uint64_t flush[2]; /* taken by the running flush: data synced, the
+                          sector write pending */
+    bool listed;       /* in vmdk_sparse.dirty */
 };
 
 /* ---------------------------------------------------------------- extent */
 struct vmdk_extent {
     enum vmdk_ext_type type;
     enum vmdk_access access;
-    uint64_t start;           /* bytes into the virtual disk */
-    uint64_t len;             /* bytes */
-    char *path;               /* file path (resolved beside the descriptor) */
-    int fd;                   /* -1 for ZERO */
-    uint64_t file_off;        /* FLAT: byte offset of the extent in the file */
-    struct vmdk_sparse *sp;   /* SPARSE only */
+    uint64_t start;         /* bytes into the virtual disk */
+    uint64_t len;           /* bytes */
+    char *path;             /* file path (resolved beside the descriptor) */
+    int fd;                 /* -1 for ZERO */
+    uint64_t file_off;      /* FLAT: byte offset of the extent in the file */
+    struct vmdk_sparse *sp; /* SPARSE only */
 };
 
 /* Mapping of a range inside one image (not the chain). */
 enum vd_map_state {
-    VD_MAP_DATA,              /* at fd:file_off */
-    VD_MAP_ZERO,              /* reads as zeroes in this image */
-    VD_MAP_UNALLOC,           /* not here: go to the parent (or zeroes) */
-    VD_MAP_COMPRESSED,        /* compressed grain at fd:file_off */
+    VD_MAP_DATA,       /* at fd:file_off */
+    VD_MAP_ZERO,       /* reads as zeroes in this image */
+    VD_MAP_UNALLOC,    /* not here: go to the parent (or zeroes) */
+    VD_MAP_COMPRESSED, /* compressed grain at fd:file_off */
 };
 struct vd_map {
     enum vd_map_state state;
-    uint64_t len;             /* bytes with this state from the asked offset */
+    uint64_t len; /* bytes with this state from the asked offset */
     int fd;
     uint64_t file_off;
     struct vmdk_extent *ext;
@@ -218,22 +224,22 @@ enum vd_kind { VD_KIND_RAW, VD_KIND_VMDK };
 
 struct vd_image {
     char *path;
-    char *dir;                /* folder holding the descriptor */
+    char *dir; /* folder holding the descriptor */
     unsigned flags;
     bool ro;
     enum vd_kind kind;
     uint64_t size;
     uint32_t gran;
-    int fd;                   /* RAW: the file; VMDK: the descriptor file */
+    int fd; /* RAW: the file; VMDK: the descriptor file */
     /* VMDK only: */
-    struct vmdk_desc desc;    /* CID protected by cid_lock */
-    bool desc_embedded;       /* descriptor inside extent 0's sparse file */
+    struct vmdk_desc desc;       /* CID protected by cid_lock */
+    bool desc_embedded;          /* descriptor inside extent 0's sparse file */
     uint64_t desc_off, desc_cap; /* bytes: where, and room for it */
     struct vmdk_extent *ext;
     int n_ext;
-    struct vd_image *parent;  /* read-only, owned */
+    struct vd_image *parent; /* read-only, owned */
     pthread_mutex_t cid_lock;
-    int cid_updated;          /* atomic; set after the first write rewrote CID */
+    int cid_updated; /* atomic; set after the first write rewrote CID */
 };
 
 /* vdisk.c */
@@ -261,8 +267,7 @@ int vd_copy_range(struct vd_image *src, struct vd_image *dst, uint64_t off, uint
 bool vd_buf_is_zero(const void *buf, size_t len);
 
 /* vmdk_open.c: open a VMDK (header/descriptor already probed). */
-int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int depth,
-              char **seen);
+int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int depth, char **seen);
 void vmdk_close(struct vd_image *img);
 /* Rewrite the descriptor (embedded or separate file) from img->desc. */
 int vmdk_desc_write(struct vd_image *img);
@@ -277,8 +282,8 @@ int vmdk_sparse_read_footer(int fd, uint64_t fsize, struct vmdk4_header *h, cons
 int vmdk_sparse_map(struct vmdk_extent *e, uint64_t off, uint64_t len, struct vd_map *m);
 int vmdk_sparse_read_compressed(struct vmdk_extent *e, uint64_t file_off, uint64_t grain,
                                 uint8_t *out);
-int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t *buf,
-                      uint64_t len, uint64_t off, unsigned flags);
+int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t *buf, uint64_t len,
+                      uint64_t off, unsigned flags);
 /* Zero [off,off+len) of the extent: whole grains become zeroed-grain GTEs
  * (or unallocated when `unmap_to_parent`), partial grains are written. */
 int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, uint64_t len,
@@ -291,12 +296,12 @@ int vmdk_sparse_flush(struct vmdk_extent *e);
 /* vmdk_create.c */
 enum vd_type { VD_TYPE_THIN, VD_TYPE_THICK, VD_TYPE_EAGER, VD_TYPE_STREAM /* convert only */ };
 struct vd_create_opts {
-    uint64_t size;            /* bytes, rounded up to 512 */
+    uint64_t size; /* bytes, rounded up to 512 */
     enum vd_type type;
-    const char *adapter;      /* "ide", "lsilogic", "buslogic", "pvscsi"; NULL: lsilogic */
-    const char *parent_hint;  /* delta disk: parentFileNameHint (thin only) */
-    uint32_t parent_cid;      /* with parent_hint */
-    bool no_zero_grain;       /* do not set the zeroed-grain flag (version 1) */
+    const char *adapter;     /* "ide", "lsilogic", "buslogic", "pvscsi"; NULL: lsilogic */
+    const char *parent_hint; /* delta disk: parentFileNameHint (thin only) */
+    uint32_t parent_cid;     /* with parent_hint */
+    bool no_zero_grain;      /* do not set the zeroed-grain flag (version 1) */
 };
 /* Create an image file (never overwrites: -EEXIST). */
 int vmdk_create(const char *path, const struct vd_create_opts *o);
@@ -310,11 +315,11 @@ int vmdk_stream_write(struct vd_image *src, const char *path, const char *adapte
 
 /* vmdk_check.c */
 struct vd_check_report {
-    unsigned errors;          /* problems found */
-    unsigned repaired;        /* fixed by --repair */
-    unsigned repairable;      /* of the errors: --repair knows the fix (crash
-                                 leftovers: primary vs redundant, uncleanShutdown) */
-    unsigned leaks;           /* informational */
+    unsigned errors;     /* problems found */
+    unsigned repaired;   /* fixed by --repair */
+    unsigned repairable; /* of the errors: --repair knows the fix (crash
+                            leftovers: primary vs redundant, uncleanShutdown) */
+    unsigned leaks;      /* informational */
 };
 /* json may be NULL; messages go through log_err / the report callback. */
 struct json;

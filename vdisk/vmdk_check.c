@@ -72,7 +72,9 @@ static void vd_vproblem(struct vd_checker *c, bool repairable, bool repaired, co
         json_obj_end(c->j);
     } else {
         log_warn("%s: %s%s", file, msg,
-                 repaired ? " (repaired)" : repairable ? " (repairable: check --repair)" : "");
+                 repaired     ? " (repaired)"
+                 : repairable ? " (repairable: check --repair)"
+                              : "");
     }
 }
 
@@ -218,15 +220,19 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
         meta[nm++] = (struct vd_range){h.desc_offset, h.desc_offset + h.desc_size};
     meta[nm++] = (struct vd_range){h.gd_offset, h.gd_offset + gd_sec};
     if (vd_rd_table(fd, gd, ngt, h.gd_offset, fsize) < 0) {
-        vd_problem(c, false, path, "grain directory at sector %" PRIu64 " is past the end of "
-                   "the file (%" PRIu64 " bytes)", h.gd_offset, fsize);
+        vd_problem(c, false, path,
+                   "grain directory at sector %" PRIu64 " is past the end of "
+                   "the file (%" PRIu64 " bytes)",
+                   h.gd_offset, fsize);
         goto out;
     }
     if (has_rgd) {
         meta[nm++] = (struct vd_range){h.rgd_offset, h.rgd_offset + gd_sec};
         if (vd_rd_table(fd, rgd, ngt, h.rgd_offset, fsize) < 0) {
-            vd_problem(c, false, path, "redundant grain directory at sector %" PRIu64 " is past "
-                       "the end of the file", h.rgd_offset);
+            vd_problem(c, false, path,
+                       "redundant grain directory at sector %" PRIu64 " is past "
+                       "the end of the file",
+                       h.rgd_offset);
             has_rgd = false;
         }
     }
@@ -235,11 +241,15 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
         bool ok = gd[i] && ((uint64_t)gd[i] + gt_sec) * VD_SECTOR <= fsize;
         bool rok = has_rgd && rgd[i] && ((uint64_t)rgd[i] + gt_sec) * VD_SECTOR <= fsize;
         if (!ok && gd[i])
-            vd_problem(c, false, path, "grain directory entry %" PRIu64 " = %u points past the "
-                       "end of the file", i, gd[i]);
+            vd_problem(c, false, path,
+                       "grain directory entry %" PRIu64 " = %u points past the "
+                       "end of the file",
+                       i, gd[i]);
         if (has_rgd && !rok && rgd[i])
-            vd_problem(c, false, path, "redundant grain directory entry %" PRIu64 " = %u points "
-                       "past the end of the file", i, rgd[i]);
+            vd_problem(c, false, path,
+                       "redundant grain directory entry %" PRIu64 " = %u points "
+                       "past the end of the file",
+                       i, rgd[i]);
         if (!ok)
             gd[i] = 0;
         if (has_rgd && !rok)
@@ -268,8 +278,9 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
                     memcpy(rgt + i * per, gt + i * per, per * 4);
                 }
             }
-            (fixable ? vd_fixable : vd_problem)(c, fix, path, "grain directory entry %" PRIu64
-                                                ": primary %u, redundant %u", i, gd[i], rgd[i]);
+            (fixable ? vd_fixable : vd_problem)(
+                c, fix, path, "grain directory entry %" PRIu64 ": primary %u, redundant %u", i,
+                gd[i], rgd[i]);
         }
     }
     qsort(meta, nm, sizeof(*meta), vd_range_cmp);
@@ -286,8 +297,8 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
         if (!gd[ti] && !(has_rgd && rgd[ti]))
             continue;
         uint32_t v = gd[ti] ? gt[g] : 0, rv = has_rgd && rgd[ti] ? rgt[g] : v;
-        bool vok = v == 0 || (zg && v == 1) ||
-                   (v + span <= fend && !vd_range_hit(meta, nm, v, v + span));
+        bool vok =
+            v == 0 || (zg && v == 1) || (v + span <= fend && !vd_range_hit(meta, nm, v, v + span));
         bool rvok = rv == 0 || (zg && rv == 1) ||
                     (rv + span <= fend && !vd_range_hit(meta, nm, rv, rv + span));
         uint32_t want = v;
@@ -298,7 +309,7 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
         else if (!rvok)
             want = v;
         else if (v != rv && v == 0)
-            want = rv;                 /* primary lost; redundant is valid */
+            want = rv; /* primary lost; redundant is valid */
         /* else the primary wins: the engine writes an entry to the primary
          * table first, so a redundant entry that is 0 or another valid value
          * is a write (or a flush of deferred entries) cut between the two */
@@ -311,14 +322,15 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
                 if (fix && has_rgd && rgd[ti] && rv != want)
                     fix = vd_wr_entry(fd, rgd[ti], idx, want) == 0;
             }
-            const char *why = !vok ? (v + span > fend ? "past the end of the file"
-                                                                : "inside metadata")
-                              : !rvok ? (rv + span > fend
-                                             ? "redundant entry past the end of the file"
-                                             : "redundant entry inside metadata")
-                                      : "primary and redundant tables differ";
-            vd_fixable(c, fix, path, "grain table %" PRIu64 " entry %" PRIu64 " (primary %u, "
-                       "redundant %u): %s", ti, idx, v, rv, why);
+            const char *why =
+                !vok    ? (v + span > fend ? "past the end of the file" : "inside metadata")
+                : !rvok ? (rv + span > fend ? "redundant entry past the end of the file"
+                                            : "redundant entry inside metadata")
+                        : "primary and redundant tables differ";
+            vd_fixable(c, fix, path,
+                       "grain table %" PRIu64 " entry %" PRIu64 " (primary %u, "
+                       "redundant %u): %s",
+                       ti, idx, v, rv, why);
             v = fix ? want : (vok ? v : 0);
         }
         if (v > 1 || (v == 1 && !zg)) {
@@ -340,8 +352,10 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
         qsort(offs, nalloc, sizeof(*offs), vd_cmp_u64);
     for (uint64_t i = 1; i < nalloc; i++) {
         if (offs[i] == offs[i - 1])
-            vd_problem(c, false, path, "two grains share sector %" PRIu64 " (duplicate grain "
-                       "table entries)", offs[i]);
+            vd_problem(c, false, path,
+                       "two grains share sector %" PRIu64 " (duplicate grain "
+                       "table entries)",
+                       offs[i]);
         else if (offs[i] < offs[i - 1] + span)
             vd_problem(c, false, path, "grains at sectors %" PRIu64 " and %" PRIu64 " overlap",
                        offs[i - 1], offs[i]);
@@ -367,7 +381,9 @@ out:
 int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_report *r)
 {
     memset(r, 0, sizeof(*r));
-    struct vd_checker c = {.j = j, .r = r, .repair = (flags & VD_CHECK_REPAIR) != 0,
+    struct vd_checker c = {.j = j,
+                           .r = r,
+                           .repair = (flags & VD_CHECK_REPAIR) != 0,
                            .progress = (flags & VD_CHECK_PROGRESS) != 0};
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -419,9 +435,12 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
                     else if (d.ext[i].type == VMDK_EXT_SPARSE)
                         rc = vd_check_sparse(&c, ep);
                     else if (S_ISREG(es.st_mode) &&
-                             (uint64_t)es.st_size < (d.ext[i].offset + d.ext[i].sectors) * VD_SECTOR)
-                        vd_problem(&c, false, ep, "flat extent %d is truncated: %lld bytes, "
-                                   "needs %" PRIu64, i, (long long)es.st_size,
+                             (uint64_t)es.st_size <
+                                 (d.ext[i].offset + d.ext[i].sectors) * VD_SECTOR)
+                        vd_problem(&c, false, ep,
+                                   "flat extent %d is truncated: %lld bytes, "
+                                   "needs %" PRIu64,
+                                   i, (long long)es.st_size,
                                    (d.ext[i].offset + d.ext[i].sectors) * VD_SECTOR);
                     free(ep);
                 }

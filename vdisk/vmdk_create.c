@@ -76,9 +76,10 @@ static int vd_desc_init(struct vmdk_desc *d, const struct vd_create_opts *o, uin
         u[6] = (uint8_t)((u[6] & 0x0f) | 0x40);
         u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
         char buf[40];
-        snprintf(buf, sizeof(buf), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-                 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12],
-                 u[13], u[14], u[15]);
+        snprintf(buf, sizeof(buf),
+                 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+                 u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+                 u[15]);
         rc = vmdk_desc_ddb_set(d, "ddb.uuid.image", buf);
     }
     return rc;
@@ -91,8 +92,8 @@ static int vd_add_extent(struct vmdk_desc *d, enum vmdk_ext_type t, uint64_t sec
     if (!n)
         return -ENOMEM;
     d->ext = n;
-    n[d->n_ext] = (struct vmdk_desc_extent){.access = VMDK_ACC_RW, .type = t,
-                                            .sectors = sectors, .fname = strdup(fname)};
+    n[d->n_ext] = (struct vmdk_desc_extent){
+        .access = VMDK_ACC_RW, .type = t, .sectors = sectors, .fname = strdup(fname)};
     if (!n[d->n_ext].fname)
         return -ENOMEM;
     d->n_ext++;
@@ -191,8 +192,8 @@ static int vd_create_sparse(const char *path, const struct vd_create_opts *o, ui
     }
     struct vmdk4_header h = {
         .version = o->no_zero_grain ? 1 : 2,
-        .flags = VMDK4_FLAG_NL_DETECT | VMDK4_FLAG_RGD |
-                 (o->no_zero_grain ? 0 : VMDK4_FLAG_ZERO_GRAIN),
+        .flags =
+            VMDK4_FLAG_NL_DETECT | VMDK4_FLAG_RGD | (o->no_zero_grain ? 0 : VMDK4_FLAG_ZERO_GRAIN),
         .capacity = cap,
         .grain_size = 128,
         .desc_offset = 1,
@@ -423,7 +424,8 @@ int vd_resize(const char *path, uint64_t size, bool allow_shrink)
     }
     if (size < img->size && !allow_shrink) {
         log_err("%s: new size %" PRIu64 " is smaller than the current %" PRIu64 " bytes; data "
-                "past it would be lost (use --shrink)", path, size, img->size);
+                "past it would be lost (use --shrink)",
+                path, size, img->size);
         rc = -EINVAL;
         goto out;
     }

@@ -116,8 +116,9 @@ static int vd_parse_hex32(const char *s, uint32_t *out)
     for (size_t i = 0; i < n; i++) {
         if (!isxdigit((unsigned char)s[i]))
             return -EINVAL;
-        v = (v << 4) | (uint32_t)(isdigit((unsigned char)s[i]) ? s[i] - '0'
-                                                               : (tolower((unsigned char)s[i]) - 'a' + 10));
+        v = (v << 4) |
+            (uint32_t)(isdigit((unsigned char)s[i]) ? s[i] - '0'
+                                                    : (tolower((unsigned char)s[i]) - 'a' + 10));
     }
     *out = v;
     return 0;
@@ -178,7 +179,8 @@ static int vd_parse_extent_line(char *line, struct vmdk_desc *d, const char *wha
         e.type = VMDK_EXT_ZERO;
     else {
         log_err("%s: descriptor line %d: extent type '%s' is not supported (SPARSE, FLAT, "
-                "VMFS, VMFSSPARSE, ZERO)", what, lineno, tok);
+                "VMFS, VMFSSPARSE, ZERO)",
+                what, lineno, tok);
         return -EUCLEAN;
     }
     if (e.type != VMDK_EXT_ZERO) {
@@ -196,7 +198,8 @@ static int vd_parse_extent_line(char *line, struct vmdk_desc *d, const char *wha
         *end = 0;
         if (!vmdk_fname_is_safe(p + 1)) {
             log_err("%s: descriptor line %d: extent file \"%s\" is outside the image's folder "
-                    "(absolute path or ..)", what, lineno, p + 1);
+                    "(absolute path or ..)",
+                    what, lineno, p + 1);
             return -EUCLEAN;
         }
         e.fname = strdup(p + 1);
@@ -243,8 +246,8 @@ static int vd_parse_line(char *line, struct vmdk_desc *d, const char *what, int 
         return vd_parse_extent_line(line, d, what, lineno);
     char *eq = strchr(line, '=');
     if (!eq) {
-        log_err("%s: descriptor line %d: neither \"key = value\" nor an extent: \"%.40s\"",
-                what, lineno, line);
+        log_err("%s: descriptor line %d: neither \"key = value\" nor an extent: \"%.40s\"", what,
+                lineno, line);
         return -EUCLEAN;
     }
     *eq = 0;
@@ -261,8 +264,8 @@ static int vd_parse_line(char *line, struct vmdk_desc *d, const char *what, int 
     if (strcmp(key, "version") == 0) {
         uint64_t v;
         if (vd_parse_u64(val, &v) < 0 || v < 1 || v > 3) {
-            log_err("%s: descriptor line %d: version \"%s\" not supported (1 to 3)", what,
-                    lineno, val);
+            log_err("%s: descriptor line %d: version \"%s\" not supported (1 to 3)", what, lineno,
+                    val);
             return -EUCLEAN;
         }
         d->version = (uint32_t)v;
@@ -273,8 +276,8 @@ static int vd_parse_line(char *line, struct vmdk_desc *d, const char *what, int 
         }
     } else if (strcmp(key, "parentCID") == 0) {
         if (vd_parse_hex32(val, &d->parent_cid) < 0) {
-            log_err("%s: descriptor line %d: parentCID \"%s\" is not 8 hex digits", what,
-                    lineno, val);
+            log_err("%s: descriptor line %d: parentCID \"%s\" is not 8 hex digits", what, lineno,
+                    val);
             return -EUCLEAN;
         }
     } else if (strcmp(key, "createType") == 0) {
@@ -306,8 +309,7 @@ int vmdk_desc_parse(const char *text, size_t len, struct vmdk_desc *d, const cha
     if (nul)
         len = (size_t)(nul - text);
     if (len > VD_MAX_DESC) {
-        log_err("%s: descriptor is %zu bytes, more than the %u we accept", what, len,
-                VD_MAX_DESC);
+        log_err("%s: descriptor is %zu bytes, more than the %u we accept", what, len, VD_MAX_DESC);
         return -EUCLEAN;
     }
     char *buf = malloc(len + 1);
@@ -390,11 +392,16 @@ static const char *vd_access_name(enum vmdk_access a)
 static const char *vd_ext_type_name(enum vmdk_ext_type t)
 {
     switch (t) {
-    case VMDK_EXT_SPARSE: return "SPARSE";
-    case VMDK_EXT_FLAT: return "FLAT";
-    case VMDK_EXT_VMFS: return "VMFS";
-    case VMDK_EXT_VMFSSPARSE: return "VMFSSPARSE";
-    case VMDK_EXT_ZERO: return "ZERO";
+    case VMDK_EXT_SPARSE:
+        return "SPARSE";
+    case VMDK_EXT_FLAT:
+        return "FLAT";
+    case VMDK_EXT_VMFS:
+        return "VMFS";
+    case VMDK_EXT_VMFSSPARSE:
+        return "VMFSSPARSE";
+    case VMDK_EXT_ZERO:
+        return "ZERO";
     }
     return "?";
 }

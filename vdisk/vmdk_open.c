@@ -152,8 +152,8 @@ static int vmdk_open_extents(struct vd_image *img, bool embedded)
                 return -errno;
             if (S_ISREG(st.st_mode) && (uint64_t)st.st_size < e->file_off + e->len) {
                 log_err("%s: flat extent \"%s\" is truncated: %lld bytes, the descriptor "
-                        "needs %" PRIu64, img->path, e->path, (long long)st.st_size,
-                        e->file_off + e->len);
+                        "needs %" PRIu64,
+                        img->path, e->path, (long long)st.st_size, e->file_off + e->len);
                 return -EUCLEAN;
             }
         }
@@ -198,7 +198,8 @@ static int vmdk_open_parent(struct vd_image *img, int depth, char **seen)
     for (int i = 0; i <= depth; i++) {
         if (seen[i] && strcmp(seen[i], real) == 0) {
             log_err("%s: parent chain loops: parentFileNameHint \"%s\" is %s, already in the "
-                    "chain", img->path, d->parent_hint, real);
+                    "chain",
+                    img->path, d->parent_hint, real);
             free(real);
             free(ppath);
             return -ELOOP;
@@ -218,8 +219,8 @@ static int vmdk_open_parent(struct vd_image *img, int depth, char **seen)
         rc = -EUCLEAN;
     } else if (p->desc.cid != d->parent_cid) {
         log_err("%s: parent %s has CID %08x but this image expects parentCID %08x (the parent "
-                "was modified after this image was created)", img->path, ppath, p->desc.cid,
-                d->parent_cid);
+                "was modified after this image was created)",
+                img->path, ppath, p->desc.cid, d->parent_cid);
         rc = -EUCLEAN;
     }
     free(ppath);
@@ -231,8 +232,7 @@ static int vmdk_open_parent(struct vd_image *img, int depth, char **seen)
     return 0;
 }
 
-int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int depth,
-              char **seen)
+int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int depth, char **seen)
 {
     int rc;
     char *text = NULL;
@@ -264,8 +264,7 @@ int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int 
         struct vmdk4_header h;
         struct vmdk4_header_disk hd;
         if (first_len < sizeof(hd)) {
-            log_err("%s: truncated: %zu bytes, less than one header sector", img->path,
-                    first_len);
+            log_err("%s: truncated: %zu bytes, less than one header sector", img->path, first_len);
             rc = -EUCLEAN;
             goto out;
         }
@@ -294,7 +293,8 @@ int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int 
             rc = pread_full(img->fd, text, img->desc_cap, img->desc_off);
             if (rc < 0) {
                 log_err("%s: descriptor at offset %" PRIu64 " (%" PRIu64 " bytes) is past the "
-                        "end of the file (truncated?)", img->path, img->desc_off, img->desc_cap);
+                        "end of the file (truncated?)",
+                        img->path, img->desc_off, img->desc_cap);
                 rc = -EUCLEAN;
                 goto out;
             }
@@ -313,7 +313,8 @@ int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int 
         const char *fz = vmdk_desc_ddb_get(&img->desc, "ddb.frozen");
         if (fz && strcmp(fz, "true") == 0) {
             log_err("%s: is a frozen snapshot or linked-clone parent (ddb.frozen): it opens "
-                    "read-only only; write to the disk above it", img->path);
+                    "read-only only; write to the disk above it",
+                    img->path);
             rc = -EROFS;
             goto out;
         }
@@ -345,8 +346,8 @@ int vmdk_desc_write(struct vd_image *img)
             return 0; /* bare extent: nothing to record */
         }
         if (len >= img->desc_cap) {
-            log_err("%s: descriptor (%zu bytes) does not fit its %" PRIu64 "-byte area",
-                    img->path, len, img->desc_cap);
+            log_err("%s: descriptor (%zu bytes) does not fit its %" PRIu64 "-byte area", img->path,
+                    len, img->desc_cap);
             free(text);
             return -ENOSPC;
         }

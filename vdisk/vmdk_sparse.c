@@ -97,8 +97,7 @@ void vmdk4_header_encode(const struct vmdk4_header *h, struct vmdk4_header_disk 
     le16_put(d->compress_algorithm, h->compress_algorithm);
 }
 
-int vmdk4_header_decode(const struct vmdk4_header_disk *d, struct vmdk4_header *h,
-                        const char *what)
+int vmdk4_header_decode(const struct vmdk4_header_disk *d, struct vmdk4_header *h, const char *what)
 {
     memset(h, 0, sizeof(*h));
     if (le32_get(d->magic) != VMDK4_MAGIC) {
@@ -124,17 +123,17 @@ int vmdk4_header_decode(const struct vmdk4_header_disk *d, struct vmdk4_header *
     }
     if (h->grain_size < 8 || h->grain_size > 2048 || (h->grain_size & (h->grain_size - 1))) {
         log_err("%s: header grainSize %" PRIu64 " sectors out of range (power of two, 8 to "
-                "2048)", what, h->grain_size);
+                "2048)",
+                what, h->grain_size);
         return -EUCLEAN;
     }
     if (h->capacity == 0 || h->capacity > (1ull << 50) / VD_SECTOR) {
-        log_err("%s: header capacity %" PRIu64 " sectors out of range (1 sector to 1 PiB)",
-                what, h->capacity);
+        log_err("%s: header capacity %" PRIu64 " sectors out of range (1 sector to 1 PiB)", what,
+                h->capacity);
         return -EUCLEAN;
     }
     if (h->num_gtes_per_gt == 0 || h->num_gtes_per_gt > 512) {
-        log_err("%s: header numGTEsPerGT %u out of range (1 to 512)", what,
-                h->num_gtes_per_gt);
+        log_err("%s: header numGTEsPerGT %u out of range (1 to 512)", what, h->num_gtes_per_gt);
         return -EUCLEAN;
     }
     if (h->desc_offset && (h->desc_size == 0 || h->desc_size > VD_MAX_DESC / VD_SECTOR)) {
@@ -187,7 +186,8 @@ int vmdk3_header_decode(const uint8_t *b, struct vmdk4_header *h, const char *wh
     h->overhead = 1;
     if (h->grain_size == 0 || h->grain_size > 2048 || (h->grain_size & (h->grain_size - 1))) {
         log_err("%s: COWD header grainSize %" PRIu64 " sectors out of range (power of two, 1 to "
-                "2048)", what, h->grain_size);
+                "2048)",
+                what, h->grain_size);
         return -EUCLEAN;
     }
     if (h->capacity == 0) {
@@ -200,8 +200,7 @@ int vmdk3_header_decode(const uint8_t *b, struct vmdk4_header *h, const char *wh
     }
     uint64_t need = DIV_ROUND_UP(DIV_ROUND_UP(h->capacity, h->grain_size), VMDK3_GTES);
     if (gd_entries < need) {
-        log_err("%s: COWD header numGDEntries %u, capacity needs %" PRIu64, what, gd_entries,
-                need);
+        log_err("%s: COWD header numGDEntries %u, capacity needs %" PRIu64, what, gd_entries, need);
         return -EUCLEAN;
     }
     return 0;
@@ -230,8 +229,8 @@ int vmdk_sparse_read_footer(int fd, uint64_t fsize, struct vmdk4_header *h, cons
 {
     uint8_t buf[1536];
     if (fsize < 1536 + 512) {
-        log_err("%s: gdOffset says \"at end\" but the file (%" PRIu64 " bytes) has no footer",
-                what, fsize);
+        log_err("%s: gdOffset says \"at end\" but the file (%" PRIu64 " bytes) has no footer", what,
+                fsize);
         return -EUCLEAN;
     }
     int rc = pread_full(fd, buf, sizeof(buf), fsize - 1536);
@@ -261,7 +260,8 @@ static int vmdk_sparse_read_table(int fd, uint32_t *out, uint64_t n, uint64_t se
     uint64_t bytes = n * 4;
     if (sector > fsize / VD_SECTOR || sector * VD_SECTOR + bytes > fsize) {
         log_err("%s: %s at sector %" PRIu64 " (%" PRIu64 " bytes) is past the end of the file "
-                "(%" PRIu64 " bytes)", what, name, sector, bytes, fsize);
+                "(%" PRIu64 " bytes)",
+                what, name, sector, bytes, fsize);
         return -EUCLEAN;
     }
     int rc = pread_full(fd, out, bytes, sector * VD_SECTOR);
@@ -325,8 +325,8 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
     uint64_t total = ngt * h->num_gtes_per_gt;
     if (total * 4 > VD_MAX_GT_BYTES) {
         log_err("%s: capacity %" PRIu64 " sectors needs %" PRIu64 " MiB of grain tables, more "
-                "than the %llu MiB we cache", what, h->capacity, total * 4 >> 20,
-                VD_MAX_GT_BYTES >> 20);
+                "than the %llu MiB we cache",
+                what, h->capacity, total * 4 >> 20, VD_MAX_GT_BYTES >> 20);
         rc = -EUCLEAN;
         goto fail;
     }
@@ -433,8 +433,8 @@ int vmdk_sparse_map(struct vmdk_extent *e, uint64_t off, uint64_t len, struct vd
     uint32_t v = vmdk_gte_load(sp, grain);
     m->state = vmdk_gte_state(sp, v);
     m->fd = e->fd;
-    m->file_off = m->state == VD_MAP_COMPRESSED ? (uint64_t)v * VD_SECTOR
-                                                : (uint64_t)v * VD_SECTOR + in;
+    m->file_off =
+        m->state == VD_MAP_COMPRESSED ? (uint64_t)v * VD_SECTOR : (uint64_t)v * VD_SECTOR + in;
     m->len = MIN(len, gb - in);
     if (m->state == VD_MAP_COMPRESSED)
         return 0;
@@ -478,14 +478,15 @@ int vmdk_sparse_read_compressed(struct vmdk_extent *e, uint64_t file_off, uint64
     if (marker) {
         if (n < 12 || le32_get(buf + 8) == 0 || le32_get(buf + 8) > (uint64_t)n - 12) {
             log_err("%s: compressed grain %" PRIu64 " at file offset %" PRIu64 ": bad marker "
-                    "(size %u)", e->path, grain, file_off, n >= 12 ? le32_get(buf + 8) : 0);
+                    "(size %u)",
+                    e->path, grain, file_off, n >= 12 ? le32_get(buf + 8) : 0);
             rc = -EUCLEAN;
             goto out;
         }
         if (le64_get(buf) != grain * sp->h.grain_size) {
-            log_err("%s: compressed grain %" PRIu64 " at file offset %" PRIu64 ": marker LBA %"
-                    PRIu64 ", expected %" PRIu64, e->path, grain, file_off, le64_get(buf),
-                    grain * sp->h.grain_size);
+            log_err("%s: compressed grain %" PRIu64 " at file offset %" PRIu64
+                    ": marker LBA %" PRIu64 ", expected %" PRIu64,
+                    e->path, grain, file_off, le64_get(buf), grain * sp->h.grain_size);
             rc = -EUCLEAN;
             goto out;
         }
@@ -496,7 +497,8 @@ int vmdk_sparse_read_compressed(struct vmdk_extent *e, uint64_t file_off, uint64
     int zr = uncompress(out, &olen, data, (uLong)dlen);
     if (zr != Z_OK && !(zr == Z_BUF_ERROR && !marker)) {
         log_err("%s: compressed grain %" PRIu64 " at file offset %" PRIu64 ": inflate failed "
-                "(zlib %d)", e->path, grain, file_off, zr);
+                "(zlib %d)",
+                e->path, grain, file_off, zr);
         rc = -EUCLEAN;
         goto out;
     }
@@ -524,7 +526,8 @@ static int vmdk_gte_store(struct vmdk_extent *e, uint64_t grain, uint32_t val)
     le32_put(b, val);
     if (sp->gd[gti] == 0) {
         log_err("%s: grain table %" PRIu64 " is not allocated (grain directory entry 0); "
-                "cannot allocate grain %" PRIu64, e->path, gti, grain);
+                "cannot allocate grain %" PRIu64,
+                e->path, gti, grain);
         return -EUCLEAN;
     }
     /* meta_lock: a flush writing this entry's sector must not overwrite
@@ -562,7 +565,8 @@ static int vmdk_gte_defer(struct vmdk_extent *e, uint64_t grain, uint32_t val)
     uint64_t gti = grain / sp->h.num_gtes_per_gt;
     if (sp->gd[gti] == 0) {
         log_err("%s: grain table %" PRIu64 " is not allocated (grain directory entry 0); "
-                "cannot allocate grain %" PRIu64, e->path, gti, grain);
+                "cannot allocate grain %" PRIu64,
+                e->path, gti, grain);
         return -EUCLEAN;
     }
     pthread_mutex_lock(&sp->meta_lock);
@@ -624,8 +628,7 @@ static int vmdk_gt_sector_write(struct vmdk_extent *e, uint64_t sec)
         rc = pwrite_full(e->fd, b, sizeof(b), (uint64_t)sp->rgd[gti] * VD_SECTOR + in);
     if (rc < 0)
         log_err("%s: write of grain table %" PRIu64 " entries %" PRIu64 " to %" PRIu64 ": %s",
-                e->path, gti, first % per, first % per + VMDK_GTES_PER_SECTOR - 1,
-                strerror(-rc));
+                e->path, gti, first % per, first % per + VMDK_GTES_PER_SECTOR - 1, strerror(-rc));
     return rc;
 }
 
@@ -701,8 +704,7 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
     uint64_t at = sp->file_end;
     if (at / VD_SECTOR + sp->h.grain_size > UINT32_MAX) {
         pthread_mutex_unlock(&sp->alloc_lock);
-        log_err("%s: the extent file would pass 2 TiB; grain offsets do not fit 32 bits",
-                e->path);
+        log_err("%s: the extent file would pass 2 TiB; grain offsets do not fit 32 bits", e->path);
         return -EFBIG;
     }
     sp->file_end += sp->grain_bytes;
@@ -720,8 +722,8 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
             rc = -errno;
             sp->file_end -= sp->grain_bytes; /* nothing points there yet */
             pthread_mutex_unlock(&sp->alloc_lock);
-            log_err("%s: growing the file to %" PRIu64 " bytes for new grains: %s", e->path,
-                    end, strerror(-rc));
+            log_err("%s: growing the file to %" PRIu64 " bytes for new grains: %s", e->path, end,
+                    strerror(-rc));
             return rc;
         }
         sp->durable_end = end;
@@ -729,8 +731,8 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
     pthread_mutex_unlock(&sp->alloc_lock);
     rc = pwrite_full(e->fd, data, sp->grain_bytes, at);
     if (rc < 0) {
-        log_err("%s: write of new grain %" PRIu64 " at file offset %" PRIu64 ": %s", e->path,
-                grain, at, strerror(-rc));
+        log_err("%s: write of new grain %" PRIu64 " at file offset %" PRIu64 ": %s", e->path, grain,
+                at, strerror(-rc));
         return rc;
     }
     if (shadows && sp->defer_ok) {
@@ -750,8 +752,8 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
 
 /* Fill a full grain buffer with what the grain reads as now (parent data or
  * zeroes). */
-static int vmdk_grain_base(struct vd_image *img, struct vmdk_extent *e, uint64_t grain,
-                           uint32_t v, uint8_t *g)
+static int vmdk_grain_base(struct vd_image *img, struct vmdk_extent *e, uint64_t grain, uint32_t v,
+                           uint8_t *g)
 {
     struct vmdk_sparse *sp = e->sp;
     memset(g, 0, sp->grain_bytes);
@@ -766,8 +768,8 @@ static int vmdk_grain_base(struct vd_image *img, struct vmdk_extent *e, uint64_t
     return vd_pread(p, g, n, vo);
 }
 
-int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t *buf,
-                      uint64_t len, uint64_t off, unsigned flags)
+int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t *buf, uint64_t len,
+                      uint64_t off, unsigned flags)
 {
     struct vmdk_sparse *sp = e->sp;
     uint64_t gb = sp->grain_bytes;
@@ -809,8 +811,8 @@ int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t
         }
         rc = pwrite_full(e->fd, buf, n, (uint64_t)v * VD_SECTOR + in);
         if (rc < 0) {
-            log_err("%s: write of grain %" PRIu64 " at file offset %" PRIu64 ": %s", e->path,
-                    grain, (uint64_t)v * VD_SECTOR + in, strerror(-rc));
+            log_err("%s: write of grain %" PRIu64 " at file offset %" PRIu64 ": %s", e->path, grain,
+                    (uint64_t)v * VD_SECTOR + in, strerror(-rc));
             break;
         }
         wrote = true;

@@ -29,12 +29,12 @@
 
 struct bench {
     bool write, random;
-    uint32_t bs;         /* logical block size */
-    uint32_t nblocks;    /* per I/O */
-    uint64_t capacity;   /* blocks */
+    uint32_t bs;       /* logical block size */
+    uint32_t nblocks;  /* per I/O */
+    uint64_t capacity; /* blocks */
     pthread_mutex_t lock;
-    uint64_t next_lba;   /* protected by lock: sequential cursor */
-    uint64_t rng;        /* protected by lock */
+    uint64_t next_lba; /* protected by lock: sequential cursor */
+    uint64_t rng;      /* protected by lock */
     atomic_bool stop;
     atomic_uint_fast64_t done;
     atomic_uint inflight;
@@ -274,8 +274,9 @@ int main(int argc, char **argv)
         argc--;
     }
     if (argc != 6) {
-        fprintf(stderr,
-                "usage: lun-bench [--raw] URI read|write|randread|randwrite BLOCK_BYTES QD SECONDS\n");
+        fprintf(
+            stderr,
+            "usage: lun-bench [--raw] URI read|write|randread|randwrite BLOCK_BYTES QD SECONDS\n");
         return 2;
     }
     struct bench b = {.rng = 0x9E3779B97F4A7C15ULL, .lock = PTHREAD_MUTEX_INITIALIZER};

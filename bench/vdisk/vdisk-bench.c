@@ -47,7 +47,7 @@ static void *worker(void *arg)
         if ((n & 63) == 0 && now_ns() > deadline)
             break;
         blk = is_rand ? (((uint64_t)rand_r(&seed) << 31) ^ (uint64_t)rand_r(&seed)) % nblocks
-                               : __atomic_fetch_add(&seq_next, 1, __ATOMIC_RELAXED) % nblocks;
+                      : __atomic_fetch_add(&seq_next, 1, __ATOMIC_RELAXED) % nblocks;
     io:;
         int rc = is_write ? vd_pwrite(img, buf, bs, blk * bs, 0) : vd_pread(img, buf, bs, blk * bs);
         if (rc < 0) {

@@ -68,8 +68,7 @@ static int cmd_open(const char *uri, unsigned timeout_ms)
         lun_close(l);
         return 0;
     }
-    printf("errno=%s (%d) after %.1f ms\nmessage=%s\n", strerror(-rc), -rc, ms,
-           log_last_error());
+    printf("errno=%s (%d) after %.1f ms\nmessage=%s\n", strerror(-rc), -rc, ms, log_last_error());
     return 1;
 }
 
@@ -280,8 +279,8 @@ static int cmd_rw(const char *uri)
     const struct lun_info *i = lun_get_info(l);
     uint32_t bs = i->block_size;
     uint64_t bytes = i->num_blocks * bs;
-    printf("LUN %s: %" PRIu64 " blocks of %u bytes (%" PRIu64 " MiB)\n", lun_name(l),
-           i->num_blocks, bs, bytes >> 20);
+    printf("LUN %s: %" PRIu64 " blocks of %u bytes (%" PRIu64 " MiB)\n", lun_name(l), i->num_blocks,
+           bs, bytes >> 20);
     uint32_t chunk = (uint32_t)(256 * 1024 / bs);
     unsigned seen = 0;
 
@@ -418,13 +417,13 @@ static int cmd_pr(const char *uri)
     CHECK(write_one(b, 11, 0xBB, NULL) == 0, "B write under WE-AR: %s", log_last_error());
     rc = write_one(c, 12, 0xCC, &io);
     CHECK(rc == -EBADE, "unregistered C write returned %d, expected -EBADE", rc);
-    printf("unregistered write: rc=%d (%s) sense %02x/%02x/%02x\n", rc, strerror(-rc),
-           io.sense_key, io.asc, io.ascq);
+    printf("unregistered write: rc=%d (%s) sense %02x/%02x/%02x\n", rc, strerror(-rc), io.sense_key,
+           io.asc, io.ascq);
     CHECK(lun_read(c, 10, 1, buf) == 0 && buf[0] == 0xAA, "unregistered C read under WE-AR");
 
     /* Fence B: A preempts B's key. */
-    CHECK(lun_pr_preempt(a, KEY_A, KEY_B, LUN_PR_WE_ALL_REGISTRANTS, false) == 0,
-          "preempt B: %s", log_last_error());
+    CHECK(lun_pr_preempt(a, KEY_A, KEY_B, LUN_PR_WE_ALL_REGISTRANTS, false) == 0, "preempt B: %s",
+          log_last_error());
     CHECK(lun_pr_read(a, &st) == 0 && st.nkeys == 1 && st.keys[0] == KEY_A,
           "after preempt: %u keys", st.nkeys);
     rc = write_one(b, 11, 0xB2, &io);
@@ -447,11 +446,11 @@ static int cmd_pr(const char *uri)
         rc = lun_pr_preempt(a, KEY_A, KEY_B, LUN_PR_WE_ALL_REGISTRANTS, true);
         printf("preempt-and-abort (caps %d): rc=%d (%s)\n", claimed, rc,
                rc ? log_last_error() : "ok");
-        CHECK(claimed ? rc == 0 : rc == -EOPNOTSUPP, "preempt-and-abort returned %d (caps %d)",
-              rc, claimed);
+        CHECK(claimed ? rc == 0 : rc == -EOPNOTSUPP, "preempt-and-abort returned %d (caps %d)", rc,
+              claimed);
         rc = write_one(b, 11, 0xB4, &io);
-        printf("after preempt-and-abort, B write: rc=%d sense %02x/%02x/%02x\n", rc,
-               io.sense_key, io.asc, io.ascq);
+        printf("after preempt-and-abort, B write: rc=%d sense %02x/%02x/%02x\n", rc, io.sense_key,
+               io.asc, io.ascq);
     }
 
     /* Release and clear: everyone writes again. */
@@ -492,8 +491,8 @@ static int cmd_target_fault(const char *uri, pid_t tgtd, bool kill_it)
     uint64_t t0 = now_ns();
     rc = write_one(l, 1, 0x22, NULL);
     double ms = (double)(now_ns() - t0) / 1e6;
-    printf("%s: write rc=%d (%s) after %.0f ms; message=%s\n", kill_it ? "killed" : "stalled",
-           rc, strerror(-rc), ms, log_last_error());
+    printf("%s: write rc=%d (%s) after %.0f ms; message=%s\n", kill_it ? "killed" : "stalled", rc,
+           strerror(-rc), ms, log_last_error());
     if (kill_it) {
         CHECK(rc == -ENOTCONN, "write to a dead target returned %d, expected -ENOTCONN", rc);
         CHECK(ms < 1500, "dead target noticed only after %.0f ms", ms);

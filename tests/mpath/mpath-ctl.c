@@ -116,10 +116,9 @@ static void print_path(unsigned i)
     struct lun_path_stats st = stats(i);
     printf("path %u %s%s reads=%llu failures=%llu pings=%llu nop_misses=%llu inflight=%u "
            "last='%s'\n",
-           i, lun_path_state_name(st.state), st.held ? "(held)" : "",
-           (unsigned long long)st.reads, (unsigned long long)st.failures,
-           (unsigned long long)st.pings, (unsigned long long)st.nop_misses, st.inflight,
-           st.last_error);
+           i, lun_path_state_name(st.state), st.held ? "(held)" : "", (unsigned long long)st.reads,
+           (unsigned long long)st.failures, (unsigned long long)st.pings,
+           (unsigned long long)st.nop_misses, st.inflight, st.last_error);
 }
 
 int main(int argc, char **argv)
@@ -253,8 +252,10 @@ int main(int argc, char **argv)
                 FAIL("expect I FIELD OP N");
             struct lun_path_stats st = stats(i);
             uint64_t v = field(&st, f);
-            bool ok = !strcmp(op, "==") ? v == n : !strcmp(op, ">=") ? v >= n
-                    : !strcmp(op, "<=") ? v <= n : false;
+            bool ok = !strcmp(op, "==")   ? v == n
+                      : !strcmp(op, ">=") ? v >= n
+                      : !strcmp(op, "<=") ? v <= n
+                                          : false;
             if (!ok)
                 FAIL("path %u: %s = %llu, expected %s %u", i, f, (unsigned long long)v, op, n);
         } else if (!strcmp(cmd, "cap")) {

@@ -119,7 +119,8 @@ int main(int argc, char **argv)
     if ((rc = lun_pr_reserve(a, KEY_A, LUN_PR_WE_ALL_REGISTRANTS)) < 0)
         FAIL("reserve: %s", strerror(-rc));
     if (count_key(b, KEY_A) != 2)
-        FAIL("A's key should be registered on its 2 paths, READ KEYS shows %u", count_key(b, KEY_A));
+        FAIL("A's key should be registered on its 2 paths, READ KEYS shows %u",
+             count_key(b, KEY_A));
     if ((rc = lun_write(a, 0, 1, buf, 0)) < 0)
         FAIL("A's first write: %s", strerror(-rc));
     printf("registered on both paths, reservation WE-AR held, A writes\n");

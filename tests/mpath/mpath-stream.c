@@ -48,8 +48,8 @@ struct stream {
     struct lun *lun;
     uint32_t bs, chunk_blocks;
     uint64_t nchunks, next_chunk, pass;
-    uint32_t *stamp;        /* per chunk: pass of the last acknowledged write */
-    uint8_t *busy;          /* per chunk: a write is in flight (never two at once) */
+    uint32_t *stamp; /* per chunk: pass of the last acknowledged write */
+    uint8_t *busy;   /* per chunk: a write is in flight (never two at once) */
     uint64_t end_ns;
     pthread_mutex_t m;
     pthread_cond_t c;
@@ -159,12 +159,18 @@ static void write_state(struct lun *lun, const char *path)
 int main(int argc, char **argv)
 {
     static const struct option lo[] = {
-        {"seconds", required_argument, NULL, 's'}, {"bs", required_argument, NULL, 'b'},
-        {"qd", required_argument, NULL, 'q'},      {"region", required_argument, NULL, 'r'},
-        {"policy", required_argument, NULL, 'p'},  {"preferred", required_argument, NULL, 'P'},
-        {"rr-ios", required_argument, NULL, 'R'},  {"queue-ms", required_argument, NULL, 'Q'},
-        {"state", required_argument, NULL, 'S'},   {"expect-eio", no_argument, NULL, 'E'},
-        {"no-verify", no_argument, NULL, 'N'},     {"check-timeout-ms", required_argument, NULL, 'T'},
+        {"seconds", required_argument, NULL, 's'},
+        {"bs", required_argument, NULL, 'b'},
+        {"qd", required_argument, NULL, 'q'},
+        {"region", required_argument, NULL, 'r'},
+        {"policy", required_argument, NULL, 'p'},
+        {"preferred", required_argument, NULL, 'P'},
+        {"rr-ios", required_argument, NULL, 'R'},
+        {"queue-ms", required_argument, NULL, 'Q'},
+        {"state", required_argument, NULL, 'S'},
+        {"expect-eio", no_argument, NULL, 'E'},
+        {"no-verify", no_argument, NULL, 'N'},
+        {"check-timeout-ms", required_argument, NULL, 'T'},
         {"stop-file", required_argument, NULL, 'F'},
         {NULL, 0, NULL, 0},
     };
@@ -179,28 +185,58 @@ int main(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
-        case 's': seconds = atof(optarg); break;
-        case 'b': if (parse_size(optarg, &bsz) < 0) return 2; break;
-        case 'q': qd = (unsigned)atoi(optarg); break;
-        case 'r': if (parse_size(optarg, &region) < 0) return 2; break;
-        case 'p': if (lun_policy_parse(optarg, &o.policy) < 0) return 2; break;
-        case 'P': o.preferred_path = (unsigned)atoi(optarg); break;
-        case 'R': o.rr_ios = (unsigned)atoi(optarg); break;
-        case 'Q': o.queue_ms = (unsigned)atoi(optarg); break;
-        case 'S': state = optarg; break;
-        case 'E': expect_eio = true; break;
-        case 'N': verify = false; break;
-        case 'T': o.check_timeout_ms = (unsigned)atoi(optarg); break;
-        case 'F': stop_file = optarg; break;
-        default: return 2;
+        case 's':
+            seconds = atof(optarg);
+            break;
+        case 'b':
+            if (parse_size(optarg, &bsz) < 0)
+                return 2;
+            break;
+        case 'q':
+            qd = (unsigned)atoi(optarg);
+            break;
+        case 'r':
+            if (parse_size(optarg, &region) < 0)
+                return 2;
+            break;
+        case 'p':
+            if (lun_policy_parse(optarg, &o.policy) < 0)
+                return 2;
+            break;
+        case 'P':
+            o.preferred_path = (unsigned)atoi(optarg);
+            break;
+        case 'R':
+            o.rr_ios = (unsigned)atoi(optarg);
+            break;
+        case 'Q':
+            o.queue_ms = (unsigned)atoi(optarg);
+            break;
+        case 'S':
+            state = optarg;
+            break;
+        case 'E':
+            expect_eio = true;
+            break;
+        case 'N':
+            verify = false;
+            break;
+        case 'T':
+            o.check_timeout_ms = (unsigned)atoi(optarg);
+            break;
+        case 'F':
+            stop_file = optarg;
+            break;
+        default:
+            return 2;
         }
     }
     if (optind >= argc || qd == 0 || qd > 256)
         return 2;
     o.multipath = true;
     struct lun *lun;
-    int rc = lun_open_paths((const char *const *)argv + optind, (unsigned)(argc - optind), &o,
-                            &lun);
+    int rc =
+        lun_open_paths((const char *const *)argv + optind, (unsigned)(argc - optind), &o, &lun);
     if (rc < 0) {
         fprintf(stderr, "mpath-stream: open: %s\n", strerror(-rc));
         return 1;
@@ -251,7 +287,8 @@ int main(int argc, char **argv)
 
     uint64_t bad = 0;
     if (verify && !expect_eio) {
-        uint8_t *r = malloc((size_t)s.chunk_blocks * s.bs), *e = malloc((size_t)s.chunk_blocks * s.bs);
+        uint8_t *r = malloc((size_t)s.chunk_blocks * s.bs),
+                *e = malloc((size_t)s.chunk_blocks * s.bs);
         for (uint64_t ch = 0; ch < s.nchunks; ch++) {
             if (!s.stamp[ch])
                 continue;
@@ -274,15 +311,16 @@ int main(int argc, char **argv)
            (unsigned long long)s.ops, (unsigned long long)s.errors, (unsigned long long)s.eio,
            (double)s.max_stall_ns / 1e6, (double)s.bytes / secs / 1048576.0,
            s.ops ? cpu_us / (double)s.ops : 0.0, s.ops ? csw / (double)s.ops : 0.0,
-           !verify || expect_eio ? "skipped" : bad ? "FAILED" : "ok",
+           !verify || expect_eio ? "skipped"
+           : bad                 ? "FAILED"
+                                 : "ok",
            (unsigned long long)peak_rss_kib());
     for (unsigned i = 0; i < lun_num_paths(lun); i++) {
         struct lun_path_stats st;
         lun_path_get_stats(lun, i, &st);
         printf("path %u %s state=%s writes=%llu failures=%llu errors=%llu\n", i,
-               lun_path_name(lun, i), lun_path_state_name(st.state),
-               (unsigned long long)st.writes, (unsigned long long)st.failures,
-               (unsigned long long)st.errors);
+               lun_path_name(lun, i), lun_path_state_name(st.state), (unsigned long long)st.writes,
+               (unsigned long long)st.failures, (unsigned long long)st.errors);
     }
     lun_close(lun);
     for (unsigned i = 0; i < qd; i++)

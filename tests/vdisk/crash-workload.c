@@ -45,8 +45,8 @@
 #define GSEC (GRAIN / SEC)
 
 enum op_kind { OP_WRITE, OP_FUA, OP_ZERO, OP_ZERO_KEEP, OP_DISCARD, OP_FLUSH };
-static const char *const op_name[] = {"write", "fua-write", "zero", "zero-no-hole",
-                                      "discard", "flush"};
+static const char *const op_name[] = {"write",        "fua-write", "zero",
+                                      "zero-no-hole", "discard",   "flush"};
 
 struct op {
     enum op_kind kind;
@@ -193,8 +193,7 @@ static int do_run(const char *img_path, const char *log_path, unsigned seed, int
             break;
         }
         if (rc < 0)
-            fprintf(stderr, "crash-workload: op %d (%s): %s\n", i, op_name[o->kind],
-                    strerror(-rc));
+            fprintf(stderr, "crash-workload: op %d (%s): %s\n", i, op_name[o->kind], strerror(-rc));
         else
             rc = log_line(lfd, 'd', i);
     }
@@ -205,8 +204,8 @@ static int do_run(const char *img_path, const char *log_path, unsigned seed, int
     return rc < 0 || crc < 0 ? 1 : 0;
 }
 
-static int do_verify(const char *img_path, const char *log_path, unsigned seed, int first,
-                     int last, bool power, bool grain_lost_ok, const char *out_path)
+static int do_verify(const char *img_path, const char *log_path, unsigned seed, int first, int last,
+                     bool power, bool grain_lost_ok, const char *out_path)
 {
     struct op *ops = ops_make(seed, last);
     if (!ops)
@@ -322,10 +321,11 @@ static int do_verify(const char *img_path, const char *log_path, unsigned seed, 
                 else
                     snprintf(found, sizeof(found), "%s",
                              vd_buf_is_zero(g, SEC) ? "zeroes" : "other bytes");
-                fprintf(stderr, "crash-workload: %s: sector %" PRIu64 " reads %s; expected "
-                        "%s%d (crash in op %d, last flush op %d)\n", img_path, s, found,
-                        expect < 0 ? "zeroes" : "op ", expect < 0 ? 0 : expect, crashed,
-                        last_flush);
+                fprintf(stderr,
+                        "crash-workload: %s: sector %" PRIu64 " reads %s; expected "
+                        "%s%d (crash in op %d, last flush op %d)\n",
+                        img_path, s, found, expect < 0 ? "zeroes" : "op ", expect < 0 ? 0 : expect,
+                        crashed, last_flush);
             }
         }
     }
@@ -334,8 +334,8 @@ static int do_verify(const char *img_path, const char *log_path, unsigned seed, 
     printf("crash in op %d (%s), last flush op %d: %" PRIu64 " sectors settled, %" PRIu64
            " touched since then read old, %" PRIu64 " read a newer write, %" PRIu64
            " grains read as of the last flush, %" PRIu64 " bad\n",
-           crashed, crashed >= 0 ? op_name[ops[crashed].kind] : "none", last_flush, n_exact,
-           n_old, n_window, n_lost, bad);
+           crashed, crashed >= 0 ? op_name[ops[crashed].kind] : "none", last_flush, n_exact, n_old,
+           n_window, n_lost, bad);
     if (ofd >= 0)
         close(ofd);
     free(got);

@@ -136,7 +136,9 @@ static struct undo *log_add(int fd, off_t off, size_t len)
     u->off = off;
     u->len = len;
     u->old_size = fd_size(fd);
-    u->old_len = off >= u->old_size ? 0 : (size_t)(u->old_size - off < (off_t)len ? u->old_size - off : (off_t)len);
+    u->old_len = off >= u->old_size
+                     ? 0
+                     : (size_t)(u->old_size - off < (off_t)len ? u->old_size - off : (off_t)len);
     u->old = malloc(len ? len : 1);
     u->new_ = calloc(1, len ? len : 1);
     if (!u->old || !u->new_)
@@ -182,8 +184,8 @@ static void shim_op(void)
     }
 }
 
-static ssize_t do_pwrite(ssize_t (*real)(int, const void *, size_t, off_t), int fd,
-                         const void *b, size_t n, off_t off)
+static ssize_t do_pwrite(ssize_t (*real)(int, const void *, size_t, off_t), int fd, const void *b,
+                         size_t n, off_t off)
 {
     if (!watched(fd))
         return real(fd, b, n, off);
@@ -239,8 +241,7 @@ int fdatasync(int fd)
     return do_sync(NEXT(fdatasync), fd);
 }
 
-static int do_fallocate(int (*real)(int, int, off_t, off_t), int fd, int mode, off_t off,
-                        off_t len)
+static int do_fallocate(int (*real)(int, int, off_t, off_t), int fd, int mode, off_t off, off_t len)
 {
     if (!watched(fd))
         return real(fd, mode, off, len);

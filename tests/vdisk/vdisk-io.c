@@ -106,7 +106,8 @@ static int do_child(const char *parent, const char *child)
     if (vd_open(parent, VD_OPEN_RDONLY, &p) < 0)
         return 1;
     const char *slash = strrchr(parent, '/');
-    struct vd_create_opts o = {.size = vd_size(p), .type = VD_TYPE_THIN,
+    struct vd_create_opts o = {.size = vd_size(p),
+                               .type = VD_TYPE_THIN,
                                .parent_hint = slash ? slash + 1 : parent,
                                .parent_cid = p->desc.cid};
     int rc = vmdk_create(child, &o);

@@ -50,7 +50,7 @@ struct nbd_lun_backend {
     uint64_t size;
     uint32_t max_blocks; /* per command */
     bool readonly;
-    void *zero_blk;       /* one zeroed block, read-only after creation */
+    void *zero_blk; /* one zeroed block, read-only after creation */
     /* The write gate (see the design notes). gate_lock is a leaf lock. */
     pthread_mutex_t gate_lock;
     pthread_cond_t gate_cond;
@@ -63,8 +63,8 @@ struct nbd_lun_backend {
 struct lun_be_aio {
     struct lun_io io;
     struct nbd_lun_backend *b;
-    uint64_t left;  /* blocks still to issue after the current command */
-    bool shared;    /* holds the gate shared */
+    uint64_t left; /* blocks still to issue after the current command */
+    bool shared;   /* holds the gate shared */
 };
 _Static_assert(sizeof(struct lun_be_aio) <= NBD_AIO_BE_DATA, "lun_be_aio does not fit be_data");
 
@@ -147,10 +147,22 @@ void nbd_lun_backend_free(struct nbd_lun_backend *b)
     free(b);
 }
 
-static uint64_t lun_be_size(void *be) { return ((struct nbd_lun_backend *)be)->size; }
-static uint32_t lun_be_gran(void *be) { return ((struct nbd_lun_backend *)be)->bs; }
-static uint32_t lun_be_min_block(void *be) { return 1; }
-static bool lun_be_readonly(void *be) { return ((struct nbd_lun_backend *)be)->readonly; }
+static uint64_t lun_be_size(void *be)
+{
+    return ((struct nbd_lun_backend *)be)->size;
+}
+static uint32_t lun_be_gran(void *be)
+{
+    return ((struct nbd_lun_backend *)be)->bs;
+}
+static uint32_t lun_be_min_block(void *be)
+{
+    return 1;
+}
+static bool lun_be_readonly(void *be)
+{
+    return ((struct nbd_lun_backend *)be)->readonly;
+}
 
 /* Aligned block I/O, split into commands of at most max_blocks. */
 static int lun_be_io(struct nbd_lun_backend *b, bool write, uint64_t lba, uint64_t nblocks,

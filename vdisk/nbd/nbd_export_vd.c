@@ -15,10 +15,22 @@
 #include "nbd_server.h"
 #include "vdisk.h"
 
-static uint64_t vd_be_size(void *be) { return vd_size(be); }
-static uint32_t vd_be_granularity(void *be) { return vd_granularity(be); }
-static uint32_t vd_be_min_block(void *be) { return 1; }
-static bool vd_be_readonly(void *be) { return vd_is_readonly(be); }
+static uint64_t vd_be_size(void *be)
+{
+    return vd_size(be);
+}
+static uint32_t vd_be_granularity(void *be)
+{
+    return vd_granularity(be);
+}
+static uint32_t vd_be_min_block(void *be)
+{
+    return 1;
+}
+static bool vd_be_readonly(void *be)
+{
+    return vd_is_readonly(be);
+}
 
 static int vd_be_pread(void *be, void *buf, uint32_t len, uint64_t off)
 {
@@ -41,7 +53,10 @@ static int vd_be_submit(void *be, struct nbd_aio *aio)
     return 0;
 }
 
-static int vd_be_flush(void *be) { return vd_flush(be); }
+static int vd_be_flush(void *be)
+{
+    return vd_flush(be);
+}
 
 static int vd_be_trim(void *be, uint64_t off, uint32_t len)
 {
@@ -65,8 +80,8 @@ static int vd_be_block_status(void *be, uint64_t off, uint64_t len, uint64_t *ex
     int rc = vd_block_status(be, off, len, ext_len, &st);
     if (rc < 0)
         return rc;
-    *flags = ((st & VD_STATUS_HOLE) ? NBD_STATE_HOLE : 0) |
-             ((st & VD_STATUS_ZERO) ? NBD_STATE_ZERO : 0);
+    *flags =
+        ((st & VD_STATUS_HOLE) ? NBD_STATE_HOLE : 0) | ((st & VD_STATUS_ZERO) ? NBD_STATE_ZERO : 0);
     return 0;
 }
 

@@ -87,12 +87,12 @@
 #include "nbd_server.h"
 #include "util.h"
 
-#define NBD_MAX_OPT_LEN   (64u << 10)
-#define NBD_MAX_LISTEN    8
-#define NBD_MAX_BS_DESC   1024 /* block status descriptors per reply */
-#define NBD_RBUF_SIZE     (64u << 10)
+#define NBD_MAX_OPT_LEN (64u << 10)
+#define NBD_MAX_LISTEN 8
+#define NBD_MAX_BS_DESC 1024 /* block status descriptors per reply */
+#define NBD_RBUF_SIZE (64u << 10)
 #define NBD_META_ALLOC_ID 1
-#define NBD_SEND_BATCH    64 /* replies per sendmsg */
+#define NBD_SEND_BATCH 64 /* replies per sendmsg */
 
 struct nbd_export {
     char *name;
@@ -119,31 +119,31 @@ struct nbd_conn {
     size_t rpos, rlen;
     /* only the thread holding the sender role touches these three */
     bool send_failed;
-    struct nbd_req *send_cur;  /* replies being sent, in order */
-    size_t send_off;           /* bytes of send_cur's reply already sent */
-    struct nbd_req *send_job;  /* queued to a worker to take over the sender role */
+    struct nbd_req *send_cur; /* replies being sent, in order */
+    size_t send_off;          /* bytes of send_cur's reply already sent */
+    struct nbd_req *send_job; /* queued to a worker to take over the sender role */
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    unsigned inflight;         /* requests read and not yet freed; protected by lock */
+    unsigned inflight;                   /* requests read and not yet freed; protected by lock */
     struct nbd_req *out_head, *out_tail; /* replies waiting to be sent; protected by lock */
-    bool sending;              /* a thread holds the sender role; protected by lock */
-    struct nbd_conn *next;     /* protected by srv->lock */
+    bool sending;                        /* a thread holds the sender role; protected by lock */
+    struct nbd_conn *next;               /* protected by srv->lock */
 };
 
 struct nbd_req {
     struct nbd_conn *conn;
     struct nbd_request hdr;
     void *buf;
-    size_t charge; /* bytes taken from the pool */
-    int early_err; /* >0: answer this wire error without running */
-    bool is_send_job; /* not a request: c->send_job (worker: continue sending) */
+    size_t charge;      /* bytes taken from the pool */
+    int early_err;      /* >0: answer this wire error without running */
+    bool is_send_job;   /* not a request: c->send_job (worker: continue sending) */
     struct nbd_aio aio; /* the asynchronous path (ops->submit) */
     /* the reply, prepared by the worker, sent by the connection's sender */
     uint8_t rh[NBD_STRUCT_REPLY_SIZE + 8];
     size_t rh_len;
-    void *rdata;   /* payload after rh (q->buf or rextra) */
+    void *rdata; /* payload after rh (q->buf or rextra) */
     size_t rdata_len;
-    void *rextra;  /* malloc'd reply memory to free with the request */
+    void *rextra;         /* malloc'd reply memory to free with the request */
     struct nbd_req *next; /* in srv's work queue, then in conn's reply queue */
 };
 
@@ -157,14 +157,14 @@ struct nbd_server {
     char *unix_path;
 
     pthread_mutex_t lock;
-    pthread_cond_t cond;      /* signalled when a connection ends */
-    struct nbd_conn *conns;   /* protected by lock */
-    unsigned nconns;          /* protected by lock */
-    bool stopping;            /* protected by lock */
+    pthread_cond_t cond;    /* signalled when a connection ends */
+    struct nbd_conn *conns; /* protected by lock */
+    unsigned nconns;        /* protected by lock */
+    bool stopping;          /* protected by lock */
 
     pthread_mutex_t pool_lock;
     pthread_cond_t pool_cond;
-    size_t pool_used;         /* protected by pool_lock */
+    size_t pool_used; /* protected by pool_lock */
 
     pthread_mutex_t queue_lock;
     pthread_cond_t queue_cond;
@@ -220,21 +220,35 @@ void nbd_struct_reply_encode(uint8_t *p, uint16_t flags, uint16_t type, uint64_t
 uint32_t nbd_errno_to_wire(int err)
 {
     switch (err) {
-    case 0: return 0;
-    case EPERM: case EROFS: case EACCES: case EBADE: return NBD_EPERM;
-    case ENOMEM: return NBD_ENOMEM;
-    case EINVAL: return NBD_EINVAL;
-    case ENOSPC: case EFBIG: case EDQUOT: return NBD_ENOSPC;
-    case EOVERFLOW: return NBD_EOVERFLOW;
-    case ENOTSUP: return NBD_ENOTSUP;
-    case ESHUTDOWN: return NBD_ESHUTDOWN;
-    default: return NBD_EIO;
+    case 0:
+        return 0;
+    case EPERM:
+    case EROFS:
+    case EACCES:
+    case EBADE:
+        return NBD_EPERM;
+    case ENOMEM:
+        return NBD_ENOMEM;
+    case EINVAL:
+        return NBD_EINVAL;
+    case ENOSPC:
+    case EFBIG:
+    case EDQUOT:
+        return NBD_ENOSPC;
+    case EOVERFLOW:
+        return NBD_EOVERFLOW;
+    case ENOTSUP:
+        return NBD_ENOTSUP;
+    case ESHUTDOWN:
+        return NBD_ESHUTDOWN;
+    default:
+        return NBD_EIO;
     }
 }
 
 const char *nbd_cmd_name(uint16_t type)
 {
-    static const char *const names[] = {"READ", "WRITE", "DISC", "FLUSH",
+    static const char *const names[] = {"READ", "WRITE", "DISC",         "FLUSH",
                                         "TRIM", "CACHE", "WRITE_ZEROES", "BLOCK_STATUS"};
     return type < ARRAY_SIZE(names) ? names[type] : "UNKNOWN";
 }
@@ -485,8 +499,7 @@ static void reply_error(struct nbd_conn *c, struct nbd_req *q, uint32_t err)
         nbd_simple_reply_encode(q->rh, err, q->hdr.cookie);
         q->rh_len = NBD_SIMPLE_REPLY_SIZE;
     } else {
-        nbd_struct_reply_encode(q->rh, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, q->hdr.cookie,
-                                6);
+        nbd_struct_reply_encode(q->rh, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, q->hdr.cookie, 6);
         be32_put(q->rh + NBD_STRUCT_REPLY_SIZE, err);
         be16_put(q->rh + NBD_STRUCT_REPLY_SIZE + 4, 0); /* no message */
         q->rh_len = NBD_STRUCT_REPLY_SIZE + 6;
@@ -573,8 +586,7 @@ static void do_block_status(struct nbd_conn *c, struct nbd_req *q)
         n++;
     }
     uint32_t plen = 4 + 8 * n;
-    nbd_struct_reply_encode(buf, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie,
-                            plen);
+    nbd_struct_reply_encode(buf, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie, plen);
     be32_put(buf + NBD_STRUCT_REPLY_SIZE, NBD_META_ALLOC_ID);
     q->rh_len = 0;
     q->rdata = buf;
@@ -1014,10 +1026,17 @@ static int req_check(struct nbd_conn *c, const struct nbd_request *r)
     struct nbd_export *e = c->exp;
     uint16_t allowed = 0;
     switch (r->type) {
-    case NBD_CMD_READ: allowed = NBD_CMD_FLAG_FUA | (c->structured ? NBD_CMD_FLAG_DF : 0); break;
-    case NBD_CMD_WRITE: allowed = NBD_CMD_FLAG_FUA; break;
-    case NBD_CMD_FLUSH: break;
-    case NBD_CMD_TRIM: allowed = NBD_CMD_FLAG_FUA; break;
+    case NBD_CMD_READ:
+        allowed = NBD_CMD_FLAG_FUA | (c->structured ? NBD_CMD_FLAG_DF : 0);
+        break;
+    case NBD_CMD_WRITE:
+        allowed = NBD_CMD_FLAG_FUA;
+        break;
+    case NBD_CMD_FLUSH:
+        break;
+    case NBD_CMD_TRIM:
+        allowed = NBD_CMD_FLAG_FUA;
+        break;
     case NBD_CMD_WRITE_ZEROES:
         allowed = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
         break;
@@ -1031,8 +1050,8 @@ static int req_check(struct nbd_conn *c, const struct nbd_request *r)
     }
     if (r->flags & ~allowed)
         return NBD_EINVAL;
-    bool is_write = r->type == NBD_CMD_WRITE || r->type == NBD_CMD_TRIM ||
-                    r->type == NBD_CMD_WRITE_ZEROES;
+    bool is_write =
+        r->type == NBD_CMD_WRITE || r->type == NBD_CMD_TRIM || r->type == NBD_CMD_WRITE_ZEROES;
     if (r->type == NBD_CMD_FLUSH)
         return (r->offset || r->length) ? NBD_EINVAL : 0;
     if (r->length == 0)
@@ -1347,8 +1366,8 @@ int nbd_server_listen_unix(struct nbd_server *srv, const char *path)
 
 int nbd_server_listen_tcp(struct nbd_server *srv, const char *addr, const char *port)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_ADDRCONFIG};
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_ADDRCONFIG};
     struct addrinfo *res;
     int g = getaddrinfo(addr, port, &hints, &res);
     if (g) {

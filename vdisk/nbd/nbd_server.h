@@ -14,23 +14,23 @@
 struct lun;
 struct vd_image;
 
-#define NBD_MAX_REQUEST    (32u << 20)  /* max READ/WRITE length: 32 MiB */
-#define NBD_DEFAULT_POOL   (256u << 20) /* request buffer pool: 256 MiB for all connections */
+#define NBD_MAX_REQUEST (32u << 20)   /* max READ/WRITE length: 32 MiB */
+#define NBD_DEFAULT_POOL (256u << 20) /* request buffer pool: 256 MiB for all connections */
 #define NBD_DEFAULT_WORKERS 16
-#define NBD_MAX_INFLIGHT   64           /* requests queued or running per connection */
-#define NBD_MAX_CONNS      1024         /* hard cap on --shared */
+#define NBD_MAX_INFLIGHT 64 /* requests queued or running per connection */
+#define NBD_MAX_CONNS 1024  /* hard cap on --shared */
 
-#define NBD_AIO_BE_DATA    192          /* bytes of backend state in each struct nbd_aio */
+#define NBD_AIO_BE_DATA 192 /* bytes of backend state in each struct nbd_aio */
 
 /* One request handed to the optional asynchronous entry (ops->submit). The
  * core fills the fields above `done`; the backend owns be_data while the
  * request is its own (from submit until it calls done). */
 struct nbd_aio {
-    uint16_t type;  /* NBD_CMD_READ, NBD_CMD_WRITE or NBD_CMD_FLUSH */
-    bool fua;       /* WRITE: force unit access */
-    uint32_t len;   /* READ / WRITE: bytes, range-checked; FLUSH: 0 */
+    uint16_t type; /* NBD_CMD_READ, NBD_CMD_WRITE or NBD_CMD_FLUSH */
+    bool fua;      /* WRITE: force unit access */
+    uint32_t len;  /* READ / WRITE: bytes, range-checked; FLUSH: 0 */
     uint64_t off;
-    void *buf;      /* READ: filled by the backend; WRITE: the payload */
+    void *buf; /* READ: filled by the backend; WRITE: the payload */
     /* Called by the backend exactly once with 0 or -errno, on any thread
      * (an I/O completion thread, or inside submit). It never blocks: it
      * queues the reply and at most tries one non-blocking send. */
@@ -54,8 +54,7 @@ struct nbd_export_ops {
      * once unless zeroing is faster than writing zeroes. */
     int (*zero)(void *be, uint64_t off, uint32_t len, bool no_hole, bool fast);
     /* Uniform extent at off (at most len): *ext_len > 0, *flags NBD_STATE_*. */
-    int (*block_status)(void *be, uint64_t off, uint64_t len, uint64_t *ext_len,
-                        uint32_t *flags);
+    int (*block_status)(void *be, uint64_t off, uint64_t len, uint64_t *ext_len, uint32_t *flags);
     /* Optional asynchronous entry for READ, WRITE and FLUSH, called by the
      * connection's reader thread: start the request and return 0, then call
      * aio->done exactly once when it completes. It must not wait for I/O
@@ -69,11 +68,11 @@ struct nbd_export_ops {
 };
 
 struct nbd_server_config {
-    unsigned max_conns;          /* clients at once (--shared); 0 = 1 */
-    unsigned workers;            /* worker threads; 0 = NBD_DEFAULT_WORKERS */
-    size_t pool_bytes;           /* request buffer pool; 0 = NBD_DEFAULT_POOL */
+    unsigned max_conns;            /* clients at once (--shared); 0 = 1 */
+    unsigned workers;              /* worker threads; 0 = NBD_DEFAULT_WORKERS */
+    size_t pool_bytes;             /* request buffer pool; 0 = NBD_DEFAULT_POOL */
     unsigned handshake_timeout_ms; /* 0 = 10000 */
-    unsigned send_timeout_ms;      /* a client that reads no reply this long is dropped; 0 = 60000 */
+    unsigned send_timeout_ms; /* a client that reads no reply this long is dropped; 0 = 60000 */
 };
 
 struct nbd_server;

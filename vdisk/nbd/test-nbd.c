@@ -25,7 +25,7 @@
 #include "vdisk_internal.h"
 
 #define MEM_SIZE (1u << 20)
-#define GUARD    4096
+#define GUARD 4096
 #define GUARD_BYTE 0xA5
 
 struct mem_be {
@@ -35,9 +35,18 @@ struct mem_be {
     bool ro;
 };
 
-static uint64_t mem_size(void *be) { return MEM_SIZE; }
-static uint32_t mem_gran(void *be) { return 4096; }
-static bool mem_ro(void *be) { return ((struct mem_be *)be)->ro; }
+static uint64_t mem_size(void *be)
+{
+    return MEM_SIZE;
+}
+static uint32_t mem_gran(void *be)
+{
+    return 4096;
+}
+static bool mem_ro(void *be)
+{
+    return ((struct mem_be *)be)->ro;
+}
 
 static int mem_pread(void *be, void *buf, uint32_t len, uint64_t off)
 {
@@ -77,7 +86,10 @@ static int mem_zero(void *be, uint64_t off, uint32_t len, bool no_hole, bool fas
     return 0;
 }
 
-static int mem_trim(void *be, uint64_t off, uint32_t len) { return mem_zero(be, off, len, false, false); }
+static int mem_trim(void *be, uint64_t off, uint32_t len)
+{
+    return mem_zero(be, off, len, false, false);
+}
 
 /* 4 KiB blocks of zeroes are holes. */
 static int mem_status(void *be, uint64_t off, uint64_t len, uint64_t *ext, uint32_t *flags)
@@ -95,8 +107,14 @@ static int mem_status(void *be, uint64_t off, uint64_t len, uint64_t *ext, uint3
 }
 
 static const struct nbd_export_ops mem_ops = {
-    .size = mem_size, .granularity = mem_gran, .readonly = mem_ro, .pread = mem_pread,
-    .pwrite = mem_pwrite, .flush = mem_flush, .trim = mem_trim, .zero = mem_zero,
+    .size = mem_size,
+    .granularity = mem_gran,
+    .readonly = mem_ro,
+    .pread = mem_pread,
+    .pwrite = mem_pwrite,
+    .flush = mem_flush,
+    .trim = mem_trim,
+    .zero = mem_zero,
     .block_status = mem_status,
 };
 
@@ -170,9 +188,16 @@ static int async_sync_pwrite(void *be, const void *buf, uint32_t len, uint64_t o
 }
 
 static const struct nbd_export_ops async_ops = {
-    .size = mem_size, .granularity = mem_gran, .readonly = mem_ro, .pread = mem_pread,
-    .pwrite = async_sync_pwrite, .flush = mem_flush, .trim = mem_trim, .zero = mem_zero,
-    .block_status = mem_status, .submit = async_submit,
+    .size = mem_size,
+    .granularity = mem_gran,
+    .readonly = mem_ro,
+    .pread = mem_pread,
+    .pwrite = async_sync_pwrite,
+    .flush = mem_flush,
+    .trim = mem_trim,
+    .zero = mem_zero,
+    .block_status = mem_status,
+    .submit = async_submit,
 };
 
 struct fixture {
@@ -307,8 +332,8 @@ static void handshake(int fd)
 static void req_send(int fd, uint16_t type, uint16_t flags, uint64_t cookie, uint64_t off,
                      uint32_t len, const void *payload)
 {
-    struct nbd_request r = {.flags = flags, .type = type, .cookie = cookie, .offset = off,
-                            .length = len};
+    struct nbd_request r = {
+        .flags = flags, .type = type, .cookie = cookie, .offset = off, .length = len};
     uint8_t h[NBD_REQUEST_SIZE];
     nbd_request_encode(h, &r);
     xsend(fd, h, sizeof(h));
@@ -357,8 +382,12 @@ static uint32_t cmd(int fd, uint16_t type, uint16_t flags, uint64_t off, uint32_
 
 static void test_nbd_wire_roundtrip(void **state)
 {
-    struct nbd_request r = {.flags = 3, .type = NBD_CMD_WRITE, .cookie = 0x1122334455667788ULL,
-                            .offset = 1ULL << 40, .length = 4096}, d;
+    struct nbd_request r = {.flags = 3,
+                            .type = NBD_CMD_WRITE,
+                            .cookie = 0x1122334455667788ULL,
+                            .offset = 1ULL << 40,
+                            .length = 4096},
+                       d;
     uint8_t b[NBD_REQUEST_SIZE];
     nbd_request_encode(b, &r);
     assert_int_equal(b[0], 0x25); /* big-endian magic */
@@ -389,8 +418,8 @@ static void test_nbd_write_read_zero_status(void **state)
     assert_true(f->be.flushes >= 1);
 
     assert_int_equal(cmd(f->fd, NBD_CMD_WRITE_ZEROES, 0, 8192, 8192, NULL, NULL), 0);
-    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE_ZEROES,
-                         NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO, 0, 4096, NULL, NULL),
+    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE_ZEROES, NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
+                         0, 4096, NULL, NULL),
                      NBD_ENOTSUP);
     uint64_t c;
     uint32_t st = 0;
@@ -424,8 +453,7 @@ static void test_nbd_rejects_bad_requests(void **state)
     memset(buf, 0xEE, sizeof(buf));
     assert_int_equal(cmd(f->fd, NBD_CMD_READ, 0, MEM_SIZE - 10, 20, NULL, NULL), NBD_EINVAL);
     assert_int_equal(cmd(f->fd, NBD_CMD_WRITE, 0, MEM_SIZE - 4096, 8192, buf, NULL), NBD_ENOSPC);
-    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE, 0, UINT64_MAX - 100, 4096, buf, NULL),
-                     NBD_ENOSPC);
+    assert_int_equal(cmd(f->fd, NBD_CMD_WRITE, 0, UINT64_MAX - 100, 4096, buf, NULL), NBD_ENOSPC);
     assert_int_equal(cmd(f->fd, NBD_CMD_WRITE_ZEROES, 0, MEM_SIZE, 1, NULL, NULL), NBD_ENOSPC);
     assert_int_equal(cmd(f->fd, NBD_CMD_READ, 0, 0, 64u << 20, NULL, NULL), NBD_EOVERFLOW);
     assert_int_equal(cmd(f->fd, 77, 0, 0, 4096, NULL, NULL), NBD_EINVAL);
