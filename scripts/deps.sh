@@ -6,7 +6,7 @@ PKGS=(
   meson ninja-build pkg-config gcc
   libfuse3-dev fuse3 libiscsi-dev libiscsi-bin libssl-dev liblz4-dev libzstd-dev
   libcmocka-dev zlib1g-dev
-  tgt qemu-utils fio libnbd-bin nbdkit sg3-utils iproute2 jq python3 procps psmisc bc
+  tgt istgt qemu-utils fio libnbd-bin nbdkit sg3-utils iproute2 jq python3 procps psmisc bc
 )
 missing=()
 for p in "${PKGS[@]}"; do
