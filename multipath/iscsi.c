@@ -128,6 +128,7 @@ struct icmd {
     struct isync *sync;       /* ICMD_SYNC */
     void *owned;              /* buffer freed with the command (UNMAP list, PR params, CAW data) */
     uint64_t deadline_ns;     /* loop thread only */
+    uint64_t sent_ns;         /* loop thread only: handed to libiscsi */
     bool timed_out;           /* loop thread only */
     bool is_caw;              /* COMPARE AND WRITE: read back on miscompare */
     struct icmd *prev, *next; /* pending queue (next only) or in-flight list */
@@ -309,12 +310,18 @@ static void icmd_free(struct icmd *c)
     free(c);
 }
 
+/* Insert in deadline order. Commands without an I/O deadline all get the
+ * path's timeout from the loop's (growing) clock and go to the tail; one
+ * whose I/O deadline is nearer walks back past the later ones. */
 static void inflight_add(struct ipath *ip, struct icmd *c)
 {
-    c->next = &ip->inflight;
-    c->prev = ip->inflight.prev;
-    ip->inflight.prev->next = c;
-    ip->inflight.prev = c;
+    struct icmd *after = ip->inflight.prev;
+    while (after != &ip->inflight && after->deadline_ns > c->deadline_ns)
+        after = after->prev;
+    c->prev = after;
+    c->next = after->next;
+    after->next->prev = c;
+    after->next = c;
 }
 
 static void inflight_del(struct icmd *c)
@@ -454,7 +461,16 @@ static void ipath_dispatch(struct ipath *ip, struct icmd *c)
     /* The loop's clock, read after its last poll: one clock read per
      * wakeup, not per command. It only grows, so the in-flight list stays
      * in deadline order. */
+    c->sent_ns = ip->loop_now_ns;
     c->deadline_ns = ip->loop_now_ns + (uint64_t)ip->timeout_ms * 1000000ULL;
+    if (c->io && c->io->deadline_ns) {
+        /* min(timeout, time left to the I/O's deadline); the deadline is
+         * CLOCK_BOOTTIME, the loop runs on CLOCK_MONOTONIC. */
+        uint64_t bt = boottime_ns();
+        uint64_t left = c->io->deadline_ns > bt ? c->io->deadline_ns - bt : 0;
+        if (ip->loop_now_ns + left < c->deadline_ns)
+            c->deadline_ns = ip->loop_now_ns + left;
+    }
     ip->out_pdus += c->task->xfer_dir == SCSI_XFER_WRITE ? 2 : 1;
     inflight_add(ip, c);
     if (iscsi_scsi_command_async(ip->iscsi, ip->lun_nr, c->task, icmd_cb, NULL, c) != 0) {
@@ -564,8 +580,11 @@ static void ipath_expire(struct ipath *ip, uint64_t now)
         if (c->deadline_ns > now)
             break;
         c->timed_out = true;
-        log_err("%s: SCSI command 0x%02x timed out after %u ms", ip->base.name, c->task->cdb[0],
-                ip->timeout_ms);
+        log_err("%s: SCSI command 0x%02x timed out after %llu ms%s", ip->base.name,
+                c->task->cdb[0], (unsigned long long)((now - c->sent_ns) / 1000000),
+                c->deadline_ns < c->sent_ns + (uint64_t)ip->timeout_ms * 1000000ULL
+                    ? " (its I/O's deadline)"
+                    : "");
         /* The cancel runs icmd_cb (which unlinks and frees c) unless
          * libiscsi no longer knew the task: then finish it here. */
         iscsi_scsi_cancel_task(ip->iscsi, c->task);
