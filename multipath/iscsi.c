@@ -1278,8 +1278,11 @@ static int iscsi_path_probe(struct lun_path *p, struct lun_info *info)
             snprintf(info->id, sizeof(info->id), "iscsi.%.200s.%d", ip->target, ip->lun_nr);
     }
     uint32_t max_ws = 0;
+    unsigned max_caw = 0; /* Block Limits: MAXIMUM COMPARE AND WRITE LENGTH */
     if (pages[0xB0] && ipath_inquiry(ip, 1, 0xB0, 64, &t) == 0) {
         const uint8_t *d = t->datain.data;
+        if (t->datain.size >= 6)
+            max_caw = d[5];
         if (t->datain.size >= 28) {
             info->max_transfer_blocks = be32_get(d + 8);
             info->max_unmap_blocks = be32_get(d + 20);
@@ -1332,6 +1335,11 @@ static int iscsi_path_probe(struct lun_path *p, struct lun_info *info)
     probe_rsoc(ip, &r);
     struct lun_caps *caps = &info->caps;
     ip->rsoc = r.valid;
+    /* COMPARE AND WRITE: a target with RSOC lists what it implements (tgt
+     * fills MAXIMUM COMPARE AND WRITE LENGTH in VPD 0xB0 but answers the
+     * opcode with INVALID COMMAND OPERATION CODE, and does not list it);
+     * one without RSOC (istgt) is taken at its Block Limits page, the way
+     * SBC-3 and ESXi detect ATS. */
     if (r.valid) {
         caps->compare_and_write = r.caw;
         caps->unmap = r.unmap && lbpu;
@@ -1340,9 +1348,9 @@ static int iscsi_path_probe(struct lun_path *p, struct lun_info *info)
         caps->sync_cache = r.sync16 || r.sync10;
         ip->have_sync16 = r.sync16;
     } else {
-        /* No RSOC: never claim COMPARE AND WRITE; trust VPD 0xB2 for
-         * unmap; learn SYNCHRONIZE CACHE by trying it. */
-        caps->compare_and_write = false;
+        /* No RSOC: COMPARE AND WRITE from the Block Limits page only;
+         * trust VPD 0xB2 for unmap; learn SYNCHRONIZE CACHE by trying it. */
+        caps->compare_and_write = max_caw > 0;
         caps->unmap = lbpu;
         caps->write_same_unmap = lbpws;
         caps->write_same = lbpws;
@@ -1547,8 +1555,8 @@ static int iscsi_path_submit(struct lun_path *p, struct lun_io *io)
     }
     case LUN_OP_COMPARE_AND_WRITE: {
         if (!ip->have_caw) {
-            log_err("%s: COMPARE AND WRITE not supported by the target (not listed in REPORT "
-                    "SUPPORTED OPERATION CODES)",
+            log_err("%s: COMPARE AND WRITE not supported by the target (not in REPORT "
+                    "SUPPORTED OPERATION CODES, no MAXIMUM COMPARE AND WRITE LENGTH in VPD 0xB0)",
                     p->name);
             return -EOPNOTSUPP;
         }
