@@ -111,6 +111,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "path.h"
@@ -132,6 +133,7 @@ struct mp_slot {
     struct lun *lun;      /* immutable */
     unsigned idx;         /* immutable */
     char *uri;            /* immutable: reopen URI (password kept), NULL = cannot reopen */
+    uint64_t isid_seed;   /* immutable: the slot's iSCSI ISID, the same at every reconnect */
     char *name;           /* immutable: the path's name (URI without password) */
     const char *kind;     /* immutable: "iscsi", "file", ... */
     pthread_t checker;    /* immutable once started */
@@ -139,7 +141,8 @@ struct mp_slot {
     struct lun_path *p;   /* protected by lun->lock; replaced only by the checker */
     bool failed;          /* protected by lun->lock */
     bool torn_down;       /* protected by lun->lock: failed session aborted / drained */
-    bool aborting;        /* protected by lun->lock: the monitor is in ops->abort */
+    bool aborting;        /* protected by lun->lock: the checker is in ops->abort */
+    bool teardown_waiting; /* protected by lun->lock: abort said "not yet" (logged once) */
     unsigned gen;         /* protected by lun->lock: teardown generation */
     /* Atomics: incremented only under lun->lock (together with the path
      * choice), decremented anywhere; so a reader holding lun->lock that
@@ -228,13 +231,19 @@ char *lun_uri_redact(const char *uri)
 
 int lun_path_open_uri(const char *uri, const struct lun_options *opts, struct lun_path **out)
 {
+    return lun_path_open_uri_isid(uri, opts, 0, out);
+}
+
+int lun_path_open_uri_isid(const char *uri, const struct lun_options *opts, uint64_t isid_seed,
+                           struct lun_path **out)
+{
     *out = NULL;
     if (!uri || !*uri) {
         log_err("empty LUN URI");
         return -EINVAL;
     }
     if (lun_uri_is_iscsi(uri))
-        return lun_path_open_iscsi(uri, opts, out);
+        return lun_path_open_iscsi_isid(uri, opts, isid_seed, out);
     const char *colon = strstr(uri, "://");
     if (colon && strncasecmp(uri, "file://", 7) != 0 && !memchr(uri, '/', (size_t)(colon - uri))) {
         char *name = lun_uri_redact(uri);
@@ -486,7 +495,7 @@ static void *mp_monitor_thread(void *arg);
 static void *mp_checker_thread(void *arg);
 static void mp_path_report(void *opaque, struct lun_path *p, const char *why);
 
-static int lun_open_engine(struct lun_path **paths, char **uris, unsigned n,
+static int lun_open_engine(struct lun_path **paths, char **uris, const uint64_t *seeds, unsigned n,
                            const struct lun_options *opts, struct lun **out)
 {
     struct lun_options defaults;
@@ -560,6 +569,7 @@ static int lun_open_engine(struct lun_path **paths, char **uris, unsigned n,
         s->idx = i;
         s->p = paths[i];
         s->uri = uris ? uris[i] : NULL;
+        s->isid_seed = seeds ? seeds[i] : 0;
         if (uris)
             uris[i] = NULL;
         s->state_since_ns = now_ns();
@@ -665,7 +675,7 @@ fail_paths:
 int lun_open_with_paths(struct lun_path **paths, unsigned n, const struct lun_options *opts,
                         struct lun **out)
 {
-    return lun_open_engine(paths, NULL, n, opts, out);
+    return lun_open_engine(paths, NULL, NULL, n, opts, out);
 }
 
 int lun_open(const char *uri, const struct lun_options *opts, struct lun **out)
@@ -688,7 +698,12 @@ int lun_open_paths(const char *const *uris, unsigned n, const struct lun_options
     }
     struct lun_path *paths[LUN_MAX_PATHS];
     char *copies[LUN_MAX_PATHS];
+    uint64_t seeds[LUN_MAX_PATHS];
     int rc = 0, first_err = 0;
+    /* One ISID per path slot, kept across its reconnects: this process,
+     * this open, this slot. */
+    static _Atomic uint64_t opens;
+    uint64_t base = ((uint64_t)getpid() << 32) ^ (++opens << 8) ^ boottime_ns();
     unsigned opened = 0, up = 0;
     for (; opened < n; opened++) {
         copies[opened] = strdup(uris[opened] ? uris[opened] : "");
@@ -696,7 +711,8 @@ int lun_open_paths(const char *const *uris, unsigned n, const struct lun_options
             rc = -ENOMEM;
             break;
         }
-        rc = lun_path_open_uri(uris[opened], opts, &paths[opened]);
+        seeds[opened] = (base + opened) | 1;
+        rc = lun_path_open_uri_isid(uris[opened], opts, seeds[opened], &paths[opened]);
         /* With several paths, a portal that cannot be reached now is a
          * failed path, not a failed open (the checker keeps trying it);
          * configuration errors (bad URI, no such target, CHAP) still fail. */
@@ -729,7 +745,7 @@ int lun_open_paths(const char *const *uris, unsigned n, const struct lun_options
         }
         return rc;
     }
-    rc = lun_open_engine(paths, copies, n, opts, out);
+    rc = lun_open_engine(paths, copies, seeds, n, opts, out);
     for (unsigned i = 0; i < n; i++)
         free(copies[i]); /* those not taken over (NULL when taken) */
     return rc;
@@ -1540,6 +1556,8 @@ static void mp_cond_wait_ms(struct lun *lun, unsigned ms)
     pthread_cond_timedwait(&lun->cond, &lun->lock, &ts);
 }
 
+static void mp_path_teardown(struct lun *lun, unsigned i, unsigned wait_ms);
+
 static void *mp_monitor_thread(void *arg)
 {
     struct lun *lun = arg;
@@ -1558,18 +1576,13 @@ static void *mp_monitor_thread(void *arg)
             if (!s->failed || s->torn_down || s->aborting)
                 continue;
             if (s->p && s->p->ops->abort) {
-                struct lun_path *p = s->p;
-                s->aborting = true;
-                s->submitting++; /* keeps p alive */
-                pthread_mutex_unlock(&lun->lock);
-                p->ops->abort(p);
-                pthread_mutex_lock(&lun->lock);
-                s->submitting--;
-                s->aborting = false;
-                s->torn_down = true;
-                s->gen++;
-                log_debug("%s: path %s torn down", lun->name, s->name);
-                pthread_cond_broadcast(&lun->cond); /* its checker may reopen it now */
+                /* Its checker tears it down (mp_path_teardown), unless the
+                 * checker is stuck in a TEST UNIT READY on the dead link:
+                 * then start the teardown from here, without waiting (it
+                 * releases the TUR). */
+                if (s->tur_started_ns)
+                    mp_path_teardown(lun, i, 0);
+                continue;
             } else if (s->inflight == 0 && s->submitting == 0) {
                 s->torn_down = true;
                 s->gen++;
@@ -1601,6 +1614,38 @@ static int mp_tur(struct lun_path *p)
     return rc;
 }
 
+/* Tear failed path i's session down (checker thread, lun->lock held;
+ * dropped while the path works). Its writes that failed over wait in the
+ * queue behind the barrier (i, gen) until the path says nothing of the old
+ * session can still land (ops->abort returns 0): then the generation moves
+ * and they are re-issued. A silent link keeps them waiting (the path
+ * keeps trying to confirm); reads were re-issued at once. */
+static void mp_path_teardown(struct lun *lun, unsigned i, unsigned wait_ms)
+{
+    struct mp_slot *s = &lun->slots[i];
+    struct lun_path *p = s->p;
+    s->aborting = true;
+    s->submitting++; /* keeps p alive */
+    pthread_mutex_unlock(&lun->lock);
+    int rc = p->ops->abort(p, wait_ms);
+    pthread_mutex_lock(&lun->lock);
+    s->submitting--;
+    s->aborting = false;
+    if (rc == 0) {
+        s->torn_down = true;
+        s->gen++;
+        log_debug("%s: path %s torn down", lun->name, s->name);
+        pthread_cond_broadcast(&lun->cond); /* queued writes may go now */
+    } else if (!s->teardown_waiting) {
+        s->teardown_waiting = true;
+        log_err("%s: path %s: cannot yet tell whether the target dropped the commands of the "
+                "failed session; its writes are held until it can",
+                lun->name, s->name);
+    }
+    if (rc == 0)
+        s->teardown_waiting = false;
+}
+
 /* Bring failed, torn-down path i back (checker thread). 0 when it is up. */
 static int mp_path_recover(struct lun *lun, unsigned i)
 {
@@ -1630,7 +1675,7 @@ static int mp_path_recover(struct lun *lun, unsigned i)
         }
         lun_path_close(old);
         struct lun_path *np = NULL;
-        rc = lun_path_open_uri(s->uri, &lun->opts, &np);
+        rc = lun_path_open_uri_isid(s->uri, &lun->opts, s->isid_seed, &np);
         if (rc < 0) {
             s->reopen_fails++;
             return rc;
@@ -1747,6 +1792,10 @@ static void *mp_checker_thread(void *arg)
     uint64_t next = now_ns() + (uint64_t)lun->opts.check_interval_ms * 1000000;
     while (!lun->stopping) {
         uint64_t now = now_ns();
+        if (s->failed && !s->torn_down && !s->aborting && s->p && s->p->ops->abort) {
+            mp_path_teardown(lun, i, 250);
+            continue;
+        }
         /* Up paths are checked every check_interval_ms; a torn-down path
          * that can be reopened is retried on its own back-off schedule
          * (next_reopen_ns), whatever the TUR interval. */

@@ -150,8 +150,9 @@ static int tp_tur(struct lun_path *p)
     return t->inner->ops->test_unit_ready(t->inner);
 }
 
-static void tp_abort(struct lun_path *p)
+static int tp_abort(struct lun_path *p, unsigned wait_ms)
 {
+    (void)wait_ms;
     struct tpath *t = p->priv;
     t->aborts++;
     t->aborted_since_timeout = true;
@@ -165,6 +166,7 @@ static void tp_abort(struct lun_path *p)
     pthread_mutex_unlock(&t->hm);
     for (unsigned i = 0; i < n; i++)
         h[i]->done(h[i], -ENOTCONN);
+    return 0;
 }
 
 static void tp_close(struct lun_path *p)
