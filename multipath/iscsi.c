@@ -58,8 +58,8 @@
  * this catches a silent path that carries no I/O. libiscsi 1.19 has no
  * ping timer of its own, only iscsi_nop_out_async.
  *
- * Session identity. The ISID is a hash of (initiator name, portal, target,
- * LUN, and a seed): the multipath core gives each path slot of a LUN its
+ * Session identity. The ISID is a hash of (initiator name, target, LUN, and
+ * a seed; the portal too without a seed): the multipath core gives each path slot of a LUN its
  * own seed (pid, a per-process counter, the slot) and reopens the slot
  * with it, so a reconnect logs in with the same ISID and, on targets that
  * follow RFC 7143 (istgt, LIO, arrays), reinstates (kills) the old session
@@ -107,8 +107,9 @@ struct icmd;
 struct isync {
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    bool done;  /* protected by lock */
-    int result; /* protected by lock */
+    bool done;     /* protected by lock */
+    int result;    /* protected by lock */
+    bool orphaned; /* protected by lock: the task stays with the path (timed out) */
 };
 
 /* A caller's I/O split in several commands. Loop thread only. */
@@ -163,6 +164,7 @@ struct ipath {
     pthread_cond_t known_cond; /* with lock: `known` became true */
     int td_state;            /* loop thread only: TD_* */
     bool td_confirmed;       /* loop thread only: ABORT TASK SET answered FUNCTION COMPLETE */
+    bool td_reinstated;      /* protected by lock: the session was reinstated elsewhere */
     uint64_t closing_since_ns; /* loop thread only */
 
     struct icmd inflight; /* loop thread only: list sentinel, dispatch order */
@@ -622,6 +624,20 @@ static void ipath_disconnect_now(struct ipath *ip)
  * and lives on as an orphan until the session ends. Single commands only. */
 static void icmd_detach(struct icmd *c, int result)
 {
+    if (c->kind == ICMD_SYNC) {
+        /* The waiter gets its answer now; the task (its data-out is the
+         * command's own copy, its data-in libiscsi's) stays with us. */
+        struct isync *sy = c->sync;
+        c->sync = NULL;
+        c->kind = ICMD_ORPHAN;
+        pthread_mutex_lock(&sy->lock);
+        sy->result = result;
+        sy->orphaned = true;
+        sy->done = true;
+        pthread_cond_signal(&sy->cond);
+        pthread_mutex_unlock(&sy->lock);
+        return;
+    }
     struct lun_io *io = c->io;
     if (!io || !io->deadline_ns || c->split || c->kind == ICMD_ORPHAN)
         return;
@@ -760,6 +776,10 @@ static void ipath_teardown_run(struct ipath *ip, int dead)
 {
     if (ip->td_state == TD_DONE)
         return;
+    if (ip->td_state == TD_NONE) { /* started by ops->abort, not by a timeout */
+        ip->td_state = TD_DRAIN;
+        ip->closing_since_ns = ip->loop_now_ns;
+    }
     if (ip->inflight.next == &ip->inflight) {
         ipath_teardown_finish(ip, "every command answered");
         return;
@@ -773,6 +793,13 @@ static void ipath_teardown_run(struct ipath *ip, int dead)
     }
     if (ip->td_confirmed) {
         ipath_teardown_finish(ip, "ABORT TASK SET answered");
+        return;
+    }
+    pthread_mutex_lock(&ip->lock);
+    bool reinstated = ip->td_reinstated;
+    pthread_mutex_unlock(&ip->lock);
+    if (reinstated) {
+        ipath_teardown_finish(ip, "the target reinstated the session through another portal");
         return;
     }
     if (ip->td_state == TD_DRAIN && iscsi_out_queue_length(ip->iscsi) == 0) {
@@ -882,6 +909,8 @@ static void *ipath_loop(void *arg)
         closing = ip->closing;
         pthread_mutex_unlock(&ip->lock);
         if (closing) {
+            if (!dead) /* deadline I/Os and synchronous commands still complete on time */
+                ipath_expire(ip, ip->loop_now_ns, report, report_opaque);
             ipath_teardown_run(ip, dead);
         } else if (dead) {
             /* Nothing will answer: fail what libiscsi still holds. */
@@ -904,19 +933,22 @@ static void *ipath_loop(void *arg)
 
 /* Run `task` through the loop and wait. On return the caller owns the task
  * (status, sense, datain) and must free it. */
-static int ipath_sync_task(struct ipath *ip, struct scsi_task *task, uint8_t *key, uint8_t *asc,
-                           uint8_t *ascq)
+static int ipath_sync_task(struct ipath *ip, struct scsi_task *task, void *owned, bool *orphaned,
+                           uint8_t *key, uint8_t *asc, uint8_t *ascq)
 {
     struct isync s = {.done = false};
+    *orphaned = false;
     pthread_mutex_init(&s.lock, NULL);
     pthread_cond_init(&s.cond, NULL);
     struct icmd *c = icmd_new(ip, ICMD_SYNC, task);
     int rc;
     if (!c) {
+        free(owned);
         rc = -ENOMEM;
         goto out;
     }
     c->sync = &s;
+    c->owned = owned;
     rc = ipath_enqueue(ip, c, c);
     if (rc < 0) {
         c->task = NULL;
@@ -927,12 +959,13 @@ static int ipath_sync_task(struct ipath *ip, struct scsi_task *task, uint8_t *ke
     while (!s.done)
         pthread_cond_wait(&s.cond, &s.lock);
     rc = s.result;
+    *orphaned = s.orphaned;
     pthread_mutex_unlock(&s.lock);
 out:
     pthread_mutex_destroy(&s.lock);
     pthread_cond_destroy(&s.cond);
     uint8_t k = 0, a = 0, q = 0;
-    if (rc < 0 && task->status == SCSI_STATUS_CHECK_CONDITION) {
+    if (rc < 0 && !*orphaned && task->status == SCSI_STATUS_CHECK_CONDITION) {
         k = (uint8_t)task->sense.key;
         a = (uint8_t)(task->sense.ascq >> 8);
         q = (uint8_t)task->sense.ascq;
@@ -957,11 +990,22 @@ static int ipath_sync_cdb(struct ipath *ip, const uint8_t *cdb, int cdb_len, int
                                            dir == SCSI_XFER_WRITE ? out_len : in_len);
     if (!t)
         return -ENOMEM;
-    if (data_out && scsi_task_add_data_out_buffer(t, out_len, data_out) != 0) {
-        scsi_free_scsi_task(t);
-        return -ENOMEM;
+    /* The command's own copy of its data-out: a timed-out command may
+     * outlive the caller's frame (icmd_detach). */
+    void *copy = NULL;
+    if (data_out) {
+        copy = malloc((size_t)out_len);
+        if (!copy || scsi_task_add_data_out_buffer(t, out_len, copy) != 0) {
+            free(copy);
+            scsi_free_scsi_task(t);
+            return -ENOMEM;
+        }
+        memcpy(copy, data_out, (size_t)out_len);
     }
-    int rc = ipath_sync_task(ip, t, key, asc, ascq);
+    bool orphaned;
+    int rc = ipath_sync_task(ip, t, copy, &orphaned, key, asc, ascq);
+    if (orphaned)
+        return rc; /* the task lives on with the path */
     if (taskp && rc == 0)
         *taskp = t;
     else
@@ -1261,7 +1305,8 @@ int lun_path_open_iscsi_isid(const char *uri, const struct lun_options *opts, ui
 
     uint64_t h = 0xcbf29ce484222325ULL;
     h = fnv1a(h, initiator, strlen(initiator));
-    h = fnv1a(h, ip->portal, strlen(ip->portal));
+    if (!isid_seed) /* a slot's ISID is the same through any portal (reinstatement) */
+        h = fnv1a(h, ip->portal, strlen(ip->portal));
     h = fnv1a(h, ip->target, strlen(ip->target));
     h = fnv1a(h, &ip->lun_nr, sizeof(ip->lun_nr));
     if (isid_seed) {
@@ -1980,6 +2025,20 @@ static int iscsi_path_abort(struct lun_path *p, unsigned wait_ms)
     return 0;
 }
 
+/* path.h ops->reinstated: a login with this path's ISID through another
+ * portal succeeded on a target that reinstates sessions (RFC 7143): the
+ * target has closed this session and dropped its tasks. */
+static void iscsi_path_reinstated(struct lun_path *p)
+{
+    struct ipath *ip = p->priv;
+    pthread_mutex_lock(&ip->lock);
+    ip->td_reinstated = true;
+    pthread_mutex_unlock(&ip->lock);
+    uint64_t one = 1;
+    ssize_t n = write(ip->efd, &one, sizeof(one));
+    (void)n;
+}
+
 static void iscsi_path_set_report(struct lun_path *p, lun_path_report_fn fn, void *opaque)
 {
     struct ipath *ip = p->priv;
@@ -2004,6 +2063,7 @@ static const struct lun_path_ops iscsi_path_ops = {
     .set_report = iscsi_path_set_report,
     .ping_stats = iscsi_path_ping_stats,
     .abort = iscsi_path_abort,
+    .reinstated = iscsi_path_reinstated,
     .probe = iscsi_path_probe,
     .submit = iscsi_path_submit,
     .pr_out = iscsi_path_pr_out,

@@ -143,6 +143,7 @@ struct mp_slot {
     bool torn_down;       /* protected by lun->lock: failed session aborted / drained */
     bool aborting;        /* protected by lun->lock: the checker is in ops->abort */
     bool teardown_waiting; /* protected by lun->lock: abort said "not yet" (logged once) */
+    uint64_t reinstate_next_ns; /* checker thread only: next reinstatement attempt */
     unsigned gen;         /* protected by lun->lock: teardown generation */
     /* Atomics: incremented only under lun->lock (together with the path
      * choice), decremented anywhere; so a reader holding lun->lock that
@@ -190,6 +191,7 @@ struct lun {
     _Atomic bool self_fenced;       /* lun_fence_self(); cleared by lun_pr_register(key != 0) */
     lun_register_check_fn check_fn; /* protected by lock */
     void *check_opaque;             /* protected by lock */
+    int reinstates;                 /* protected by lock: target reinstates sessions? -1 unknown */
     pthread_t monitor;              /* immutable once started */
     bool monitor_started;           /* immutable once started */
 };
@@ -522,6 +524,7 @@ static int lun_open_engine(struct lun_path **paths, char **uris, const uint64_t 
     pthread_cond_init(&lun->cond, &ca);
     pthread_condattr_destroy(&ca);
     lun->epoch_ns = now_ns();
+    lun->reinstates = -1;
     lun->opts = *opts;
     lun->host_name = opts->host_name ? strdup(opts->host_name) : NULL;
     lun->initiator_name = opts->initiator_name ? strdup(opts->initiator_name) : NULL;
@@ -711,7 +714,7 @@ int lun_open_paths(const char *const *uris, unsigned n, const struct lun_options
             rc = -ENOMEM;
             break;
         }
-        seeds[opened] = (base + opened) | 1;
+        seeds[opened] = ((base + opened) << 1) | 1; /* never 0, distinct per slot */
         rc = lun_path_open_uri_isid(uris[opened], opts, seeds[opened], &paths[opened]);
         /* With several paths, a portal that cannot be reached now is a
          * failed path, not a failed open (the checker keeps trying it);
@@ -1646,6 +1649,88 @@ static void mp_path_teardown(struct lun *lun, unsigned i, unsigned wait_ms)
         s->teardown_waiting = false;
 }
 
+/* Does the target reinstate sessions (RFC 7143), judged through `uri`:
+ * two logins with one ISID, then a TEST UNIT READY on the first. 1 yes,
+ * 0 no, -errno cannot tell. Checker thread, no lock. */
+static int mp_probe_reinstatement(struct lun *lun, const char *uri)
+{
+    uint64_t seed = (boottime_ns() << 1) | 1;
+    struct lun_path *a = NULL, *b = NULL;
+    int rc = lun_path_open_uri_isid(uri, &lun->opts, seed, &a);
+    if (rc == 0)
+        rc = lun_path_open_uri_isid(uri, &lun->opts, seed, &b);
+    if (rc == 0) {
+        int t = a->ops->test_unit_ready(a);
+        rc = (t == -ENOTCONN || t == -ECONNRESET || t == -EPIPE) ? 1 : 0;
+    }
+    lun_path_close(b);
+    lun_path_close(a);
+    return rc;
+}
+
+/* A failed path whose teardown cannot be confirmed (a silent link): if
+ * the target reinstates sessions, log in with the path's ISID through the
+ * portal of a path that is up. The target then closes the old session and
+ * drops its tasks, so its writes may be re-issued now instead of when the
+ * link comes back. Checker thread, no lock held. */
+static void mp_try_reinstate(struct lun *lun, unsigned i)
+{
+    struct mp_slot *s = &lun->slots[i];
+    uint64_t now = now_ns();
+    if (!s->isid_seed || now < s->reinstate_next_ns)
+        return;
+    s->reinstate_next_ns = now + 1000000000ull;
+    const char *via = NULL;
+    pthread_mutex_lock(&lun->lock);
+    int known = lun->reinstates;
+    /* Another portal: preferably one whose path is up; a failed one may
+     * still take logins (its target may be stuck behind the frozen
+     * session, which the reinstatement ends). */
+    for (int pass = 0; pass < 2 && !via; pass++)
+        for (unsigned k = 0; k < lun->npaths && !via; k++) {
+            struct mp_slot *o = &lun->slots[k];
+            if (k != i && (pass || mp_usable(lun, k)) && o->uri && lun_uri_is_iscsi(o->uri))
+                via = o->uri; /* immutable string */
+        }
+    pthread_mutex_unlock(&lun->lock);
+    if (!via || known == 0 || !lun_uri_is_iscsi(s->uri))
+        return;
+    if (known < 0) {
+        int r = mp_probe_reinstatement(lun, via);
+        if (r < 0) {
+            log_err("%s: cannot tell whether the target reinstates sessions: %s", lun->name,
+                    strerror(-r));
+            return;
+        }
+        pthread_mutex_lock(&lun->lock);
+        lun->reinstates = r;
+        pthread_mutex_unlock(&lun->lock);
+        log_info("%s: the target %s sessions (two logins with one ISID)", lun->name,
+                 r ? "reinstates" : "does not reinstate");
+        if (!r)
+            return;
+    }
+    struct lun_path *tmp = NULL;
+    if (lun_path_open_uri_isid(via, &lun->opts, s->isid_seed, &tmp) < 0)
+        return;
+    lun_path_close(tmp);
+    pthread_mutex_lock(&lun->lock);
+    struct lun_path *p = s->failed && !s->torn_down ? s->p : NULL;
+    if (p)
+        s->submitting++;
+    pthread_mutex_unlock(&lun->lock);
+    if (!p)
+        return;
+    log_err("%s: path %s: logged in with its ISID through another portal: the target "
+            "reinstated (ended) the old session, its writes can be re-issued",
+            lun->name, s->name);
+    if (p->ops->reinstated)
+        p->ops->reinstated(p);
+    pthread_mutex_lock(&lun->lock);
+    s->submitting--;
+    pthread_mutex_unlock(&lun->lock);
+}
+
 /* Bring failed, torn-down path i back (checker thread). 0 when it is up. */
 static int mp_path_recover(struct lun *lun, unsigned i)
 {
@@ -1794,6 +1879,12 @@ static void *mp_checker_thread(void *arg)
         uint64_t now = now_ns();
         if (s->failed && !s->torn_down && !s->aborting && s->p && s->p->ops->abort) {
             mp_path_teardown(lun, i, 250);
+            if (s->failed && !s->torn_down && s->teardown_waiting && s->p &&
+                s->p->ops->reinstated) {
+                pthread_mutex_unlock(&lun->lock);
+                mp_try_reinstate(lun, i);
+                pthread_mutex_lock(&lun->lock);
+            }
             continue;
         }
         /* Up paths are checked every check_interval_ms; a torn-down path

@@ -54,6 +54,11 @@ struct lun_path_ops {
      * NULL: the kind cannot do it (then the core waits until every command
      * issued on the path has completed). */
     int (*abort)(struct lun_path *p, unsigned wait_ms);
+    /* Optional (multipath): while abort says -EINPROGRESS, the core logged
+     * in with this path's ISID through another portal of the target, and
+     * the target is one that reinstates sessions (RFC 7143): it has closed
+     * this session and dropped its tasks. The next abort returns 0. */
+    void (*reinstated)(struct lun_path *p);
     /* Optional (multipath): the core installs `fn`, through which the path
      * reports a failure it detects by itself while no command need be
      * failing (iSCSI: NOP-Out pings unanswered). `fn` runs on the path's own

@@ -10,15 +10,41 @@
 # every unit must still hold the pass of its last acknowledged write.
 # MPATH_FREEZE_BS=65536 runs the variant with 64 KiB writes (Data-Out
 # PDUs); REPEAT=N runs it N times (default 1).
+# MPATH_FREEZE_TARGET=istgt runs it on istgt, which reinstates sessions
+# (RFC 7143): there the held writes must be released during the freeze, by
+# a login with path 0's ISID through the other portal.
 set -euo pipefail
-. "$SRCDIR/tests/lib/tgt.sh"
-tgt_require
-command -v python3 >/dev/null || { echo "SKIP: python3 missing" >&2; exit 77; }
+target=${MPATH_FREEZE_TARGET:-tgt}
 bs=${MPATH_FREEZE_BS:-4096}
 repeat=${REPEAT:-1}
-tgt_start
-tgt_add_target 1 iqn.2026-11.org.clusterfs.test:freeze
-tgt_add_lun 1 1 16M
+command -v python3 >/dev/null || { echo "SKIP: python3 missing" >&2; exit 77; }
+if [ "$target" = istgt ]; then
+    . "$SRCDIR/tests/lib/istgt.sh"
+    istgt_require
+    istgt_init
+    istgt_add_lun freeze 16M
+    istgt_start
+    TGT_DIR=$ISTGT_DIR
+    TGT_PORT=$ISTGT_PORT
+    tgt_on_exit() { istgt_on_exit "$@"; }
+    tgt_closed_port() {
+        local p
+        for p in $(seq $((40000 + $$ % 20000)) 65000); do
+            istgt_port_free "$p" && { echo "$p"; return 0; }
+        done
+        return 1
+    }
+    u1=$(istgt_uri freeze 127.0.0.2)
+    tpath="${ISTGT_NODEBASE}:freeze/0"
+else
+    . "$SRCDIR/tests/lib/tgt.sh"
+    tgt_require
+    tgt_start
+    tgt_add_target 1 iqn.2026-11.org.clusterfs.test:freeze
+    tgt_add_lun 1 1 16M
+    u1=$(tgt_uri 1 1 127.0.0.2)
+    tpath="${TGT_IQN[1]}/1"
+fi
 
 pport=$(tgt_closed_port)
 python3 "$SRCDIR/tests/mpath/tcp-proxy.py" 127.0.0.1 "$pport" 127.0.0.1 "$TGT_PORT" \
@@ -32,8 +58,7 @@ for _ in $(seq 1 100); do
 done
 grep -q ready "$TGT_DIR/proxy.out"
 
-u0="iscsi://127.0.0.1:$pport/${TGT_IQN[1]}/1"
-u1=$(tgt_uri 1 1 127.0.0.2)
+u0="iscsi://127.0.0.1:$pport/$tpath"
 
 for run in $(seq 1 "$repeat"); do
     echo "== run $run of $repeat: ${bs}-byte writes"
@@ -57,6 +82,13 @@ for run in $(seq 1 "$repeat"); do
         sleep 0.05
     done
     grep -q '^0 failed' "$TGT_DIR/state" || { echo "FAIL: path 0 not failed"; cat "$TGT_DIR/state"; exit 1; }
+    if [ "$target" = istgt ]; then
+        # Still frozen: the session must end by reinstatement, not by the thaw.
+        for _ in $(seq 1 200); do
+            grep -q "reinstated the session through another portal" "$TGT_DIR/stream.out" && break
+            sleep 0.05
+        done
+    fi
     w1=$(awk '$1 == 1 {print $4}' "$TGT_DIR/state")
     sleep 1.5
     w2=$(awk '$1 == 1 {print $4}' "$TGT_DIR/state")
@@ -71,5 +103,9 @@ for run in $(seq 1 "$repeat"); do
     cat "$TGT_DIR/stream.out"
     [ $rc = 0 ] || { echo "FAIL: run $run: a unit lost its last acknowledged write (or the stream failed)"; exit 1; }
     grep -q "verify=ok" "$TGT_DIR/stream.out" || { echo "FAIL: run $run: verify"; exit 1; }
+    if [ "$target" = istgt ]; then
+        grep -q "session torn down after .* ms: the target reinstated the session" "$TGT_DIR/stream.out" ||
+            { echo "FAIL: run $run: path 0's session was not reinstated during the freeze"; exit 1; }
+    fi
 done
 echo "PASS"
