@@ -23,9 +23,11 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "backend-lun.h"
+#include "backend-vdisk.h"
 #include "log.h"
 #include "lun.h"
-#include "nbd_server.h"
+#include "server.h"
 #include "tools.h"
 #include "vdisk.h"
 
