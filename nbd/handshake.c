@@ -199,6 +199,36 @@ static int opt_list(struct nbd_conn *c, uint32_t opt)
     return opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
 }
 
+/* NBD_OPT_STARTTLS (TLS offered or required): ack, then the TLS handshake
+ * on the same socket; what follows is read and written through TLS. 0 to
+ * continue option haggling, -errno to drop the connection. */
+static int opt_starttls(struct nbd_conn *c, uint32_t len)
+{
+    if (len)
+        return opt_reply(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, NULL, 0);
+    if (c->ssl) {
+        static const char msg[] = "TLS is already on";
+        return opt_reply(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, msg, sizeof(msg) - 1);
+    }
+    int rc = opt_reply(c, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0);
+    if (rc < 0)
+        return rc;
+    /* The client must wait for the ack before its TLS hello; bytes already
+     * received were sent before it and are not TLS. */
+    if (c->rpos < c->rlen) {
+        log_warn("nbd: %s: %zu bytes after NBD_OPT_STARTTLS before the TLS handshake, closing",
+                 c->peer, c->rlen - c->rpos);
+        return -EPROTO;
+    }
+    rc = nbd_tls_accept(c);
+    if (rc < 0)
+        return rc;
+    /* The spec: state negotiated in plaintext does not carry over. */
+    c->structured = false;
+    c->meta_alloc = false;
+    return 0;
+}
+
 /* Fixed newstyle handshake. 0: transmission begins with c->exp set;
  * -errno: drop the connection. */
 int nbd_conn_handshake(struct nbd_conn *c)
@@ -249,6 +279,28 @@ int nbd_conn_handshake(struct nbd_conn *c)
             return rc;
         }
         d[len] = 0;
+        if (opt == NBD_OPT_STARTTLS && c->srv->cfg.tls_mode != NBD_TLS_OFF) {
+            free(d);
+            rc = opt_starttls(c, len);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        if (c->srv->cfg.tls_mode == NBD_TLS_REQUIRE && !c->ssl && opt != NBD_OPT_ABORT) {
+            /* Nothing but STARTTLS before TLS: no export name or size
+             * leaks to a client that has not authenticated. */
+            free(d);
+            if (opt == NBD_OPT_EXPORT_NAME) { /* has no error reply: close */
+                log_warn("nbd: %s: NBD_OPT_EXPORT_NAME before TLS (TLS is required), closing",
+                         c->peer);
+                return -EACCES;
+            }
+            static const char msg[] = "TLS is required: send NBD_OPT_STARTTLS first";
+            rc = opt_reply(c, opt, NBD_REP_ERR_TLS_REQD, msg, sizeof(msg) - 1);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
         switch (opt) {
         case NBD_OPT_EXPORT_NAME: {
             struct nbd_export *e = len <= NBD_MAX_STRING && strlen((char *)d) == len
@@ -296,7 +348,7 @@ int nbd_conn_handshake(struct nbd_conn *c)
         case NBD_OPT_SET_META_CONTEXT:
             rc = opt_meta(c, opt, d, len);
             break;
-        default: /* STARTTLS, EXTENDED_HEADERS, PEEK_EXPORT, unknown */
+        default: /* STARTTLS when TLS is off, EXTENDED_HEADERS, PEEK_EXPORT, unknown */
             rc = opt_reply(c, opt, NBD_REP_ERR_UNSUP, NULL, 0);
             break;
         }

@@ -11,18 +11,21 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "backend.h"
 #include "protocol.h"
 #include "server.h"
+#include "tls.h"
 
 #define NBD_MAX_OPT_LEN (64u << 10)
 #define NBD_MAX_LISTEN 8
 #define NBD_MAX_BS_DESC 1024 /* block status descriptors per reply */
 #define NBD_RBUF_SIZE (64u << 10)
 #define NBD_META_ALLOC_ID 1
-#define NBD_SEND_BATCH 64 /* replies per sendmsg */
+#define NBD_SEND_BATCH 64        /* replies per sendmsg */
+#define NBD_TLS_WBUF (16u << 10) /* TLS: small reply pieces coalesced into one record */
 
 struct nbd_export {
     char *name;
@@ -39,6 +42,15 @@ struct nbd_conn {
     struct nbd_server *srv;
     int fd;
     char peer[NI_MAXHOST + NI_MAXSERV + 2];
+    /* the whole handshake ends by this time (CLOCK_MONOTONIC ms); 0 in
+     * transmission. Reader thread only. */
+    uint64_t deadline;
+    /* TLS (tls.c): set by the reader at STARTTLS, before transmission.
+     * Every SSL_* call on ssl is made under ssl_lock, a leaf lock. */
+    void *ssl;
+    pthread_mutex_t ssl_lock;
+    const char *tls_psk_id; /* the PSK identity that authenticated (nbd_tls's) */
+    uint8_t *tls_wbuf;      /* NBD_TLS_WBUF; the sender role's (the reader's in the handshake) */
     /* set by the reader before transmission, then read-only */
     struct nbd_export *exp;
     bool structured;
@@ -55,6 +67,7 @@ struct nbd_conn {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     unsigned inflight;                   /* requests read and not yet freed; protected by lock */
+    size_t charged;                      /* pool bytes its requests hold; protected by lock */
     struct nbd_req *out_head, *out_tail; /* replies waiting to be sent; protected by lock */
     bool sending;                        /* a thread holds the sender role; protected by lock */
     struct nbd_conn *next;               /* protected by srv->lock */
@@ -94,7 +107,8 @@ struct nbd_server {
 
     pthread_mutex_t pool_lock;
     pthread_cond_t pool_cond;
-    size_t pool_used; /* protected by pool_lock */
+    size_t pool_used;                              /* protected by pool_lock */
+    unsigned long long pool_waits, conn_cap_waits; /* atomic (__atomic_*) */
 
     pthread_mutex_t queue_lock;
     pthread_cond_t queue_cond;
@@ -105,15 +119,26 @@ struct nbd_server {
 };
 
 /* conn.c: the connection's byte stream. */
+uint64_t nbd_now_ms(void);
+/* poll() the socket for events, at most timeout_ms (-1: no limit) and never
+ * past c->deadline. 0 when ready (or in error: the next call says),
+ * -ETIMEDOUT, -errno. */
+int nbd_conn_wait(struct nbd_conn *c, short events, int timeout_ms);
 int nbd_conn_sendv(struct nbd_conn *c, struct iovec *iov, int n);
 int nbd_conn_send(struct nbd_conn *c, const void *buf, size_t len);
 /* Read exactly len bytes through the receive buffer; -ECONNRESET on EOF. */
 int nbd_conn_recv(struct nbd_conn *c, void *buf, size_t len);
 
+/* tls.c: a connection's TLS stream (after NBD_OPT_STARTTLS was acked). */
+int nbd_tls_accept(struct nbd_conn *c);
+ssize_t nbd_tls_recv(struct nbd_conn *c, void *buf, size_t len);
+int nbd_tls_sendv(struct nbd_conn *c, const struct iovec *iov, int n);
+void nbd_tls_conn_end(struct nbd_conn *c);
+
 /* reply.c: the buffer pool, reply encoding and the reply queue. */
-void nbd_pool_take(struct nbd_server *srv, size_t n);
+void nbd_pool_take(struct nbd_conn *c, size_t n);
 void nbd_pool_give(struct nbd_server *srv, size_t n);
-void nbd_req_free(struct nbd_req *q);
+size_t nbd_req_free(struct nbd_req *q);
 void nbd_req_done(struct nbd_req *q);
 void nbd_reply_error(struct nbd_conn *c, struct nbd_req *q, uint32_t err);
 void nbd_reply_ok(struct nbd_conn *c, struct nbd_req *q);

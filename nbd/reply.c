@@ -18,11 +18,29 @@
 
 /* ---- buffer pool --------------------------------------------------------- */
 
-void nbd_pool_take(struct nbd_server *srv, size_t n)
+/* Charge n bytes for one of c's requests (reader thread): first to the
+ * connection's share (conn_pool_bytes), then to the server's pool. A
+ * connection whose replies are not leaving (a client that stopped reading)
+ * waits at its share, so the rest of the pool stays for the others. A
+ * connection holding nothing may take one request of any size. */
+void nbd_pool_take(struct nbd_conn *c, size_t n)
 {
+    struct nbd_server *srv = c->srv;
+    pthread_mutex_lock(&c->lock);
+    if (c->charged && c->charged + n > srv->cfg.conn_pool_bytes) {
+        __atomic_add_fetch(&srv->conn_cap_waits, 1, __ATOMIC_RELAXED);
+        while (c->charged && c->charged + n > srv->cfg.conn_pool_bytes)
+            pthread_cond_wait(&c->cond, &c->lock);
+    }
+    c->charged += n;
+    pthread_mutex_unlock(&c->lock);
+
     pthread_mutex_lock(&srv->pool_lock);
-    while (srv->pool_used + n > srv->cfg.pool_bytes)
-        pthread_cond_wait(&srv->pool_cond, &srv->pool_lock);
+    if (srv->pool_used + n > srv->cfg.pool_bytes) {
+        __atomic_add_fetch(&srv->pool_waits, 1, __ATOMIC_RELAXED);
+        while (srv->pool_used + n > srv->cfg.pool_bytes)
+            pthread_cond_wait(&srv->pool_cond, &srv->pool_lock);
+    }
     srv->pool_used += n;
     pthread_mutex_unlock(&srv->pool_lock);
 }
@@ -37,23 +55,27 @@ void nbd_pool_give(struct nbd_server *srv, size_t n)
     pthread_mutex_unlock(&srv->pool_lock);
 }
 
-/* Free a request's memory and return its pool charge (not the in-flight
- * count: the caller does that under conn->lock). */
-void nbd_req_free(struct nbd_req *q)
+/* Free a request's memory and give its charge back to the server's pool.
+ * Returns the charge: the caller takes it off conn->charged, and the
+ * in-flight count down, under conn->lock. */
+size_t nbd_req_free(struct nbd_req *q)
 {
+    size_t charge = q->charge;
     free(q->buf);
     free(q->rextra);
-    nbd_pool_give(q->conn->srv, q->charge);
+    nbd_pool_give(q->conn->srv, charge);
     free(q);
+    return charge;
 }
 
 /* A request that ends without a reply (reader error paths). */
 void nbd_req_done(struct nbd_req *q)
 {
     struct nbd_conn *c = q->conn;
-    nbd_req_free(q);
+    size_t charge = nbd_req_free(q);
     pthread_mutex_lock(&c->lock);
     c->inflight--;
+    c->charged -= charge;
     pthread_cond_broadcast(&c->cond);
     pthread_mutex_unlock(&c->lock);
 }
@@ -87,8 +109,20 @@ static int conn_send_list(struct nbd_conn *c, bool nonblock)
         }
         size_t sent = total;
         if (!c->send_failed && n > 0) {
-            struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-            ssize_t r = sendmsg(c->fd, &mh, MSG_NOSIGNAL | (nonblock ? MSG_DONTWAIT : 0));
+            ssize_t r;
+            if (c->ssl) {
+                /* TLS: only a sender that may wait writes (tls.c's notes);
+                 * a whole batch goes out or the connection fails. */
+                if (nonblock)
+                    return -EAGAIN;
+                int rc = nbd_tls_sendv(c, iov, n);
+                r = rc < 0 ? -1 : (ssize_t)total;
+                if (rc < 0)
+                    errno = -rc;
+            } else {
+                struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+                r = sendmsg(c->fd, &mh, MSG_NOSIGNAL | (nonblock ? MSG_DONTWAIT : 0));
+            }
             if (r < 0 && errno == EINTR)
                 continue;
             if (r < 0 && nonblock && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -112,6 +146,7 @@ static int conn_send_list(struct nbd_conn *c, bool nonblock)
          * once sending has failed) */
         size_t done_bytes = c->send_off + sent;
         unsigned done = 0;
+        size_t freed = 0;
         while (c->send_cur != q) {
             struct nbd_req *r0 = c->send_cur;
             size_t len = r0->rh_len + r0->rdata_len;
@@ -119,13 +154,14 @@ static int conn_send_list(struct nbd_conn *c, bool nonblock)
                 break;
             done_bytes -= c->send_failed ? MIN(done_bytes, len) : len;
             c->send_cur = r0->next;
-            nbd_req_free(r0);
+            freed += nbd_req_free(r0);
             done++;
         }
         c->send_off = c->send_failed ? 0 : done_bytes;
         if (done) {
             pthread_mutex_lock(&c->lock);
             c->inflight -= done;
+            c->charged -= freed;
             pthread_cond_broadcast(&c->cond);
             pthread_mutex_unlock(&c->lock);
         }

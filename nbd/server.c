@@ -90,6 +90,8 @@ static void conn_free(struct nbd_conn *c)
 {
     pthread_mutex_destroy(&c->lock);
     pthread_cond_destroy(&c->cond);
+    pthread_mutex_destroy(&c->ssl_lock);
+    free(c->tls_wbuf);
     free(c->send_job);
     free(c->rbuf);
     free(c);
@@ -100,11 +102,10 @@ static void *conn_main(void *arg)
     struct nbd_conn *c = arg;
     struct nbd_server *srv = c->srv;
     int rc = nbd_conn_handshake(c);
+    c->deadline = 0; /* transmission: no receive deadline */
     if (rc == 0) {
-        struct timeval none = {0, 0};
         struct timeval st = {srv->cfg.send_timeout_ms / 1000,
                              (srv->cfg.send_timeout_ms % 1000) * 1000};
-        setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
         setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &st, sizeof(st));
         log_debug("nbd: %s: serving export '%s'%s", c->peer, c->exp->name,
                   c->structured ? " (structured replies)" : "");
@@ -118,6 +119,7 @@ static void *conn_main(void *arg)
     while (c->inflight || c->sending)
         pthread_cond_wait(&c->cond, &c->lock);
     pthread_mutex_unlock(&c->lock);
+    nbd_tls_conn_end(c);
 
     pthread_mutex_lock(&srv->lock);
     struct nbd_conn **pp = &srv->conns;
@@ -152,6 +154,7 @@ int nbd_server_serve_fd(struct nbd_server *srv, int fd)
     c->fd = fd;
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->cond, NULL);
+    pthread_mutex_init(&c->ssl_lock, NULL);
 
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
@@ -164,10 +167,8 @@ int nbd_server_serve_fd(struct nbd_server *srv, int fd)
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
-    struct timeval ht = {srv->cfg.handshake_timeout_ms / 1000,
-                         (srv->cfg.handshake_timeout_ms % 1000) * 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &ht, sizeof(ht));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &ht, sizeof(ht));
+    /* The handshake as a whole must end by this time (conn.c's notes). */
+    c->deadline = nbd_now_ms() + srv->cfg.handshake_timeout_ms;
 
     pthread_mutex_lock(&srv->lock);
     c->next = srv->conns;
@@ -213,6 +214,14 @@ int nbd_server_new(const struct nbd_server_config *cfg, struct nbd_server **out)
         srv->cfg.handshake_timeout_ms = 10000;
     if (!srv->cfg.send_timeout_ms)
         srv->cfg.send_timeout_ms = 60000;
+    if (!srv->cfg.conn_pool_bytes)
+        srv->cfg.conn_pool_bytes = MAX((size_t)NBD_MAX_REQUEST, srv->cfg.pool_bytes / 4);
+    if (srv->cfg.tls_mode != NBD_TLS_OFF && !srv->cfg.tls) {
+        log_err("nbd: TLS %s without credentials",
+                srv->cfg.tls_mode == NBD_TLS_REQUIRE ? "required" : "offered");
+        free(srv);
+        return -EINVAL;
+    }
     pthread_mutex_init(&srv->lock, NULL);
     pthread_cond_init(&srv->cond, NULL);
     pthread_mutex_init(&srv->pool_lock, NULL);
@@ -322,10 +331,12 @@ int nbd_server_listen_unix(struct nbd_server *srv, const char *path)
     return add_listen_fd(srv, fd, false);
 }
 
-int nbd_server_listen_tcp(struct nbd_server *srv, const char *addr, const char *port)
+/* Listen on every address addr resolves to; returns how many, or -errno
+ * (nothing logged) when none. */
+static int listen_tcp_addrs(struct nbd_server *srv, const char *addr, const char *port, int flags)
 {
     struct addrinfo hints = {
-        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_ADDRCONFIG};
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | flags};
     struct addrinfo *res;
     int g = getaddrinfo(addr, port, &hints, &res);
     if (g) {
@@ -352,10 +363,32 @@ int nbd_server_listen_tcp(struct nbd_server *srv, const char *addr, const char *
             nok++;
     }
     freeaddrinfo(res);
-    if (!nok) {
+    return nok ? nok : rc;
+}
+
+int nbd_server_listen_tcp(struct nbd_server *srv, const char *addr, const char *port)
+{
+    int rc = listen_tcp_addrs(srv, addr, port, addr ? 0 : AI_ADDRCONFIG);
+    if (rc < 0) {
         log_err("nbd: %s port %s: cannot listen: %s", addr ? addr : "*", port, strerror(-rc));
         return rc;
     }
+    return 0;
+}
+
+int nbd_server_listen_loopback(struct nbd_server *srv, const char *port)
+{
+    int rc = listen_tcp_addrs(srv, "127.0.0.1", port, AI_NUMERICHOST);
+    if (rc < 0) {
+        log_err("nbd: 127.0.0.1 port %s: cannot listen: %s", port, strerror(-rc));
+        return rc;
+    }
+    /* ::1 too where the host has IPv6 loopback (a client may resolve
+     * localhost to it); a host without it is fine. */
+    rc = listen_tcp_addrs(srv, "::1", port, AI_NUMERICHOST);
+    if (rc < 0 && rc != -EADDRNOTAVAIL && rc != -EAFNOSUPPORT)
+        log_warn("nbd: ::1 port %s: cannot listen: %s (serving on 127.0.0.1 only)", port,
+                 strerror(-rc));
     return 0;
 }
 
@@ -423,6 +456,18 @@ int nbd_server_run(struct nbd_server *srv, int stop_fd)
         }
     }
     return nbd_server_shutdown(srv);
+}
+
+void nbd_server_get_stats(struct nbd_server *srv, struct nbd_server_stats *st)
+{
+    pthread_mutex_lock(&srv->pool_lock);
+    st->pool_used = srv->pool_used;
+    pthread_mutex_unlock(&srv->pool_lock);
+    st->pool_waits = __atomic_load_n(&srv->pool_waits, __ATOMIC_RELAXED);
+    st->conn_cap_waits = __atomic_load_n(&srv->conn_cap_waits, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&srv->lock);
+    st->conns = srv->nconns;
+    pthread_mutex_unlock(&srv->lock);
 }
 
 void nbd_server_free(struct nbd_server *srv)

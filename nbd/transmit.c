@@ -299,7 +299,7 @@ void nbd_conn_transmission(struct nbd_conn *c)
         bool needbuf = !err && (r.type == NBD_CMD_READ || r.type == NBD_CMD_WRITE);
         if (payload || needbuf) {
             q->charge = r.length;
-            nbd_pool_take(srv, q->charge);
+            nbd_pool_take(c, q->charge);
             q->buf = malloc(r.length ? r.length : 1);
             if (!q->buf) {
                 nbd_req_done(q);
