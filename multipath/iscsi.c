@@ -178,6 +178,7 @@ struct ipath {
     uint64_t nop_heard_ns;         /* loop thread only: last NOP-In or command response */
     bool nop_outstanding;          /* loop thread only: a NOP-Out awaits its NOP-In */
     bool nop_reported;             /* loop thread only: this silence was reported */
+    unsigned nop_miss_run;         /* loop thread only: misses since the last NOP-In */
     uint64_t loop_now_ns;          /* loop thread only: clock read after the last poll */
     unsigned out_pdus;             /* loop thread only: PDUs queued since the last write */
     bool cork;                     /* loop thread only (set at open): batch sends under TCP_CORK */
@@ -564,6 +565,7 @@ static void nop_cb(struct iscsi_context *iscsi, int status, void *command_data, 
         ip->nop_heard_ns = now_ns();
         ip->nop_reported = false;
         ip->nop_answered++;
+        ip->nop_miss_run = 0;
     }
 }
 
@@ -584,8 +586,10 @@ static int ipath_nop_run(struct ipath *ip, lun_path_report_fn fn, void *opaque, 
         ip->nop_heard_ns = now;
     }
     if (now >= ip->nop_next_ns) {
-        if (ip->nop_outstanding)
+        if (ip->nop_outstanding) {
             ip->nop_missed_total++;
+            ip->nop_miss_run++;
+        }
         else if (iscsi_nop_out_async(ip->iscsi, nop_cb, NULL, 0, ip) == 0)
             ip->nop_outstanding = true;
         ip->nop_next_ns = now + ivl;
@@ -596,6 +600,12 @@ static int ipath_nop_run(struct ipath *ip, lun_path_report_fn fn, void *opaque, 
                  (unsigned long long)((now - ip->nop_heard_ns) / 1000000), ip->nop_interval_ms);
         if (!ip->nop_reported)
             log_err("%s: %s", ip->base.name, why);
+        if (ip->nop_outstanding && ip->nop_miss_run == 0) {
+            /* The silence ran out just before the interval did: the
+             * unanswered NOP-Out is a miss all the same. */
+            ip->nop_missed_total++;
+            ip->nop_miss_run++;
+        }
         ip->nop_reported = true;
         fn(opaque, &ip->base, why);
         ip->nop_heard_ns = now - silence + ivl; /* report again an interval later if still silent */
@@ -694,11 +704,13 @@ static void ipath_expire(struct ipath *ip, uint64_t now, lun_path_report_fn repo
         c->timed_out = true;
         if (!first)
             first = c;
-        log_err("%s: SCSI command 0x%02x timed out after %llu ms%s", ip->base.name,
-                c->task->cdb[0], (unsigned long long)((now - c->sent_ns) / 1000000),
-                c->deadline_ns < c->sent_ns + (uint64_t)ip->timeout_ms * 1000000ULL
-                    ? " (its I/O's deadline)"
-                    : "");
+        if (c->deadline_ns < c->sent_ns + (uint64_t)ip->timeout_ms * 1000000ULL)
+            log_err("%s: SCSI command 0x%02x timed out after %llu ms (its I/O's deadline)",
+                    ip->base.name, c->task->cdb[0],
+                    (unsigned long long)((now - c->sent_ns) / 1000000));
+        else
+            log_err("%s: SCSI command 0x%02x timed out after %u ms", ip->base.name,
+                    c->task->cdb[0], ip->timeout_ms);
         if (report)
             icmd_detach(c, -ETIMEDOUT);
     }

@@ -183,8 +183,11 @@ struct lun {
     unsigned cur;                   /* protected by lock: current path (mru, fixed, rr) */
     unsigned rr_count, st_next;     /* protected by lock */
     struct lun_io *q_head, *q_tail; /* protected by lock: I/Os waiting for a path */
+    struct lun_io *retry_head;      /* protected by lock: I/Os waiting out a back-off
+                                       (priv[3] link, priv[4] due, ns since epoch) */
     unsigned nqueued;               /* protected by lock */
     bool stopping;                  /* protected by lock */
+    unsigned pdl_paths;             /* protected by lock: bit i: path i said LUN gone */
     bool pr_registered;             /* protected by lock: lun_pr_register(key != 0) succeeded */
     uint64_t pr_key;                /* protected by lock */
     bool fenced;                    /* protected by lock */
@@ -645,13 +648,14 @@ static int lun_open_engine(struct lun_path **paths, char **uris, const uint64_t 
         rc = -ENOMEM;
         goto fail;
     }
+    /* The monitor also runs the back-off retries of a plain path. */
+    rc = -pthread_create(&lun->monitor, NULL, mp_monitor_thread, lun);
+    if (rc < 0) {
+        log_err("%s: cannot start the LUN monitor thread: %s", lun->name, strerror(-rc));
+        goto fail;
+    }
+    lun->monitor_started = true;
     if (lun->mp) {
-        rc = -pthread_create(&lun->monitor, NULL, mp_monitor_thread, lun);
-        if (rc < 0) {
-            log_err("%s: cannot start the multipath monitor thread: %s", lun->name, strerror(-rc));
-            goto fail;
-        }
-        lun->monitor_started = true;
         for (unsigned i = 0; i < n; i++) {
             if (paths[i] && paths[i]->ops->set_report)
                 paths[i]->ops->set_report(paths[i], mp_path_report, &lun->slots[i]);
@@ -755,6 +759,7 @@ int lun_open_paths(const char *const *uris, unsigned n, const struct lun_options
 }
 
 static void lun_io_finish(struct lun_io *io, int result);
+static unsigned mp_backoff_ms(unsigned retries);
 
 void lun_close(struct lun *lun)
 {
@@ -774,6 +779,8 @@ void lun_close(struct lun *lun)
     struct lun_io *q = lun->q_head;
     lun->q_head = lun->q_tail = NULL;
     lun->nqueued = 0;
+    struct lun_io *rq = lun->retry_head;
+    lun->retry_head = NULL;
     pthread_mutex_unlock(&lun->lock);
     while (q) {
         struct lun_io *next = q->priv[3];
@@ -781,6 +788,13 @@ void lun_close(struct lun *lun)
                 lun_op_name(q->op), (unsigned long long)q->lba);
         lun_io_finish(q, -EIO);
         q = next;
+    }
+    while (rq) {
+        struct lun_io *next = rq->priv[3];
+        log_err("%s: %s at lba %llu failed: LUN closed while waiting to retry", lun->name,
+                lun_op_name(rq->op), (unsigned long long)rq->lba);
+        lun_io_finish(rq, -EIO);
+        rq = next;
     }
     for (unsigned i = 0; i < lun->npaths; i++) {
         lun_path_close(lun->slots[i].p);
@@ -884,6 +898,18 @@ void lun_fence_self(struct lun *lun)
     lun->q_head = keep;
     lun->q_tail = keep_tail;
     lun->nqueued -= nfail;
+    for (struct lun_io **pp = &lun->retry_head; *pp;) {
+        struct lun_io *io = *pp;
+        if (lun_op_modifies(io->op)) {
+            *pp = io->priv[3];
+            io->priv[3] = NULL;
+            *fail_tail = io;
+            fail_tail = (struct lun_io **)&io->priv[3];
+            nfail++;
+        } else {
+            pp = (struct lun_io **)&io->priv[3];
+        }
+    }
     struct lun_path *abort_on[LUN_MAX_PATHS];
     unsigned nabort = 0;
     for (unsigned i = 0; i < lun->npaths; i++) {
@@ -920,15 +946,20 @@ void lun_fence_self(struct lun *lun)
 
 unsigned lun_max_io_time_ms(const struct lun *lun)
 {
-    /* A write without a deadline: up to 1 + LUN_RETRY_SAME_MAX tries on
-     * its first path, each bounded by the command timeout (and, once it
-     * timed out, by the time to learn the target dropped it: another
-     * timeout for ABORT TASK / LOGICAL UNIT RESET); with the engine, it
+    /* A write without a deadline, on one path ("a stint"): its tries share
+     * one retry counter, so there are at most 1 + max(LUN_RETRY_SAME_MAX,
+     * the back-off retries whose delays fit in timeout_ms) of them, each
+     * bounded by the command timeout; plus the back-offs themselves (at most
+     * timeout_ms); plus, once a command timed out, one more timeout to
+     * learn that the target dropped it (ABORT TASK SET). With the engine it
      * then waits in the queue at most queue_ms from the moment it first
-     * failed over, and the last dispatch from there may take as long as
-     * the first. */
+     * failed over, and the last dispatch from there is another stint. */
     uint64_t t = lun->opts.timeout_ms ? lun->opts.timeout_ms : 5000;
-    uint64_t stint = (uint64_t)(1 + LUN_RETRY_SAME_MAX) * t + t;
+    unsigned later = 0;
+    for (uint64_t spent = 0; later < 250 && spent + mp_backoff_ms(later) <= t; later++)
+        spent += mp_backoff_ms(later);
+    unsigned tries = 1 + (later > LUN_RETRY_SAME_MAX ? later : LUN_RETRY_SAME_MAX);
+    uint64_t stint = (uint64_t)tries * t + t + t;
     uint64_t total = stint;
     if (lun->mp)
         total += (uint64_t)lun->opts.queue_ms + stint;
@@ -1372,6 +1403,52 @@ static void mp_failover(struct lun *lun, struct lun_io *io, unsigned pidx, int r
     mp_dispatch(lun, io, 0, -1);
 }
 
+static unsigned mp_backoff_ms(unsigned retries)
+{
+    return retries < 7 ? 10u << retries : 1000u;
+}
+
+/* Retry io on path pidx in `ms` (the monitor dispatches it). */
+static void mp_retry_later(struct lun *lun, struct lun_io *io, unsigned retries, unsigned pidx,
+                           unsigned ms)
+{
+    uintptr_t st = (uintptr_t)io->priv[2];
+    io->priv[2] = (void *)LUN_PRIV_MAKE(retries, pidx, LUN_PRIV_QUEUED(st), 0u);
+    io->priv[4] = (void *)(uintptr_t)(lun_since_epoch_ns(lun) + (uint64_t)ms * 1000000);
+    pthread_mutex_lock(&lun->lock);
+    io->priv[3] = lun->retry_head;
+    lun->retry_head = io;
+    pthread_mutex_unlock(&lun->lock);
+}
+
+/* Dispatch the back-off retries that are due (monitor). */
+static void mp_retry_run(struct lun *lun)
+{
+    uint64_t now = lun_since_epoch_ns(lun);
+    struct lun_io *due = NULL;
+    pthread_mutex_lock(&lun->lock);
+    for (struct lun_io **pp = &lun->retry_head; *pp;) {
+        struct lun_io *io = *pp;
+        if ((uint64_t)(uintptr_t)io->priv[4] <= now || lun->stopping) {
+            *pp = io->priv[3];
+            io->priv[3] = due;
+            due = io;
+        } else {
+            pp = (struct lun_io **)&io->priv[3];
+        }
+    }
+    pthread_mutex_unlock(&lun->lock);
+    while (due) {
+        struct lun_io *next = due->priv[3];
+        uintptr_t st = (uintptr_t)due->priv[2];
+        due->priv[3] = due->priv[4] = NULL;
+        int rc = mp_dispatch(lun, due, LUN_PRIV_RETRIES(st), (int)LUN_PRIV_PATH(st));
+        if (rc < 0) /* a plain path refused it */
+            lun_io_finish(due, rc);
+        due = next;
+    }
+}
+
 static void lun_io_done(struct lun_io *io, int result)
 {
     struct lun *lun = io->priv[1];
@@ -1415,6 +1492,43 @@ static void lun_io_done(struct lun_io *io, int result)
     if (io->sense_key || io->asc || io->ascq)
         lun_sense_str(io->sense_key, io->asc, io->ascq, sbuf, sizeof sbuf);
     const char *pname = s->name;
+    if (cls == LUN_SENSE_RETRY_LATER) {
+        /* Busy or not ready for now: back off on the same path (10 ms,
+         * doubling to 1 s), until the I/O's deadline (the gate stops it),
+         * or without one while the back-offs add up to at most timeout_ms. */
+        unsigned delay = mp_backoff_ms(retries);
+        uint64_t spent = 0;
+        for (unsigned k = 0; k < retries; k++)
+            spent += mp_backoff_ms(k);
+        if (retries < 250 && (io->deadline_ns || spent + delay <= lun->opts.timeout_ms)) {
+            log_debug("%s: %s at lba %llu: %s, retrying on %s in %u ms (%u)", lun->name,
+                      lun_op_name(io->op), (unsigned long long)io->lba, sbuf, pname, delay,
+                      retries + 1);
+            mp_retry_later(lun, io, retries + 1, pidx, delay);
+            return;
+        }
+        log_err("%s: %s at lba %llu: %s for %llu ms on %s, giving up", lun->name,
+                lun_op_name(io->op), (unsigned long long)io->lba, sbuf,
+                (unsigned long long)spent, pname);
+    }
+    if (result == -ENODEV && lun->mp) {
+        /* Permanent device loss reported by one path: that path's death,
+         * unless every path says so (then the LUN's). */
+        pthread_mutex_lock(&lun->lock);
+        lun->pdl_paths |= 1u << pidx;
+        bool all = true;
+        for (unsigned k = 0; k < lun->npaths; k++)
+            if (!(lun->pdl_paths & (1u << k)))
+                all = false;
+        pthread_mutex_unlock(&lun->lock);
+        if (!all) {
+            char why[160];
+            snprintf(why, sizeof why, "%s at lba %llu: %s (LUN gone on this path)",
+                     lun_op_name(io->op), (unsigned long long)io->lba, sbuf);
+            mp_failover(lun, io, pidx, result, why);
+            return;
+        }
+    }
     if (cls == LUN_SENSE_RETRY_SAME && retries < LUN_RETRY_SAME_MAX) {
         log_debug("%s: %s at lba %llu: %s, retrying on %s (%u)", lun->name, lun_op_name(io->op),
                   (unsigned long long)io->lba, sbuf, pname, retries + 1);
@@ -1592,10 +1706,12 @@ static void *mp_monitor_thread(void *arg)
                 pthread_cond_broadcast(&lun->cond);
             }
         }
-        bool work = lun->q_head != NULL;
+        bool work = lun->q_head != NULL, retries = lun->retry_head != NULL;
         pthread_mutex_unlock(&lun->lock);
         if (work)
             mp_queue_run(lun);
+        if (retries)
+            mp_retry_run(lun);
         pthread_mutex_lock(&lun->lock);
         if (!lun->stopping)
             mp_cond_wait_ms(lun, MP_MONITOR_TICK_MS);
@@ -1611,8 +1727,11 @@ static int mp_tur(struct lun_path *p)
     int rc = 0;
     for (int k = 0; k < 5; k++) {
         rc = p->ops->test_unit_ready(p);
-        if (rc >= 0 || lun_result_classify(rc, 0, 0, 0) != LUN_SENSE_RETRY_SAME)
+        enum lun_sense_class c = lun_result_classify(rc, 0, 0, 0);
+        if (rc >= 0 || (c != LUN_SENSE_RETRY_SAME && c != LUN_SENSE_RETRY_LATER))
             break;
+        if (c == LUN_SENSE_RETRY_LATER)
+            usleep(50000); /* becoming ready, busy: not a dead path */
     }
     return rc;
 }
@@ -1765,7 +1884,6 @@ static int mp_path_recover(struct lun *lun, unsigned i)
             s->reopen_fails++;
             return rc;
         }
-        s->reopen_fails = 0;
         struct lun_info pi;
         memset(&pi, 0, sizeof pi);
         rc = np->ops->probe(np, &pi);
@@ -1852,9 +1970,13 @@ static int mp_path_recover(struct lun *lun, unsigned i)
                     lun->name, p->name);
         }
     }
+    if (rc < 0)
+        s->reopen_fails++; /* logs in but is not usable: keep backing off */
     pthread_mutex_lock(&lun->lock);
     s->submitting--;
     if (rc == 0 && !lun->stopping) {
+        s->reopen_fails = 0;
+        lun->pdl_paths &= ~(1u << i);
         s->failed = false;
         s->torn_down = false;
         s->hold_until_ns = 0;
@@ -1909,7 +2031,14 @@ static void *mp_checker_thread(void *arg)
             pthread_mutex_lock(&lun->lock);
             s->submitting--;
             s->tur_started_ns = 0;
-            if (rc < 0 && lun_result_classify(rc, 0, 0, 0) == LUN_SENSE_FAILOVER) {
+            if (rc == -ENODEV) {
+                /* 05/25/00 on this path: the LUN is gone here (PDL on one
+                 * path is that path's death; on all, the LUN's). */
+                lun->pdl_paths |= 1u << i;
+                mp_path_fail_locked(lun, i,
+                                    "TEST UNIT READY: logical unit not supported on this path "
+                                    "(05/25/00)");
+            } else if (rc < 0 && lun_result_classify(rc, 0, 0, 0) == LUN_SENSE_FAILOVER) {
                 char why[96];
                 snprintf(why, sizeof why, "TEST UNIT READY: %s", strerror(-rc));
                 mp_path_fail_locked(lun, i, why);

@@ -39,6 +39,11 @@ struct tpath {
     _Atomic unsigned registers;
     struct tpath *peer;
     _Atomic uint64_t timed_out_lba; /* lba of the last write that timed out, +1 */
+    /* Any sense on this path: the next s_count commands (-1: all) fail with
+     * s_err and the sense triple; with s_tur, TEST UNIT READY too. */
+    _Atomic int s_count, s_err;
+    _Atomic uint8_t s_key, s_asc, s_ascq;
+    _Atomic bool s_tur;
     /* T_HANG: a silently dead link. Commands and TUR never answer until
      * the path is aborted. */
     pthread_mutex_t hm;
@@ -58,11 +63,41 @@ static int tp_probe(struct lun_path *p, struct lun_info *info)
 
 /* The inner file path completes into the tpath's own wrapper: the core's
  * done is kept in priv[5] (file.c uses priv[3]). */
+static bool tp_sense_take(struct tpath *t)
+{
+    int c = t->s_count;
+    while (c != 0) {
+        if (c < 0 || atomic_compare_exchange_weak(&t->s_count, &c, c - 1))
+            return true;
+    }
+    return false;
+}
+
+static void tp_sense(struct tpath *t, int n, int err, uint8_t key, uint8_t asc, uint8_t ascq,
+                     bool tur)
+{
+    t->s_err = err;
+    t->s_key = key;
+    t->s_asc = asc;
+    t->s_ascq = ascq;
+    t->s_tur = tur;
+    t->s_count = n;
+}
+
 static int tp_submit(struct lun_path *p, struct lun_io *io)
 {
     struct tpath *t = p->priv;
     t->submitted++;
     int mode = t->mode;
+    if (tp_sense_take(t)) {
+        if (io->op == LUN_OP_WRITE)
+            t->writes++;
+        io->sense_key = t->s_key;
+        io->asc = t->s_asc;
+        io->ascq = t->s_ascq;
+        io->done(io, t->s_err);
+        return 0;
+    }
     if (io->op == LUN_OP_WRITE) {
         t->writes++;
         /* A write the peer timed out on must not arrive here before the
@@ -135,6 +170,8 @@ static int tp_tur(struct lun_path *p)
     struct tpath *t = p->priv;
     t->tur++;
     int mode = t->mode;
+    if (t->s_tur && t->s_count)
+        return t->s_err;
     if (mode == T_CUT)
         return -ENOTCONN;
     /* T_TIMEOUT: TEST UNIT READY still answers (only data commands time
@@ -881,6 +918,125 @@ static void test_fence_self_fails_queued_writes_keeps_reads(void **state)
     fixture_close(&fx);
 }
 
+/* ---- Real targets' errors (issue 15 item 3, 4, 5) --------------------- */
+
+/* BUSY / TASK SET FULL: retried on the same path after a back-off (10 ms
+ * doubling), not 5 times at once and then an error; the path stays up and
+ * nothing goes to the other path. */
+static void test_busy_is_retried_with_backoff_on_the_same_path(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    uint8_t b[BS], r[BS];
+    fill(b, 3, 77);
+    tp_sense(fx.tp[0], 7, -EBUSY, 0, 0, 0, false); /* BUSY status: no sense */
+    uint64_t t0 = now_ns();
+    assert_int_equal(lun_write(fx.lun, 3, 1, b, 0), 0);
+    uint64_t ms = (now_ns() - t0) / 1000000;
+    assert_true(ms >= 1200); /* 10+20+...+640 ms of back-off, not 7 tries at once */
+    assert_int_equal(fx.tp[0]->writes, 8);
+    assert_int_equal(fx.tp[1]->writes, 0);
+    assert_int_equal(state_of(fx.lun, 0), LUN_PATH_ACTIVE);
+    assert_int_equal(lun_read(fx.lun, 3, 1, r), 0);
+    assert_memory_equal(b, r, BS);
+    /* NOT READY 04/0A (ALUA transition) is transient too. */
+    tp_sense(fx.tp[0], 3, -EBUSY, 0x2, 0x04, 0x0A, false);
+    assert_int_equal(lun_write(fx.lun, 3, 1, b, 0), 0);
+    assert_int_equal(state_of(fx.lun, 0), LUN_PATH_ACTIVE);
+    fixture_close(&fx);
+}
+
+/* A BUSY that never ends stops at the I/O's deadline. */
+static void test_busy_retries_stop_at_the_deadline(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    uint8_t b[BS];
+    fill(b, 4, 1);
+    tp_sense(fx.tp[0], -1, -EBUSY, 0, 0, 0, false);
+    assert_int_equal(lun_write_dl(fx.lun, 4, 1, b, 0, lun_now_ns() + 300000000ull), -ETIMEDOUT);
+    assert_int_equal(fx.tp[1]->writes, 0);
+    tp_sense(fx.tp[0], 0, 0, 0, 0, 0, false);
+    fixture_close(&fx);
+}
+
+/* TASK ABORTED / ABORTED COMMAND (another host's LOGICAL UNIT RESET): the
+ * command is retried where it was, the path is not failed. */
+static void test_task_aborted_is_retried_without_failing_the_path(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    uint8_t b[BS];
+    fill(b, 5, 1);
+    tp_sense(fx.tp[0], 2, -ECANCELED, 0, 0, 0, false); /* TASK ABORTED status */
+    assert_int_equal(lun_write(fx.lun, 5, 1, b, 0), 0);
+    tp_sense(fx.tp[0], 1, -ECANCELED, 0xB, 0x00, 0x00, false); /* ABORTED COMMAND */
+    assert_int_equal(lun_write(fx.lun, 5, 1, b, 0), 0);
+    struct lun_path_stats st;
+    lun_path_get_stats(fx.lun, 0, &st);
+    assert_int_equal(st.failures, 0);
+    assert_int_equal(st.state, LUN_PATH_ACTIVE);
+    assert_int_equal(fx.tp[1]->writes, 0);
+    assert_int_equal(fx.tp[0]->aborts, 0);
+    fixture_close(&fx);
+}
+
+/* 05/25/00 on one path only: that path is failed (by I/O and by its TEST
+ * UNIT READY) and the I/O goes on through the other; on every path the
+ * LUN is gone: -ENODEV. */
+static void test_pdl_on_one_path_fails_that_path_only(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_ROUND_ROBIN);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    uint8_t b[BS];
+    tp_sense(fx.tp[0], -1, -ENODEV, 0x5, 0x25, 0x00, true);
+    for (unsigned i = 0; i < 20; i++) {
+        fill(b, i, 9);
+        assert_int_equal(lun_write(fx.lun, i, 1, b, 0), 0);
+    }
+    assert_int_equal(state_of(fx.lun, 0), LUN_PATH_FAILED);
+    struct lun_path_stats st;
+    lun_path_get_stats(fx.lun, 0, &st);
+    assert_non_null(strstr(st.last_error, "05/25/00"));
+    assert_int_equal(state_of(fx.lun, 1), LUN_PATH_ACTIVE);
+    /* Now the other path too: the LUN is gone, at once (not queued). */
+    tp_sense(fx.tp[1], -1, -ENODEV, 0x5, 0x25, 0x00, true);
+    uint64_t t0 = now_ns();
+    assert_int_equal(lun_write(fx.lun, 1, 1, b, 0), -ENODEV);
+    assert_true((now_ns() - t0) / 1000000 < o.queue_ms);
+    fixture_close(&fx);
+}
+
+/* PREEMPT raises 2A/05 REGISTRATIONS PREEMPTED (SPC-4): fenced, -EBADE,
+ * not retried until it succeeds. */
+static void test_registrations_preempted_fences(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    assert_int_equal(lun_pr_register(fx.lun, 0x42), 0);
+    uint8_t b[BS];
+    fill(b, 6, 1);
+    tp_sense(fx.tp[0], 1, -EBADE, 0x6, 0x2A, 0x05, false); /* iscsi.c: sense -> -EBADE */
+    assert_int_equal(lun_write(fx.lun, 6, 1, b, 0), -EBADE);
+    assert_true(lun_is_fenced(fx.lun));
+    fixture_close(&fx);
+}
+
 static void test_flush_and_reads_fail_over_too(void **state)
 {
     (void)state;
@@ -1009,6 +1165,11 @@ int main(void)
         cmocka_unit_test(test_all_paths_down_longer_than_queue_time_fails_eio),
         cmocka_unit_test(test_queued_write_fails_at_deadline_not_drained),
         cmocka_unit_test(test_fence_self_fails_queued_writes_keeps_reads),
+        cmocka_unit_test(test_busy_is_retried_with_backoff_on_the_same_path),
+        cmocka_unit_test(test_busy_retries_stop_at_the_deadline),
+        cmocka_unit_test(test_task_aborted_is_retried_without_failing_the_path),
+        cmocka_unit_test(test_pdl_on_one_path_fails_that_path_only),
+        cmocka_unit_test(test_registrations_preempted_fences),
         cmocka_unit_test(test_flush_and_reads_fail_over_too),
         cmocka_unit_test(test_reconnect_reregisters_key_after_check),
         cmocka_unit_test(test_reservation_conflict_reports_fenced_and_stops_reregistering),
