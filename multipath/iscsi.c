@@ -165,6 +165,7 @@ struct ipath {
     int td_state;            /* loop thread only: TD_* */
     bool td_confirmed;       /* loop thread only: ABORT TASK SET answered FUNCTION COMPLETE */
     bool td_reinstated;      /* protected by lock: the session was reinstated elsewhere */
+    bool abort_writes;       /* protected by lock: lun_fence_self asked (ops->abort_writes) */
     uint64_t closing_since_ns; /* loop thread only */
 
     struct icmd inflight; /* loop thread only: list sentinel, dispatch order */
@@ -843,6 +844,8 @@ static void *ipath_loop(void *arg)
         ip->pend_head = ip->pend_tail = NULL;
         bool stopping = ip->stopping;
         bool closing = ip->closing;
+        bool abort_writes = ip->abort_writes;
+        ip->abort_writes = false;
         int dead = ip->dead;
         lun_path_report_fn report = ip->report;
         void *report_opaque = ip->report_opaque;
@@ -853,6 +856,19 @@ static void *ipath_loop(void *arg)
             q->next = NULL;
             ipath_dispatch(ip, q);
             q = next;
+        }
+        if (abort_writes && !closing && !dead) {
+            /* This host fenced itself: its writes in flight must not land
+             * later. No single task can be cancelled safely, so the session
+             * ends, with confirmation, if it carries a write. */
+            for (struct icmd *c = ip->inflight.next; c != &ip->inflight; c = c->next)
+                if (c->task->xfer_dir == SCSI_XFER_WRITE && c->kind != ICMD_SYNC) {
+                    ipath_closing_start(ip, report, report_opaque,
+                                        "this host fenced itself: ending the session that "
+                                        "carries its writes");
+                    closing = true;
+                    break;
+                }
         }
         if (stopping && closing && ip->td_state != TD_DONE)
             ipath_teardown_finish(ip, "given up: the path is being closed");
@@ -2037,6 +2053,18 @@ static int iscsi_path_abort(struct lun_path *p, unsigned wait_ms)
     return 0;
 }
 
+/* path.h ops->abort_writes (lun_fence_self). */
+static void iscsi_path_abort_writes(struct lun_path *p)
+{
+    struct ipath *ip = p->priv;
+    pthread_mutex_lock(&ip->lock);
+    ip->abort_writes = true;
+    pthread_mutex_unlock(&ip->lock);
+    uint64_t one = 1;
+    ssize_t n = write(ip->efd, &one, sizeof(one));
+    (void)n;
+}
+
 /* path.h ops->reinstated: a login with this path's ISID through another
  * portal succeeded on a target that reinstates sessions (RFC 7143): the
  * target has closed this session and dropped its tasks. */
@@ -2076,6 +2104,7 @@ static const struct lun_path_ops iscsi_path_ops = {
     .ping_stats = iscsi_path_ping_stats,
     .abort = iscsi_path_abort,
     .reinstated = iscsi_path_reinstated,
+    .abort_writes = iscsi_path_abort_writes,
     .probe = iscsi_path_probe,
     .submit = iscsi_path_submit,
     .pr_out = iscsi_path_pr_out,

@@ -65,10 +65,12 @@ struct lun_path_ops {
      * thread, may be called more than once, takes the core's lock and must
      * not call back into the path. fn NULL: stop reporting. */
     void (*set_report)(struct lun_path *p, lun_path_report_fn fn, void *opaque);
-    /* Optional (lun_fence_self): abort every write command in flight on
-     * the path (iSCSI: ABORT TASK for each); each completes with an error
-     * (or its success, if the target finished it first). Never called on
-     * the path's own thread; may return before the completions arrive. */
+    /* Optional (lun_fence_self): make sure no write in flight on the path
+     * can land later. iSCSI: a session that carries a write is torn down
+     * with confirmation (as after a timeout; ABORT TASK SET), and its
+     * commands complete with -ENOTCONN (or their success, if the target
+     * finished them first). Never called on the path's own thread; returns
+     * before the completions arrive. */
     void (*abort_writes)(struct lun_path *p);
     /* Optional: liveness pings answered and intervals missed so far. */
     void (*ping_stats)(const struct lun_path *p, uint64_t *answered, uint64_t *missed);
