@@ -220,7 +220,15 @@ char *lun_uri_redact(const char *uri)
         return s;
     char *auth = scheme + 3;
     size_t authlen = strcspn(auth, "/");
-    char *at = memrchr(auth, '@', authlen);
+    char *at;
+    if (strncasecmp(s, "iscsi://", 8) == 0) {
+        /* A CHAP password may hold '/' and '@': the user part ends at the
+         * last '@' of the URI (no '@' can follow it in a portal, a target
+         * IQN or a LUN number). */
+        at = strrchr(auth, '@');
+    } else {
+        at = memrchr(auth, '@', authlen);
+    }
     if (!at)
         return s;
     /* userinfo is auth..at; libiscsi separates the password with '%', RFC
