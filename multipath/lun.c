@@ -130,21 +130,21 @@ struct lun;
 
 /* One path of a LUN and its engine state. */
 struct mp_slot {
-    struct lun *lun;      /* immutable */
-    unsigned idx;         /* immutable */
-    char *uri;            /* immutable: reopen URI (password kept), NULL = cannot reopen */
-    uint64_t isid_seed;   /* immutable: the slot's iSCSI ISID, the same at every reconnect */
-    char *name;           /* immutable: the path's name (URI without password) */
-    const char *kind;     /* immutable: "iscsi", "file", ... */
-    pthread_t checker;    /* immutable once started */
-    bool checker_started; /* immutable once started */
-    struct lun_path *p;   /* protected by lun->lock; replaced only by the checker */
-    bool failed;          /* protected by lun->lock */
-    bool torn_down;       /* protected by lun->lock: failed session aborted / drained */
-    bool aborting;        /* protected by lun->lock: the checker is in ops->abort */
-    bool teardown_waiting; /* protected by lun->lock: abort said "not yet" (logged once) */
+    struct lun *lun;            /* immutable */
+    unsigned idx;               /* immutable */
+    char *uri;                  /* immutable: reopen URI (password kept), NULL = cannot reopen */
+    uint64_t isid_seed;         /* immutable: the slot's iSCSI ISID, the same at every reconnect */
+    char *name;                 /* immutable: the path's name (URI without password) */
+    const char *kind;           /* immutable: "iscsi", "file", ... */
+    pthread_t checker;          /* immutable once started */
+    bool checker_started;       /* immutable once started */
+    struct lun_path *p;         /* protected by lun->lock; replaced only by the checker */
+    bool failed;                /* protected by lun->lock */
+    bool torn_down;             /* protected by lun->lock: failed session aborted / drained */
+    bool aborting;              /* protected by lun->lock: the checker is in ops->abort */
+    bool teardown_waiting;      /* protected by lun->lock: abort said "not yet" (logged once) */
     uint64_t reinstate_next_ns; /* checker thread only: next reinstatement attempt */
-    unsigned gen;         /* protected by lun->lock: teardown generation */
+    unsigned gen;               /* protected by lun->lock: teardown generation */
     /* Atomics: incremented only under lun->lock (together with the path
      * choice), decremented anywhere; so a reader holding lun->lock that
      * sees 0 knows no thread is about to use the path. */
@@ -190,6 +190,8 @@ struct lun {
     unsigned pdl_paths;             /* protected by lock: bit i: path i said LUN gone */
     bool pr_registered;             /* protected by lock: lun_pr_register(key != 0) succeeded */
     uint64_t pr_key;                /* protected by lock */
+    unsigned pr_gen;                /* protected by lock: +1 when lun_pr_register starts and
+                                       when it ends (odd: one is running) */
     bool fenced;                    /* protected by lock */
     _Atomic bool self_fenced;       /* lun_fence_self(); cleared by lun_pr_register(key != 0) */
     lun_register_check_fn check_fn; /* protected by lock */
@@ -1516,8 +1518,8 @@ static void lun_io_done(struct lun_io *io, int result)
             return;
         }
         log_err("%s: %s at lba %llu: %s for %llu ms on %s, giving up", lun->name,
-                lun_op_name(io->op), (unsigned long long)io->lba, sbuf,
-                (unsigned long long)spent, pname);
+                lun_op_name(io->op), (unsigned long long)io->lba, sbuf, (unsigned long long)spent,
+                pname);
     }
     if (result == -ENODEV && lun->mp) {
         /* Permanent device loss reported by one path: that path's death,
@@ -1946,37 +1948,56 @@ static int mp_path_recover(struct lun *lun, unsigned i)
         return -ENOTCONN;
     }
     s->submitting++;
-    bool reg = lun->pr_registered && !lun->fenced;
-    uint64_t key = lun->pr_key;
-    lun_register_check_fn fn = lun->check_fn;
-    void *opaque = lun->check_opaque;
     pthread_mutex_unlock(&lun->lock);
 
     rc = mp_tur(p);
-    if (rc == 0 && reg) {
-        rc = p->ops->pr_out(p, LUN_PR_ACT_REGISTER_IGNORE, 0, key, LUN_PR_NONE);
-        bool fenced_now = false;
-        if (rc == -EBADE) {
-            fenced_now = true;
-            rc = 0;
-        } else if (rc == 0 && fn) {
-            int c = fn(opaque);
-            if (c == 0) {
+    /* Register (and check) with the key the LUN has now; if the owner
+     * called lun_pr_register meanwhile (it skips this path, which is not
+     * up yet), do it again with the new key before the path comes up:
+     * otherwise it would come up unregistered and its first write would
+     * look like a fence. */
+    for (unsigned round = 0; rc == 0; round++) {
+        pthread_mutex_lock(&lun->lock);
+        bool reg = lun->pr_registered && !lun->fenced;
+        uint64_t key = lun->pr_key;
+        unsigned pr_gen = lun->pr_gen;
+        lun_register_check_fn fn = lun->check_fn;
+        void *opaque = lun->check_opaque;
+        pthread_mutex_unlock(&lun->lock);
+        if (pr_gen & 1) { /* a lun_pr_register is running: let it finish */
+            usleep(10000);
+            continue;
+        }
+        if (rc == 0 && reg) {
+            rc = p->ops->pr_out(p, LUN_PR_ACT_REGISTER_IGNORE, 0, key, LUN_PR_NONE);
+            bool fenced_now = false;
+            if (rc == -EBADE) {
                 fenced_now = true;
-                /* Take back the registration we just made. */
-                (void)p->ops->pr_out(p, LUN_PR_ACT_REGISTER_IGNORE, 0, 0, LUN_PR_NONE);
-            } else if (c < 0) {
-                rc = c;
+                rc = 0;
+            } else if (rc == 0 && fn) {
+                int c = fn(opaque);
+                if (c == 0) {
+                    fenced_now = true;
+                    /* Take back the registration we just made. */
+                    (void)p->ops->pr_out(p, LUN_PR_ACT_REGISTER_IGNORE, 0, 0, LUN_PR_NONE);
+                } else if (c < 0) {
+                    rc = c;
+                }
+            }
+            if (fenced_now) {
+                pthread_mutex_lock(&lun->lock);
+                lun->fenced = true;
+                pthread_mutex_unlock(&lun->lock);
+                log_err("%s: this host is fenced (the register check on path %s says our heartbeat "
+                        "generation was taken over): the path carries no writes of ours",
+                        lun->name, p->name);
             }
         }
-        if (fenced_now) {
-            pthread_mutex_lock(&lun->lock);
-            lun->fenced = true;
-            pthread_mutex_unlock(&lun->lock);
-            log_err("%s: this host is fenced (the register check on path %s says our heartbeat "
-                    "generation was taken over): the path carries no writes of ours",
-                    lun->name, p->name);
-        }
+        pthread_mutex_lock(&lun->lock);
+        bool again = rc == 0 && lun->pr_gen != pr_gen && round < 100 && !lun->stopping;
+        pthread_mutex_unlock(&lun->lock);
+        if (!again)
+            break;
     }
     if (rc < 0)
         s->reopen_fails++; /* logs in but is not usable: keep backing off */
@@ -2321,7 +2342,23 @@ static int lun_pr_out_current(struct lun *lun, enum lun_pr_action action, uint64
     return rc;
 }
 
+static int lun_pr_register_paths(struct lun *lun, uint64_t key);
+
 int lun_pr_register(struct lun *lun, uint64_t key)
+{
+    /* pr_gen odd while this runs: a path coming back meanwhile (which this
+     * loop skips) registers again with the new key (mp_path_recover). */
+    pthread_mutex_lock(&lun->lock);
+    lun->pr_gen++;
+    pthread_mutex_unlock(&lun->lock);
+    int rc = lun_pr_register_paths(lun, key);
+    pthread_mutex_lock(&lun->lock);
+    lun->pr_gen++;
+    pthread_mutex_unlock(&lun->lock);
+    return rc;
+}
+
+static int lun_pr_register_paths(struct lun *lun, uint64_t key)
 {
     /* Every I_T nexus registers: a reservation of type 7 then covers all
      * our paths, and a PREEMPT of our key fences all of them. Paths that are

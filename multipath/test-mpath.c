@@ -44,6 +44,9 @@ struct tpath {
     _Atomic int s_count, s_err;
     _Atomic uint8_t s_key, s_asc, s_ascq;
     _Atomic bool s_tur;
+    /* tur_gate: TEST UNIT READY waits (tur_waiting counts) until cleared. */
+    _Atomic bool tur_gate;
+    _Atomic unsigned tur_waiting;
     /* T_HANG: a silently dead link. Commands and TUR never answer until
      * the path is aborted. */
     pthread_mutex_t hm;
@@ -172,6 +175,11 @@ static int tp_tur(struct lun_path *p)
     int mode = t->mode;
     if (t->s_tur && t->s_count)
         return t->s_err;
+    if (t->tur_gate) {
+        t->tur_waiting++;
+        while (t->tur_gate)
+            usleep(1000);
+    }
     if (mode == T_CUT)
         return -ENOTCONN;
     /* T_TIMEOUT: TEST UNIT READY still answers (only data commands time
@@ -1037,6 +1045,32 @@ static void test_registrations_preempted_fences(void **state)
     fixture_close(&fx);
 }
 
+/* The owner registers its key while a path is coming back (after its
+ * login, before it is up): the path must come up registered with that key,
+ * not unregistered (its first write would then look like a fence). */
+static void test_register_during_recovery_registers_the_returning_path(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    fx.tp[1]->mode = T_CUT;
+    assert_true(wait_state(fx.lun, 1, LUN_PATH_FAILED, 5000));
+    fx.tp[1]->tur_gate = true;
+    fx.tp[1]->mode = T_UP;
+    for (int k = 0; k < 1000 && fx.tp[1]->tur_waiting == 0; k++)
+        usleep(5000);
+    assert_true(fx.tp[1]->tur_waiting > 0); /* its recovery is in TEST UNIT READY */
+    assert_int_equal(lun_pr_register(fx.lun, 0x77), 0);
+    assert_int_equal(fx.tp[0]->reg_key, 0x77);
+    assert_int_equal(fx.tp[1]->reg_key, 0); /* not up: skipped */
+    fx.tp[1]->tur_gate = false;
+    assert_true(wait_state(fx.lun, 1, LUN_PATH_STANDBY, 5000));
+    assert_int_equal(fx.tp[1]->reg_key, 0x77);
+    fixture_close(&fx);
+}
+
 static void test_flush_and_reads_fail_over_too(void **state)
 {
     (void)state;
@@ -1170,6 +1204,7 @@ int main(void)
         cmocka_unit_test(test_task_aborted_is_retried_without_failing_the_path),
         cmocka_unit_test(test_pdl_on_one_path_fails_that_path_only),
         cmocka_unit_test(test_registrations_preempted_fences),
+        cmocka_unit_test(test_register_during_recovery_registers_the_returning_path),
         cmocka_unit_test(test_flush_and_reads_fail_over_too),
         cmocka_unit_test(test_reconnect_reregisters_key_after_check),
         cmocka_unit_test(test_reservation_conflict_reports_fenced_and_stops_reregistering),
