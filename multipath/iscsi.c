@@ -63,8 +63,8 @@
  * own seed (pid, a per-process counter, the slot) and reopens the slot
  * with it, so a reconnect logs in with the same ISID and, on targets that
  * follow RFC 7143 (istgt, LIO, arrays), reinstates (kills) the old session
- * and keeps the slot's I_T nexus, hence its PR registration (no orphan
- * registrations). Without a seed, pid and a per-process open counter: two
+ * and keeps the slot's I_T nexus (initiator port name + ISID; tgt 1.0.85
+ * keys PR registrations by session all the same). Without a seed, pid and a per-process open counter: two
  * paths, two opens of one LUN, or two processes on one host (the mount
  * daemon and `clusterfs lun info`) never share an ISID, so no login
  * reinstates another's session. Persistent-reservation registrations belong
