@@ -64,11 +64,11 @@
  * with it, so a reconnect logs in with the same ISID and, on targets that
  * follow RFC 7143 (istgt, LIO, arrays), reinstates (kills) the old session
  * and keeps the slot's I_T nexus (initiator port name + ISID; tgt 1.0.85
- * keys PR registrations by session all the same). Without a seed, pid and a per-process open counter: two
- * paths, two opens of one LUN, or two processes on one host (the mount
- * daemon and `clusterfs lun info`) never share an ISID, so no login
- * reinstates another's session. Persistent-reservation registrations belong
- * to the I_T nexus (initiator name + ISID, target port).
+ * keys PR registrations by session all the same). Without a seed, pid and a per-process open
+ * counter: two paths, two opens of one LUN, or two processes on one host (the mount daemon and
+ * `clusterfs lun info`) never share an ISID, so no login reinstates another's session.
+ * Persistent-reservation registrations belong to the I_T nexus (initiator name + ISID, target
+ * port).
  *
  * Lock order: ip->lock, then a sync waiter's lock (never the other way).
  */
@@ -159,13 +159,13 @@ struct ipath {
     bool stopping;                      /* protected by lock */
     int dead; /* protected by lock: 0 or -errno once the session is gone */
     /* Teardown with confirmation (engine paths, see ipath_teardown_run). */
-    bool closing;            /* protected by lock: no new commands; tearing down */
-    bool known;              /* protected by lock: nothing we sent can still land */
+    bool closing;              /* protected by lock: no new commands; tearing down */
+    bool known;                /* protected by lock: nothing we sent can still land */
     pthread_cond_t known_cond; /* with lock: `known` became true */
-    int td_state;            /* loop thread only: TD_* */
-    bool td_confirmed;       /* loop thread only: ABORT TASK SET answered FUNCTION COMPLETE */
-    bool td_reinstated;      /* protected by lock: the session was reinstated elsewhere */
-    bool abort_writes;       /* protected by lock: lun_fence_self asked (ops->abort_writes) */
+    int td_state;              /* loop thread only: TD_* */
+    bool td_confirmed;         /* loop thread only: ABORT TASK SET answered FUNCTION COMPLETE */
+    bool td_reinstated;        /* protected by lock: the session was reinstated elsewhere */
+    bool abort_writes;         /* protected by lock: lun_fence_self asked (ops->abort_writes) */
     uint64_t closing_since_ns; /* loop thread only */
 
     struct icmd inflight; /* loop thread only: list sentinel, dispatch order */
@@ -590,8 +590,7 @@ static int ipath_nop_run(struct ipath *ip, lun_path_report_fn fn, void *opaque, 
         if (ip->nop_outstanding) {
             ip->nop_missed_total++;
             ip->nop_miss_run++;
-        }
-        else if (iscsi_nop_out_async(ip->iscsi, nop_cb, NULL, 0, ip) == 0)
+        } else if (iscsi_nop_out_async(ip->iscsi, nop_cb, NULL, 0, ip) == 0)
             ip->nop_outstanding = true;
         ip->nop_next_ns = now + ivl;
     }
@@ -710,8 +709,8 @@ static void ipath_expire(struct ipath *ip, uint64_t now, lun_path_report_fn repo
                     ip->base.name, c->task->cdb[0],
                     (unsigned long long)((now - c->sent_ns) / 1000000));
         else
-            log_err("%s: SCSI command 0x%02x timed out after %u ms", ip->base.name,
-                    c->task->cdb[0], ip->timeout_ms);
+            log_err("%s: SCSI command 0x%02x timed out after %u ms", ip->base.name, c->task->cdb[0],
+                    ip->timeout_ms);
         if (report)
             icmd_detach(c, -ETIMEDOUT);
     }

@@ -18,19 +18,19 @@ struct sense_case {
 
 static const struct sense_case sense_cases[] = {
     /* retry on the same path */
-    {0x6, 0x29, 0x00, LUN_SENSE_RETRY_SAME, -EAGAIN}, /* power on / reset */
-    {0x6, 0x2A, 0x01, LUN_SENSE_RETRY_SAME, -EAGAIN}, /* mode parameters changed */
-    {0x6, 0x2A, 0x04, LUN_SENSE_RETRY_SAME, -EAGAIN}, /* reservations released */
-    {0x6, 0x3F, 0x0E, LUN_SENSE_RETRY_SAME, -EAGAIN}, /* reported luns changed */
+    {0x6, 0x29, 0x00, LUN_SENSE_RETRY_SAME, -EAGAIN},    /* power on / reset */
+    {0x6, 0x2A, 0x01, LUN_SENSE_RETRY_SAME, -EAGAIN},    /* mode parameters changed */
+    {0x6, 0x2A, 0x04, LUN_SENSE_RETRY_SAME, -EAGAIN},    /* reservations released */
+    {0x6, 0x3F, 0x0E, LUN_SENSE_RETRY_SAME, -EAGAIN},    /* reported luns changed */
     {0xB, 0x47, 0x03, LUN_SENSE_RETRY_SAME, -ECANCELED}, /* aborted: CRC error */
     {0xB, 0x00, 0x00, LUN_SENSE_RETRY_SAME, -ECANCELED}, /* aborted (another's LUN RESET) */
     /* retry on the same path after a back-off */
     {0x2, 0x04, 0x01, LUN_SENSE_RETRY_LATER, -EBUSY}, /* becoming ready */
     {0x2, 0x04, 0x0A, LUN_SENSE_RETRY_LATER, -EBUSY}, /* ALUA transition */
     /* fail over */
-    {0x2, 0x04, 0x03, LUN_SENSE_FAILOVER, -EIO},       /* manual intervention */
-    {0x2, 0x04, 0x0B, LUN_SENSE_FAILOVER, -EIO},       /* standby port */
-    {0x2, 0x04, 0x0C, LUN_SENSE_FAILOVER, -EIO},       /* unavailable port */
+    {0x2, 0x04, 0x03, LUN_SENSE_FAILOVER, -EIO}, /* manual intervention */
+    {0x2, 0x04, 0x0B, LUN_SENSE_FAILOVER, -EIO}, /* standby port */
+    {0x2, 0x04, 0x0C, LUN_SENSE_FAILOVER, -EIO}, /* unavailable port */
     /* fail up */
     {0x6, 0x2A, 0x03, LUN_SENSE_FAIL_UP, -EBADE},      /* reservations preempted: fenced */
     {0x6, 0x2A, 0x05, LUN_SENSE_FAIL_UP, -EBADE},      /* registrations preempted: fenced */

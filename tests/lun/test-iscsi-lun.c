@@ -550,10 +550,14 @@ static int cmd_caw(const char *uri, const char *uri2)
               "lba %" PRIu64 " does not hold b after a matching CAW", lba);
         memset(f, 0, bs);
         rc = lun_compare_and_write(l, lba, a, c, f);
-        CHECK(rc == -EILSEQ, "CAW with a stale expect at lba %" PRIu64 " returned %d, expected "
-              "-EILSEQ (miscompare)", lba, rc);
-        CHECK(memcmp(f, b, bs) == 0, "miscompare at lba %" PRIu64 " did not return the current "
-              "block", lba);
+        CHECK(rc == -EILSEQ,
+              "CAW with a stale expect at lba %" PRIu64 " returned %d, expected "
+              "-EILSEQ (miscompare)",
+              lba, rc);
+        CHECK(memcmp(f, b, bs) == 0,
+              "miscompare at lba %" PRIu64 " did not return the current "
+              "block",
+              lba);
         CHECK(lun_read(l, lba, 1, r) == 0 && memcmp(r, b, bs) == 0,
               "lba %" PRIu64 " changed by a miscompared CAW", lba);
         rc = lun_compare_and_write_dl(l, lba, b, a, NULL, lun_now_ns() + 5000000000ull);
