@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -26,7 +27,11 @@
 #define BS 512
 #define NBLOCKS 4096
 
-enum tmode { T_UP, T_CUT, T_TIMEOUT, T_CONFLICT, T_HANG };
+/* T_FREEZE: a frozen link that keeps the target's session: commands are
+ * held (not applied), TEST UNIT READY times out, and abort cannot confirm
+ * (-EINPROGRESS) until tp_thaw() applies the held writes to the medium
+ * (late, as the target would) and completes them with -ENOTCONN. */
+enum tmode { T_UP, T_CUT, T_TIMEOUT, T_CONFLICT, T_HANG, T_FREEZE };
 
 struct tpath {
     struct lun_path base;
@@ -120,7 +125,7 @@ static int tp_submit(struct lun_path *p, struct lun_io *io)
         io->done(io, -ETIMEDOUT);
         return 0;
     }
-    if (mode == T_HANG) {
+    if (mode == T_HANG || mode == T_FREEZE) {
         pthread_mutex_lock(&t->hm);
         assert_true(t->nheld < 64);
         t->held[t->nheld++] = io;
@@ -175,6 +180,8 @@ static int tp_tur(struct lun_path *p)
     int mode = t->mode;
     if (t->s_tur && t->s_count)
         return t->s_err;
+    if (mode == T_FREEZE)
+        return -ETIMEDOUT;
     if (t->tur_gate) {
         t->tur_waiting++;
         while (t->tur_gate)
@@ -200,6 +207,8 @@ static int tp_abort(struct lun_path *p, unsigned wait_ms)
     (void)wait_ms;
     struct tpath *t = p->priv;
     t->aborts++;
+    if (t->mode == T_FREEZE)
+        return -EINPROGRESS; /* cannot tell what the target will still do */
     t->aborted_since_timeout = true;
     pthread_mutex_lock(&t->hm);
     unsigned n = t->nheld;
@@ -212,6 +221,30 @@ static int tp_abort(struct lun_path *p, unsigned wait_ms)
     for (unsigned i = 0; i < n; i++)
         h[i]->done(h[i], -ENOTCONN);
     return 0;
+}
+
+/* The frozen link comes back: the target executes the held writes now
+ * (after whatever the LUN did meanwhile), then the session's teardown is
+ * confirmed: they complete with -ENOTCONN. */
+static void tp_thaw(struct tpath *t, const char *file)
+{
+    pthread_mutex_lock(&t->hm);
+    unsigned n = t->nheld;
+    struct lun_io *h[64];
+    memcpy(h, t->held, n * sizeof h[0]);
+    t->nheld = 0;
+    pthread_mutex_unlock(&t->hm);
+    int fd = open(file, O_WRONLY);
+    assert_true(fd >= 0);
+    for (unsigned i = 0; i < n; i++)
+        if (h[i]->op == LUN_OP_WRITE)
+            assert_int_equal(
+                pwrite(fd, h[i]->buf, (size_t)h[i]->nblocks * BS, (off_t)(h[i]->lba * BS)),
+                (ssize_t)h[i]->nblocks * BS);
+    close(fd);
+    t->mode = T_UP;
+    for (unsigned i = 0; i < n; i++)
+        h[i]->done(h[i], -ENOTCONN);
 }
 
 static void tp_close(struct lun_path *p)
@@ -1071,6 +1104,57 @@ static void test_register_during_recovery_registers_the_returning_path(void **st
     fixture_close(&fx);
 }
 
+/* Abort before re-issue (issue 15 item 1, 6): a write in flight on a
+ * frozen path that still holds the target's session is not re-issued
+ * elsewhere while the path cannot confirm its teardown; writes to other
+ * blocks go on through the other path; when the link comes back the
+ * target applies the held (stale) write, only then is it re-issued, and a
+ * newer write after it wins. */
+static void test_frozen_path_write_held_until_teardown_confirmed(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    uint8_t v1[BS], v2[BS], v3[BS], r[BS];
+    fill(v1, 10, 1);
+    fill(v2, 10, 2);
+    fill(v3, 10, 3);
+    assert_int_equal(lun_write(fx.lun, 10, 1, v1, 0), 0);
+    fx.tp[0]->mode = T_FREEZE;
+    struct async_one a = {.done = false};
+    pthread_mutex_init(&a.m, NULL);
+    pthread_cond_init(&a.c, NULL);
+    struct lun_io io = {
+        .op = LUN_OP_WRITE, .lba = 10, .nblocks = 1, .buf = v2, .done = async_done, .opaque = &a};
+    assert_int_equal(lun_submit(fx.lun, &io), 0);
+    assert_true(wait_state(fx.lun, 0, LUN_PATH_FAILED, 5000));
+    for (int k = 0; k < 500 && fx.tp[0]->aborts < 3; k++)
+        usleep(2000);
+    assert_true(fx.tp[0]->aborts >= 3); /* asked again and again: "not yet" */
+    /* Other blocks go on through path 1. */
+    uint8_t w[BS];
+    fill(w, 20, 1);
+    unsigned w1 = fx.tp[1]->writes;
+    assert_int_equal(lun_write(fx.lun, 20, 1, w, 0), 0);
+    assert_int_equal(fx.tp[1]->writes, w1 + 1);
+    /* The held write was not re-issued, and is not done. */
+    assert_false(async_wait(&a, 50));
+    assert_int_equal(fx.tp[1]->writes, w1 + 1);
+    /* Thaw: the target applies v2 now; then it may be re-issued. */
+    tp_thaw(fx.tp[0], fx.file);
+    assert_true(async_wait(&a, 5000));
+    assert_int_equal(a.result, 0);
+    assert_int_equal(fx.tp[1]->writes, w1 + 2); /* re-issued once, after the thaw */
+    assert_int_equal(lun_write(fx.lun, 10, 1, v3, 0), 0);
+    assert_int_equal(lun_read(fx.lun, 10, 1, r), 0);
+    assert_memory_equal(r, v3, BS);
+    pthread_cond_destroy(&a.c);
+    pthread_mutex_destroy(&a.m);
+    fixture_close(&fx);
+}
+
 static void test_flush_and_reads_fail_over_too(void **state)
 {
     (void)state;
@@ -1205,6 +1289,7 @@ int main(void)
         cmocka_unit_test(test_pdl_on_one_path_fails_that_path_only),
         cmocka_unit_test(test_registrations_preempted_fences),
         cmocka_unit_test(test_register_during_recovery_registers_the_returning_path),
+        cmocka_unit_test(test_frozen_path_write_held_until_teardown_confirmed),
         cmocka_unit_test(test_flush_and_reads_fail_over_too),
         cmocka_unit_test(test_reconnect_reregisters_key_after_check),
         cmocka_unit_test(test_reservation_conflict_reports_fenced_and_stops_reregistering),
