@@ -1334,6 +1334,18 @@ static int mp_dispatch(struct lun *lun, struct lun_io *io, unsigned retries, int
             lun_io_finish(io, -EIO);
             return 0;
         }
+        if (lun->npaths < 32 && lun->pdl_paths == (1u << lun->npaths) - 1) {
+            /* Every path said the LUN is gone (05/25/00): not "all paths
+             * down", nothing to wait for. */
+            pthread_mutex_unlock(&lun->lock);
+            log_err("%s: %s at lba %llu: the LUN is gone on every path (05/25/00)", lun->name,
+                    lun_op_name(io->op), (unsigned long long)io->lba);
+            io->sense_key = LUN_SK_ILLEGAL_REQUEST;
+            io->asc = 0x25;
+            io->ascq = 0;
+            lun_io_finish(io, -ENODEV);
+            return 0;
+        }
         mp_queue_locked(lun, io, 0);
         pthread_mutex_unlock(&lun->lock);
         return 0;

@@ -1057,6 +1057,13 @@ static void test_pdl_on_one_path_fails_that_path_only(void **state)
     uint64_t t0 = now_ns();
     assert_int_equal(lun_write(fx.lun, 1, 1, b, 0), -ENODEV);
     assert_true((now_ns() - t0) / 1000000 < o.queue_ms);
+    /* Both paths failed by it: new I/O fails at once, it is not queued
+     * as if all paths were down. */
+    assert_true(wait_state(fx.lun, 1, LUN_PATH_FAILED, 5000));
+    t0 = now_ns();
+    assert_int_equal(lun_write(fx.lun, 2, 1, b, 0), -ENODEV);
+    assert_true((now_ns() - t0) / 1000000 < o.queue_ms);
+    assert_int_equal(lun_queued_ios(fx.lun), 0);
     fixture_close(&fx);
 }
 
