@@ -156,6 +156,8 @@ struct mp_slot {
         _Atomic uint64_t lat_hist[LUN_LAT_BUCKETS];
     } ctr;
     uint64_t tur_started_ns;          /* protected by lun->lock: 0 = no TUR outstanding */
+    _Atomic uint32_t answered_us;     /* last command completion on the path (us since
+                                         epoch, mod 2^32): written without a lock */
     uint64_t hold_until_ns;           /* protected by lun->lock: flap hysteresis */
     uint64_t state_since_ns;          /* protected by lun->lock */
     uint64_t next_reopen_ns;          /* checker thread only */
@@ -1481,6 +1483,7 @@ static void lun_io_done(struct lun_io *io, int result)
 
     /* No lock on the hot path: counters are atomics. */
     struct mp_slot *s = &lun->slots[pidx];
+    s->answered_us = now_us; /* the path is alive (the TUR watchdog asks) */
     s->inflight--;
     s->inflight_cost -= lun_io_cost(lun, io);
     s->ctr.lat_hist[lun_lat_bucket(lat)]++;
@@ -1705,8 +1708,14 @@ static void *mp_monitor_thread(void *arg)
         uint64_t now = now_ns();
         for (unsigned i = 0; i < lun->npaths; i++) {
             struct mp_slot *s = &lun->slots[i];
-            if (!s->failed && s->tur_started_ns &&
-                now - s->tur_started_ns > (uint64_t)lun->opts.check_timeout_ms * 1000000) {
+            uint64_t limit = (uint64_t)lun->opts.check_timeout_ms * 1000000;
+            /* A TEST UNIT READY stuck behind a deep queue on a loaded
+             * machine is not a dead path while the path keeps answering
+             * commands: only fail it once it answered nothing for the
+             * whole check_timeout_ms either. */
+            uint32_t since_us = (uint32_t)((now - lun->epoch_ns) / 1000) - (uint32_t)s->answered_us;
+            bool answering = (uint64_t)since_us * 1000 < limit;
+            if (!s->failed && s->tur_started_ns && now - s->tur_started_ns > limit && !answering) {
                 char why[96];
                 snprintf(why, sizeof why, "TEST UNIT READY not answered in %u ms",
                          lun->opts.check_timeout_ms);

@@ -1147,18 +1147,50 @@ static void test_frozen_path_write_held_until_teardown_confirmed(void **state)
     assert_int_equal(lun_write(fx.lun, 20, 1, w, 0), 0);
     assert_int_equal(fx.tp[1]->writes, w1 + 1);
     /* The held write was not re-issued, and is not done. */
+    unsigned total = fx.tp[0]->writes + fx.tp[1]->writes;
     assert_false(async_wait(&a, 50));
     assert_int_equal(fx.tp[1]->writes, w1 + 1);
-    /* Thaw: the target applies v2 now; then it may be re-issued. */
+    assert_int_equal(fx.tp[0]->writes + fx.tp[1]->writes, total);
+    /* Thaw: the target applies v2 now; then it may be re-issued (on
+     * either path: path 0 comes back at once and is preferred). */
     tp_thaw(fx.tp[0], fx.file);
     assert_true(async_wait(&a, 5000));
     assert_int_equal(a.result, 0);
-    assert_int_equal(fx.tp[1]->writes, w1 + 2); /* re-issued once, after the thaw */
+    assert_int_equal(fx.tp[0]->writes + fx.tp[1]->writes, total + 1); /* once, after the thaw */
     assert_int_equal(lun_write(fx.lun, 10, 1, v3, 0), 0);
     assert_int_equal(lun_read(fx.lun, 10, 1, r), 0);
     assert_memory_equal(r, v3, BS);
     pthread_cond_destroy(&a.c);
     pthread_mutex_destroy(&a.m);
+    fixture_close(&fx);
+}
+
+/* The TUR watchdog does not fail a path whose TEST UNIT READY is slow (a
+ * deep queue on a loaded machine) while the path keeps answering I/O
+ * (issue 15 item 4); a path that answers nothing is still failed. */
+static void test_slow_tur_on_a_busy_answering_path_is_not_failed(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    o.check_timeout_ms = 300;
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    struct stream st = {.lun = fx.lun, .stamp = 4};
+    pthread_t th;
+    pthread_create(&th, NULL, stream_thread, &st);
+    fx.tp[0]->tur_gate = true; /* its TEST UNIT READY hangs ... */
+    usleep(1500000);           /* ... 5 times the watchdog's limit, I/O flowing */
+    struct lun_path_stats s0;
+    lun_path_get_stats(fx.lun, 0, &s0);
+    assert_int_equal(s0.failures, 0);
+    assert_int_equal(s0.state, LUN_PATH_ACTIVE);
+    st.stop = true;
+    pthread_join(th, NULL);
+    assert_int_equal(st.errors, 0);
+    /* Idle now: nothing answers, the hung TUR fails the path. */
+    assert_true(wait_state(fx.lun, 0, LUN_PATH_FAILED, 5000));
+    fx.tp[0]->tur_gate = false;
     fixture_close(&fx);
 }
 
@@ -1297,6 +1329,7 @@ int main(void)
         cmocka_unit_test(test_registrations_preempted_fences),
         cmocka_unit_test(test_register_during_recovery_registers_the_returning_path),
         cmocka_unit_test(test_frozen_path_write_held_until_teardown_confirmed),
+        cmocka_unit_test(test_slow_tur_on_a_busy_answering_path_is_not_failed),
         cmocka_unit_test(test_flush_and_reads_fail_over_too),
         cmocka_unit_test(test_reconnect_reregisters_key_after_check),
         cmocka_unit_test(test_reservation_conflict_reports_fenced_and_stops_reregistering),
