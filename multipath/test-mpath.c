@@ -1173,14 +1173,14 @@ static void test_slow_tur_on_a_busy_answering_path_is_not_failed(void **state)
     (void)state;
     struct lun_options o;
     opts_fast(&o, LUN_POLICY_FIXED);
-    o.check_timeout_ms = 300;
+    o.check_timeout_ms = 1000;
     struct fixture fx = {0};
     fixture_open(&fx, &o);
     struct stream st = {.lun = fx.lun, .stamp = 4};
     pthread_t th;
     pthread_create(&th, NULL, stream_thread, &st);
     fx.tp[0]->tur_gate = true; /* its TEST UNIT READY hangs ... */
-    usleep(1500000);           /* ... 5 times the watchdog's limit, I/O flowing */
+    usleep(3000000);           /* ... 3 times the watchdog's limit, I/O flowing */
     struct lun_path_stats s0;
     lun_path_get_stats(fx.lun, 0, &s0);
     assert_int_equal(s0.failures, 0);
