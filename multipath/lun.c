@@ -1442,6 +1442,7 @@ static void mp_retry_later(struct lun *lun, struct lun_io *io, unsigned retries,
     pthread_mutex_lock(&lun->lock);
     io->priv[3] = lun->retry_head;
     lun->retry_head = io;
+    pthread_cond_broadcast(&lun->cond); /* a plain LUN's monitor sleeps until now */
     pthread_mutex_unlock(&lun->lock);
 }
 
@@ -1744,8 +1745,10 @@ static void *mp_monitor_thread(void *arg)
         if (retries)
             mp_retry_run(lun);
         pthread_mutex_lock(&lun->lock);
+        /* A plain path has nothing to watch but back-off retries: no
+         * 20 ms tick while there are none (woken by mp_retry_later). */
         if (!lun->stopping)
-            mp_cond_wait_ms(lun, MP_MONITOR_TICK_MS);
+            mp_cond_wait_ms(lun, lun->mp || lun->retry_head ? MP_MONITOR_TICK_MS : 60000);
     }
     pthread_mutex_unlock(&lun->lock);
     return NULL;
