@@ -1009,9 +1009,9 @@ out:
 /* A synchronous command from a raw CDB. data_out (len out_len) is sent;
  * data in (up to in_len) is left in the returned task (*taskp, caller
  * frees) when taskp is not NULL. */
-static int ipath_sync_cdb(struct ipath *ip, const uint8_t *cdb, int cdb_len, int dir,
-                          void *data_out, int out_len, int in_len, struct scsi_task **taskp,
-                          uint8_t *key, uint8_t *asc, uint8_t *ascq)
+static int ipath_sync_cdb_once(struct ipath *ip, const uint8_t *cdb, int cdb_len, int dir,
+                               void *data_out, int out_len, int in_len, struct scsi_task **taskp,
+                               uint8_t *key, uint8_t *asc, uint8_t *ascq)
 {
     struct scsi_task *t = scsi_create_task(cdb_len, (unsigned char *)cdb, dir,
                                            dir == SCSI_XFER_WRITE ? out_len : in_len);
@@ -1037,6 +1037,35 @@ static int ipath_sync_cdb(struct ipath *ip, const uint8_t *cdb, int cdb_len, int
         *taskp = t;
     else
         scsi_free_scsi_task(t);
+    return rc;
+}
+
+/* A synchronous command, retried while the target answers UNIT ATTENTION
+ * (power on / reset after another initiator's LUN RESET, REPORTED LUNS
+ * CHANGED, RESERVATIONS RELEASED, ...: the command was not executed), so
+ * the probe's VPD reads, PR IN / OUT and TEST UNIT READY do not fail, or
+ * yield a fallback identity, because of one. 2A/03 and 2A/05 (we were
+ * preempted) are answers, not retried. */
+static int ipath_sync_cdb(struct ipath *ip, const uint8_t *cdb, int cdb_len, int dir,
+                          void *data_out, int out_len, int in_len, struct scsi_task **taskp,
+                          uint8_t *key, uint8_t *asc, uint8_t *ascq)
+{
+    uint8_t k = 0, a = 0, q = 0;
+    int rc = 0;
+    for (int tries = 0; tries < ISCSI_MAX_UA_RETRIES; tries++) {
+        rc = ipath_sync_cdb_once(ip, cdb, cdb_len, dir, data_out, out_len, in_len, taskp, &k, &a,
+                                 &q);
+        if (rc == 0 || k != LUN_SK_UNIT_ATTENTION || (a == 0x2A && (q == 0x03 || q == 0x05)))
+            break;
+        log_debug("%s: SCSI command 0x%02x: UNIT ATTENTION %02x/%02x, retrying", ip->base.name,
+                  cdb[0], a, q);
+    }
+    if (key)
+        *key = k;
+    if (asc)
+        *asc = a;
+    if (ascq)
+        *ascq = q;
     return rc;
 }
 
