@@ -23,6 +23,7 @@
 #include "server.h"
 #include "util.h"
 #include "vdisk.h"
+#include "test-nowait.h"
 #include "vdisk_internal.h"
 
 #define MEM_SIZE (1u << 20)

@@ -36,6 +36,7 @@
 #include "backend-vdisk.h"
 #include "log.h"
 #include "lun.h"
+#include "opt.h"
 #include "server.h"
 #include "tls.h"
 #include "tools.h"
@@ -63,11 +64,11 @@ static void serve_usage(FILE *f)
                "  --tls-allow NAME only this PSK identity or client certificate CN / DN\n"
                "               (repeatable)\n"
                "  --shared N   clients at once (default 1)\n"
-               "  --policy P   paths of a multipath LUN: service-time (default), round-robin,\n"
-               "               fixed (the first --lun preferred), mru\n"
                "  --name NAME  export names, in the order of the FILEs then the LUN\n"
                "               (default: the file's base name, \"lun\"; the first export\n"
-               "               also answers to the empty name)\n");
+               "               also answers to the empty name)\n"
+               "  --workers N  I/O worker threads (1..256)\n"
+               "  --port N     TCP port (1..65535)\n" OPT_LUN_HELP);
 }
 
 /* At exit, one line per path of a multipath LUN, in the manner of
@@ -132,32 +133,49 @@ int cmd_serve(int argc, char **argv)
                                           {"workers", required_argument, NULL, 'w'},
                                           {"verbose", no_argument, NULL, 'v'},
                                           {"help", no_argument, NULL, 'h'},
-                                          {"policy", required_argument, NULL, 'P'},
                                           {"tls", required_argument, NULL, 'T'},
                                           {"tls-psk", required_argument, NULL, 'K'},
                                           {"tls-certs", required_argument, NULL, 'C'},
                                           {"tls-allow", required_argument, NULL, 'A'},
                                           {"insecure", no_argument, NULL, 'I'},
+                                          OPT_LUN_LONGOPTS,
                                           {NULL, 0, NULL, 0}};
     const char *sock = NULL, *port = NULL, *bind_addr = NULL;
     const char *names[SERVE_MAX_EXPORTS];
     const char *luns[SERVE_MAX_EXPORTS];
     unsigned nnames = 0, nluns = 0;
-    bool ro = false, have_policy = false, have_tls_mode = false, insecure = false;
+    bool ro = false, have_tls_mode = false, insecure = false;
     enum nbd_tls_mode tls_mode = NBD_TLS_OFF;
     const char *allow[SERVE_MAX_EXPORTS];
     struct nbd_tls_options tlso = {.allow = allow};
     struct nbd_tls *tls = NULL;
-    enum lun_policy policy = LUN_POLICY_DEFAULT;
+    const char *mpath_opt = NULL; /* a multipath option given: needs 2+ paths */
+    struct lun_options lo;
+    lun_options_init(&lo);
     struct nbd_server_config cfg = {0};
+    unsigned v;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "s:p:b:rn:S:l:w:P:vh", lopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:p:b:rn:S:l:w:vh", lopts, NULL)) != -1) {
+        int r = opt_lun_parse(c, optarg, &lo);
+        if (r < 0)
+            return 2;
+        if (r > 0) {
+            if (c == OPT_LUN_POLICY)
+                mpath_opt = "--policy";
+            else if (c == OPT_LUN_RR_IOS)
+                mpath_opt = "--rr-ios";
+            else if (c == OPT_LUN_QUEUE)
+                mpath_opt = "--queue-timeout";
+            continue;
+        }
         switch (c) {
         case 's':
             sock = optarg;
             break;
         case 'p':
+            if (opt_uint("--port", optarg, 1, 65535, &v) < 0)
+                return 2;
             port = optarg;
             break;
         case 'b':
@@ -174,31 +192,19 @@ int cmd_serve(int argc, char **argv)
             names[nnames++] = optarg;
             break;
         case 'S':
-        case 'w': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || v < 1 || v > (c == 'S' ? NBD_MAX_CONNS : 256)) {
-                log_err("serve: --%s %s: expected 1..%d", c == 'S' ? "shared" : "workers", optarg,
-                        c == 'S' ? NBD_MAX_CONNS : 256);
+            if (opt_uint("--shared", optarg, 1, NBD_MAX_CONNS, &cfg.max_conns) < 0)
                 return 2;
-            }
-            if (c == 'S')
-                cfg.max_conns = (unsigned)v;
-            else
-                cfg.workers = (unsigned)v;
             break;
-        }
+        case 'w':
+            if (opt_uint("--workers", optarg, 1, 256, &cfg.workers) < 0)
+                return 2;
+            break;
         case 'l':
             if (nluns == SERVE_MAX_EXPORTS) {
                 log_err("serve: too many --lun (max %d)", SERVE_MAX_EXPORTS);
                 return 2;
             }
             luns[nluns++] = optarg;
-            break;
-        case 'P':
-            if (lun_policy_parse(optarg, &policy) < 0) /* logs the choices */
-                return 2;
-            have_policy = true;
             break;
         case 'T':
             if (nbd_tls_mode_parse(optarg, &tls_mode) < 0) {
@@ -252,8 +258,8 @@ int cmd_serve(int argc, char **argv)
         log_err("serve: %u --name for %u exports", nnames, nfiles + (nluns ? 1 : 0));
         return 2;
     }
-    if (have_policy && nluns < 2) {
-        log_err("serve: --policy needs a LUN with two or more --lun paths");
+    if (mpath_opt && nluns < 2) {
+        log_err("serve: %s needs a LUN with two or more --lun paths", mpath_opt);
         return 2;
     }
     if (!sock && !port)
@@ -350,10 +356,7 @@ int cmd_serve(int argc, char **argv)
             goto out;
     }
     if (nluns) {
-        struct lun_options lo;
-        lun_options_init(&lo);
         lo.read_only = ro;
-        lo.policy = policy;
         /* One URI: a plain path (errors reach the clients at once). Several:
          * the multipath engine; the engine logs why paths were refused (a
          * path reaching another LUN names both identities). */
