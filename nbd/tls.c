@@ -58,6 +58,7 @@
 #define TLS_PSK_FILE_MAX (1u << 20)
 #define TLS_PSK_ID_MAX 256
 #define TLS_WRITE_CHUNK (256u << 10)
+#define TLS_WBIO_BUF (16 * (16384 + 64)) /* 16 TLS records */
 
 struct tls_psk {
     char *identity;
@@ -469,6 +470,17 @@ int nbd_tls_accept(struct nbd_conn *c)
         ERR_clear_error();
         return rc;
     }
+    /* Records to the socket through a write buffer: one write(2) carries
+     * up to 16 records instead of one each (flushed at the end of every
+     * batch of replies, nbd_tls_sendv). */
+    BIO *sock = SSL_get_wbio(ssl);
+    BIO *wbuf = BIO_new(BIO_f_buffer());
+    if (wbuf && BIO_set_write_buffer_size(wbuf, TLS_WBIO_BUF) == 1 && BIO_up_ref(sock) == 1) {
+        BIO_push(wbuf, sock);     /* the chain holds the reference just taken */
+        SSL_set0_wbio(ssl, wbuf); /* drops SSL's old wbio reference to sock */
+    } else {
+        BIO_free(wbuf);
+    }
     log_info("nbd: %s: TLS %s %s, %s '%s'", c->peer, SSL_get_version(ssl), SSL_get_cipher_name(ssl),
              t->psk ? "PSK identity" : "client", name);
     c->ssl = ssl;
@@ -549,6 +561,27 @@ static int tls_write(struct nbd_conn *c, const uint8_t *p, size_t len)
     return 0;
 }
 
+/* Push what the write buffer holds to the socket. */
+static int tls_flush(struct nbd_conn *c)
+{
+    for (;;) {
+        pthread_mutex_lock(&c->ssl_lock);
+        BIO *w = SSL_get_wbio(c->ssl);
+        int r = BIO_flush(w);
+        bool retry = r <= 0 && BIO_should_retry(w);
+        int err = errno;
+        ERR_clear_error();
+        pthread_mutex_unlock(&c->ssl_lock);
+        if (r > 0)
+            return 0;
+        if (!retry)
+            return err ? -err : -EPIPE;
+        int rc = tls_wait(c, SSL_ERROR_WANT_WRITE, true);
+        if (rc < 0)
+            return rc;
+    }
+}
+
 int nbd_tls_sendv(struct nbd_conn *c, const struct iovec *iov, int n)
 {
     uint8_t *w = c->tls_wbuf;
@@ -576,7 +609,12 @@ int nbd_tls_sendv(struct nbd_conn *c, const struct iovec *iov, int n)
             }
         }
     }
-    return fill ? tls_write(c, w, fill) : 0;
+    if (fill) {
+        int rc = tls_write(c, w, fill);
+        if (rc < 0)
+            return rc;
+    }
+    return tls_flush(c);
 }
 
 void nbd_tls_conn_end(struct nbd_conn *c)
@@ -585,6 +623,7 @@ void nbd_tls_conn_end(struct nbd_conn *c)
         return;
     pthread_mutex_lock(&c->ssl_lock);
     SSL_shutdown(c->ssl); /* best effort close_notify: the socket is non-blocking */
+    (void)BIO_flush(SSL_get_wbio(c->ssl));
     SSL_free(c->ssl);
     ERR_clear_error();
     c->ssl = NULL;
