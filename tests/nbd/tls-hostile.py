@@ -162,6 +162,9 @@ class Raw:
             pass
 
 
+SERVERS = []  # killed at exit, whatever happened
+
+
 def start(args, img, log):
     for _ in range(20):
         port = random.randint(20000, 60000)
@@ -173,6 +176,7 @@ def start(args, img, log):
                 break
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                SERVERS.append(p)
                 return p, port
             except OSError:
                 time.sleep(0.05)
@@ -391,4 +395,10 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        for p in SERVERS:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
