@@ -48,6 +48,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/asn1.h>
 #include <openssl/x509.h>
 
 #include "internal.h"
@@ -407,7 +408,15 @@ static int tls_x509_peer(struct nbd_conn *c, SSL *ssl, char *name, size_t len)
     }
     X509_NAME *subj = X509_get_subject_name(cert);
     char cn[256] = "", dn[512] = "";
-    X509_NAME_get_text_by_NID(subj, NID_commonName, cn, sizeof(cn));
+    /* the CN as UTF-8; one with an embedded NUL matches no name */
+    int idx = X509_NAME_get_index_by_NID(subj, NID_commonName, -1);
+    unsigned char *u = NULL;
+    int ulen =
+        idx >= 0 ? ASN1_STRING_to_UTF8(&u, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, idx)))
+                 : -1;
+    if (ulen > 0 && (size_t)ulen < sizeof(cn) && strlen((char *)u) == (size_t)ulen)
+        memcpy(cn, u, (size_t)ulen + 1);
+    OPENSSL_free(u);
     BIO *b = BIO_new(BIO_s_mem());
     if (b) {
         X509_NAME_print_ex(b, subj, 0, XN_FLAG_RFC2253);
