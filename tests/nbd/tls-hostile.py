@@ -11,8 +11,9 @@ Two servers on 127.0.0.1 over one raw image each, TLS required:
    STARTTLS, bytes pipelined behind STARTTLS, STARTTLS with data and twice,
    a client certificate from another CA, a trusted certificate not in
    --tls-allow, no certificate, nbdinfo without TLS.
- - PSK (`--tls-psk`): a good libnbd client stays connected; a wrong key, an
-   unknown identity and a plaintext libnbd client are refused.
+ - PSK (`--tls-psk`, `--tls-allow alice`): a good libnbd client stays
+   connected; a wrong key, an unknown identity, a known identity not
+   allowed (bob) and a plaintext libnbd client are refused.
 Each refused client is closed cleanly (the server neither crashes nor
 stalls), the good clients keep working, both servers exit 0 on SIGTERM,
 each image equals the good client's writes byte for byte, and neither the
@@ -328,7 +329,7 @@ def main():
     model = bytearray(os.urandom(SIZE))
     with open(img, "wb") as f:
         f.write(model)
-    srv, port = start(["--tls-psk", cd("keys.psk")], img, log)
+    srv, port = start(["--tls-psk", cd("keys.psk"), "--tls-allow", "alice"], img, log)
 
     def psk_handle(keyfile, user, tls=nbd.TLS_REQUIRE):
         h = nbd.NBD()
@@ -355,6 +356,7 @@ def main():
     for keyfile, user, tls, what in [
             (cd("wrong.psk"), "alice", nbd.TLS_REQUIRE, "a wrong key"),
             (cd("unknown.psk"), "mallory", nbd.TLS_REQUIRE, "an unknown identity"),
+            (cd("bob.psk"), "bob", nbd.TLS_REQUIRE, "a known identity not in --tls-allow"),
             (None, None, nbd.TLS_DISABLE, "a plaintext client")]:
         refused = False
         try:
@@ -379,11 +381,13 @@ def main():
     keys = []
     for name in ("keys.psk", "wrong.psk", "unknown.psk"):
         with open(cd(name)) as f:
-            keys.append(f.read().split(":")[1].strip().encode())
+            keys += [ln.split(":")[1].strip().encode() for ln in f if ":" in ln]
     check(not any(k in text or k.upper() in text for k in keys), "no key in the server log")
     check(not any(k in cmdline for k in keys), "no key on the server's command line")
     check(b"TLS PSK identity 'mallory' is unknown" in text,
           "the log names the unknown PSK identity")
+    check(b"TLS PSK identity 'bob' is not in --tls-allow" in text,
+          "the log names the PSK identity --tls-allow refused")
     check(b"certificate verify failed" in text, "the log says why a certificate was refused")
 
     if failures:

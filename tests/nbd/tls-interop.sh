@@ -19,7 +19,8 @@ need qemu-img qemu-io nbdinfo nbdcopy openssl ss unshare ip
 
 "$HERE/tls-creds.sh" "$T/c"
 C=$T/c
-KEY=$(cut -d: -f2 "$C/keys.psk")
+KEY=$(grep '^alice:' "$C/keys.psk" | cut -d: -f2)
+KEYS=$(cut -d: -f2 "$C/keys.psk") # every key of the file, one per line (grep: any)
 SIZE=16M
 
 # ---- PSK -------------------------------------------------------------------
@@ -42,15 +43,27 @@ qemu-img compare "${QPSK[@]}" --image-opts "$QOPTS" "driver=file,filename=$T/ref
     fail "qemu-img compare over TLS (PSK): export differs from the expected bytes"
 nbdcopy "$PSKURI" "$T/back.raw" || fail "nbdcopy read over TLS (PSK)"
 cmp "$T/back.raw" "$T/ref.raw" || fail "nbdcopy read back over TLS (PSK) differs"
+# 16 coroutines writing out of order (qemu-img convert -m 16 -W) while
+# nbdcopy (4 connections, 64 requests each) reads: replies and payloads
+# cross on every TLS stream at once
+head -c $SIZE /dev/urandom >"$T/src2.raw"
+nbdcopy --connections=4 "$PSKURI" "$T/mid.raw" &
+cp_pid=$!
+qemu-img convert -n -m 16 -W "${QPSK[@]}" -f raw "$T/src2.raw" --target-image-opts "$QOPTS" ||
+    fail "qemu-img convert -m 16 -W over TLS (PSK)"
+wait $cp_pid || fail "nbdcopy read during concurrent writes over TLS"
+cp "$T/src2.raw" "$T/ref.raw"
+qemu-img compare "${QPSK[@]}" --image-opts "$QOPTS" "driver=file,filename=$T/ref.raw" ||
+    fail "qemu-img compare after concurrent writes over TLS (PSK)"
 # a wrong key: refused, nothing written
 QBAD=(--object "tls-creds-psk,id=tls0,endpoint=client,dir=$C/qpsk-wrong,username=alice")
 if qemu-io "${QBAD[@]}" --image-opts "$QOPTS" -c 'write -P 0x66 0 1M' >"$T/bad.log" 2>&1; then
     fail "qemu-io with a wrong PSK was served"
 fi
 # keys are files: not on the command line, not in the log
-ps -ww -o args= -p "$SERVER_PID" | grep -qi "$KEY" && fail "the key is on the command line"
+ps -ww -o args= -p "$SERVER_PID" | grep -qi "$KEYS" && fail "a key is on the command line"
 stop_server
-grep -qi "$KEY" "$T/server.log" && fail "the key is in the server log"
+grep -qi "$KEYS" "$T/server.log" && fail "a key is in the server log"
 grep -q "TLS TLSv1.[23] .*PSK identity 'alice'" "$T/server.log" ||
     fail "the log does not name the PSK identity"
 qemu-img compare -q -f raw -F raw "$T/d.raw" "$T/ref.raw" ||
