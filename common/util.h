@@ -36,6 +36,11 @@ char *format_size(uint64_t bytes, char *buf, size_t len);
 /* Monotonic time in nanoseconds (CLOCK_MONOTONIC). */
 uint64_t now_ns(void);
 
+/* CLOCK_BOOTTIME in nanoseconds: monotonic, and keeps counting while the
+ * machine is suspended (a deadline in this clock cannot be stretched by a
+ * suspend, unlike CLOCK_MONOTONIC). */
+uint64_t boottime_ns(void);
+
 /* Full-length pread/pwrite that retry on EINTR and short transfers.
  * Return 0 or -errno; a read past EOF is -EIO (short file). */
 int pread_full(int fd, void *buf, size_t len, uint64_t off);

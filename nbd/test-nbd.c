@@ -18,8 +18,9 @@
 #include <cmocka.h>
 
 #include "le.h"
-#include "nbd_proto.h"
-#include "nbd_server.h"
+#include "backend-vdisk.h"
+#include "protocol.h"
+#include "server.h"
 #include "util.h"
 #include "vdisk.h"
 #include "test-nowait.h"
