@@ -79,4 +79,19 @@ done
     fail "snapshot subcommands"
 [ "$(complete_words vdisk vdisk create --type "")" = "$(echo "eager-zeroed stream thick thin" | words)" ] ||
     fail "--type values"
+# Every long option a --help names is offered by completion somewhere (no
+# drift). vdisk's simple commands share one usage text, and `clusterfs
+# locks --help` covers `locks init`: compare the unions.
+longopts() { grep -o -- '--[a-z][a-z-]*' | sort -u; }
+check_opts() { # CMD "SUB..."...
+    local cmd=$1; shift
+    local helped offered missing sub
+    helped=$(for sub in "$@"; do "$bindir/$cmd" $sub --help; done | longopts)
+    offered=$( (complete_words "$cmd" "$cmd" -
+                for sub in "$@"; do complete_words "$cmd" "$cmd" $sub --; done) | longopts)
+    missing=$(comm -23 <(echo "$helped") <(echo "$offered"))
+    [ -z "$missing" ] || fail "$cmd: --help names $(echo $missing), completion does not offer it"
+}
+check_opts clusterfs "lun info" paths locks "locks init"
+check_opts vdisk create info check map convert resize clone serve "snapshot list"
 echo "ok: installed binaries, man pages and completion; --version $version"
