@@ -133,26 +133,25 @@ int cmd_serve(int argc, char **argv)
                                           {"workers", required_argument, NULL, 'w'},
                                           {"verbose", no_argument, NULL, 'v'},
                                           {"help", no_argument, NULL, 'h'},
-                                          OPT_LUN_LONGOPTS,
                                           {"tls", required_argument, NULL, 'T'},
                                           {"tls-psk", required_argument, NULL, 'K'},
                                           {"tls-certs", required_argument, NULL, 'C'},
                                           {"tls-allow", required_argument, NULL, 'A'},
                                           {"insecure", no_argument, NULL, 'I'},
+                                          OPT_LUN_LONGOPTS,
                                           {NULL, 0, NULL, 0}};
     const char *sock = NULL, *port = NULL, *bind_addr = NULL;
     const char *names[SERVE_MAX_EXPORTS];
     const char *luns[SERVE_MAX_EXPORTS];
     unsigned nnames = 0, nluns = 0;
-    bool ro = false;
-    const char *mpath_opt = NULL; /* a multipath option given: needs 2+ paths */
-    struct lun_options lo;
-    lun_options_init(&lo);
-    bool have_tls_mode = false, insecure = false;
+    bool ro = false, have_tls_mode = false, insecure = false;
     enum nbd_tls_mode tls_mode = NBD_TLS_OFF;
     const char *allow[SERVE_MAX_EXPORTS];
     struct nbd_tls_options tlso = {.allow = allow};
     struct nbd_tls *tls = NULL;
+    const char *mpath_opt = NULL; /* a multipath option given: needs 2+ paths */
+    struct lun_options lo;
+    lun_options_init(&lo);
     struct nbd_server_config cfg = {0};
     unsigned v;
     int c;
