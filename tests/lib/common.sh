@@ -20,8 +20,8 @@
 #                                    #   anything else: a shell condition
 #                                    # 1 (with the log's tail) if CMD exits
 #                                    # first or START_TIMEOUT_MS (10000) pass
-#   reap PID [SIGNAL]                # signal (default TERM), wait, return its
-#                                    # exit status (0 if it was gone)
+#   reap PID [SIGNAL]                # signal (default TERM; 0: none, just wait),
+#                                    # wait, return its exit status
 #   wait_until SECONDS CMD...        # poll CMD every 50 ms; 1 on timeout
 #   now_ms                           # CLOCK_MONOTONIC-ish milliseconds
 #   port_free PORT                   # nothing uses TCP PORT

@@ -43,8 +43,8 @@ rm -rf "$OUT"
 # spawn: killed by pid at exit; a reaped one is not signalled again
 run 'spawn P "'"$W"'/s.log" sleep 300; echo $P'
 ! kill -0 "$OUT" 2>/dev/null || { kill "$OUT"; fail "spawned sleep survived the exit"; }
-run 'spawn P "'"$W"'/s.log" sh -c "exit 7"; rc=0; reap $P || rc=$?; echo $rc'
-[ "$OUT" = 7 ] || fail "reap of an exited process: $OUT"
+run 'spawn P "'"$W"'/s.log" sh -c "sleep 0.2; exit 7"; rc=0; reap $P 0 || rc=$?; echo $rc'
+[ "$OUT" = 7 ] || fail "reap with signal 0 (wait for the exit): $OUT"
 run 'spawn P "'"$W"'/s.log" sleep 300; rc=0; reap $P || rc=$?; echo $rc'
 [ "$OUT" = 143 ] || fail "reap TERM: $OUT"
 
