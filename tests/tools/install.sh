@@ -5,8 +5,8 @@
 set -euo pipefail
 : "${BUILDDIR:?}"
 for p in jq groff; do command -v $p >/dev/null || { echo "SKIP: no $p" >&2; exit 77; }; done
-T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$SRCDIR/tests/lib/common.sh"
+tmpdir T
 
 meson install -C "$BUILDDIR" --no-rebuild --quiet --destdir "$T/root" >"$T/install.log" 2>&1 ||
     fail "meson install: $(cat "$T/install.log")"
