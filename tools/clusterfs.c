@@ -4,6 +4,7 @@
 
 #include "log.h"
 #include "tools.h"
+#include "version.h"
 
 static void usage(FILE *f)
 {
@@ -15,7 +16,8 @@ static void usage(FILE *f)
                "  paths [--json] LUN...        state and statistics of the paths of one LUN\n"
                "\n"
                "A LUN is iscsi://[user[%%password]@]host[:port]/target-iqn/lun or a file path.\n"
-               "Run 'clusterfs COMMAND --help' for a command's options.\n");
+               "Run 'clusterfs COMMAND --help' for a command's options, 'man clusterfs'\n"
+               "for the manual; 'clusterfs --version' prints the version.\n");
 }
 
 int main(int argc, char **argv)
@@ -28,6 +30,10 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) {
+        printf("clusterfs version %s\n", CLUSTERFS_VERSION);
         return 0;
     }
     if (!strcmp(cmd, "lun"))

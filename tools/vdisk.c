@@ -19,6 +19,7 @@
 #include "util.h"
 #include "vdisk.h"
 #include "vdisk_internal.h"
+#include "version.h"
 
 static void usage(FILE *f)
 {
@@ -34,7 +35,8 @@ static void usage(FILE *f)
             "  resize [--shrink] FILE SIZE\n"
             "  snapshot ... / clone ...   (see vdisk snapshot --help)\n"
             "  serve ...                  (see vdisk serve --help)\n"
-            "SIZE accepts suffixes K, M, G, T (binary).\n");
+            "SIZE accepts suffixes K, M, G, T (binary). 'man vdisk' for the manual,\n"
+            "'vdisk --version' for the version.\n");
 }
 
 static int parse_type(const char *s, enum vd_type *t)
@@ -476,6 +478,10 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0) {
+        printf("vdisk version %s (clusterfs)\n", CLUSTERFS_VERSION);
         return 0;
     }
     static const struct {

@@ -11,8 +11,6 @@ set -euo pipefail
 BS=${1:-512}
 LOCKHOST=${LOCKHOST:?}
 . "$SRCDIR/tests/locking/lib.sh"
-trap lh_cleanup EXIT
-trap 'exit 130' INT TERM
 IMG="$LH_DIR/lun.img"
 truncate -s 64M "$IMG"
 URI="file://$IMG?block_size=$BS"

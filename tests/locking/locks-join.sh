@@ -29,8 +29,6 @@ if [ "$MODE" = tgt ]; then
     BSOPT=()
 else
     . "$SRCDIR/tests/locking/lib.sh"
-    trap lh_cleanup EXIT
-    trap 'exit 130' INT TERM
     BS=${2:-512}
     IMG="$LH_DIR/lun.img"
     truncate -s 16M "$IMG"

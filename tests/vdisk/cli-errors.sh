@@ -3,9 +3,9 @@
 # non-zero exit, file unchanged; check --repair fixes what is safe.
 set -euo pipefail
 : "${VDISK:?}"
-T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+. "$SRCDIR/tests/lib/common.sh"
+tmpdir T
 cd "$T"
-fail() { echo "FAIL: $*" >&2; exit 1; }
 expect_err() { # file needle
     local sum; sum=$(md5sum "$1")
     if "$VDISK" info "$1" >/dev/null 2>err; then fail "$1 opened"; fi

@@ -9,9 +9,9 @@ set -euo pipefail
 for p in qemu-img jq; do command -v $p >/dev/null || exit 77; done
 : "${VDISK:?}" "${VDISK_IO:?}" "${SNAP_CRASH_SHIM:?}"
 # tmpfs when there is one: a process crash does not need the disk, and fsync is free
-T=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d); trap 'chmod -R u+w "$T"; rm -rf "$T"' EXIT
+. "$SRCDIR/tests/lib/common.sh"
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then tmpdir T /dev/shm; else tmpdir T; fi
 cd "$T"
-fail() { echo "FAIL: $*" >&2; exit 1; }
 # an ASan build must tolerate a preloaded library ahead of its runtime
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
 

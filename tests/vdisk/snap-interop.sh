@@ -8,9 +8,9 @@
 set -euo pipefail
 for p in qemu-img qemu-io jq; do command -v $p >/dev/null || exit 77; done
 : "${VDISK:?}" "${VDISK_IO:?}"
-T=$(mktemp -d); trap 'chmod -R u+w "$T"; rm -rf "$T"' EXIT
+. "$SRCDIR/tests/lib/common.sh"
+tmpdir T
 cd "$T"
-fail() { echo "FAIL: $*" >&2; exit 1; }
 check_all() { # every image in the folder passes qemu-img check
     for f in *.vmdk vm2/*.vmdk; do
         [ -e "$f" ] || continue
