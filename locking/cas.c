@@ -43,10 +43,7 @@ static int cas_caw(struct lockspace *ls, uint64_t lba, const void *expect, const
         return -ENOMEM;
     int r = 0;
     for (int attempt = 0; attempt < 3; attempt++) {
-        if ((r = lockspace_check_write(ls)) < 0)
-            break;
-        __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
-        r = lun_compare_and_write(ls->lun, lba, expect, data, cur);
+        r = ls_caw_dl(ls, LS_TP_CAS, lba, expect, data, cur, 0);
         if (r == 0)
             break;
         if (r == -EILSEQ) {
@@ -56,13 +53,10 @@ static int cas_caw(struct lockspace *ls, uint64_t lba, const void *expect, const
                 memcpy(found, cur, ls->bs);
             break;
         }
-        if (r == -EBADE || r == -EOPNOTSUPP || r == -EINVAL || r == -EROFS || r == -ENODEV) {
-            if (r == -EBADE) {
-                pthread_mutex_lock(&ls->lock);
-                ls_fence_locked(ls, LS_FENCE_PREEMPTED,
-                                "COMPARE AND WRITE refused (RESERVATION CONFLICT)");
-                pthread_mutex_unlock(&ls->lock);
-            }
+        if (r == -EBADE || r == -EOPNOTSUPP || r == -EINVAL || r == -EROFS || r == -ENODEV)
+            break; /* -EBADE fenced us (the gate did) */
+        if ((r == -EIO || r == -ETIMEDOUT) && lockspace_check_write(ls) < 0) {
+            r = -EIO; /* fenced, or our deadline passed: whatever happened is moot */
             break;
         }
         /* Timeout / transport: did it happen? */
@@ -110,7 +104,7 @@ static int cas_paxos(struct lockspace *ls, uint64_t lba, const void *expect, con
                 memcpy(found, cur, ls->bs);
             r = -EILSEQ;
         } else {
-            r = ls_write_raw(ls, lba, 1, data);
+            r = ls_write_dl(ls, LS_TP_CAS, lba, 1, data, 0, ls->mutex_deadline_ns);
         }
     }
     int rr = ls_mutex_release(ls);

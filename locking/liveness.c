@@ -41,6 +41,8 @@ int ls_timeouts_derive(uint32_t io_timeout_ms, struct ls_timeouts *out)
     out->renew_ms = io_timeout_ms;
     out->fence_ms = 4 * io_timeout_ms;
     out->dead_ms = out->fence_ms + io_timeout_ms /* in flight */ + io_timeout_ms /* margin */;
+    out->mutex_hold_ms = 3 * io_timeout_ms; /* leader write + read + write of the RMW */
+    out->mutex_steal_ms = out->mutex_hold_ms + io_timeout_ms /* in flight */ + io_timeout_ms;
     return 0;
 }
 

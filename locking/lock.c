@@ -39,21 +39,47 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "le.h"
 #include "log.h"
 #include "lun.h"
 #include "ls_internal.h"
 
 int lock_record_format(struct lockspace *ls, uint64_t lba, const char *name)
 {
-    uint8_t *buf = calloc(1, ls->bs);
-    if (!buf)
+    if (!ls->joined)
+        return -EINVAL;
+    uint8_t *cur = calloc(2, ls->bs), *buf = cur + ls->bs;
+    if (!cur)
         return -ENOMEM;
     struct ls_lockrec lr = {
         .mode = LS_LOCK_FREE, .writer_slot = ls->slot, .writer_gen = ls->generation};
     snprintf(lr.name, sizeof(lr.name), "%s", name ? name : "");
-    ls_lockrec_encode(buf, &lr);
-    int r = ls_write_raw(ls, lba, 1, buf);
-    free(buf);
+    int r;
+    /* Through the atomic step over what we read: a record that is held, or
+     * that another host changes meanwhile, is never overwritten. */
+    for (int attempt = 0; attempt < 8; attempt++) {
+        if ((r = ls_read(ls, lba, 1, cur)) < 0)
+            break;
+        struct ls_lockrec old;
+        if (le32_get(cur) == LS_MAGIC_LOCK &&
+            ls_lockrec_decode(cur, &old, NULL, lba) == 0) {
+            if (old.mode != LS_LOCK_FREE) {
+                log_err("%s: lock record at lba %llu ('%s') is held %s by %u owner(s): not "
+                        "formatted",
+                        lun_name(ls->lun), (unsigned long long)lba, old.name,
+                        ls_lock_mode_name(old.mode), old.nowners);
+                r = -EBUSY;
+                break;
+            }
+            lr.version = old.version + 1; /* stays unique: the CAS can tell ours apart */
+        }
+        memset(buf, 0, ls->bs);
+        ls_lockrec_encode(buf, &lr);
+        r = ls_cas(ls, lba, cur, buf, NULL);
+        if (r != -EILSEQ)
+            break;
+    }
+    free(cur);
     return r;
 }
 
@@ -75,6 +101,37 @@ static void held_add(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode)
     pthread_mutex_unlock(&ls->lock);
 }
 
+static bool held_find(struct lockspace *ls, uint64_t lba)
+{
+    bool found = false;
+    pthread_mutex_lock(&ls->lock);
+    for (struct ls_held *h = ls->held; h; h = h->next)
+        if (h->lba == lba)
+            found = true;
+    pthread_mutex_unlock(&ls->lock);
+    return found;
+}
+
+/* A waiter that gives up withdraws its exclusive-wait announcement (best
+ * effort: if it fails, others drop it once we are gone). `buf`: 2 blocks. */
+static void xwait_withdraw(struct lockspace *ls, uint64_t lba, uint8_t *buf)
+{
+    uint8_t *nw = buf + ls->bs;
+    for (int attempt = 0; attempt < 4; attempt++) {
+        struct ls_lockrec lr;
+        if (ls_read(ls, lba, 1, buf) < 0 || ls_lockrec_decode(buf, &lr, "lock record", lba) < 0)
+            return;
+        if (!lr.xwait || lr.xwait_slot != ls->slot || lr.xwait_gen != ls->generation)
+            return;
+        lr.xwait = false;
+        lr.version++;
+        memset(nw, 0, ls->bs);
+        ls_lockrec_encode(nw, &lr);
+        if (ls_cas(ls, lba, buf, nw, NULL) != -EILSEQ)
+            return;
+    }
+}
+
 static void held_remove(struct lockspace *ls, uint64_t lba)
 {
     pthread_mutex_lock(&ls->lock);
@@ -88,13 +145,9 @@ static void held_remove(struct lockspace *ls, uint64_t lba)
     pthread_mutex_unlock(&ls->lock);
 }
 
-/* Preempt one reservation key of a host being recovered (no-op if it is
- * ours, zero, or no longer registered). */
-static int fence_key(struct lockspace *ls, uint64_t key, const char *name, uint32_t slot,
-                     uint32_t gen)
+/* Is `key` registered on the LUN? 1 yes, 0 no, -errno. */
+static int key_registered(struct lockspace *ls, uint64_t key)
 {
-    if (!ls->pr || !key || key == ls->pr_key)
-        return 0;
     struct lun_pr_state *st = calloc(1, sizeof(*st));
     if (!st)
         return -ENOMEM;
@@ -104,18 +157,46 @@ static int fence_key(struct lockspace *ls, uint64_t key, const char *name, uint3
         if (st->keys[i] == key)
             registered = true;
     free(st);
-    if (r == 0 && !registered)
-        return 0; /* already fenced */
-    r = lun_pr_preempt(ls->lun, ls->pr_key, key, LUN_PR_WE_ALL_REGISTRANTS,
-                       lun_get_info(ls->lun)->caps.pr_preempt_abort);
-    if (r < 0)
-        log_err("%s: cannot fence host %s (slot %u generation %u): PREEMPT of key 0x%016" PRIx64
-                " failed: %s",
-                lun_name(ls->lun), name, slot, gen, key, strerror(-r));
-    else
-        log_info("%s: fenced host %s (slot %u generation %u): key 0x%016" PRIx64 " preempted",
-                 lun_name(ls->lun), name, slot, gen, key);
-    return r;
+    return r < 0 ? r : registered;
+}
+
+/* Fence a host being recovered: PREEMPT its reservation key, then read the
+ * keys back and see it gone (a target that accepted the PREEMPT but still
+ * lists the key, or a re-registration that raced with it, is not fenced).
+ * No-op if the key is ours or zero, or without reservations. */
+static int fence_key(struct lockspace *ls, uint64_t key, const char *name, uint32_t slot,
+                     uint32_t gen)
+{
+    if (!ls->pr || !key || key == ls->pr_key)
+        return 0;
+    int r = 0;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int reg = key_registered(ls, key);
+        if (reg == 0) {
+            if (attempt)
+                log_info("%s: fenced host %s (slot %u generation %u): key 0x%016" PRIx64
+                         " preempted and no longer registered",
+                         lun_name(ls->lun), name, slot, gen, key);
+            return 0;
+        }
+        if (reg < 0) {
+            r = reg;
+            log_err("%s: cannot fence host %s (slot %u generation %u): cannot read the "
+                    "registered keys: %s",
+                    lun_name(ls->lun), name, slot, gen, strerror(-r));
+            continue;
+        }
+        r = lun_pr_preempt(ls->lun, ls->pr_key, key, LUN_PR_WE_ALL_REGISTRANTS,
+                           lun_get_info(ls->lun)->caps.pr_preempt_abort);
+        if (r < 0)
+            log_err("%s: cannot fence host %s (slot %u generation %u): PREEMPT of key 0x%016" PRIx64
+                    " failed: %s",
+                    lun_name(ls->lun), name, slot, gen, key, strerror(-r));
+    }
+    log_err("%s: cannot fence host %s (slot %u generation %u): key 0x%016" PRIx64
+            " still registered after PREEMPT: recovery not started",
+            lun_name(ls->lun), name, slot, gen, key);
+    return r < 0 ? r : -EIO;
 }
 
 int ls_host_fence(struct lockspace *ls, uint32_t slot, uint32_t gen)
@@ -140,18 +221,26 @@ int ls_delta_write(struct lockspace *ls, uint64_t lba, const void *expect, const
         return -ENOMEM;
     int r = -EAGAIN;
     for (int attempt = 0; attempt < 3 && r == -EAGAIN; attempt++) {
+        /* The write must not be sent later than T/2 after the read that saw
+         * `expect` was ISSUED (the block may have changed right after): the
+         * deadline travels with the write through the LUN layer's retries.
+         * A racer's write then lands within 1.5 T of a read that preceded
+         * ours, before our read-back 2.5 T after our write completed. */
+        uint64_t issued = ls_now_ns();
         if ((r = ls_read(ls, lba, 1, cur)) < 0)
             break;
-        uint64_t seen = ls_now_ns();
-        if (memcmp(cur, expect, ls->bs)) {
+        bool landed = attempt > 0 && !memcmp(cur, data, ls->bs); /* a timed-out try landed */
+        if (!landed && memcmp(cur, expect, ls->bs)) {
             r = -EILSEQ;
             break;
         }
-        if (ls_now_ns() - seen > (uint64_t)ls->to.io_timeout_ms * 500000ull) {
+        uint64_t dl = issued + (uint64_t)ls->to.io_timeout_ms * 500000ull;
+        r = landed ? 0 : ls_write_dl(ls, LS_TP_DELTA, lba, 1, data, 0, dl);
+        if (r == -ETIMEDOUT && lockspace_check_write(ls) == 0 && ls_now_ns() >= dl) {
             r = -EAGAIN; /* too slow to write on this view: look again */
             continue;
         }
-        if ((r = ls_write_raw(ls, lba, 1, data)) < 0)
+        if (r < 0)
             break;
         usleep((useconds_t)(2500ull * ls->to.io_timeout_ms));
         if ((r = ls_read(ls, lba, 1, cur)) < 0)
@@ -285,25 +374,42 @@ int ls_host_break_to(struct lockspace *ls, uint32_t slot, uint32_t gen, const vo
             }
             hb = m;
         }
+        /* Fence BEFORE the hook: the hook replays the dead host's journal,
+         * which must not race with its queued or retried writes. */
+        if ((r = fence_key(ls, hb.pr_key, hb.name, slot, gen)) < 0)
+            break;
+        if (joiner_key && (r = fence_key(ls, joiner_key, "(joiner)", slot, gen + 1)) < 0)
+            break;
         if (ls->opts.recover) {
-            struct ls_host_info info = {
-                .slot = slot, .generation = gen, .journal_lba = hb.journal_lba};
+            struct ls_host_info info = {.slot = slot,
+                                        .generation = gen,
+                                        .journal_lba = hb.journal_lba,
+                                        .pr_key = hb.pr_key};
             memcpy(info.uuid, hb.uuid, 16);
             snprintf(info.name, sizeof(info.name), "%s", hb.name);
+            /* A joiner's mark is its heartbeat: renew it while the hook
+             * runs (a joined host's renewal thread runs anyway). */
+            bool renew = ls->claiming && (r = ls_mark_renew_start(ls, lba, cur)) == 0;
+            if (ls->claiming && !renew)
+                break;
             r = ls->opts.recover(ls, &info, ls->opts.opaque);
+            if (renew)
+                ls_mark_renew_stop(ls, cur);
             if (r != 0) {
                 log_err("%s: recovery of host %s (slot %u) failed (%d); slot left recovering",
                         lun_name(ls->lun), hb.name, slot, r);
                 r = r < 0 ? r : -EIO;
                 break;
             }
+            if ((r = lockspace_check_write(ls)) < 0)
+                break; /* fenced (or a joiner past its deadline) during the hook */
         }
         pthread_mutex_lock(&ls->lock);
-        memcpy(ls->hb_raw + (size_t)slot * bs, cur, bs); /* for ls_host_fence */
+        memcpy(ls->hb_raw + (size_t)slot * bs, cur, bs);
         pthread_mutex_unlock(&ls->lock);
-        if ((r = ls_host_fence(ls, slot, gen)) < 0)
-            break;
-        if (joiner_key && (r = fence_key(ls, joiner_key, "(joiner)", slot, gen + 1)) < 0)
+        /* A failed take-back of a re-registration (the dead host's path
+         * reconnected during the hook) shows as its key registered again. */
+        if ((r = fence_key(ls, hb.pr_key, hb.name, slot, gen)) < 0)
             break;
         struct ls_hb c = {.state = LS_SLOT_FREE,
                           .slot = slot,
@@ -320,8 +426,10 @@ int ls_host_break_to(struct lockspace *ls, uint32_t slot, uint32_t gen, const vo
         if (r == 0) {
             pthread_mutex_lock(&ls->lock);
             memcpy(ls->hb_raw + (size_t)slot * bs, clear, bs);
-            if (final)
+            if (final) {
                 ls->deadline_ns = t_final + (uint64_t)ls->to.fence_ms * 1000000ull;
+                memcpy(ls->hb_mine, clear, bs);
+            }
             pthread_mutex_unlock(&ls->lock);
             if (final)
                 log_info("%s: host %s (slot %u) recovered; slot taken by %s at generation %u",
@@ -408,7 +516,18 @@ int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int
     uint8_t *cur = calloc(2, bs), *nw = cur + bs;
     if (!cur)
         return -ENOMEM;
+    if (held_find(ls, lba)) {
+        /* Locks belong to the host, not to a thread: a second acquire would
+         * share one on-disk ownership and the first release would free it
+         * under the second holder. Refused, whatever the mode. */
+        log_err("%s: lock at lba %llu: already held by this host (%s): acquire refused "
+                "(EDEADLK); release it first",
+                lun_name(ls->lun), (unsigned long long)lba, ls->name);
+        free(cur);
+        return -EDEADLK;
+    }
     uint64_t t_end = timeout_ms > 0 ? ls_now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+    bool announced = false; /* we set the record's exclusive-waiter flag */
     unsigned backoff_us = 100;
     unsigned max_backoff = ls->to.renew_ms * 250; /* renew/4 in us */
     if (max_backoff > 50000)
@@ -423,7 +542,7 @@ int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int
         struct ls_lockrec want = lr;
         r = ls_lockrec_add_owner(&want, mode, ls->slot, ls->generation);
         if (r == 1) {
-            r = 0;
+            r = 0; /* an earlier attempt of ours landed (its outcome was lost) */
             break;
         }
         if (r == 0) {
@@ -438,14 +557,17 @@ int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int
             }
             break;
         }
+        int add = r;
         if (r != -EBUSY && r != -ENOSPC)
             break;
         if (ls_lockrec_find_owner(&lr, ls->slot, ls->generation) >= 0) {
+            /* On disk in another mode, though not in our list: an earlier
+             * attempt of ours landed and we reported it failed. */
             log_err("%s: lock '%s' at lba %llu: already held %s by this host (%s), cannot "
                     "take it %s",
                     lun_name(ls->lun), lr.name, (unsigned long long)lba, ls_lock_mode_name(lr.mode),
                     ls->name, ls_lock_mode_name(mode));
-            r = -EBUSY;
+            r = -EDEADLK;
             break;
         }
         /* Conflict: examine the owners. Our heartbeat view may be older than
@@ -457,8 +579,18 @@ int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int
                     goto out;
                 rescanned = true;
             }
+        bool xw_mine = lr.xwait && lr.xwait_slot == ls->slot && lr.xwait_gen == ls->generation;
+        if (lr.xwait && !xw_mine && !rescanned &&
+            ls_owner_liveness(ls, lr.xwait_slot, lr.xwait_gen) != 1) {
+            if ((r = ls_hb_scan(ls)) < 0)
+                goto out;
+        }
         struct ls_lockrec fixed = lr;
         bool changed = false;
+        if (lr.xwait && !xw_mine && ls_owner_liveness(ls, lr.xwait_slot, lr.xwait_gen) != 1) {
+            fixed.xwait = false; /* the announced waiter is gone or dead */
+            changed = true;
+        }
         for (unsigned i = 0; i < lr.nowners; i++) {
             uint32_t s = lr.owners[i].slot, g = lr.owners[i].gen;
             int lv = ls_owner_liveness(ls, s, g);
@@ -487,6 +619,14 @@ int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int
             }
             break;
         }
+        if (add == -ENOSPC) {
+            log_err("%s: lock '%s' at lba %llu: already %u live owners in %s mode, the most a "
+                    "record holds",
+                    lun_name(ls->lun), lr.name, (unsigned long long)lba, lr.nowners,
+                    ls_lock_mode_name(lr.mode));
+            r = -ENOSPC;
+            break;
+        }
         if (timeout_ms == 0) {
             log_busy(ls, lba, &lr);
             r = -EBUSY;
@@ -495,6 +635,27 @@ int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int
         if (t_end && ls_now_ns() >= t_end) {
             log_busy(ls, lba, &lr);
             r = -ETIMEDOUT;
+            break;
+        }
+        if (mode == LS_LOCK_EXCLUSIVE && !lr.xwait && lr.nowners) {
+            /* Announce our wait: new shared owners hold back until we are
+             * in (or gone), so readers coming and going cannot starve us. */
+            fixed.xwait = true;
+            fixed.xwait_slot = ls->slot;
+            fixed.xwait_gen = ls->generation;
+            fixed.version++;
+            memset(nw, 0, bs);
+            ls_lockrec_encode(nw, &fixed);
+            r = ls_cas(ls, lba, cur, nw, cur);
+            if (r == 0) {
+                announced = true;
+                memcpy(cur, nw, bs);
+                continue;
+            }
+            if (r == -EILSEQ) {
+                r = 0;
+                continue;
+            }
             break;
         }
         if ((r = lockspace_check_write(ls)) < 0)
@@ -507,6 +668,8 @@ int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int
 out:
     if (r == 0)
         held_add(ls, lba, mode);
+    else if (announced)
+        xwait_withdraw(ls, lba, cur);
     free(cur);
     return r;
 }

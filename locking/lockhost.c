@@ -16,7 +16,8 @@
  * Options: --offset N (lockspace block, default 8), --name NAME,
  * --hosts N (prep: heartbeat slots, default 256; others: must match),
  * --io-timeout MS, --rounds N, --lock I, --expect N, --linger MS,
- * --timeout MS, --paxos (force the fallback), --raw (hold: write without
+ * --timeout MS, --paxos (prep: lay a paxos lockspace; others: refuse a
+ * CAW one), --raw (hold: write without
  * the self-fence check, to show the target refuses a fenced host),
  * --no-fencing. Several URIs = several paths to the LUN.
  *
@@ -173,8 +174,10 @@ int main(int argc, char **argv)
         return 1;
     }
     uint32_t bs = lun_block_size(lun);
-    struct ls_format_params fp = {
-        .io_timeout_ms = opt.io_ms, .max_hosts = opt.hosts ? opt.hosts : 256, .max_locks = 16};
+    struct ls_format_params fp = {.io_timeout_ms = opt.io_ms,
+                                  .max_hosts = opt.hosts ? opt.hosts : 256,
+                                  .max_locks = 16,
+                                  .atomic = opt.paxos ? LS_ATOMIC_PAXOS : LS_ATOMIC_AUTO};
     uint8_t *blk = calloc(2, bs), *blk2 = blk + bs;
     struct area ar;
     area_of(lun, &ar);

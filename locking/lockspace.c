@@ -50,99 +50,9 @@
 #include "lun.h"
 #include "ls_internal.h"
 
-uint64_t ls_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static uint64_t ms_ns(uint32_t ms)
 {
     return (uint64_t)ms * 1000000ull;
-}
-
-int ls_read(struct lockspace *ls, uint64_t lba, uint32_t n, void *buf)
-{
-    __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
-    return lun_read(ls->lun, lba, n, buf);
-}
-
-/* Caller holds ls->lock. */
-void ls_fence_locked(struct lockspace *ls, enum ls_fence_reason why, const char *msg)
-{
-    if (ls->fenced)
-        return;
-    ls->fenced = true;
-    log_err("%s: lockspace at block %llu: host %s (slot %u generation %u) fenced: %s; "
-            "all writes to the LUN stop, operations fail with EIO",
-            lun_name(ls->lun), (unsigned long long)ls->offset, ls->name, ls->slot, ls->generation,
-            msg);
-    if (ls->opts.fenced) {
-        /* The callback must not call back into the lockspace's locks. */
-        pthread_mutex_unlock(&ls->lock);
-        ls->opts.fenced(ls, why, ls->opts.opaque);
-        pthread_mutex_lock(&ls->lock);
-    }
-}
-
-static int write_gate_locked(struct lockspace *ls)
-{
-    if (ls->fenced)
-        return -EIO;
-    if (ls->claiming && ls_now_ns() >= ls->deadline_ns) {
-        /* A joiner recovering a dead slot: its mark is its heartbeat, and
-         * after mark + fence_ms another host may take the slot over. */
-        log_err("%s: lockspace at block %llu: host %s: recovery of slot %u took past the "
-                "joiner's self-fence deadline (%u ms after its mark): write refused",
-                lun_name(ls->lun), (unsigned long long)ls->offset, ls->name, ls->slot,
-                ls->to.fence_ms);
-        return -EIO;
-    }
-    if (ls->joined && ls_now_ns() >= ls->deadline_ns) {
-        ls_fence_locked(ls, LS_FENCE_DEADLINE, "heartbeat not renewed by the self-fence deadline");
-        return -EIO;
-    }
-    return 0;
-}
-
-int lockspace_check_write(struct lockspace *ls)
-{
-    pthread_mutex_lock(&ls->lock);
-    int r = write_gate_locked(ls);
-    pthread_mutex_unlock(&ls->lock);
-    return r;
-}
-
-static void note_write_error(struct lockspace *ls, int r)
-{
-    if (r == -EBADE) {
-        pthread_mutex_lock(&ls->lock);
-        ls_fence_locked(ls, LS_FENCE_PREEMPTED,
-                        "the target refused a write (RESERVATION CONFLICT): our key was preempted");
-        pthread_mutex_unlock(&ls->lock);
-    }
-}
-
-int ls_write_raw(struct lockspace *ls, uint64_t lba, uint32_t n, const void *buf)
-{
-    int r = lockspace_check_write(ls);
-    if (r < 0)
-        return r;
-    __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
-    r = lun_write(ls->lun, lba, n, buf, 0);
-    note_write_error(ls, r);
-    return r;
-}
-
-int ls_write(struct lockspace *ls, uint64_t lba, uint32_t nblocks, const void *buf, unsigned flags)
-{
-    int r = lockspace_check_write(ls);
-    if (r < 0)
-        return r;
-    r = lun_write(ls->lun, lba, nblocks, buf, flags);
-    note_write_error(ls, r);
-    return r;
 }
 
 /* ---- Format ----------------------------------------------------------------- */
@@ -184,6 +94,16 @@ int lockspace_format(struct lun *lun, uint64_t offset, const struct ls_format_pa
     const struct lun_info *info = lun_get_info(lun);
     uint32_t bs = info->block_size;
     uint64_t total = lockspace_size_blocks(p);
+    enum ls_atomic_method method = p ? p->atomic : LS_ATOMIC_AUTO;
+    if (method == LS_ATOMIC_AUTO)
+        method = info->caps.compare_and_write ? LS_ATOMIC_CAW : LS_ATOMIC_PAXOS;
+    if (method == LS_ATOMIC_CAW && !info->caps.compare_and_write) {
+        log_err("%s: cannot lay a lockspace using COMPARE AND WRITE: the LUN does not support it",
+                lun_name(lun));
+        return -EOPNOTSUPP;
+    }
+    if (method != LS_ATOMIC_CAW && method != LS_ATOMIC_PAXOS)
+        return -EINVAL;
     if (offset + total > info->num_blocks) {
         log_err("%s: lockspace of %llu blocks at %llu does not fit (%llu blocks)", lun_name(lun),
                 (unsigned long long)total, (unsigned long long)offset,
@@ -199,6 +119,7 @@ int lockspace_format(struct lun *lun, uint64_t offset, const struct ls_format_pa
         .paxos_off = 1 + (uint64_t)H,
         .locks_off = 2 + 2 * (uint64_t)H,
         .total_blocks = total,
+        .atomic = method,
     };
     if (getrandom(h.uuid, 16, 0) != 16)
         return -errno;
@@ -306,6 +227,7 @@ int lockspace_open(struct lun *lun, uint64_t offset, const struct ls_open_opts *
     struct lockspace *ls = calloc(1, sizeof(*ls));
     if (!ls)
         return -ENOMEM;
+    ls->caw = h.atomic == LS_ATOMIC_CAW;
     ls->lun = lun;
     ls->offset = offset;
     ls->bs = bs;
@@ -322,7 +244,26 @@ int lockspace_open(struct lun *lun, uint64_t offset, const struct ls_open_opts *
     else if (getrandom(ls->uuid, 16, 0) != 16)
         memset(ls->uuid, 0x5a, 16);
     ls->opts.host_uuid = NULL;
-    ls->caw = info->caps.compare_and_write && !o->force_paxos;
+    if (h.atomic == LS_ATOMIC_CAW && (!info->caps.compare_and_write || o->force_paxos)) {
+        /* Hosts using COMPARE AND WRITE and hosts using the paxos mutex do
+         * not exclude each other: one method per lockspace. */
+        log_err("%s: lockspace at block %llu uses COMPARE AND WRITE (recorded at format time) "
+                "and this host %s: refusing to join",
+                lun_name(lun), (unsigned long long)offset,
+                o->force_paxos ? "was told to use the paxos fallback"
+                               : "cannot use it (a path of the LUN does not support it)");
+        return -EOPNOTSUPP;
+    }
+    unsigned max_io = lun_max_io_time_ms(lun);
+    if (max_io > h.io_timeout_ms) {
+        /* dead = fence + in-flight + margin needs in-flight <= io_timeout. */
+        log_err("%s: lockspace at block %llu: a write can stay %u ms in the LUN layer (command "
+                "timeout x retries, failover, all-paths-down queue), more than the lockspace's "
+                "io_timeout of %u ms: the safety inequality would not hold; open the LUN with "
+                "a shorter timeout / queue time",
+                lun_name(lun), (unsigned long long)offset, max_io, h.io_timeout_ms);
+        return -EINVAL;
+    }
     ls->pr =
         info->caps.persistent_reservations && info->caps.pr_we_all_registrants && !o->no_fencing;
     ls->slot = LS_NO_SLOT;
@@ -334,8 +275,9 @@ int lockspace_open(struct lun *lun, uint64_t offset, const struct ls_open_opts *
     pthread_cond_init(&ls->cond, &ca);
     pthread_condattr_destroy(&ca);
     ls->hb_raw = calloc(h.max_hosts, bs);
+    ls->hb_mine = calloc(2, bs); /* last written, last tried */
     ls->peers = calloc(h.max_hosts, sizeof(*ls->peers));
-    if (!ls->hb_raw || !ls->peers) {
+    if (!ls->hb_raw || !ls->peers || !ls->hb_mine) {
         lockspace_close(ls);
         return -ENOMEM;
     }
@@ -362,6 +304,10 @@ uint64_t lockspace_pr_key(const struct lockspace *ls)
 bool lockspace_uses_caw(const struct lockspace *ls)
 {
     return ls->caw;
+}
+bool lockspace_has_pr_fencing(const struct lockspace *ls)
+{
+    return ls->pr;
 }
 uint64_t lockspace_lock_lba(const struct lockspace *ls, uint32_t index)
 {
@@ -401,6 +347,7 @@ int ls_hb_scan(struct lockspace *ls)
     }
     memcpy(ls->hb_raw, buf, (size_t)H * ls->bs);
     ls->hb_read_ns = t1;
+    ls->hb_read_start_ns = t0;
     pthread_mutex_unlock(&ls->lock);
     free(buf);
     return 0;
@@ -416,8 +363,10 @@ int ls_owner_liveness(struct lockspace *ls, uint32_t slot, uint32_t gen)
     if (ls_hb_decode(ls->hb_raw + (size_t)slot * ls->bs, &hb, "heartbeat slot",
                      ls->offset + ls->hdr.hb_off + slot) < 0)
         r = 1; /* corrupt: never free */
-    else if (hb.state == LS_SLOT_FREE || hb.generation != gen)
-        r = 0;
+    else if ((hb.state == LS_SLOT_FREE && hb.generation >= gen) || hb.generation > gen)
+        r = 0; /* gone (sanlock's rule); a smaller generation is an older view */
+    else if (hb.generation != gen)
+        r = 1;
     else if (ls->peers[slot].state == LS_HOST_DEAD)
         r = 2;
     else
@@ -467,40 +416,80 @@ static void renew_once(struct lockspace *ls)
     renew_write(ls);
 }
 
-/* Write our slot with counter + 1 (if not fenced and before the deadline);
- * on success the deadline moves to the write's issue time + fence_ms. */
+/* Write our heartbeat block with counter + 1 (if not fenced and before the
+ * deadline): our slot once joined, or a joiner's mark while its recovery
+ * hook runs. The write must never land over a breaker's mark: with CAW it
+ * is a COMPARE AND WRITE expecting the block we wrote last (a miscompare
+ * means the slot is no longer ours); without CAW it was checked by the scan
+ * just before and carries the self-fence deadline, which expires before
+ * anyone may mark us (dead >= fence + in-flight + margin). On success the
+ * deadline moves to the write's issue time + fence_ms. */
 static void renew_write(struct lockspace *ls)
 {
     pthread_mutex_lock(&ls->lock);
-    if (ls->fenced || write_gate_locked(ls) < 0) {
+    if (ls->fenced || ls_write_gate_locked(ls, NULL) < 0) {
         pthread_mutex_unlock(&ls->lock);
         return;
     }
     struct ls_hb hb;
-    ls->counter++;
-    my_slot(ls, &hb);
-    uint64_t lba = ls->offset + ls->hdr.hb_off + ls->slot;
+    bool mark = ls->renewing_mark;
+    uint64_t lba;
+    if (mark) {
+        ls_hb_decode(ls->hb_mine, &hb, "our mark", ls->mark_lba);
+        hb.counter++;
+        lba = ls->mark_lba;
+    } else {
+        ls->counter++;
+        my_slot(ls, &hb);
+        lba = ls->offset + ls->hdr.hb_off + ls->slot;
+    }
     pthread_mutex_unlock(&ls->lock);
 
-    uint8_t *buf = calloc(1, ls->bs);
+    uint8_t *buf = calloc(2, ls->bs), *found = buf + ls->bs;
     if (!buf)
         return;
     ls_hb_encode(buf, &hb);
     uint64_t issued = ls_now_ns();
-    __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
-    int r = lun_write(ls->lun, lba, 1, buf, 0);
+    int r;
+    if (ls->caw) {
+        r = ls_caw_dl(ls, LS_TP_RENEW, lba, ls->hb_mine, buf, found, 0);
+        if (r == -EILSEQ && !memcmp(found, ls->hb_mine + ls->bs, ls->bs)) {
+            /* Our previous renewal landed although its CAW reported a
+             * failure: go on from it. */
+            memcpy(ls->hb_mine, found, ls->bs);
+            r = ls_caw_dl(ls, LS_TP_RENEW, lba, ls->hb_mine, buf, found, 0);
+        }
+    } else {
+        r = ls_write_dl(ls, LS_TP_RENEW, lba, 1, buf, 0, 0);
+    }
     pthread_mutex_lock(&ls->lock);
     if (r == 0) {
         uint64_t d = issued + ms_ns(ls->to.fence_ms);
         if (d > ls->deadline_ns)
             ls->deadline_ns = d;
-        memcpy(ls->hb_raw + (size_t)ls->slot * ls->bs, buf, ls->bs);
-    } else if (r == -EBADE) {
-        ls_fence_locked(ls, LS_FENCE_PREEMPTED,
-                        "heartbeat write refused (RESERVATION CONFLICT): our key was preempted");
-    } else {
-        log_warn("%s: host %s: heartbeat renewal of slot %u failed: %s (self-fence in %lld ms)",
-                 lun_name(ls->lun), ls->name, ls->slot, strerror(-r),
+        memcpy(ls->hb_mine, buf, ls->bs);
+        if (!mark)
+            memcpy(ls->hb_raw + (size_t)ls->slot * ls->bs, buf, ls->bs);
+    } else if (r == -EILSEQ) {
+        char msg[200];
+        struct ls_hb f;
+        int d = ls_hb_decode(found, &f, "heartbeat slot", lba);
+        snprintf(msg, sizeof(msg),
+                 "renewal of %s at lba %llu miscompared: it now reads state %u generation %u "
+                 "(we are generation %u): another host recovered us; drop all cached state",
+                 mark ? "our mark" : "our slot", (unsigned long long)lba, d < 0 ? 99u : f.state,
+                 d < 0 ? 0u : f.generation, ls->generation);
+        if (mark) {
+            ls->fenced = true; /* a joiner: its claim is lost */
+            log_err("%s: host %s: %s", lun_name(ls->lun), ls->name, msg);
+        } else {
+            ls_fence_locked(ls, LS_FENCE_SLOT_LOST, msg);
+        }
+    } else if (!ls->fenced) {
+        /* Outcome unknown (timeout, transport): remember what we tried. */
+        memcpy(ls->hb_mine + ls->bs, buf, ls->bs);
+        log_warn("%s: host %s: heartbeat renewal at lba %llu failed: %s (self-fence in %lld ms)",
+                 lun_name(ls->lun), ls->name, (unsigned long long)lba, strerror(-r),
                  (long long)((int64_t)(ls->deadline_ns - ls_now_ns()) / 1000000));
     }
     pthread_mutex_unlock(&ls->lock);
@@ -527,16 +516,50 @@ static void *renew_thread(void *arg)
             ts.tv_nsec = (long)(wake % 1000000000ull);
             pthread_cond_timedwait(&ls->cond, &ls->lock, &ts);
             if (!ls->fenced && ls->deadline_ns && ls_now_ns() >= ls->deadline_ns)
-                write_gate_locked(ls);
+                ls_write_gate_locked(ls, NULL);
             continue;
         }
         next = now + ms_ns(ls->to.renew_ms);
+        bool mark = ls->renewing_mark;
         pthread_mutex_unlock(&ls->lock);
-        renew_once(ls);
+        if (mark)
+            renew_write(ls); /* a joiner's mark: nothing to scan */
+        else
+            renew_once(ls);
         pthread_mutex_lock(&ls->lock);
     }
     pthread_mutex_unlock(&ls->lock);
     return NULL;
+}
+
+/* A joiner renews its mark (its heartbeat while it recovers a dead slot)
+ * from the renewal thread while the recovery hook runs. */
+int ls_mark_renew_start(struct lockspace *ls, uint64_t lba, const void *mark)
+{
+    pthread_mutex_lock(&ls->lock);
+    memcpy(ls->hb_mine, mark, ls->bs);
+    ls->mark_lba = lba;
+    ls->renewing_mark = true;
+    ls->stop = false;
+    pthread_mutex_unlock(&ls->lock);
+    int r = pthread_create(&ls->thread, NULL, renew_thread, ls);
+    if (r) {
+        ls->renewing_mark = false;
+        return -r;
+    }
+    ls->thread_running = true;
+    return 0;
+}
+
+static void stop_thread(struct lockspace *ls);
+
+void ls_mark_renew_stop(struct lockspace *ls, void *mark)
+{
+    stop_thread(ls);
+    pthread_mutex_lock(&ls->lock);
+    ls->renewing_mark = false;
+    memcpy(mark, ls->hb_mine, ls->bs);
+    pthread_mutex_unlock(&ls->lock);
 }
 
 /* ---- Join / leave ---------------------------------------------------------------- */
@@ -553,7 +576,7 @@ static int pr_register_check(void *opaque)
 {
     struct lockspace *ls = opaque;
     pthread_mutex_lock(&ls->lock);
-    int ok = write_gate_locked(ls) == 0;
+    int ok = ls_write_gate_locked(ls, NULL) == 0;
     if (ok && ls->slot != LS_NO_SLOT) {
         struct ls_hb hb;
         if (ls_hb_decode(ls->hb_raw + (size_t)ls->slot * ls->bs, &hb, "own heartbeat slot",
@@ -629,6 +652,7 @@ static int claim_slot_caw(struct lockspace *ls)
             pthread_mutex_lock(&ls->lock);
             ls->deadline_ns = issued + ms_ns(ls->to.fence_ms);
             memcpy(ls->hb_raw + (size_t)i * ls->bs, mine, ls->bs);
+            memcpy(ls->hb_mine, mine, ls->bs);
             pthread_mutex_unlock(&ls->lock);
             break;
         }
@@ -650,13 +674,14 @@ static int claim_slot_delta(struct lockspace *ls)
     uint32_t H = ls->hdr.max_hosts;
     uint8_t *mine = calloc(2, ls->bs), *cur = mine + ls->bs;
     if (!mine)
-        return -ENOSPC;
+        return -ENOMEM;
     int r = -ENOSPC;
     for (uint32_t i = 0; i < H; i++) {
         struct ls_hb hb;
         pthread_mutex_lock(&ls->lock);
         memcpy(cur, ls->hb_raw + (size_t)i * ls->bs, ls->bs);
-        uint64_t seen = ls->hb_read_ns;
+        uint64_t seen = ls->hb_read_start_ns; /* the read's issue: the slot may have
+                                                 changed right after it started */
         pthread_mutex_unlock(&ls->lock);
         if (ls_hb_decode(cur, &hb, "heartbeat slot", ls->offset + ls->hdr.hb_off + i) < 0 ||
             hb.state != LS_SLOT_FREE)
@@ -677,8 +702,16 @@ static int claim_slot_delta(struct lockspace *ls)
         ls_hb_encode(mine, &me);
         uint64_t lba = ls->offset + ls->hdr.hb_off + i;
         uint64_t issued = ls_now_ns();
-        __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
-        r = lun_write(ls->lun, lba, 1, mine, 0);
+        /* Not dispatched after read issue + T/2, even if delayed or retried
+         * in the LUN layer: the claim wait below relies on it. */
+        r = ls_write_dl(ls, LS_TP_DELTA, lba, 1, mine, 0, seen + ms_ns(ls->to.io_timeout_ms) / 2);
+        if (r == -ETIMEDOUT) {
+            ls->slot = LS_NO_SLOT;
+            if ((r = ls_hb_scan(ls)) < 0)
+                break;
+            i--;
+            continue;
+        }
         if (r < 0)
             break;
         usleep((useconds_t)(2500ull * ls->to.io_timeout_ms));
@@ -689,6 +722,7 @@ static int claim_slot_delta(struct lockspace *ls)
             pthread_mutex_lock(&ls->lock);
             ls->deadline_ns = issued + ms_ns(ls->to.fence_ms);
             memcpy(ls->hb_raw + (size_t)i * ls->bs, mine, ls->bs);
+            memcpy(ls->hb_mine, mine, ls->bs);
             pthread_mutex_unlock(&ls->lock);
             r = 0;
             break;
@@ -868,6 +902,13 @@ int lockspace_join(struct lockspace *ls)
     log_info("%s: host %s joined lockspace at block %llu: slot %u generation %u (%s)",
              lun_name(ls->lun), ls->name, (unsigned long long)ls->offset, ls->slot, ls->generation,
              ls->caw ? "compare-and-write" : "paxos fallback");
+    if (!ls->pr)
+        log_warn("%s: lockspace at block %llu: host %s: NO FENCING: %s; a dead or paused host "
+                 "is not cut off the LUN, safety rests on timing alone (self-fence deadline "
+                 "and the deadline every lock-guarded write carries)",
+                 lun_name(ls->lun), (unsigned long long)ls->offset, ls->name,
+                 ls->opts.no_fencing ? "fencing disabled by the caller (no_fencing)"
+                                     : "the LUN has no persistent reservations (type 7)");
     return 0;
 }
 
@@ -941,6 +982,7 @@ void lockspace_close(struct lockspace *ls)
         free(h);
     }
     free(ls->hb_raw);
+    free(ls->hb_mine);
     free(ls->peers);
     pthread_mutex_destroy(&ls->lock);
     pthread_mutex_destroy(&ls->mutex_lock);
@@ -958,6 +1000,7 @@ int lockspace_status(struct lockspace *ls, unsigned samples, struct ls_status *s
     st->max_locks = ls->hdr.max_locks;
     st->block_size = ls->bs;
     st->caw = ls->caw;
+    st->pr_fencing = ls->pr;
     if (samples == 0)
         samples = 1;
     int r = 0;

@@ -21,7 +21,7 @@ IO=500
 mutex() { # METHOD ROUNDS
     local extra=() i
     [ "$1" = paxos ] && extra=(--paxos)
-    "$LOCKHOST" prep --io-timeout $IO "$URI" || fail "prep"
+    "$LOCKHOST" prep "${extra[@]}" --io-timeout $IO "$URI" || fail "prep"
     for i in 1 2 3 4; do
         lh_start "m$1$i" hammer "${extra[@]}" --io-timeout $IO --rounds "$2" "$URI"
     done

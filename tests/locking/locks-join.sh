@@ -48,12 +48,15 @@ key_of() { sed -n 's/^JOINED .* key \(0x[0-9a-f]*\)$/\1/p' "$LH_DIR/$1.out"; }
 locks_json() { "$CLUSTERFS" locks --json --offset 8 "${BSOPT[@]}" "$@" "${URI[0]}"; }
 
 # fill N: prep N slots, start N hosts h1..hN that stay joined
+# (FILL_EXTRA: --paxos for a paxos lockspace)
+FILL_EXTRA=()
 fill() {
     local i
     new_lun
-    "$LOCKHOST" prep --io-timeout $IO --hosts "$1" "${URI[@]}" || fail "prep --hosts $1"
+    "$LOCKHOST" prep "${FILL_EXTRA[@]}" --io-timeout $IO --hosts "$1" "${URI[@]}" ||
+        fail "prep --hosts $1"
     for i in $(seq 1 "$1"); do
-        lh_start "h$i" join --io-timeout $IO --linger 600000 "${URI[@]}"
+        lh_start "h$i" join "${FILL_EXTRA[@]}" --io-timeout $IO --linger 600000 "${URI[@]}"
     done
     for i in $(seq 1 "$1"); do lh_wait "h$i" JOINED 20; done
 }
@@ -118,7 +121,9 @@ lh_reap
 race() { # caw|paxos
     local extra=() n=0 w l
     [ "$1" = paxos ] && extra=(--paxos)
+    FILL_EXTRA=("${extra[@]}")
     fill 3
+    FILL_EXTRA=()
     local dslot
     dslot=$(slot_of h3)
     kill -KILL "$PID_h3"
