@@ -1181,6 +1181,8 @@ static void test_joiner_renews_mark_during_long_recovery(void **state)
 int main(int argc, char **argv)
 {
     log_set_program("test-locking");
+    if (getenv("TEST_FILTER")) /* run one test by name (pattern) */
+        cmocka_set_test_filter(getenv("TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_timeouts_satisfy_safety_inequality),
         cmocka_unit_test(test_hb_roundtrip_and_corruption),
