@@ -224,6 +224,16 @@ int lockspace_open(struct lun *lun, uint64_t offset, const struct ls_open_opts *
                 (unsigned long long)offset, (unsigned long long)h.total_blocks);
         return -EUCLEAN;
     }
+    if (h.atomic == LS_ATOMIC_CAW && (!info->caps.compare_and_write || o->force_paxos)) {
+        /* Hosts using COMPARE AND WRITE and hosts using the paxos mutex do
+         * not exclude each other: one method per lockspace. */
+        log_err("%s: lockspace at block %llu uses COMPARE AND WRITE (recorded at format time) "
+                "and this host %s: refusing to join",
+                lun_name(lun), (unsigned long long)offset,
+                o->force_paxos ? "was told to use the paxos fallback"
+                               : "cannot use it (a path of the LUN does not support it)");
+        return -EOPNOTSUPP;
+    }
     struct lockspace *ls = calloc(1, sizeof(*ls));
     if (!ls)
         return -ENOMEM;
@@ -244,26 +254,6 @@ int lockspace_open(struct lun *lun, uint64_t offset, const struct ls_open_opts *
     else if (getrandom(ls->uuid, 16, 0) != 16)
         memset(ls->uuid, 0x5a, 16);
     ls->opts.host_uuid = NULL;
-    if (h.atomic == LS_ATOMIC_CAW && (!info->caps.compare_and_write || o->force_paxos)) {
-        /* Hosts using COMPARE AND WRITE and hosts using the paxos mutex do
-         * not exclude each other: one method per lockspace. */
-        log_err("%s: lockspace at block %llu uses COMPARE AND WRITE (recorded at format time) "
-                "and this host %s: refusing to join",
-                lun_name(lun), (unsigned long long)offset,
-                o->force_paxos ? "was told to use the paxos fallback"
-                               : "cannot use it (a path of the LUN does not support it)");
-        return -EOPNOTSUPP;
-    }
-    unsigned max_io = lun_max_io_time_ms(lun);
-    if (max_io > h.io_timeout_ms) {
-        /* dead = fence + in-flight + margin needs in-flight <= io_timeout. */
-        log_err("%s: lockspace at block %llu: a write can stay %u ms in the LUN layer (command "
-                "timeout x retries, failover, all-paths-down queue), more than the lockspace's "
-                "io_timeout of %u ms: the safety inequality would not hold; open the LUN with "
-                "a shorter timeout / queue time",
-                lun_name(lun), (unsigned long long)offset, max_io, h.io_timeout_ms);
-        return -EINVAL;
-    }
     ls->pr =
         info->caps.persistent_reservations && info->caps.pr_we_all_registrants && !o->no_fencing;
     ls->slot = LS_NO_SLOT;

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #include "lockspace.h"
-#include "lun_dl_compat.h" /* TEMPORARY until the LUN deadline API lands */
+#include "lun.h"
 
 /* Every record is encoded in the first LS_REC_SIZE bytes of its block; the
  * rest of a larger block is zero and not covered by the CRC. */
