@@ -19,7 +19,9 @@
  * --timeout MS, --paxos (prep: lay a paxos lockspace; others: refuse a
  * CAW one), --raw (hold: write without
  * the self-fence check, to show the target refuses a fenced host),
- * --no-fencing. Several URIs = several paths to the LUN.
+ * --no-fencing, --pause-at-write (hold/take: SIGSTOP ourselves right after
+ * the first data write passed its fence check, "PAUSED-AT-WRITE").
+ * Several URIs = several paths to the LUN.
  *
  * The guarded area, 8 blocks before the end of the LUN: block G (guard), C (counter: le64
  * at 0, then 0xA5 bytes), G again, D (data: "<name> <seq>"), G again.
@@ -51,7 +53,7 @@ static struct {
     unsigned rounds, lock, linger_ms;
     uint64_t expect;
     int timeout_ms;
-    bool paxos, raw, no_fencing;
+    bool paxos, raw, no_fencing, pause_at_write;
     uint32_t hosts;
 } opt = {.offset = 8, .name = "host", .rounds = 1000, .timeout_ms = -1, .linger_ms = 1000};
 
@@ -64,12 +66,40 @@ static void on_fenced(struct lockspace *ls, enum ls_fence_reason why, void *opaq
     fflush(stdout);
 }
 
-/* The recovery hook: one line per call, so tests can count them. */
+/* The recovery hook: one line per call, so tests can count them. With
+ * reservations it also says whether the dead host's key is still
+ * registered (it must not be: fencing comes before the hook). */
 static int on_recover(struct lockspace *ls, const struct ls_host_info *dead, void *opaque)
 {
-    printf("RECOVERED %s slot %u gen %u\n", dead->name, dead->slot, dead->generation);
+    struct lun *lun = opaque;
+    int reg = -1;
+    if (dead->pr_key && lockspace_has_pr_fencing(ls)) {
+        struct lun_pr_state *st = calloc(1, sizeof(*st));
+        if (st && lun_pr_read(lun, st) == 0) {
+            reg = 0;
+            for (unsigned i = 0; i < st->nkeys; i++)
+                if (st->keys[i] == dead->pr_key)
+                    reg = 1;
+        }
+        free(st);
+    }
+    printf("RECOVERED %s slot %u gen %u key 0x%016" PRIx64 " registered %d\n", dead->name,
+           dead->slot, dead->generation, dead->pr_key, reg);
     fflush(stdout);
     return 0;
+}
+
+/* --pause-at-write: stop this process (SIGSTOP, as a paused VM host) right
+ * after the first guarded data write passed its fence check, before it is
+ * sent. The test breaks the lock meanwhile, then resumes us. */
+static void pause_hook(struct lockspace *ls, enum ls_test_point where, uint64_t lba, void *opaque)
+{
+    if (where != LS_TP_DATA_WRITE)
+        return;
+    lockspace_set_test_hook(ls, NULL, NULL);
+    printf("PAUSED-AT-WRITE\n");
+    fflush(stdout);
+    raise(SIGSTOP);
 }
 
 static uint64_t ms_now(void)
@@ -106,6 +136,7 @@ int main(int argc, char **argv)
         {"rounds", 1, 0, 'r'}, {"lock", 1, 0, 'l'},       {"expect", 1, 0, 'e'},
         {"linger", 1, 0, 'g'}, {"timeout", 1, 0, 't'},    {"paxos", 0, 0, 'p'},
         {"raw", 0, 0, 'w'},    {"no-fencing", 0, 0, 'f'}, {"hosts", 1, 0, 'H'},
+        {"pause-at-write", 0, 0, 'P'},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -145,6 +176,9 @@ int main(int argc, char **argv)
             break;
         case 'H':
             opt.hosts = (uint32_t)strtoul(optarg, NULL, 0);
+            break;
+        case 'P':
+            opt.pause_at_write = true;
             break;
         default:
             return 2;
@@ -243,7 +277,8 @@ int main(int argc, char **argv)
                               .force_paxos = opt.paxos,
                               .no_fencing = opt.no_fencing,
                               .fenced = on_fenced,
-                              .recover = on_recover};
+                              .recover = on_recover,
+                              .opaque = lun};
     struct lockspace *ls;
     if ((r = lockspace_open(lun, opt.offset, &oo, &ls)) < 0)
         goto out;
@@ -294,6 +329,8 @@ int main(int argc, char **argv)
         }
         printf("ACQUIRED %" PRIu64 "\n", ms_now() - t0);
         fflush(stdout);
+        if (opt.pause_at_write)
+            lockspace_set_test_hook(ls, pause_hook, NULL);
         bool hold = !strcmp(cmd, "hold");
         uint64_t until = ms_now() + opt.linger_ms;
         for (unsigned seq = 0;; seq++) {
@@ -306,7 +343,9 @@ int main(int argc, char **argv)
                 }
                 break;
             }
-            r = lun_write(lun, ar.data, 1, blk, 0);
+            /* --raw: straight to the LUN, no check and no deadline (only
+             * the target's fencing can stop it); else through the gate. */
+            r = opt.raw ? lun_write(lun, ar.data, 1, blk, 0) : ls_write(ls, ar.data, 1, blk, 0);
             if (r < 0) {
                 printf("WRITE-REFUSED %d\n", -r);
                 fflush(stdout);
