@@ -145,49 +145,72 @@ static void held_remove(struct lockspace *ls, uint64_t lba)
     pthread_mutex_unlock(&ls->lock);
 }
 
-/* Is `key` registered on the LUN? 1 yes, 0 no, -errno. */
-static int key_registered(struct lockspace *ls, uint64_t key)
+/* Which of `victim` and our own key READ KEYS lists: bit 0 victim, bit 1
+ * ours; or -errno. */
+static int keys_listed(struct lockspace *ls, uint64_t victim)
 {
     struct lun_pr_state *st = calloc(1, sizeof(*st));
     if (!st)
         return -ENOMEM;
     int r = lun_pr_read(ls->lun, st);
-    bool registered = false;
-    for (unsigned i = 0; r == 0 && i < st->nkeys; i++)
-        if (st->keys[i] == key)
-            registered = true;
+    int bits = 0;
+    for (unsigned i = 0; r == 0 && i < st->nkeys; i++) {
+        if (st->keys[i] == victim)
+            bits |= 1;
+        if (st->keys[i] == ls->pr_key)
+            bits |= 2;
+    }
     free(st);
-    return r < 0 ? r : registered;
+    return r < 0 ? r : bits;
 }
 
 /* Fence a host being recovered: PREEMPT its reservation key, then read the
  * keys back and see it gone (a target that accepted the PREEMPT but still
  * lists the key, or a re-registration that raced with it, is not fenced).
- * No-op if the key is ours or zero, or without reservations. */
+ * No-op if the key is ours or zero, or without reservations.
+ *
+ * istgt (0.4): after a PREEMPT, READ KEYS lists the preemptor's own
+ * registration under the PREEMPTED key (writes are right: the victim gets
+ * RESERVATION CONFLICT, we do not). Preempting "again" would then remove
+ * our own registration. So: victim listed but our key missing = the
+ * target mislabelled us: register our key again (REGISTER AND IGNORE
+ * EXISTING KEY, every path) and read again; preempt only while both are
+ * listed. */
 static int fence_key(struct lockspace *ls, uint64_t key, const char *name, uint32_t slot,
                      uint32_t gen)
 {
     if (!ls->pr || !key || key == ls->pr_key)
         return 0;
     int r = 0;
-    for (int attempt = 0; attempt < 3; attempt++) {
-        int reg = key_registered(ls, key);
-        if (reg == 0) {
-            if (attempt)
-                log_info("%s: fenced host %s (slot %u generation %u): key 0x%016" PRIx64
-                         " preempted and no longer registered",
-                         lun_name(ls->lun), name, slot, gen, key);
-            return 0;
-        }
-        if (reg < 0) {
-            r = reg;
+    bool preempted = false;
+    for (int attempt = 0; attempt < 4; attempt++) {
+        int bits = keys_listed(ls, key);
+        if (bits < 0) {
+            r = bits;
             log_err("%s: cannot fence host %s (slot %u generation %u): cannot read the "
                     "registered keys: %s",
                     lun_name(ls->lun), name, slot, gen, strerror(-r));
             continue;
         }
+        if (!(bits & 1)) {
+            if (preempted)
+                log_info("%s: fenced host %s (slot %u generation %u): key 0x%016" PRIx64
+                         " preempted, no longer registered",
+                         lun_name(ls->lun), name, slot, gen, key);
+            return 0;
+        }
+        if (preempted && !(bits & 2)) {
+            log_info("%s: the target lists our registration under the preempted key 0x%016" PRIx64
+                     " after PREEMPT: registering our key again",
+                     lun_name(ls->lun), key);
+            if ((r = lun_pr_register(ls->lun, ls->pr_key)) < 0)
+                log_err("%s: cannot register our key 0x%016" PRIx64 " again: %s",
+                        lun_name(ls->lun), ls->pr_key, strerror(-r));
+            continue;
+        }
         r = lun_pr_preempt(ls->lun, ls->pr_key, key, LUN_PR_WE_ALL_REGISTRANTS,
                            lun_get_info(ls->lun)->caps.pr_preempt_abort);
+        preempted = true;
         if (r < 0)
             log_err("%s: cannot fence host %s (slot %u generation %u): PREEMPT of key 0x%016" PRIx64
                     " failed: %s",

@@ -346,6 +346,14 @@ int main(int argc, char **argv)
             /* --raw: straight to the LUN, no check and no deadline (only
              * the target's fencing can stop it); else through the gate. */
             r = opt.raw ? lun_write(lun, ar.data, 1, blk, 0) : ls_write(ls, ar.data, 1, blk, 0);
+            if (r < 0 && !opt.raw && r != -EBADE && lockspace_check_write(ls) == 0) {
+                /* A transport error (a stalled target, a path down) while
+                 * still within our lease: not a refusal, try again. */
+                printf("WRITE-RETRY %d\n", -r);
+                fflush(stdout);
+                usleep(50000);
+                continue;
+            }
             if (r < 0) {
                 printf("WRITE-REFUSED %d\n", -r);
                 fflush(stdout);
