@@ -19,7 +19,8 @@
  * --timeout MS, --paxos (prep: lay a paxos lockspace; others: refuse a
  * CAW one), --raw (hold: write without
  * the self-fence check, to show the target refuses a fenced host),
- * --no-fencing, --pause-at-write (hold/take: SIGSTOP ourselves right after
+ * --no-fencing, --think MS (hammer: hold the lock MS per round),
+ * --pause-at-write (hold/take: SIGSTOP ourselves right after
  * the first data write passed its fence check, "PAUSED-AT-WRITE").
  * Several URIs = several paths to the LUN.
  *
@@ -54,6 +55,7 @@ static struct {
     uint64_t expect;
     int timeout_ms;
     bool paxos, raw, no_fencing, pause_at_write;
+    unsigned think_ms;
     uint32_t hosts;
 } opt = {.offset = 8, .name = "host", .rounds = 1000, .timeout_ms = -1, .linger_ms = 1000};
 
@@ -136,7 +138,7 @@ int main(int argc, char **argv)
         {"rounds", 1, 0, 'r'}, {"lock", 1, 0, 'l'},       {"expect", 1, 0, 'e'},
         {"linger", 1, 0, 'g'}, {"timeout", 1, 0, 't'},    {"paxos", 0, 0, 'p'},
         {"raw", 0, 0, 'w'},    {"no-fencing", 0, 0, 'f'}, {"hosts", 1, 0, 'H'},
-        {"pause-at-write", 0, 0, 'P'},
+        {"pause-at-write", 0, 0, 'P'}, {"think", 1, 0, 'T'},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -179,6 +181,9 @@ int main(int argc, char **argv)
             break;
         case 'P':
             opt.pause_at_write = true;
+            break;
+        case 'T':
+            opt.think_ms = (unsigned)strtoul(optarg, NULL, 0);
             break;
         default:
             return 2;
@@ -315,6 +320,8 @@ int main(int argc, char **argv)
                     break;
                 }
             le64_put(blk, le64_get(blk) + 1);
+            if (opt.think_ms)
+                usleep(opt.think_ms * 1000); /* work done under the lock */
             if (rc || (r = ls_write(ls, ar.counter, 1, blk, 0)) < 0 ||
                 (r = lock_release(ls, lba)) < 0)
                 rc = 1;

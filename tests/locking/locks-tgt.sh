@@ -19,7 +19,8 @@
 #           a storage stall (SIGSTOP of the target) longer than two renewals
 #           and shorter than the self-fence time: nobody is declared dead or
 #           fenced, and the holder's writes go on after it;
-#   stress: 4 hosts x 400 rounds on one lock while path 1 is cut and
+#   stress: 4 hosts x 400 rounds (10 ms of work under the lock each, so the
+#           workload outlasts the faults) on one lock while path 1 is cut and
 #           restored twice and one host is SIGSTOPped for 2.5 s (less than
 #           the dead time): no host sees an error, counter exact. REPEAT=N
 #           runs it N times (default 1).
@@ -186,7 +187,7 @@ for rep in $(seq 1 "${REPEAT:-1}"); do
     uris 7
     "$LOCKHOST" prep --io-timeout $IO "${URI[@]}" || fail prep
     for i in 1 2 3 4; do
-        lh_start "s$i" hammer --io-timeout $IO --rounds 400 "${URI[@]}"
+        lh_start "s$i" hammer --io-timeout $IO --rounds 400 --think 10 "${URI[@]}"
     done
     for i in 1 2 3 4; do lh_wait "s$i" JOINED 30; done
     sleep 1
@@ -202,6 +203,9 @@ for rep in $(seq 1 "${REPEAT:-1}"); do
     sleep 1.5
     restore_path1
     local p
+    for p in "${LH_PIDS[@]}"; do
+        kill -0 "$p" 2>/dev/null || fail "stress run $rep: a host finished before the faults ended (workload too short)"
+    done
     for p in "${LH_PIDS[@]}"; do wait "$p" || fail "stress run $rep: a host failed"; done
     "$LOCKHOST" check --expect 1600 "${URI[@]}" || fail "stress run $rep: counter/guards"
     grep -h "^RESULT" "$LH_DIR"/s?.out | grep -v done && fail "stress run $rep: a host reported a failure"
