@@ -83,7 +83,7 @@ int lock_record_format(struct lockspace *ls, uint64_t lba, const char *name)
     return r;
 }
 
-static void held_add(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode)
+static void held_add(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, uint64_t version)
 {
     pthread_mutex_lock(&ls->lock);
     for (struct ls_held *h = ls->held; h; h = h->next)
@@ -95,6 +95,7 @@ static void held_add(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode)
     if (h) {
         h->lba = lba;
         h->mode = mode;
+        h->version = version;
         h->next = ls->held;
         ls->held = h;
     }
@@ -551,6 +552,7 @@ int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int
     }
     uint64_t t_end = timeout_ms > 0 ? ls_now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
     bool announced = false; /* we set the record's exclusive-waiter flag */
+    uint64_t version = 0;   /* the record's version once we are in */
     unsigned backoff_us = 100;
     unsigned max_backoff = ls->to.renew_ms * 250; /* renew/4 in us */
     if (max_backoff > 50000)
@@ -566,14 +568,17 @@ int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int
         r = ls_lockrec_add_owner(&want, mode, ls->slot, ls->generation);
         if (r == 1) {
             r = 0; /* an earlier attempt of ours landed (its outcome was lost) */
+            version = lr.version;
             break;
         }
         if (r == 0) {
             memset(nw, 0, bs);
             ls_lockrec_encode(nw, &want);
             r = ls_cas(ls, lba, cur, nw, cur);
-            if (r == 0)
+            if (r == 0) {
+                version = want.version;
                 break;
+            }
             if (r == -EILSEQ) {
                 r = 0;
                 continue; /* `cur` holds the new contents */
@@ -690,10 +695,25 @@ int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int
     }
 out:
     if (r == 0)
-        held_add(ls, lba, mode);
+        held_add(ls, lba, mode, version);
     else if (announced)
         xwait_withdraw(ls, lba, cur);
     free(cur);
+    return r;
+}
+
+int lock_fence_token(struct lockspace *ls, uint64_t lba, struct ls_fence_token *out)
+{
+    int r = -ENOENT;
+    pthread_mutex_lock(&ls->lock);
+    for (struct ls_held *h = ls->held; h; h = h->next)
+        if (h->lba == lba) {
+            out->slot = ls->slot;
+            out->generation = ls->generation;
+            out->lock_version = h->version;
+            r = 0;
+        }
+    pthread_mutex_unlock(&ls->lock);
     return r;
 }
 

@@ -198,6 +198,19 @@ int lock_record_format(struct lockspace *ls, uint64_t lba, const char *name);
 int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int timeout_ms);
 int lock_release(struct lockspace *ls, uint64_t lba);
 
+/* Fencing token of a lock this host holds (issue 11): stamp it into the
+ * metadata written under the lock. (slot, generation) name the holder's
+ * incarnation; lock_version is the record's version after our acquire,
+ * bumped by every change of the record, so a later holder's token is
+ * always greater. A reader that finds metadata stamped with a token whose
+ * (slot, generation) is gone (recovered) knows it came from a fenced
+ * holder. -ENOENT if this host does not hold the lock. */
+struct ls_fence_token {
+    uint32_t slot, generation;
+    uint64_t lock_version;
+};
+int lock_fence_token(struct lockspace *ls, uint64_t lba, struct ls_fence_token *out);
+
 /* ---- Status (for `clusterfs locks`) -------------------------------------- */
 
 enum ls_host_state {

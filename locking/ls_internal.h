@@ -250,6 +250,7 @@ void ls_peer_update(struct ls_peer *p, const struct ls_hb *hb, bool corrupt, uin
 struct ls_held {
     uint64_t lba;
     enum ls_lock_mode mode;
+    uint64_t version; /* the record's version after our acquire (fencing token) */
     struct ls_held *next;
 };
 

@@ -314,8 +314,17 @@ static void modes_between_hosts(struct fixture *f, bool paxos)
     assert_int_equal(lock_acquire(b, l0, LS_LOCK_EXCLUSIVE, 0), -EBUSY);
     assert_non_null(strstr(log_last_error(), "host0"));
     assert_int_equal(lock_acquire(b, l0, LS_LOCK_SHARED, 50), -ETIMEDOUT);
+    struct ls_fence_token ta, tb;
+    assert_int_equal(lock_fence_token(a, l0, &ta), 0);
+    assert_int_equal(lock_fence_token(b, l0, &tb), -ENOENT);
+    assert_int_equal(ta.slot, lockspace_slot(a));
+    assert_int_equal(ta.generation, lockspace_generation(a));
     assert_int_equal(lock_release(a, l0), 0);
+    assert_int_equal(lock_fence_token(a, l0, &ta), -ENOENT);
     assert_int_equal(lock_acquire(b, l0, LS_LOCK_EXCLUSIVE, 0), 0);
+    assert_int_equal(lock_fence_token(b, l0, &tb), 0);
+    assert_true(tb.lock_version > ta.lock_version); /* a later holder's token is greater */
+    assert_int_equal(tb.slot, lockspace_slot(b));
     assert_int_equal(lock_release(b, l0), 0);
     /* shared: both; exclusive refused */
     assert_int_equal(lock_acquire(a, l1, LS_LOCK_SHARED, 0), 0);
