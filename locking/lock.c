@@ -165,6 +165,27 @@ static int keys_listed(struct lockspace *ls, uint64_t victim)
     return r < 0 ? r : bits;
 }
 
+/* The WE-AR reservation exists (take it if not: we are registered). */
+static int pr_ensure_reserved(struct lockspace *ls, const char *name)
+{
+    struct lun_pr_state *st = calloc(1, sizeof(*st));
+    if (!st)
+        return -ENOMEM;
+    int r = lun_pr_read(ls->lun, st);
+    if (r == 0 && !st->reserved) {
+        r = lun_pr_reserve(ls->lun, ls->pr_key, LUN_PR_WE_ALL_REGISTRANTS);
+        if (r < 0 && lun_pr_read(ls->lun, st) == 0 && st->reserved &&
+            st->type == LUN_PR_WE_ALL_REGISTRANTS)
+            r = 0;
+        if (r < 0)
+            log_err("%s: cannot fence host %s: the LUN has no reservation and taking Write "
+                    "Exclusive - All Registrants failed: %s",
+                    lun_name(ls->lun), name, strerror(-r));
+    }
+    free(st);
+    return r;
+}
+
 /* Fence a host being recovered: PREEMPT its reservation key, then read the
  * keys back and see it gone (a target that accepted the PREEMPT but still
  * lists the key, or a re-registration that raced with it, is not fenced).
@@ -198,7 +219,10 @@ static int fence_key(struct lockspace *ls, uint64_t key, const char *name, uint3
                 log_info("%s: fenced host %s (slot %u generation %u): key 0x%016" PRIx64
                          " preempted, no longer registered",
                          lun_name(ls->lun), name, slot, gen, key);
-            return 0;
+            /* An unregistered host is kept out only while the Write
+             * Exclusive - All Registrants reservation exists (the last
+             * host to leave releases it): make sure it does. */
+            return pr_ensure_reserved(ls, name);
         }
         if (preempted && !(bits & 2)) {
             log_info("%s: the target lists our registration under the preempted key 0x%016" PRIx64

@@ -128,6 +128,22 @@ int lockspace_format(struct lun *lun, uint64_t offset, const struct ls_format_pa
     if (!buf)
         return -ENOMEM;
     int r;
+    /* A reservation left by the hosts of an earlier lockspace (killed, or
+     * leaving together) refuses unregistered writers: register a key of our
+     * own for the format, and release the reservation after it if nobody
+     * else is registered. */
+    uint64_t key = 0;
+    if (info->caps.persistent_reservations) {
+        struct lun_pr_state *st = calloc(1, sizeof(*st));
+        if (st && lun_pr_read(lun, st) == 0 && st->reserved) {
+            while (!key)
+                if (getrandom(&key, sizeof(key), 0) != sizeof(key))
+                    break;
+            if (key && lun_pr_register(lun, key) < 0)
+                key = 0;
+        }
+        free(st);
+    }
     /* Heartbeat slots. */
     for (uint32_t i = 0; i < H; i += chunk) {
         uint32_t n = H - i < chunk ? H - i : chunk;
@@ -177,6 +193,19 @@ int lockspace_format(struct lun *lun, uint64_t offset, const struct ls_format_pa
     if (r == -EOPNOTSUPP)
         r = 0;
 out:
+    if (key) {
+        struct lun_pr_state *st = calloc(1, sizeof(*st));
+        if (st && lun_pr_read(lun, st) == 0 && st->reserved) {
+            bool others = false;
+            for (unsigned i = 0; i < st->nkeys; i++)
+                if (st->keys[i] != key)
+                    others = true;
+            if (!others)
+                lun_pr_release(lun, key, st->type);
+        }
+        free(st);
+        lun_pr_register(lun, 0);
+    }
     free(buf);
     return r;
 }
@@ -578,6 +607,27 @@ static int pr_register_check(void *opaque)
     return ok;
 }
 
+/* Leaving: if ours are the only registrations, release the WE-AR
+ * reservation, so it does not outlive every registrant (it would then
+ * refuse every unregistered writer: `clusterfs locks init`, hosts without
+ * fencing). A host joining meanwhile finds no reservation and takes it; a
+ * breaker makes sure one exists before it recovers anybody. */
+static void pr_release_if_last(struct lockspace *ls)
+{
+    struct lun_pr_state *st = calloc(1, sizeof(*st));
+    if (!st)
+        return;
+    if (lun_pr_read(ls->lun, st) == 0 && st->reserved) {
+        bool others = false;
+        for (unsigned i = 0; i < st->nkeys; i++)
+            if (st->keys[i] != ls->pr_key)
+                others = true;
+        if (!others && st->nkeys)
+            lun_pr_release(ls->lun, ls->pr_key, st->type);
+    }
+    free(st);
+}
+
 static int pr_join(struct lockspace *ls)
 {
     uint64_t key = 0;
@@ -847,6 +897,25 @@ int lockspace_join(struct lockspace *ls)
     int r;
     if (ls->pr && (r = pr_join(ls)) < 0)
         return r;
+    if (!ls->pr && lun_get_info(ls->lun)->caps.persistent_reservations) {
+        /* Without a key of our own we cannot write under a reservation
+         * (another host's, or one left behind): say so now, not at the
+         * first write. */
+        struct lun_pr_state *st = calloc(1, sizeof(*st));
+        if (!st)
+            return -ENOMEM;
+        r = lun_pr_read(ls->lun, st);
+        bool reserved = r == 0 && st->reserved;
+        int type = st->type;
+        free(st);
+        if (reserved) {
+            log_err("%s: lockspace at block %llu: host %s joins without fencing (no reservation "
+                    "key) but the LUN holds a reservation of type %d: its writes would be "
+                    "refused (RESERVATION CONFLICT); join with fencing",
+                    lun_name(ls->lun), (unsigned long long)ls->offset, ls->name, type);
+            return -EBUSY;
+        }
+    }
     if ((r = ls_hb_scan(ls)) < 0)
         return r;
     /* Free slots first (no wait, no recovery in the mount path), then dead
@@ -943,8 +1012,10 @@ int lockspace_leave(struct lockspace *ls)
     }
     if (ls->pr_key) {
         lun_set_register_check(ls->lun, NULL, NULL);
-        if (!ls->fenced)
+        if (!ls->fenced) {
+            pr_release_if_last(ls);
             lun_pr_register(ls->lun, 0);
+        }
     }
     ls->pr_key = 0;
     ls->joined = false;

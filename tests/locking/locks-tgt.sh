@@ -41,6 +41,7 @@ if [ "$TARGET" = istgt ]; then
         [ $l = 2 ] || [ $l = 4 ] && bs=4096
         istgt_add_lun "d$l" 64M $bs
     done
+    for l in $(seq 8 17); do istgt_add_lun "d$l" 64M; done
     istgt_start
     TPID=$ISTGT_PID
     # Path 1 goes through a TCP relay that the stress test silences.
@@ -184,7 +185,13 @@ lh_reap
 stress() {
 local rep
 for rep in $(seq 1 "${REPEAT:-1}"); do
-    uris 7
+    # a fresh LUN per run (tgt adds LUNs at run time; istgt declared 7 + 10)
+    if [ "$TARGET" = tgt ]; then
+        tgt_add_lun 1 $((10 + rep)) 64M
+        uris $((10 + rep))
+    else
+        uris $((7 + (rep - 1) % 11))
+    fi
     "$LOCKHOST" prep --io-timeout $IO "${URI[@]}" || fail prep
     for i in 1 2 3 4; do
         lh_start "s$i" hammer --io-timeout $IO --rounds 400 --think 10 "${URI[@]}"
