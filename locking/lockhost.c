@@ -32,6 +32,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -93,15 +94,34 @@ static int on_recover(struct lockspace *ls, const struct ls_host_info *dead, voi
 
 /* --pause-at-write: stop this process (SIGSTOP, as a paused VM host) right
  * after the first guarded data write passed its fence check, before it is
- * sent. The test breaks the lock meanwhile, then resumes us. */
+ * sent. The test breaks the lock meanwhile, then resumes us. The stop waits
+ * until the renewal thread, too, sits in the hook before its next write: no
+ * thread is then inside an I/O (a process stopped inside the file LUN's
+ * COMPARE AND WRITE emulation would hold a byte-range lock that blocks other
+ * hosts' reads, which no real disk does). */
+static pthread_mutex_t pause_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pause_cv = PTHREAD_COND_INITIALIZER;
+static int pause_state; /* 0 armed, 1 data write waiting, 2 renewal parked, 3 resumed */
+
 static void pause_hook(struct lockspace *ls, enum ls_test_point where, uint64_t lba, void *opaque)
 {
-    if (where != LS_TP_DATA_WRITE)
-        return;
-    lockspace_set_test_hook(ls, NULL, NULL);
-    printf("PAUSED-AT-WRITE\n");
-    fflush(stdout);
-    raise(SIGSTOP);
+    pthread_mutex_lock(&pause_mu);
+    if (where == LS_TP_DATA_WRITE && pause_state == 0) {
+        pause_state = 1;
+        while (pause_state == 1)
+            pthread_cond_wait(&pause_cv, &pause_mu);
+        printf("PAUSED-AT-WRITE\n");
+        fflush(stdout);
+        raise(SIGSTOP);
+        pause_state = 3;
+        pthread_cond_broadcast(&pause_cv);
+    } else if (where != LS_TP_DATA_WRITE && pause_state == 1) {
+        pause_state = 2; /* park here until the data thread resumed */
+        pthread_cond_broadcast(&pause_cv);
+        while (pause_state != 3)
+            pthread_cond_wait(&pause_cv, &pause_mu);
+    }
+    pthread_mutex_unlock(&pause_mu);
 }
 
 static uint64_t ms_now(void)
