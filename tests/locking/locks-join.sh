@@ -87,14 +87,16 @@ t1=$(now_ms)
 [ "$(slot_of j1)" = "$dslot" ] || fail "j1 took slot $(slot_of j1), not the dead host's $dslot"
 grep -q "^JOINED slot $dslot .* gen 2 " "$LH_DIR/j1.out" || fail "j1: slot not at generation 2"
 [ "$(grep -c '^RECOVERED' "$LH_DIR/j1.out")" = 1 ] || fail "j1: recovery hook not called once"
-grep -q "^RECOVERED h2 slot $dslot gen 1$" "$LH_DIR/j1.out" || fail "j1: hook got the wrong host"
+grep -q "^RECOVERED h2 slot $dslot gen 1 key " "$LH_DIR/j1.out" || fail "j1: hook got the wrong host"
 [ $((t1 - t0)) -ge $DEAD ] || fail "j1 took the slot after $((t1 - t0)) ms < dead time $DEAD ms"
 [ $((t1 - t0)) -le $((BOUND + 4 * IO + 2000)) ] || fail "j1 took $((t1 - t0)) ms"
 if [ "$MODE" = tgt ]; then
     keys=$("$LOCKHOST" prkeys "${URI[0]}") || fail "prkeys"
     echo "$keys" | grep -q "$dkey" && fail "the dead host's key $dkey is still registered: $keys"
     echo "$keys" | grep -q "$(key_of h1)" || fail "h1's key is gone: $keys"
-    echo "ok: dead host's PR key $dkey preempted"
+    grep -q "^RECOVERED h2 .* registered 0$" "$LH_DIR/j1.out" ||
+        fail "j1: the recovery hook ran before the dead host's key was gone"
+    echo "ok: dead host's PR key $dkey preempted before the joiner's recovery hook"
 fi
 grep -q FENCED "$LH_DIR/h1.out" && fail "h1 fenced"
 echo "ok: dead host's slot $dslot taken by a new host after $((t1 - t0)) ms (dead ${DEAD} ms), hook once"
