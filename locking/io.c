@@ -3,14 +3,12 @@
  *
  * Design notes
  * ------------
- * Layering (a file calls only the ones below it):
- *   io.c        the gate: clock, reads, deadline-carrying writes and CAW,
- *               self-fence, the test hook
- *   format.c    encode / decode of the on-disk records (no I/O)
- *   liveness.c  timeouts and the peer state machine (no I/O)
- *   cas.c, paxos.c   the atomic step (CAW, or the Disk Paxos mutex)
- *   lockspace.c heartbeats: format, open, join, renewal, leave, status
- *   lock.c      recovery of dead hosts and the lock records
+ * Layering (a file calls only the ones below it): io.c (this gate) ->
+ * format.c (records, no I/O) -> liveness.c (timeouts, peer view, the scan)
+ * -> fence.c (PR) -> cas.c, paxos.c (the atomic step) -> lockspace.c
+ * (heartbeats: join, renewal, leave, status) -> recovery.c (break of a
+ * dead host) -> lock.c (lock records). Exception: a joiner taking a dead
+ * slot (lockspace.c) calls the break in recovery.c.
  *
  * Every write a joined host issues carries a deadline (absolute,
  * CLOCK_BOOTTIME, the LUN layer's clock): its self-fence deadline (the issue

@@ -323,6 +323,11 @@ void ls_fence_locked(struct lockspace *ls, enum ls_fence_reason why, const char 
  * older than the owner), 0 gone (slot free at a generation >= gen, or a
  * greater generation), 2 dead. Rescan before acting on 0 or 2. */
 int ls_owner_liveness(struct lockspace *ls, uint32_t slot, uint32_t gen);
+/* fence.c: PREEMPT `key` (a host being recovered), read the keys back until
+ * it is gone, make sure the reservation exists. 0, or -errno (then the key
+ * may still be registered: do not recover). No-op without reservations. */
+int ls_fence_key(struct lockspace *ls, uint64_t key, const char *name, uint32_t slot,
+                 uint32_t gen);
 /* Preempt a dead host's PR key (no-op without reservations). */
 int ls_host_fence(struct lockspace *ls, uint32_t slot, uint32_t gen);
 /* Break a dead host: mark recovering, hook, fence, clear gen+1. */
