@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -680,6 +681,23 @@ static void test_recover_dead_frees_slot(void **state)
 
 /* ---- issue 10: tests that fail on the code before it ------------------- */
 
+/* Deadlines are measured on CLOCK_BOOTTIME (it keeps counting through a
+ * suspend; CLOCK_MONOTONIC does not). Meaningful where the two differ: the
+ * meson test `locking-clock` runs this in a time namespace whose boottime
+ * is 100000 s ahead (unshare -T --boottime). */
+static void test_deadline_clock_is_boottime(void **state)
+{
+    struct timespec b, m;
+    clock_gettime(CLOCK_BOOTTIME, &b);
+    clock_gettime(CLOCK_MONOTONIC, &m);
+    uint64_t bt = (uint64_t)b.tv_sec * 1000000000ull + (uint64_t)b.tv_nsec;
+    uint64_t mt = (uint64_t)m.tv_sec * 1000000000ull + (uint64_t)m.tv_nsec;
+    uint64_t now = ls_now_ns();
+    if (getenv("EXPECT_BOOTTIME_OFFSET"))
+        assert_true(bt - mt > 1000000000ull * 1000); /* we do run with an offset */
+    assert_true(now >= bt && now - bt < 1000000000ull);
+}
+
 /* The derived timeouts against numbers computed by hand from the documented
  * rules (renew T, fence 4T, dead 6T, mutex hold 3T, steal 5T), not against
  * the function's own formula. */
@@ -1201,6 +1219,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_lockrec_transitions_bump_version),
         cmocka_unit_test(test_liveness_on_observer_clock),
         cmocka_unit_test(test_derived_timeouts_match_hand_computed_values),
+        cmocka_unit_test(test_deadline_clock_is_boottime),
         cmocka_unit_test_setup_teardown(test_mixed_method_hosts_refused, setup512, teardown),
         cmocka_unit_test_setup_teardown(test_delta_race_has_one_winner, setup512, teardown),
         cmocka_unit_test_setup_teardown(test_stale_view_does_not_take_paxos_mutex, setup4k,
