@@ -134,6 +134,19 @@ static void held_remove(struct lockspace *ls, uint64_t lba)
     pthread_mutex_unlock(&ls->lock);
 }
 
+/* The owner's slot is marked RECOVERING (our cached view). */
+static bool owner_recovering(struct lockspace *ls, uint32_t slot, uint32_t gen)
+{
+    if (slot >= ls->hdr.max_hosts)
+        return false;
+    struct ls_hb hb;
+    pthread_mutex_lock(&ls->lock);
+    bool rec = ls_hb_decode(ls->hb_raw + (size_t)slot * ls->bs, &hb, NULL, 0) == 0 &&
+               hb.state == LS_SLOT_RECOVERING && hb.generation == gen;
+    pthread_mutex_unlock(&ls->lock);
+    return rec;
+}
+
 static void log_busy(struct lockspace *ls, uint64_t lba, const struct ls_lockrec *lr)
 {
     const struct ls_owner *o = &lr->owners[0];
@@ -239,7 +252,10 @@ int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int
                 goto out;
         }
         struct ls_lockrec fixed = lr;
-        bool changed = false;
+        bool changed = false, inprogress = false;
+        pthread_mutex_lock(&ls->lock);
+        bool hk = ls->hk_running;
+        pthread_mutex_unlock(&ls->lock);
         if (lr.xwait && !xw_mine && ls_owner_liveness(ls, lr.xwait_slot, lr.xwait_gen) != 1) {
             fixed.xwait = false; /* the announced waiter is gone or dead */
             changed = true;
@@ -247,7 +263,10 @@ int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int
         for (unsigned i = 0; i < lr.nowners; i++) {
             uint32_t s = lr.owners[i].slot, g = lr.owners[i].gen;
             int lv = ls_owner_liveness(ls, s, g);
-            if (lv == 2) {
+            if (hk && (lv == 2 || owner_recovering(ls, s, g))) {
+                inprogress = true; /* the housekeeping thread recovers it */
+                lv = 1;
+            } else if (lv == 2) {
                 int b = ls_host_break(ls, s, g);
                 if (b < 0 && b != -EAGAIN) {
                     r = b;
@@ -282,7 +301,7 @@ int lock_acquire(struct lockspace *ls, uint64_t lba, enum ls_lock_mode mode, int
         }
         if (timeout_ms == 0) {
             log_busy(ls, lba, &lr);
-            r = -EBUSY;
+            r = inprogress ? -EINPROGRESS : -EBUSY;
             break;
         }
         if (t_end && ls_now_ns() >= t_end) {

@@ -928,6 +928,8 @@ static void stop_thread(struct lockspace *ls)
 
 int lockspace_leave(struct lockspace *ls)
 {
+    if (ls->hk_stop_fn)
+        ls->hk_stop_fn(ls); /* the housekeeping thread (recovery.c), first */
     if (!ls->joined)
         return 0;
     int rc = 0;
@@ -967,6 +969,8 @@ int lockspace_leave(struct lockspace *ls)
 
 void lockspace_abandon(struct lockspace *ls)
 {
+    if (ls->hk_stop_fn)
+        ls->hk_stop_fn(ls);
     stop_thread(ls);
     pthread_mutex_lock(&ls->lock);
     ls->fenced = true; /* silently: a dead process writes nothing */
@@ -977,6 +981,8 @@ void lockspace_close(struct lockspace *ls)
 {
     if (!ls)
         return;
+    if (ls->hk_stop_fn)
+        ls->hk_stop_fn(ls);
     stop_thread(ls);
     if (ls->pr_key)
         lun_set_register_check(ls->lun, NULL, NULL);

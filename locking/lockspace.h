@@ -16,6 +16,8 @@
  *               -EPROTO an unsupported version. Never treated as free.
  *   -EINVAL     mount parameters differ from the ones on disk
  *   -ENOSPC     no free or dead heartbeat slot / too many shared owners
+ *   -EINPROGRESS the lock's owner is dead and being recovered by the
+ *               housekeeping thread (try only; lockspace_start_recovery_thread)
  *   -EDEADLK    this host already holds the lock (a second acquire by the
  *               same host is refused; one release frees it)
  *   -EOPNOTSUPP the lockspace was formatted for an atomic step (COMPARE AND
@@ -141,6 +143,13 @@ void lockspace_close(struct lockspace *ls);
  * number of hosts recovered, or -errno. Call it from a housekeeping thread
  * (never from the fenced/recover callbacks). */
 int lockspace_recover_dead(struct lockspace *ls);
+/* Recovery off the callers' path (issue 11): a housekeeping thread runs
+ * lockspace_recover_dead every renewal period (the recovery hook runs
+ * there). From then on lock_acquire never breaks a dead owner inline: a
+ * lock whose owner is dead or being recovered is busy until the recovery
+ * cleared the owner's slot; a try (timeout 0) returns -EINPROGRESS for it
+ * (-EBUSY for a live owner). Stopped by lockspace_leave / close. */
+int lockspace_start_recovery_thread(struct lockspace *ls);
 /* Test helper: stop renewing at once, as if the process had died. */
 void lockspace_abandon(struct lockspace *ls);
 

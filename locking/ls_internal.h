@@ -286,6 +286,10 @@ struct lockspace {
     uint8_t *hb_mine;           /* our slot as we last wrote it (renewal CAW expects it) */
     bool renewing_mark;         /* a joiner's hook runs: the renewal thread renews its mark */
     uint64_t mark_lba;          /* ... at this lba */
+    bool hk_running;            /* the housekeeping recovery thread runs (recovery.c) */
+    bool hk_stop;               /* ... asked to stop; both protected by lock */
+    pthread_t hk_thread;
+    void (*hk_stop_fn)(struct lockspace *ls); /* set by recovery.c: stop it (leave/close) */
     ls_test_hook_fn hook;       /* atomically read; set by lockspace_set_test_hook */
     void *hook_opaque;
     uint64_t nio;               /* atomically updated */

@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -268,3 +269,66 @@ int lockspace_recover_dead(struct lockspace *ls)
     return n;
 }
 
+/* ---- The housekeeping thread ------------------------------------------- */
+
+static void *recovery_thread_run(void *arg)
+{
+    struct lockspace *ls = arg;
+    pthread_mutex_lock(&ls->lock);
+    while (!ls->hk_stop) {
+        pthread_mutex_unlock(&ls->lock);
+        int r = lockspace_recover_dead(ls);
+        if (r < 0 && r != -EAGAIN)
+            log_warn("%s: lockspace at block %llu: housekeeping recovery: %s",
+                     lun_name(ls->lun), (unsigned long long)ls->offset, strerror(-r));
+        pthread_mutex_lock(&ls->lock);
+        if (ls->hk_stop || ls->fenced)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts); /* ls->cond waits on CLOCK_MONOTONIC */
+        uint64_t t = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec +
+                     (uint64_t)ls->to.renew_ms * 1000000ull;
+        ts.tv_sec = (time_t)(t / 1000000000ull);
+        ts.tv_nsec = (long)(t % 1000000000ull);
+        pthread_cond_timedwait(&ls->cond, &ls->lock, &ts);
+    }
+    pthread_mutex_unlock(&ls->lock);
+    return NULL;
+}
+
+static void recovery_thread_stop(struct lockspace *ls)
+{
+    pthread_mutex_lock(&ls->lock);
+    bool running = ls->hk_running;
+    ls->hk_stop = true;
+    pthread_cond_broadcast(&ls->cond);
+    pthread_mutex_unlock(&ls->lock);
+    if (running)
+        pthread_join(ls->hk_thread, NULL);
+    pthread_mutex_lock(&ls->lock);
+    ls->hk_running = false;
+    pthread_mutex_unlock(&ls->lock);
+}
+
+int lockspace_start_recovery_thread(struct lockspace *ls)
+{
+    if (!ls->joined)
+        return -EINVAL;
+    pthread_mutex_lock(&ls->lock);
+    if (ls->hk_running) {
+        pthread_mutex_unlock(&ls->lock);
+        return -EALREADY;
+    }
+    ls->hk_stop = false;
+    ls->hk_running = true;
+    ls->hk_stop_fn = recovery_thread_stop;
+    pthread_mutex_unlock(&ls->lock);
+    int r = pthread_create(&ls->hk_thread, NULL, recovery_thread_run, ls);
+    if (r) {
+        pthread_mutex_lock(&ls->lock);
+        ls->hk_running = false;
+        pthread_mutex_unlock(&ls->lock);
+        return -r;
+    }
+    return 0;
+}

@@ -1171,6 +1171,52 @@ static void test_exclusive_waiter_not_starved_and_held_record_not_formatted(void
     }
 }
 
+/* Recovery off the caller's path: with the housekeeping thread, the hook
+ * runs on that thread; a try on the dead owner's lock meanwhile returns
+ * -EINPROGRESS; once recovered, the lock is taken. */
+static pthread_t hk_main;
+static int hk_calls, hk_on_main;
+static void *hk_gate;
+static int hk_hook(struct lockspace *ls, const struct ls_host_info *dead, void *opaque)
+{
+    hk_calls++;
+    if (pthread_equal(pthread_self(), hk_main))
+        hk_on_main++;
+    gate_hook(ls, LS_TP_DATA_WRITE, 0, hk_gate); /* blocks while the gate is closed */
+    return 0;
+}
+static void test_recovery_on_housekeeping_thread(void **state)
+{
+    struct fixture *f = *state;
+    format(f, 250);
+    struct lockspace *a = host(f, 0, false, true), *b;
+    struct ls_open_opts o = {.host_name = "host1", .recover = hk_hook};
+    assert_int_equal(lockspace_open(f->lun[1], 8, &o, &b), 0);
+    assert_int_equal(lockspace_join(b), 0);
+    uint64_t l0 = lockspace_lock_lba(a, 0);
+    assert_int_equal(lock_acquire(a, l0, LS_LOCK_EXCLUSIVE, 0), 0);
+    hk_main = pthread_self();
+    hk_calls = hk_on_main = 0;
+    hk_gate = &gate_g;
+    gate_close(&gate_g, 1u << LS_TP_DATA_WRITE);
+    assert_int_equal(lockspace_start_recovery_thread(b), 0);
+    lockspace_abandon(a);
+    gate_wait_blocked(&gate_g, 1); /* the hook runs (on the thread) and waits */
+    int r = -1;
+    for (int i = 0; i < 100 && r != -EINPROGRESS; i++) {
+        r = lock_acquire(b, l0, LS_LOCK_EXCLUSIVE, 0);
+        usleep(20000);
+    }
+    assert_int_equal(r, -EINPROGRESS);
+    gate_open(&gate_g);
+    assert_int_equal(lock_acquire(b, l0, LS_LOCK_EXCLUSIVE, 10000), 0);
+    assert_int_equal(hk_calls, 1);
+    assert_int_equal(hk_on_main, 0);
+    lockspace_close(a);
+    assert_int_equal(lockspace_leave(b), 0);
+    lockspace_close(b);
+}
+
 /* A joiner's recovery hook longer than the self-fence time: the joiner
  * renews its mark meanwhile, so the join succeeds. */
 static int slow_hook_calls;
@@ -1258,6 +1304,7 @@ int main(int argc, char **argv)
                                         setup512, teardown),
         cmocka_unit_test_setup_teardown(test_joiner_renews_mark_during_long_recovery, setup512,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_recovery_on_housekeeping_thread, setup4k, teardown),
     };
     if (argc > 1 && !strcmp(argv[1], "break"))
         return cmocka_run_group_tests(break_tests, NULL, NULL);
