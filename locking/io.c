@@ -120,6 +120,14 @@ int lockspace_check_write(struct lockspace *ls)
     return r;
 }
 
+int lockspace_write_deadline(struct lockspace *ls, uint64_t *deadline_ns)
+{
+    pthread_mutex_lock(&ls->lock);
+    int r = ls_write_gate_locked(ls, deadline_ns);
+    pthread_mutex_unlock(&ls->lock);
+    return r;
+}
+
 /* After a write: RESERVATION CONFLICT fences us for good; a deadline that
  * expired inside the LUN layer is our self-fence deadline passing. */
 static void note_write_error(struct lockspace *ls, int r, const char *what)

@@ -187,6 +187,11 @@ uint64_t lockspace_io_count(const struct lockspace *ls);
  * before each write; ls_write does both. */
 int lockspace_check_write(struct lockspace *ls);
 int ls_write(struct lockspace *ls, uint64_t lba, uint32_t nblocks, const void *buf, unsigned flags);
+/* For writes the caller sends itself (lun_submit with lun_io.deadline_ns,
+ * lun_write_dl): the deadline they must carry, absolute lun_now_ns()
+ * (CLOCK_BOOTTIME) ns = the self-fence deadline; -EIO once fenced. Ask
+ * again for every write: renewals move it. */
+int lockspace_write_deadline(struct lockspace *ls, uint64_t *deadline_ns);
 
 /* ---- Locks ---------------------------------------------------------------- */
 

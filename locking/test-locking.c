@@ -750,6 +750,9 @@ static void test_mixed_method_hosts_refused(void **state)
     assert_int_equal(lockspace_join(a), 0);
     assert_false(lockspace_has_pr_fencing(a));
     assert_non_null(strstr(log_last_error(), "NO FENCING"));
+    uint64_t dl;
+    assert_int_equal(lockspace_write_deadline(a, &dl), 0);
+    assert_true(dl > ls_now_ns() && dl <= ls_now_ns() + 4000ull * 1000000ull);
     assert_int_equal(lockspace_leave(a), 0);
     lockspace_close(a);
 }
