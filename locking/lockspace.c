@@ -589,7 +589,20 @@ static int pr_join(struct lockspace *ls)
     if (!st)
         return -ENOMEM;
     r = lun_pr_read(ls->lun, st);
-    if (r == 0 && !st->reserved) {
+    /* Probe what the target did: our key must be listed (once per path).
+     * A target that does not list it would make every later read-back of
+     * a preempted key meaningless: refuse, saying so. */
+    unsigned mine = 0;
+    for (unsigned i = 0; r == 0 && i < st->nkeys; i++)
+        if (st->keys[i] == key)
+            mine++;
+    if (r == 0 && mine == 0) {
+        log_err("%s: host %s: the target does not list our reservation key 0x%016" PRIx64
+                " after REGISTER (READ KEYS shows %u other key(s)): fencing cannot be "
+                "checked, refusing to join",
+                lun_name(ls->lun), ls->name, key, st->nkeys);
+        r = -EPROTO;
+    } else if (r == 0 && !st->reserved) {
         r = lun_pr_reserve(ls->lun, key, LUN_PR_WE_ALL_REGISTRANTS);
         if (r < 0 && lun_pr_read(ls->lun, st) == 0 && st->reserved &&
             st->type == LUN_PR_WE_ALL_REGISTRANTS)
