@@ -34,6 +34,8 @@ static void usage(FILE *f)
             "  resize [--shrink] FILE SIZE\n"
             "  snapshot ... / clone ...   (see vdisk snapshot --help)\n"
             "  serve ...                  (see vdisk serve --help)\n"
+            "Every command takes --allow-root DIR (repeatable): extent files and parents\n"
+            "named by an image may lie in DIR too (default: only the image's own folder).\n"
             "SIZE accepts suffixes K, M, G, T (binary).\n");
 }
 
@@ -473,6 +475,33 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* --allow-root DIR anywhere after the command: every command opens
+     * chains through vd_open, which takes the roots from vd_allow_root() */
+    int n = 2;
+    for (int i = 2; i < argc; i++) {
+        const char *dir = NULL;
+        if (strcmp(argv[i], "--") == 0) {
+            while (i < argc)
+                argv[n++] = argv[i++];
+            break;
+        }
+        if (strcmp(argv[i], "--allow-root") == 0) {
+            if (i + 1 >= argc) {
+                log_err("--allow-root needs a folder");
+                return 2;
+            }
+            dir = argv[++i];
+        } else if (strncmp(argv[i], "--allow-root=", 13) == 0) {
+            dir = argv[i] + 13;
+        } else {
+            argv[n++] = argv[i];
+            continue;
+        }
+        if (vd_allow_root(dir) < 0)
+            return 2;
+    }
+    argv[n] = NULL;
+    argc = n;
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage(stdout);

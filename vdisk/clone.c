@@ -272,6 +272,10 @@ static int cl_linked(const char *src_path, const char *dst_path)
         log_err("%s: a linked clone needs a VMDK source (this is raw)", src_path);
         return -ENOTSUP;
     }
+    /* the clone must be able to open its parent: refuse before freezing */
+    rc = vd_chain_path_allowed(dst_path, src_path);
+    if (rc < 0)
+        return rc;
     char *fpath = NULL, *hint = NULL;
     if (frozen) {
         fpath = strdup(src_path);

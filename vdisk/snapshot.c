@@ -733,7 +733,14 @@ static int sn_chain_has(const char *path, const char *real)
 {
     struct vd_image *img;
     log_clear_last_error();
-    int rc = vd_open(path, VD_OPEN_RDONLY, &img);
+    /* the clone may sit in another folder: allow the frozen file's */
+    char *fdir = strdup(real), *s = fdir ? strrchr(fdir, '/') : NULL;
+    if (s)
+        *s = 0;
+    const char *roots[] = {fdir && *fdir ? fdir : "/"};
+    struct vd_open_opts o = {.roots = roots, .n_roots = 1};
+    int rc = vd_open_ex(path, VD_OPEN_RDONLY, &o, &img);
+    free(fdir);
     if (rc < 0)
         return 1; /* cannot tell: keep it */
     int found = 0;

@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vd_io.h"
+
 struct vd_image;
 
 /* vd_open flags */
@@ -23,6 +25,22 @@ struct vd_image;
 #define VD_OPEN_RAW (1u << 1) /* treat the file as raw, do not probe */
 
 int vd_open(const char *path, unsigned flags, struct vd_image **out);
+
+/* Where the files of a chain may be. The extent files and parents named by
+ * an image's descriptors must lie inside the top image's own folder or one
+ * of the roots (no absolute path or ".." leading elsewhere, no symbolic
+ * link, regular files only, each file once per chain): -EPERM, -ELOOP,
+ * -EINVAL otherwise, with the name and the reason logged. */
+struct vd_open_opts {
+    const struct vd_io *io;   /* NULL: POSIX files */
+    const char *const *roots; /* folders allowed besides the disk's own */
+    int n_roots;
+};
+int vd_open_ex(const char *path, unsigned flags, const struct vd_open_opts *o,
+               struct vd_image **out);
+/* Add a root allowed for every later open of this process (the tools'
+ * --allow-root DIR). */
+int vd_allow_root(const char *dir);
 int vd_close(struct vd_image *img); /* flushes if writable; returns the flush result */
 
 uint64_t vd_size(const struct vd_image *img); /* virtual size in bytes */

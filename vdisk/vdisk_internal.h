@@ -32,6 +32,9 @@
 #define VD_MAX_CHAIN 64        /* deepest parent chain we follow */
 #define VD_MAX_DESC (1u << 20) /* largest descriptor we parse (bytes) */
 #define VD_MAX_EXTENTS 4096
+/* grain tables cached by one whole chain (every sparse extent of every
+ * image): a hostile chain of huge sparse extents fails the open instead */
+#define VD_MAX_CHAIN_GT_BYTES (2ull << 30)
 #define VD_MAX_DDB 256
 /* vd_open flag for snapshot.c only: open a frozen image (ddb.frozen) for
  * writing; without it such an image opens read-only or not at all. */
@@ -163,6 +166,7 @@ struct vmdk_sparse {
     bool compressed;      /* streamOptimized: grains are deflate + marker */
     bool zero_grain;      /* GTE 1 means zeroed grain */
     bool cowd;            /* ESX COWD extent: read-only here */
+    uint64_t file_size;   /* bytes, at open */
     uint64_t file_end;    /* bytes; next grain goes here; under alloc_lock */
     uint64_t durable_end; /* bytes: the file was extended (and fdatasync'ed)
                              ahead of new grains up to here in this session,
@@ -199,7 +203,8 @@ struct vmdk_extent {
     uint64_t start;         /* bytes into the virtual disk */
     uint64_t len;           /* bytes */
     char *path;             /* file path (resolved beside the descriptor) */
-    int fd;                 /* -1 for ZERO */
+    const struct vd_io *io; /* the backend fd belongs to */
+    int fd;                 /* backend handle; -1 for ZERO */
     uint64_t file_off;      /* FLAT: byte offset of the extent in the file */
     struct vmdk_sparse *sp; /* SPARSE only */
 };
@@ -224,7 +229,11 @@ enum vd_kind { VD_KIND_RAW, VD_KIND_VMDK };
 
 struct vd_image {
     char *path;
-    char *dir; /* folder holding the descriptor */
+    char *dir;      /* folder holding the descriptor, as named ("" or ".../") */
+    char *real_dir; /* the same folder, absolute and normalised (no '/' at the end) */
+    const struct vd_io *io;
+    int dirh; /* backend handle of that folder, -1 if none */
+    bool has_desc; /* a real descriptor (not a bare extent): its CID means something */
     unsigned flags;
     bool ro;
     enum vd_kind kind;
@@ -246,8 +255,31 @@ struct vd_image {
 struct vd_image *vd_image_alloc(const char *path, unsigned flags);
 void vd_image_free(struct vd_image *img);
 struct vd_image *vd_parent(const struct vd_image *img);
-/* Open with a list of ancestor real paths for loop detection. */
-int vd_open_chain(const char *path, unsigned flags, int depth, char **seen, struct vd_image **out);
+
+/* vd_chain.c: state of one vd_open_ex() while it opens a chain. */
+struct vd_chain {
+    const struct vd_io *io;
+    char **roots; /* normalised absolute folders; roots[0] is the top image's */
+    int n_roots;
+    struct {
+        uint64_t dev, ino;
+    } *files; /* every file opened so far */
+    int n_files, cap_files;
+    int depth;         /* of the image being opened; 0 = top */
+    uint64_t gt_bytes; /* grain tables cached so far */
+};
+/* Open `name` (relative to the absolute folder from_dir, or absolute) for a
+ * chain: confined to c->roots, no symbolic links, regular files only, each
+ * file once. `what` prefixes messages. Optional outs: the normalised path,
+ * its folder, and a handle of that folder. */
+int vd_chain_open_file(struct vd_chain *c, const char *what, const char *from_dir,
+                       const char *name, bool rw, int *h, char **path_out, char **dir_out,
+                       int *dirh_out);
+/* 0 if an image at image_path may name target (an existing file) as its
+ * parent under the process-wide roots, else -EPERM with a message. */
+int vd_chain_path_allowed(const char *image_path, const char *target);
+/* Open img's parent (parentFileNameHint), checking its CID. */
+int vd_chain_open_parent(struct vd_chain *c, struct vd_image *img);
 
 /* Map [off, off+len) of THIS image only (no chain). len > 0; returns 0 and
  * m->len in (0, len]. */
@@ -267,7 +299,7 @@ int vd_copy_range(struct vd_image *src, struct vd_image *dst, uint64_t off, uint
 bool vd_buf_is_zero(const void *buf, size_t len);
 
 /* vmdk_open.c: open a VMDK (header/descriptor already probed). */
-int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int depth, char **seen);
+int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, struct vd_chain *c);
 void vmdk_close(struct vd_image *img);
 /* Rewrite the descriptor (embedded or separate file) from img->desc. */
 int vmdk_desc_write(struct vd_image *img);
@@ -278,7 +310,8 @@ int vmdk_cid_touch(struct vd_image *img);
 int vmdk_sparse_open(struct vmdk_extent *e, const char *what);
 void vmdk_sparse_free(struct vmdk_sparse *sp);
 /* streamOptimized: decode the footer header (at end - 1024) into h. */
-int vmdk_sparse_read_footer(int fd, uint64_t fsize, struct vmdk4_header *h, const char *what);
+int vmdk_sparse_read_footer(const struct vd_io *io, int fd, uint64_t fsize, struct vmdk4_header *h,
+                            const char *what);
 int vmdk_sparse_map(struct vmdk_extent *e, uint64_t off, uint64_t len, struct vd_map *m);
 int vmdk_sparse_read_compressed(struct vmdk_extent *e, uint64_t file_off, uint64_t grain,
                                 uint8_t *out);

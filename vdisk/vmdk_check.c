@@ -151,13 +151,19 @@ static int vd_wr_entry(int fd, uint64_t sector, uint64_t idx, uint32_t v)
 
 static int vd_check_sparse(struct vd_checker *c, const char *path)
 {
-    int fd = open(path, (c->repair ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    /* never hang on a FIFO, never follow a link an extent name made */
+    int fd = open(path, (c->repair ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
     if (fd < 0) {
-        vd_problem(c, false, path, "cannot open: %s", strerror(errno));
+        vd_problem(c, false, path, "cannot open: %s",
+                   errno == ELOOP ? "is a symbolic link" : strerror(errno));
         return 0;
     }
     struct stat st;
-    fstat(fd, &st);
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        vd_problem(c, false, path, "is not a regular file");
+        close(fd);
+        return 0;
+    }
     uint64_t fsize = (uint64_t)st.st_size;
     struct vmdk4_header_disk hd;
     struct vmdk4_header h;
@@ -177,7 +183,7 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
     if (h.gd_offset == VMDK4_GD_AT_END) {
         /* streamOptimized: the footer near the end holds the real header */
         log_clear_last_error();
-        if (vmdk_sparse_read_footer(fd, fsize, &h, path) < 0) {
+        if (vmdk_sparse_read_footer(&vd_io_posix, fd, fsize, &h, path) < 0) {
             vd_problem(c, false, path, "footer: %s", log_last_error());
             goto out;
         }
@@ -385,16 +391,20 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
                            .r = r,
                            .repair = (flags & VD_CHECK_REPAIR) != 0,
                            .progress = (flags & VD_CHECK_PROGRESS) != 0};
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         int rc = -errno;
         log_err("%s: cannot open: %s", path, strerror(-rc));
         return rc;
     }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))) {
+        log_err("%s: not a regular file or block device", path);
+        close(fd);
+        return -EINVAL;
+    }
     uint8_t first[512];
     ssize_t n = pread(fd, first, sizeof(first), 0);
-    struct stat st;
-    fstat(fd, &st);
     if (j) {
         json_obj_begin(j, NULL);
         json_str(j, "file", path);

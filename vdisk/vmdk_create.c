@@ -100,11 +100,14 @@ static int vd_add_extent(struct vmdk_desc *d, enum vmdk_ext_type t, uint64_t sec
     return 0;
 }
 
+/* New files are made through the POSIX backend (the user's paths). */
+static const struct vd_io *const vc_io = &vd_io_posix;
+
 static int vd_create_file(const char *path, int *fd)
 {
-    *fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (*fd < 0) {
-        int rc = -errno;
+    int rc = VD_IO(vc_io, open, VD_IO_CWD, path, VD_IO_RDWR | VD_IO_CREATE, fd);
+    if (rc < 0) {
+        *fd = -1;
         log_err("%s: cannot create: %s", path, strerror(-rc));
         return rc;
     }
@@ -116,11 +119,10 @@ int vd_create_raw(const char *path, uint64_t size)
     int fd, rc = vd_create_file(path, &fd);
     if (rc < 0)
         return rc;
-    if (ftruncate(fd, (off_t)size) < 0) {
-        rc = -errno;
+    rc = VD_IO(vc_io, truncate, fd, size);
+    if (rc < 0)
         log_err("%s: truncate to %" PRIu64 " bytes: %s", path, size, strerror(-rc));
-    }
-    close(fd);
+    VD_IO(vc_io, close, fd);
     if (rc < 0)
         unlink(path);
     return rc;
@@ -146,7 +148,8 @@ static void vd_sparse_layout(uint64_t cap, uint64_t at, struct vd_sparse_layout 
 
 /* Write both directories (pointing at their tables) and optionally both
  * table sets from `gt` (gt_count * 512 entries, host order). */
-static int vd_sparse_write_tables(int fd, const struct vd_sparse_layout *l, const uint32_t *gt)
+static int vd_sparse_write_tables(const struct vd_io *io, int fd, const struct vd_sparse_layout *l,
+                                  const uint32_t *gt)
 {
     size_t gdb = (size_t)(l->gd_sectors * VD_SECTOR);
     uint8_t *gd = calloc(1, gdb), *rgd = calloc(1, gdb);
@@ -159,9 +162,9 @@ static int vd_sparse_write_tables(int fd, const struct vd_sparse_layout *l, cons
         le32_put(rgd + i * 4, (uint32_t)(l->rgt + i * 4));
         le32_put(gd + i * 4, (uint32_t)(l->gt + i * 4));
     }
-    rc = pwrite_full(fd, rgd, gdb, l->rgd * VD_SECTOR);
+    rc = VD_IO(io, pwrite, fd, rgd, gdb, l->rgd * VD_SECTOR);
     if (rc == 0)
-        rc = pwrite_full(fd, gd, gdb, l->gd * VD_SECTOR);
+        rc = VD_IO(io, pwrite, fd, gd, gdb, l->gd * VD_SECTOR);
     if (rc == 0 && gt) {
         size_t n = (size_t)(l->gt_count * 512);
         uint8_t *t = malloc(n * 4);
@@ -171,9 +174,9 @@ static int vd_sparse_write_tables(int fd, const struct vd_sparse_layout *l, cons
         }
         for (size_t i = 0; i < n; i++)
             le32_put(t + i * 4, gt[i]);
-        rc = pwrite_full(fd, t, n * 4, l->rgt * VD_SECTOR);
+        rc = VD_IO(io, pwrite, fd, t, n * 4, l->rgt * VD_SECTOR);
         if (rc == 0)
-            rc = pwrite_full(fd, t, n * 4, l->gt * VD_SECTOR);
+            rc = VD_IO(io, pwrite, fd, t, n * 4, l->gt * VD_SECTOR);
         free(t);
     }
 out:
@@ -227,16 +230,16 @@ static int vd_create_sparse(const char *path, const struct vd_create_opts *o, ui
     uint8_t area[20 * VD_SECTOR] = {0};
     memcpy(area, text, strlen(text));
     free(text);
-    rc = pwrite_full(fd, &hd, sizeof(hd), 0);
+    rc = VD_IO(vc_io, pwrite, fd, &hd, sizeof(hd), 0);
     if (rc == 0)
-        rc = pwrite_full(fd, area, sizeof(area), VD_SECTOR);
+        rc = VD_IO(vc_io, pwrite, fd, area, sizeof(area), VD_SECTOR);
     if (rc == 0)
-        rc = vd_sparse_write_tables(fd, &l, NULL);
-    if (rc == 0 && ftruncate(fd, (off_t)(h.overhead * VD_SECTOR)) < 0)
-        rc = -errno;
-    if (rc == 0 && fsync(fd) < 0)
-        rc = -errno;
-    close(fd);
+        rc = vd_sparse_write_tables(vc_io, fd, &l, NULL);
+    if (rc == 0)
+        rc = VD_IO(vc_io, truncate, fd, h.overhead * VD_SECTOR);
+    if (rc == 0)
+        rc = VD_IO(vc_io, flush, fd);
+    VD_IO(vc_io, close, fd);
     if (rc < 0) {
         log_err("%s: writing the new image: %s", path, strerror(-rc));
         unlink(path);
@@ -252,7 +255,7 @@ static int vd_fill_zero(int fd, uint64_t size, const char *path)
         return -ENOMEM;
     int rc = 0;
     for (uint64_t off = 0; off < size && rc == 0; off += bs)
-        rc = pwrite_full(fd, z, (size_t)MIN(bs, size - off), off);
+        rc = VD_IO(vc_io, pwrite, fd, z, (size_t)MIN(bs, size - off), off);
     free(z);
     if (rc < 0)
         log_err("%s: writing zeroes: %s", path, strerror(-rc));
@@ -293,23 +296,27 @@ static int vd_create_flat(const char *path, const struct vd_create_opts *o, uint
         goto out;
     made_flat = true;
     uint64_t size = cap * VD_SECTOR;
-    if (fallocate(ffd, 0, 0, (off_t)size) < 0 && ftruncate(ffd, (off_t)size) < 0) {
-        rc = -errno;
+    rc = VD_IO(vc_io, allocate, ffd, 0, size);
+    if (rc < 0)
+        rc = VD_IO(vc_io, truncate, ffd, size);
+    if (rc < 0) {
         log_err("%s: allocating %" PRIu64 " bytes: %s", flatpath, size, strerror(-rc));
         goto out;
     }
     if (o->type == VD_TYPE_EAGER && (rc = vd_fill_zero(ffd, size, flatpath)) < 0)
         goto out;
-    rc = pwrite_full(dfd, text, strlen(text), 0);
-    if (rc == 0 && (fsync(ffd) < 0 || fsync(dfd) < 0))
-        rc = -errno;
+    rc = VD_IO(vc_io, pwrite, dfd, text, strlen(text), 0);
+    if (rc == 0)
+        rc = VD_IO(vc_io, flush, ffd);
+    if (rc == 0)
+        rc = VD_IO(vc_io, flush, dfd);
     if (rc < 0)
         log_err("%s: writing the descriptor: %s", path, strerror(-rc));
 out:
     if (dfd >= 0)
-        close(dfd);
+        VD_IO(vc_io, close, dfd);
     if (ffd >= 0)
-        close(ffd);
+        VD_IO(vc_io, close, ffd);
     if (rc < 0) {
         if (made_desc)
             unlink(path);
@@ -369,7 +376,8 @@ static int vd_resize_sparse(struct vd_image *img, uint64_t cap)
             uint8_t *z = calloc(1, n);
             if (!z)
                 return -ENOMEM;
-            int rc = pwrite_full(e->fd, z, n, (uint64_t)v * VD_SECTOR + (tail % sp->grain_bytes));
+            int rc = VD_IO(e->io, pwrite, e->fd, z, n,
+                           (uint64_t)v * VD_SECTOR + (tail % sp->grain_bytes));
             free(z);
             if (rc < 0)
                 return rc;
@@ -385,10 +393,10 @@ static int vd_resize_sparse(struct vd_image *img, uint64_t cap)
     if (!gt)
         return -ENOMEM;
     memcpy(gt, sp->gt, MIN(old_grains, new_grains) * 4);
-    int rc = vd_sparse_write_tables(e->fd, &l, gt);
+    int rc = vd_sparse_write_tables(e->io, e->fd, &l, gt);
     free(gt);
-    if (rc == 0 && fdatasync(e->fd) < 0)
-        rc = -errno;
+    if (rc == 0)
+        rc = VD_IO(e->io, flush, e->fd);
     if (rc < 0) {
         log_err("%s: writing new grain tables: %s", img->path, strerror(-rc));
         return rc;
@@ -400,9 +408,9 @@ static int vd_resize_sparse(struct vd_image *img, uint64_t cap)
     h.flags |= VMDK4_FLAG_RGD;
     struct vmdk4_header_disk hd;
     vmdk4_header_encode(&h, &hd);
-    rc = pwrite_full(e->fd, &hd, sizeof(hd), 0);
-    if (rc == 0 && fdatasync(e->fd) < 0)
-        rc = -errno;
+    rc = VD_IO(e->io, pwrite, e->fd, &hd, sizeof(hd), 0);
+    if (rc == 0)
+        rc = VD_IO(e->io, flush, e->fd);
     if (rc < 0)
         log_err("%s: writing the header: %s", img->path, strerror(-rc));
     return rc;
@@ -430,8 +438,7 @@ int vd_resize(const char *path, uint64_t size, bool allow_shrink)
         goto out;
     }
     if (img->kind == VD_KIND_RAW) {
-        if (ftruncate(img->fd, (off_t)size) < 0) {
-            rc = -errno;
+        if ((rc = VD_IO(img->io, truncate, img->fd, size)) < 0) {
             log_err("%s: truncate: %s", path, strerror(-rc));
         }
         goto out;
@@ -447,11 +454,10 @@ int vd_resize(const char *path, uint64_t size, bool allow_shrink)
         rc = vd_resize_sparse(img, cap);
     } else if (e->type == VMDK_EXT_FLAT || e->type == VMDK_EXT_VMFS) {
         uint64_t end = e->file_off + size;
-        if (size > e->len && fallocate(e->fd, 0, (off_t)e->file_off, (off_t)size) < 0 &&
-            ftruncate(e->fd, (off_t)end) < 0)
-            rc = -errno;
-        if (rc == 0 && size < e->len && ftruncate(e->fd, (off_t)end) < 0)
-            rc = -errno;
+        if (size > e->len && VD_IO(img->io, allocate, e->fd, e->file_off, size) < 0)
+            rc = VD_IO(img->io, truncate, e->fd, end);
+        if (rc == 0 && size < e->len)
+            rc = VD_IO(img->io, truncate, e->fd, end);
         if (rc < 0)
             log_err("%s: resizing %s: %s", path, e->path, strerror(-rc));
     } else {

@@ -4,14 +4,13 @@
  * chain. Also the descriptor rewrite and the CID update on first write.
  *
  * Design notes
- * - The parent is found through parentFileNameHint (relative to the
- *   child's folder, or absolute), opened read-only, and must carry the CID
- *   the child records as parentCID: a mismatch means the parent was written
- *   after the child was made, and reading through it would return mixed
- *   data; we refuse with both file names and both CIDs.
- * - Loops: every image of the chain is identified by realpath(); opening
- *   a parent already on the chain fails, and so does a chain deeper than
- *   VD_MAX_CHAIN.
+ * - Extent files and the parent are opened through vd_chain.c, the one
+ *   place that resolves names of a chain (confined to the allowed roots, no
+ *   symbolic links, regular files, each file once) and checks every
+ *   parent's CID against the child's parentCID: a mismatch means the
+ *   parent was written after the child was made, and reading through it
+ *   would return mixed data; we refuse with both file names and both CIDs.
+ * - All file I/O goes through the image's backend (img->io, vd_io.h).
  * - CID: like QEMU (vmdk_write_cid), the first write after open gives the
  *   image a new random CID, so any child made from it earlier no longer
  *   matches and will refuse to open instead of showing corrupted data.
@@ -54,10 +53,10 @@ void vmdk_close(struct vd_image *img)
          * to the last grain; if this fails or is lost, the tail is holes
          * that `vdisk check` counts as leaked grains */
         if (e->fd >= 0 && e->sp && !img->ro && e->sp->durable_end > e->sp->file_end &&
-            ftruncate(e->fd, (off_t)e->sp->file_end) == 0)
-            (void)fdatasync(e->fd);
-        if (e->fd >= 0)
-            close(e->fd);
+            VD_IO(img->io, truncate, e->fd, e->sp->file_end) == 0)
+            (void)VD_IO(img->io, flush, e->fd);
+        if (e->fd >= 0 && e->fd != img->fd) /* an embedded extent shares img->fd */
+            VD_IO(img->io, close, e->fd);
         vmdk_sparse_free(e->sp);
         free(e->path);
     }
@@ -69,30 +68,31 @@ void vmdk_close(struct vd_image *img)
 
 static int vmdk_read_text_desc(struct vd_image *img, char **out, size_t *len)
 {
-    struct stat st;
-    if (fstat(img->fd, &st) < 0)
-        return -errno;
-    if ((uint64_t)st.st_size > VD_MAX_DESC) {
-        log_err("%s: descriptor file is %lld bytes, more than the %u we accept", img->path,
-                (long long)st.st_size, VD_MAX_DESC);
+    struct vd_io_stat st;
+    int rc = VD_IO(img->io, stat, img->fd, &st);
+    if (rc < 0)
+        return rc;
+    if (st.size > VD_MAX_DESC) {
+        log_err("%s: descriptor file is %llu bytes, more than the %u we accept", img->path,
+                (unsigned long long)st.size, VD_MAX_DESC);
         return -EUCLEAN;
     }
-    char *buf = malloc((size_t)st.st_size + 1);
+    char *buf = malloc((size_t)st.size + 1);
     if (!buf)
         return -ENOMEM;
-    int rc = pread_full(img->fd, buf, (size_t)st.st_size, 0);
+    rc = VD_IO(img->io, pread, img->fd, buf, (size_t)st.size, 0);
     if (rc < 0) {
         log_err("%s: read of descriptor: %s", img->path, strerror(-rc));
         free(buf);
         return rc;
     }
-    buf[st.st_size] = 0;
+    buf[st.size] = 0;
     *out = buf;
-    *len = (size_t)st.st_size;
+    *len = (size_t)st.size;
     return 0;
 }
 
-static int vmdk_open_extents(struct vd_image *img, bool embedded)
+static int vmdk_open_extents(struct vd_image *img, bool embedded, struct vd_chain *c)
 {
     struct vmdk_desc *d = &img->desc;
     int n = embedded ? 1 : d->n_ext;
@@ -104,6 +104,7 @@ static int vmdk_open_extents(struct vd_image *img, bool embedded)
     for (int i = 0; i < n; i++) {
         struct vmdk_extent *e = &img->ext[i];
         e->fd = -1;
+        e->io = img->io;
         img->n_ext = i + 1;
         const struct vmdk_desc_extent *de = embedded ? NULL : &d->ext[i];
         e->type = embedded ? VMDK_EXT_SPARSE : de->type;
@@ -118,20 +119,17 @@ static int vmdk_open_extents(struct vd_image *img, bool embedded)
         }
         if (embedded) {
             e->path = strdup(img->path);
-            e->fd = dup(img->fd);
+            e->fd = img->fd;
         } else {
+            bool rw = !img->ro && e->access == VMDK_ACC_RW;
+            char what[64 + 4096];
+            snprintf(what, sizeof(what), "%s: extent %d", img->path, i);
+            int rc = vd_chain_open_file(c, what, img->real_dir, de->fname, rw, &e->fd, NULL, NULL,
+                                        NULL);
+            if (rc < 0)
+                return rc;
             if (asprintf(&e->path, "%s%s", img->dir, de->fname) < 0)
                 e->path = NULL;
-            if (e->path) {
-                bool rw = !img->ro && e->access == VMDK_ACC_RW;
-                e->fd = open(e->path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-                if (e->fd < 0) {
-                    int rc = -errno;
-                    log_err("%s: extent %d: cannot open \"%s\": %s", img->path, i, e->path,
-                            strerror(-rc));
-                    return rc;
-                }
-            }
         }
         if (!e->path || e->fd < 0)
             return -ENOMEM;
@@ -140,6 +138,13 @@ static int vmdk_open_extents(struct vd_image *img, bool embedded)
             int rc = vmdk_sparse_open(e, e->path);
             if (rc < 0)
                 return rc;
+            c->gt_bytes += (uint64_t)e->sp->num_gts * e->sp->h.num_gtes_per_gt * 4;
+            if (c->gt_bytes > VD_MAX_CHAIN_GT_BYTES) {
+                log_err("%s: the chain's grain tables would take more than %llu MiB of memory "
+                        "(extent %d, %s)",
+                        img->path, VD_MAX_CHAIN_GT_BYTES >> 20, i, e->path);
+                return -EUCLEAN;
+            }
             if (embedded)
                 e->len = e->sp->h.capacity * VD_SECTOR;
             if (!img->gran || e->sp->grain_bytes < img->gran)
@@ -147,13 +152,14 @@ static int vmdk_open_extents(struct vd_image *img, bool embedded)
         } else {
             e->len = de->sectors * VD_SECTOR;
             e->file_off = de->offset * VD_SECTOR;
-            struct stat st;
-            if (fstat(e->fd, &st) < 0)
-                return -errno;
-            if (S_ISREG(st.st_mode) && (uint64_t)st.st_size < e->file_off + e->len) {
-                log_err("%s: flat extent \"%s\" is truncated: %lld bytes, the descriptor "
+            struct vd_io_stat st;
+            int rc = VD_IO(img->io, stat, e->fd, &st);
+            if (rc < 0)
+                return rc;
+            if (st.kind == VD_IO_REG && st.size < e->file_off + e->len) {
+                log_err("%s: flat extent \"%s\" is truncated: %llu bytes, the descriptor "
                         "needs %" PRIu64,
-                        img->path, e->path, (long long)st.st_size, e->file_off + e->len);
+                        img->path, e->path, (unsigned long long)st.size, e->file_off + e->len);
                 return -EUCLEAN;
             }
         }
@@ -165,89 +171,11 @@ static int vmdk_open_extents(struct vd_image *img, bool embedded)
     return 0;
 }
 
-static int vmdk_open_parent(struct vd_image *img, int depth, char **seen)
-{
-    struct vmdk_desc *d = &img->desc;
-    if (!d->parent_hint) {
-        if (d->parent_cid != 0xffffffffu) {
-            log_err("%s: parentCID is %08x but there is no parentFileNameHint", img->path,
-                    d->parent_cid);
-            return -EUCLEAN;
-        }
-        return 0;
-    }
-    if (depth + 1 >= VD_MAX_CHAIN) {
-        log_err("%s: parent chain deeper than %d images", img->path, VD_MAX_CHAIN);
-        return -ELOOP;
-    }
-    char *ppath;
-    if (d->parent_hint[0] == '/')
-        ppath = strdup(d->parent_hint);
-    else if (asprintf(&ppath, "%s%s", img->dir, d->parent_hint) < 0)
-        ppath = NULL;
-    if (!ppath)
-        return -ENOMEM;
-    char *real = realpath(ppath, NULL);
-    if (!real) {
-        int rc = -errno;
-        log_err("%s: parent \"%s\" (parentFileNameHint \"%s\"): %s", img->path, ppath,
-                d->parent_hint, strerror(-rc));
-        free(ppath);
-        return rc;
-    }
-    for (int i = 0; i <= depth; i++) {
-        if (seen[i] && strcmp(seen[i], real) == 0) {
-            log_err("%s: parent chain loops: parentFileNameHint \"%s\" is %s, already in the "
-                    "chain",
-                    img->path, d->parent_hint, real);
-            free(real);
-            free(ppath);
-            return -ELOOP;
-        }
-    }
-    seen[depth + 1] = real;
-    struct vd_image *p = NULL;
-    int rc = vd_open_chain(ppath, VD_OPEN_RDONLY, depth + 1, seen, &p);
-    seen[depth + 1] = NULL;
-    free(real);
-    if (rc < 0) {
-        free(ppath);
-        return rc;
-    }
-    if (p->kind != VD_KIND_VMDK) {
-        log_err("%s: parent %s is not a VMDK image", img->path, ppath);
-        rc = -EUCLEAN;
-    } else if (p->desc.cid != d->parent_cid) {
-        log_err("%s: parent %s has CID %08x but this image expects parentCID %08x (the parent "
-                "was modified after this image was created)",
-                img->path, ppath, p->desc.cid, d->parent_cid);
-        rc = -EUCLEAN;
-    }
-    free(ppath);
-    if (rc < 0) {
-        vd_image_free(p);
-        return rc;
-    }
-    img->parent = p;
-    return 0;
-}
-
-int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int depth, char **seen)
+int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, struct vd_chain *c)
 {
     int rc;
     char *text = NULL;
     size_t tlen = 0;
-    char *my_seen[VD_MAX_CHAIN + 1];
-    char *real = NULL;
-    if (!seen) {
-        memset(my_seen, 0, sizeof(my_seen));
-        seen = my_seen;
-        real = realpath(img->path, NULL);
-        if (!real)
-            return -errno;
-        seen[0] = real;
-        depth = 0;
-    }
     bool embedded = first_len >= 4 && le32_get(first) == VMDK4_MAGIC;
     bool cowd = first_len >= 4 && memcmp(first, VMDK3_MAGIC_BYTES, 4) == 0;
     if (cowd) {
@@ -290,7 +218,7 @@ int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int 
                 rc = -ENOMEM;
                 goto out;
             }
-            rc = pread_full(img->fd, text, img->desc_cap, img->desc_off);
+            rc = VD_IO(img->io, pread, img->fd, text, img->desc_cap, img->desc_off);
             if (rc < 0) {
                 log_err("%s: descriptor at offset %" PRIu64 " (%" PRIu64 " bytes) is past the "
                         "end of the file (truncated?)",
@@ -299,6 +227,7 @@ int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int 
                 goto out;
             }
             rc = vmdk_desc_parse(text, img->desc_cap, &img->desc, img->path);
+            img->has_desc = true;
         }
         img->desc_embedded = true;
     } else {
@@ -306,6 +235,7 @@ int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int 
         if (rc < 0)
             goto out;
         rc = vmdk_desc_parse(text, tlen, &img->desc, img->path);
+        img->has_desc = true;
     }
     if (rc < 0)
         goto out;
@@ -319,13 +249,12 @@ int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int 
             goto out;
         }
     }
-    rc = vmdk_open_extents(img, embedded);
+    rc = vmdk_open_extents(img, embedded, c);
     if (rc < 0)
         goto out;
-    rc = vmdk_open_parent(img, depth, seen);
+    rc = vd_chain_open_parent(c, img);
 out:
     free(text);
-    free(real);
     if (rc < 0)
         vmdk_close(img);
     return rc;
@@ -357,12 +286,12 @@ int vmdk_desc_write(struct vd_image *img)
             return -ENOMEM;
         }
         memcpy(area, text, len);
-        rc = pwrite_full(img->fd, area, img->desc_cap, img->desc_off);
+        rc = VD_IO(img->io, pwrite, img->fd, area, img->desc_cap, img->desc_off);
         free(area);
     } else {
-        rc = pwrite_full(img->fd, text, len, 0);
-        if (rc == 0 && ftruncate(img->fd, (off_t)len) < 0)
-            rc = -errno;
+        rc = VD_IO(img->io, pwrite, img->fd, text, len, 0);
+        if (rc == 0)
+            rc = VD_IO(img->io, truncate, img->fd, len);
     }
     if (rc < 0)
         log_err("%s: write of descriptor: %s", img->path, strerror(-rc));

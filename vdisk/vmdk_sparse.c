@@ -225,7 +225,8 @@ void vmdk_sparse_free(struct vmdk_sparse *sp)
 }
 
 /* streamOptimized: the real header is the footer at end - 1024. */
-int vmdk_sparse_read_footer(int fd, uint64_t fsize, struct vmdk4_header *h, const char *what)
+int vmdk_sparse_read_footer(const struct vd_io *io, int fd, uint64_t fsize, struct vmdk4_header *h,
+                            const char *what)
 {
     uint8_t buf[1536];
     if (fsize < 1536 + 512) {
@@ -233,7 +234,7 @@ int vmdk_sparse_read_footer(int fd, uint64_t fsize, struct vmdk4_header *h, cons
                 fsize);
         return -EUCLEAN;
     }
-    int rc = pread_full(fd, buf, sizeof(buf), fsize - 1536);
+    int rc = VD_IO(io, pread, fd, buf, sizeof(buf), fsize - 1536);
     if (rc < 0) {
         log_err("%s: read of the footer: %s", what, strerror(-rc));
         return rc;
@@ -254,7 +255,7 @@ int vmdk_sparse_read_footer(int fd, uint64_t fsize, struct vmdk4_header *h, cons
     return rc;
 }
 
-static int vmdk_sparse_read_table(int fd, uint32_t *out, uint64_t n, uint64_t sector,
+static int vmdk_sparse_read_table(const struct vd_io *io, int fd, uint32_t *out, uint64_t n, uint64_t sector,
                                   uint64_t fsize, const char *what, const char *name)
 {
     uint64_t bytes = n * 4;
@@ -264,7 +265,7 @@ static int vmdk_sparse_read_table(int fd, uint32_t *out, uint64_t n, uint64_t se
                 what, name, sector, bytes, fsize);
         return -EUCLEAN;
     }
-    int rc = pread_full(fd, out, bytes, sector * VD_SECTOR);
+    int rc = VD_IO(io, pread, fd, out, bytes, sector * VD_SECTOR);
     if (rc < 0) {
         log_err("%s: read of %s: %s", what, name, strerror(-rc));
         return rc;
@@ -285,19 +286,19 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
     for (int i = 0; i < VMDK_STRIPES; i++)
         pthread_mutex_init(&sp->stripe[i], NULL);
     int rc;
-    struct stat st;
-    if (fstat(e->fd, &st) < 0) {
-        rc = -errno;
+    struct vd_io_stat st;
+    rc = VD_IO(e->io, stat, e->fd, &st);
+    if (rc < 0)
         goto fail;
-    }
-    uint64_t fsize = (uint64_t)st.st_size;
+    uint64_t fsize = st.size;
+    sp->file_size = fsize;
     struct vmdk4_header_disk d;
     if (fsize < 512) {
         log_err("%s: truncated: %" PRIu64 " bytes, less than one header sector", what, fsize);
         rc = -EUCLEAN;
         goto fail;
     }
-    rc = pread_full(e->fd, &d, sizeof(d), 0);
+    rc = VD_IO(e->io, pread, e->fd, &d, sizeof(d), 0);
     if (rc < 0) {
         log_err("%s: read of the header: %s", what, strerror(-rc));
         goto fail;
@@ -312,7 +313,7 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
         goto fail;
     sp->cowd = memcmp(d.magic, VMDK3_MAGIC_BYTES, 4) == 0;
     if (sp->h.gd_offset == VMDK4_GD_AT_END) {
-        rc = vmdk_sparse_read_footer(e->fd, fsize, &sp->h, what);
+        rc = vmdk_sparse_read_footer(e->io, e->fd, fsize, &sp->h, what);
         if (rc < 0)
             goto fail;
     }
@@ -346,7 +347,7 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
     uint64_t gd_sector = h->gd_offset;
     if (gd_sector == 0) /* only a redundant directory: use it */
         gd_sector = h->rgd_offset;
-    rc = vmdk_sparse_read_table(e->fd, sp->gd, ngt, gd_sector, fsize, what,
+    rc = vmdk_sparse_read_table(e->io, e->fd, sp->gd, ngt, gd_sector, fsize, what,
                                 "grain directory (header gdOffset)");
     if (rc < 0)
         goto fail;
@@ -356,7 +357,7 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
             rc = -ENOMEM;
             goto fail;
         }
-        rc = vmdk_sparse_read_table(e->fd, sp->rgd, ngt, h->rgd_offset, fsize, what,
+        rc = vmdk_sparse_read_table(e->io, e->fd, sp->rgd, ngt, h->rgd_offset, fsize, what,
                                     "redundant grain directory");
         if (rc < 0)
             goto fail;
@@ -376,7 +377,7 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
             j++;
         char name[64];
         snprintf(name, sizeof(name), "grain table %" PRIu64, i);
-        rc = vmdk_sparse_read_table(e->fd, sp->gt + i * h->num_gtes_per_gt,
+        rc = vmdk_sparse_read_table(e->io, e->fd, sp->gt + i * h->num_gtes_per_gt,
                                     (j - i) * h->num_gtes_per_gt, sp->gd[i], fsize, what, name);
         if (rc < 0)
             goto fail;
@@ -466,9 +467,9 @@ int vmdk_sparse_read_compressed(struct vmdk_extent *e, uint64_t file_off, uint64
     if (!buf)
         return -ENOMEM;
     int rc;
-    ssize_t n = pread(e->fd, buf, cap, (off_t)file_off);
-    if (n < 0) {
-        rc = -errno;
+    size_t n = file_off < sp->file_size ? (size_t)MIN(cap, sp->file_size - file_off) : 0;
+    rc = VD_IO(e->io, pread, e->fd, buf, n, file_off);
+    if (rc < 0) {
         log_err("%s: read of compressed grain %" PRIu64 " at %" PRIu64 ": %s", e->path, grain,
                 file_off, strerror(-rc));
         goto out;
@@ -533,9 +534,9 @@ static int vmdk_gte_store(struct vmdk_extent *e, uint64_t grain, uint32_t val)
     /* meta_lock: a flush writing this entry's sector must not overwrite
      * the new value with the one it read before */
     pthread_mutex_lock(&sp->meta_lock);
-    int rc = pwrite_full(e->fd, b, 4, (uint64_t)sp->gd[gti] * VD_SECTOR + idx * 4);
+    int rc = VD_IO(e->io, pwrite, e->fd, b, 4, (uint64_t)sp->gd[gti] * VD_SECTOR + idx * 4);
     if (rc == 0 && sp->rgd && sp->rgd[gti])
-        rc = pwrite_full(e->fd, b, 4, (uint64_t)sp->rgd[gti] * VD_SECTOR + idx * 4);
+        rc = VD_IO(e->io, pwrite, e->fd, b, 4, (uint64_t)sp->rgd[gti] * VD_SECTOR + idx * 4);
     if (rc == 0) {
         if (sp->gts) { /* the file has the entry now: nothing left to defer */
             struct vmdk_gt_sector *t = &sp->gts[grain / VMDK_GTES_PER_SECTOR];
@@ -600,12 +601,10 @@ static int vmdk_gte_defer(struct vmdk_extent *e, uint64_t grain, uint32_t val)
 
 static int vmdk_fdatasync(struct vmdk_extent *e)
 {
-    if (fdatasync(e->fd) < 0 && errno != EINVAL && errno != EROFS) {
-        int rc = -errno;
+    int rc = VD_IO(e->io, flush, e->fd);
+    if (rc < 0)
         log_err("%s: fdatasync: %s", e->path, strerror(-rc));
-        return rc;
-    }
-    return 0;
+    return rc;
 }
 
 /* Write GT sector `sec` (primary, then redundant) as the file must hold it
@@ -623,9 +622,9 @@ static int vmdk_gt_sector_write(struct vmdk_extent *e, uint64_t sec)
         bool pend = (t->pend[i / 64] >> (i % 64)) & 1;
         le32_put(b + i * 4, pend ? 0 : vmdk_gte_load(sp, first + i));
     }
-    int rc = pwrite_full(e->fd, b, sizeof(b), (uint64_t)sp->gd[gti] * VD_SECTOR + in);
+    int rc = VD_IO(e->io, pwrite, e->fd, b, sizeof(b), (uint64_t)sp->gd[gti] * VD_SECTOR + in);
     if (rc == 0 && sp->rgd && sp->rgd[gti])
-        rc = pwrite_full(e->fd, b, sizeof(b), (uint64_t)sp->rgd[gti] * VD_SECTOR + in);
+        rc = VD_IO(e->io, pwrite, e->fd, b, sizeof(b), (uint64_t)sp->rgd[gti] * VD_SECTOR + in);
     if (rc < 0)
         log_err("%s: write of grain table %" PRIu64 " entries %" PRIu64 " to %" PRIu64 ": %s",
                 e->path, gti, first % per, first % per + VMDK_GTES_PER_SECTOR - 1, strerror(-rc));
@@ -718,8 +717,10 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
          * points into the new space. A lost grain then reads as zeroes, what
          * an unallocated grain of a disk without a parent read before. */
         uint64_t end = ROUND_UP(at + sp->grain_bytes, VMDK_GROW_AHEAD);
-        if (ftruncate(e->fd, (off_t)end) < 0 || fdatasync(e->fd) < 0) {
-            rc = -errno;
+        rc = VD_IO(e->io, truncate, e->fd, end);
+        if (rc == 0)
+            rc = VD_IO(e->io, flush, e->fd);
+        if (rc < 0) {
             sp->file_end -= sp->grain_bytes; /* nothing points there yet */
             pthread_mutex_unlock(&sp->alloc_lock);
             log_err("%s: growing the file to %" PRIu64 " bytes for new grains: %s", e->path, end,
@@ -729,7 +730,7 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
         sp->durable_end = end;
     }
     pthread_mutex_unlock(&sp->alloc_lock);
-    rc = pwrite_full(e->fd, data, sp->grain_bytes, at);
+    rc = VD_IO(e->io, pwrite, e->fd, data, sp->grain_bytes, at);
     if (rc < 0) {
         log_err("%s: write of new grain %" PRIu64 " at file offset %" PRIu64 ": %s", e->path, grain,
                 at, strerror(-rc));
@@ -742,11 +743,8 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
         if (rc != -ENOMEM)
             return rc;
     }
-    if (((flags & VD_FUA) || shadows) && fdatasync(e->fd) < 0) {
-        rc = -errno;
-        log_err("%s: fdatasync: %s", e->path, strerror(-rc));
+    if (((flags & VD_FUA) || shadows) && (rc = vmdk_fdatasync(e)) < 0)
         return rc;
-    }
     return vmdk_gte_store(e, grain, (uint32_t)(at / VD_SECTOR));
 }
 
@@ -809,7 +807,7 @@ int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t
             }
             pthread_mutex_unlock(mx);
         }
-        rc = pwrite_full(e->fd, buf, n, (uint64_t)v * VD_SECTOR + in);
+        rc = VD_IO(e->io, pwrite, e->fd, buf, n, (uint64_t)v * VD_SECTOR + in);
         if (rc < 0) {
             log_err("%s: write of grain %" PRIu64 " at file offset %" PRIu64 ": %s", e->path, grain,
                     (uint64_t)v * VD_SECTOR + in, strerror(-rc));
@@ -850,8 +848,7 @@ int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, 
                 if (vmdk_gte_state(sp, v) != VD_MAP_ZERO) {
                     rc = vmdk_gte_store(e, grain, VMDK_GTE_ZEROED);
                     if (rc == 0 && vmdk_gte_state(sp, v) == VD_MAP_DATA)
-                        (void)fallocate(e->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                                        (off_t)v * VD_SECTOR, (off_t)gb);
+                        (void)VD_IO(e->io, punch, e->fd, (uint64_t)v * VD_SECTOR, gb, false);
                 }
                 pthread_mutex_unlock(mx);
             }

@@ -1,0 +1,278 @@
+/* Unit tests of the chain opener (vd_chain.c) against hostile images: names
+ * in descriptors that leave the allowed roots (absolute hint to an unrelated
+ * disk with the right CID, ".."), symbolic links, a FIFO, the same file
+ * twice, bare extents and COWD files as parents; and the roots that make a
+ * linked clone in another folder work.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "le.h"
+#include "log.h"
+#include "vdisk_internal.h"
+
+static char tmpdir[256];
+
+static void quiet(enum log_level level, const char *msg, void *opaque)
+{
+    (void)level;
+    (void)msg;
+    (void)opaque;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test-chain.XXXXXX");
+    assert_non_null(mkdtemp(tmpdir));
+    log_set_sink(quiet, NULL);
+    alarm(60); /* an open that hangs (FIFO) fails the test instead */
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+    assert_int_equal(system(cmd), 0);
+    return 0;
+}
+
+static char *tpath(const char *name)
+{
+    static char buf[8][320];
+    static int k;
+    char *p = buf[k++ % 8];
+    snprintf(p, 320, "%s/%s", tmpdir, name);
+    return p;
+}
+
+static void make_thin(const char *path, const char *hint, uint32_t pcid)
+{
+    struct vd_create_opts o = {
+        .size = 1 << 20, .type = VD_TYPE_THIN, .parent_hint = hint, .parent_cid = pcid};
+    unlink(path);
+    assert_int_equal(vmdk_create(path, &o), 0);
+}
+
+static uint32_t image_cid(const char *path)
+{
+    struct vd_image *img;
+    assert_int_equal(vd_open(path, VD_OPEN_RDONLY, &img), 0);
+    uint32_t cid = img->desc.cid;
+    vd_close(img);
+    return cid;
+}
+
+static void write_byte(const char *path, uint8_t v)
+{
+    struct vd_image *img;
+    assert_int_equal(vd_open(path, 0, &img), 0);
+    uint8_t b[512];
+    memset(b, v, sizeof(b));
+    assert_int_equal(vd_pwrite(img, b, sizeof(b), 0, 0), 0);
+    assert_int_equal(vd_close(img), 0);
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void expect_refused(const char *path, int err, const char *what)
+{
+    struct vd_image *img = NULL;
+    log_clear_last_error();
+    int rc = vd_open(path, VD_OPEN_RDONLY, &img);
+    if (rc != err)
+        fail_msg("%s: expected %d, got %d (%s)", path, err, rc, log_last_error());
+    assert_null(img);
+    if (!strstr(log_last_error(), what))
+        fail_msg("%s: message \"%s\" lacks \"%s\"", path, log_last_error(), what);
+}
+
+/* The issue's check: a delta whose parentFileNameHint is the absolute path
+ * of a disk in an unrelated folder, with that disk's CID, used to read that
+ * disk's data. Now: refused, unless the folder is an allowed root. */
+static void test_absolute_hint_to_unrelated_disk_is_refused(void **state)
+{
+    (void)state;
+    assert_int_equal(mkdir(tpath("victim"), 0755), 0);
+    assert_int_equal(mkdir(tpath("tenant"), 0755), 0);
+    const char *victim = tpath("victim/secret.vmdk");
+    make_thin(victim, NULL, 0);
+    write_byte(victim, 0x5e);
+    char hint[400];
+    snprintf(hint, sizeof(hint), "%s", victim);
+    const char *evil = tpath("tenant/evil.vmdk");
+    make_thin(evil, hint, image_cid(victim));
+    expect_refused(evil, -EPERM, "outside the folders");
+    expect_refused(evil, -EPERM, "secret.vmdk");
+    /* the user allows the folder: the chain opens and reads through */
+    const char *roots[] = {tpath("victim")};
+    struct vd_open_opts o = {.roots = roots, .n_roots = 1};
+    struct vd_image *img;
+    assert_int_equal(vd_open_ex(evil, VD_OPEN_RDONLY, &o, &img), 0);
+    uint8_t b[512];
+    assert_int_equal(vd_pread(img, b, sizeof(b), 0), 0);
+    assert_int_equal(b[0], 0x5e);
+    vd_close(img);
+}
+
+static void test_dotdot_hint_leaving_the_folder_is_refused(void **state)
+{
+    (void)state;
+    assert_int_equal(mkdir(tpath("vm"), 0755), 0);
+    const char *base = tpath("up.vmdk");
+    make_thin(base, NULL, 0);
+    make_thin(tpath("vm/child.vmdk"), "../up.vmdk", image_cid(base));
+    expect_refused(tpath("vm/child.vmdk"), -EPERM, "outside the folders");
+    /* ".." that stays inside the folder is fine */
+    make_thin(tpath("vm/b.vmdk"), NULL, 0);
+    assert_int_equal(mkdir(tpath("vm/sub"), 0755), 0);
+    make_thin(tpath("vm/c.vmdk"), "sub/../b.vmdk", image_cid(tpath("vm/b.vmdk")));
+    struct vd_image *img;
+    assert_int_equal(vd_open(tpath("vm/c.vmdk"), VD_OPEN_RDONLY, &img), 0);
+    vd_close(img);
+}
+
+static void test_symlinked_parent_or_folder_is_refused(void **state)
+{
+    (void)state;
+    assert_int_equal(mkdir(tpath("out"), 0755), 0);
+    assert_int_equal(mkdir(tpath("vm"), 0755), 0);
+    const char *base = tpath("out/base.vmdk");
+    make_thin(base, NULL, 0);
+    uint32_t cid = image_cid(base);
+    /* a link to the file, in the disk's folder */
+    assert_int_equal(symlink(base, tpath("vm/link.vmdk")), 0);
+    make_thin(tpath("vm/a.vmdk"), "link.vmdk", cid);
+    expect_refused(tpath("vm/a.vmdk"), -ELOOP, "symbolic link");
+    /* a link to the folder */
+    assert_int_equal(symlink(tpath("out"), tpath("vm/d")), 0);
+    make_thin(tpath("vm/b.vmdk"), "d/base.vmdk", cid);
+    expect_refused(tpath("vm/b.vmdk"), -ELOOP, "symbolic link");
+}
+
+static void test_fifo_extent_fails_without_hanging(void **state)
+{
+    (void)state;
+    assert_int_equal(mkfifo(tpath("pipe-flat.vmdk"), 0644), 0);
+    write_text(tpath("p.vmdk"), "# Disk DescriptorFile\nversion=1\nCID=12345678\n"
+                                "parentCID=ffffffff\ncreateType=\"monolithicFlat\"\n"
+                                "RW 2048 FLAT \"pipe-flat.vmdk\" 0\n");
+    expect_refused(tpath("p.vmdk"), -EINVAL, "not a regular file");
+    /* a FIFO as a parent */
+    assert_int_equal(mkfifo(tpath("pipe.vmdk"), 0644), 0);
+    make_thin(tpath("q.vmdk"), "pipe.vmdk", 1);
+    expect_refused(tpath("q.vmdk"), -EINVAL, "not a regular file");
+}
+
+static void test_same_file_twice_is_refused(void **state)
+{
+    (void)state;
+    int fd = open(tpath("x-flat.vmdk"), O_CREAT | O_RDWR, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, 1 << 20), 0);
+    close(fd);
+    write_text(tpath("two.vmdk"), "# Disk DescriptorFile\nversion=1\nCID=12345678\n"
+                                  "parentCID=ffffffff\ncreateType=\"twoGbMaxExtentFlat\"\n"
+                                  "RW 1024 FLAT \"x-flat.vmdk\" 0\n"
+                                  "RW 1024 FLAT \"./x-flat.vmdk\" 1024\n");
+    expect_refused(tpath("two.vmdk"), -ELOOP, "already part of this chain");
+    /* a hard link is the same file under another name */
+    assert_int_equal(link(tpath("x-flat.vmdk"), tpath("y-flat.vmdk")), 0);
+    write_text(tpath("two.vmdk"), "# Disk DescriptorFile\nversion=1\nCID=12345678\n"
+                                  "parentCID=ffffffff\ncreateType=\"twoGbMaxExtentFlat\"\n"
+                                  "RW 1024 FLAT \"x-flat.vmdk\" 0\n"
+                                  "RW 1024 FLAT \"y-flat.vmdk\" 1024\n");
+    expect_refused(tpath("two.vmdk"), -ELOOP, "already part of this chain");
+    /* an image whose parent is one of its own extents */
+    write_text(tpath("self.vmdk"), "# Disk DescriptorFile\nversion=1\nCID=12345678\n"
+                                   "parentCID=87654321\ncreateType=\"monolithicFlat\"\n"
+                                   "parentFileNameHint=\"x-flat.vmdk\"\n"
+                                   "RW 2048 FLAT \"x-flat.vmdk\" 0\n");
+    expect_refused(tpath("self.vmdk"), -ELOOP, "already part of this chain");
+}
+
+/* A bare sparse extent (no descriptor) or a COWD file has no CID; it used to
+ * get a synthetic one (fffffffe), and a child recording that value opened. */
+static void test_bare_extent_or_cowd_parent_is_refused(void **state)
+{
+    (void)state;
+    const char *bare = tpath("bare.vmdk");
+    make_thin(bare, NULL, 0);
+    int fd = open(bare, O_RDWR);
+    assert_true(fd >= 0);
+    uint8_t z[8] = {0};
+    assert_int_equal(pwrite(fd, z, 8, 28), 8); /* descriptorOffset = 0 */
+    close(fd);
+    make_thin(tpath("onbare.vmdk"), "bare.vmdk", 0xfffffffeu);
+    expect_refused(tpath("onbare.vmdk"), -EUCLEAN, "bare extent");
+    /* an ESX COWD file */
+    uint8_t h[2048] = {0};
+    memcpy(h, "COWD", 4);
+    le32_put(h + 4, 1);
+    le32_put(h + 12, 2048); /* sectors */
+    le32_put(h + 16, 8);    /* grain */
+    le32_put(h + 20, 1);    /* gdOffset */
+    le32_put(h + 24, 1);    /* numGDEntries */
+    fd = open(tpath("c.cowd"), O_CREAT | O_RDWR, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
+    close(fd);
+    make_thin(tpath("oncowd.vmdk"), "c.cowd", 0xfffffffeu);
+    expect_refused(tpath("oncowd.vmdk"), -EUCLEAN, "bare extent");
+}
+
+/* The process-wide roots (the tools' --allow-root) apply to every open. */
+static void test_allow_root_admits_another_folder(void **state)
+{
+    (void)state;
+    assert_int_equal(mkdir(tpath("ds1"), 0755), 0);
+    assert_int_equal(mkdir(tpath("ds2"), 0755), 0);
+    const char *base = tpath("ds1/base.vmdk");
+    make_thin(base, NULL, 0);
+    char hint[400];
+    snprintf(hint, sizeof(hint), "%s", base);
+    make_thin(tpath("ds2/lc.vmdk"), hint, image_cid(base));
+    expect_refused(tpath("ds2/lc.vmdk"), -EPERM, "--allow-root");
+    assert_int_equal(vd_allow_root(tpath("ds1")), 0);
+    struct vd_image *img;
+    assert_int_equal(vd_open(tpath("ds2/lc.vmdk"), VD_OPEN_RDONLY, &img), 0);
+    vd_close(img);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_absolute_hint_to_unrelated_disk_is_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_dotdot_hint_leaving_the_folder_is_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_symlinked_parent_or_folder_is_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_fifo_extent_fails_without_hanging, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_same_file_twice_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bare_extent_or_cowd_parent_is_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_allow_root_admits_another_folder, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
