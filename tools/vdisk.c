@@ -20,6 +20,8 @@
 #include "vdisk.h"
 #include "vdisk_internal.h"
 
+unsigned vdisk_open_fmt;
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -35,7 +37,10 @@ static void usage(FILE *f)
             "  snapshot ... / clone ...   (see vdisk snapshot --help)\n"
             "  serve ...                  (see vdisk serve --help)\n"
             "Every command takes --allow-root DIR (repeatable): extent files and parents\n"
-            "named by an image may lie in DIR too (default: only the image's own folder).\n"
+            "named by an image may lie in DIR too (default: only the image's own folder);\n"
+            "and --format raw|vmdk for the image it opens (convert: the source). Without\n"
+            "it raw is never guessed: a file without a VMDK header is raw only when its\n"
+            "name says so (.raw, .img, .bin, .iso, .dd) or it is a block device.\n"
             "SIZE accepts suffixes K, M, G, T (binary).\n");
 }
 
@@ -175,7 +180,7 @@ static int cmd_info(int argc, char **argv)
     if (prc >= 0)
         return prc;
     struct vd_image *img;
-    if (vd_open(argv[optind], VD_OPEN_RDONLY, &img) < 0)
+    if (vd_open(argv[optind], VD_OPEN_RDONLY | vdisk_open_fmt, &img) < 0)
         return 1;
     bool vmdk = img->kind == VD_KIND_VMDK;
     uint64_t alloc = img->desc_embedded ? 0 : file_alloc(img->path);
@@ -278,7 +283,7 @@ static int cmd_map(int argc, char **argv)
     if (prc >= 0)
         return prc;
     struct vd_image *img;
-    if (vd_open(argv[optind], VD_OPEN_RDONLY, &img) < 0)
+    if (vd_open(argv[optind], VD_OPEN_RDONLY | vdisk_open_fmt, &img) < 0)
         return 1;
     struct json j;
     if (js) {
@@ -357,7 +362,7 @@ static int cmd_convert(int argc, char **argv)
     }
     const char *src_path = argv[optind], *dst_path = argv[optind + 1];
     struct vd_image *src, *dst = NULL;
-    if (vd_open(src_path, VD_OPEN_RDONLY, &src) < 0)
+    if (vd_open(src_path, VD_OPEN_RDONLY | vdisk_open_fmt, &src) < 0)
         return 1;
     o.size = vd_size(src);
     int rc;
@@ -372,7 +377,7 @@ static int cmd_convert(int argc, char **argv)
         vd_close(src);
         return 1;
     }
-    rc = vd_open(dst_path, raw ? VD_OPEN_RAW : 0, &dst);
+    rc = vd_open(dst_path, raw ? VD_OPEN_RAW : VD_OPEN_VMDK, &dst);
     if (rc < 0)
         goto out;
     rc = vd_copy_sparse(src, dst, 65536, "convert", force_progress);
@@ -416,7 +421,8 @@ static int cmd_resize(int argc, char **argv)
         log_err("bad SIZE \"%s\"", argv[optind + 1]);
         return 2;
     }
-    return vd_resize(argv[optind], size, shrink) < 0 ? 1 : 0;
+    return vd_resize(argv[optind], size, (shrink ? VD_RESIZE_SHRINK : 0) | vdisk_open_fmt) < 0 ? 1
+                                                                                            : 0;
 }
 
 static int cmd_check(int argc, char **argv)
@@ -452,7 +458,11 @@ static int cmd_check(int argc, char **argv)
     if (js)
         json_init(&j, stdout);
     struct vd_check_report r = {0};
-    int rc = vd_check(argv[optind], (repair ? VD_CHECK_REPAIR : 0) | (prog ? VD_CHECK_PROGRESS : 0),
+    unsigned cf = (repair ? VD_CHECK_REPAIR : 0) | (prog ? VD_CHECK_PROGRESS : 0) |
+                  (vdisk_open_fmt == VD_OPEN_RAW    ? VD_CHECK_RAW
+                   : vdisk_open_fmt == VD_OPEN_VMDK ? VD_CHECK_VMDK
+                                                    : 0);
+    int rc = vd_check(argv[optind], cf,
                       js ? &j : NULL, &r);
     if (js)
         json_finish(&j);
@@ -476,10 +486,24 @@ int main(int argc, char **argv)
         return 2;
     }
     /* --allow-root DIR anywhere after the command: every command opens
-     * chains through vd_open, which takes the roots from vd_allow_root() */
+     * chains through vd_open, which takes the roots from vd_allow_root();
+     * --format FMT too, except for create (its own option: the new file) */
+    bool fmt_opt = strcmp(argv[1], "create") != 0;
     int n = 2;
     for (int i = 2; i < argc; i++) {
         const char *dir = NULL;
+        if (fmt_opt && (strcmp(argv[i], "--format") == 0 || strncmp(argv[i], "--format=", 9) == 0)) {
+            const char *f = argv[i][8] == '=' ? argv[i] + 9 : (i + 1 < argc ? argv[++i] : "");
+            if (strcmp(f, "raw") == 0)
+                vdisk_open_fmt = VD_OPEN_RAW;
+            else if (strcmp(f, "vmdk") == 0)
+                vdisk_open_fmt = VD_OPEN_VMDK;
+            else {
+                log_err("--format \"%s\": expected raw or vmdk", f);
+                return 2;
+            }
+            continue;
+        }
         if (strcmp(argv[i], "--") == 0) {
             while (i < argc)
                 argv[n++] = argv[i++];

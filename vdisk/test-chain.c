@@ -259,6 +259,86 @@ static void test_allow_root_admits_another_folder(void **state)
     vd_close(img);
 }
 
+/* Item 4 of issue 13: a VMDK whose magic is damaged opened as raw (and
+ * check said 0 problems); now it is refused with the reason. */
+static void test_damaged_vmdk_is_not_guessed_raw(void **state)
+{
+    (void)state;
+    const char *p = tpath("dm.vmdk");
+    make_thin(p, NULL, 0);
+    int fd = open(p, O_RDWR);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, "KDMX", 4, 0), 4);
+    close(fd);
+    expect_refused(p, -EMEDIUMTYPE, "damaged");
+    struct vd_check_report r;
+    assert_int_equal(vd_check(p, 0, NULL, &r), 0);
+    assert_int_equal(r.errors, 1);
+    /* the user's word opens it raw */
+    struct vd_image *img;
+    assert_int_equal(vd_open(p, VD_OPEN_RDONLY | VD_OPEN_RAW, &img), 0);
+    vd_close(img);
+    /* a name that says nothing */
+    fd = open(tpath("blob"), O_CREAT | O_RDWR, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, 1 << 20), 0);
+    close(fd);
+    expect_refused(tpath("blob"), -EMEDIUMTYPE, "--format raw");
+    assert_int_equal(vd_check(tpath("blob"), 0, NULL, &r), 0);
+    assert_int_equal(r.errors, 1);
+    assert_int_equal(vd_check(tpath("blob"), VD_CHECK_RAW, NULL, &r), 0);
+    assert_int_equal(r.errors, 0);
+    /* VD_OPEN_VMDK: anything else is an error */
+    fd = open(tpath("r.raw"), O_CREAT | O_RDWR, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, 1 << 20), 0);
+    close(fd);
+    assert_int_equal(vd_open(tpath("r.raw"), VD_OPEN_RDONLY, &img), 0);
+    vd_close(img);
+    assert_int_equal(vd_open(tpath("r.raw"), VD_OPEN_RDONLY | VD_OPEN_VMDK, &img), -EMEDIUMTYPE);
+}
+
+/* The reverse: a guest writes a VMDK header into sector 0 of its raw disk,
+ * which then opened as a VMDK with a parent of the guest's choosing. */
+static void test_guest_cannot_turn_probed_raw_into_vmdk(void **state)
+{
+    (void)state;
+    const char *g = tpath("g.raw");
+    int fd = open(g, O_CREAT | O_RDWR, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, 1 << 20), 0);
+    close(fd);
+    /* a real VMDK header and descriptor to write */
+    make_thin(tpath("h.vmdk"), NULL, 0);
+    uint8_t hdr[1024];
+    fd = open(tpath("h.vmdk"), O_RDONLY);
+    assert_int_equal(pread(fd, hdr, sizeof(hdr), 0), (ssize_t)sizeof(hdr));
+    close(fd);
+    struct vd_image *img;
+    assert_int_equal(vd_open(g, 0, &img), 0);
+    log_clear_last_error();
+    assert_int_equal(vd_pwrite(img, hdr, sizeof(hdr), 0, 0), -EPERM);
+    assert_non_null(strstr(log_last_error(), "look like a VMDK"));
+    assert_int_equal(vd_pwrite(img, hdr + 2, 2, 2, 0), 0); /* bytes 2-3 alone: still raw */
+    assert_int_equal(vd_pwrite(img, hdr, 2, 0, 0), -EPERM); /* completing the magic */
+    const char *desc = "# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\n";
+    assert_int_equal(vd_pwrite(img, desc, strlen(desc), 0, 0), -EPERM);
+    uint8_t junk[4096];
+    memset(junk, 0xab, sizeof(junk));
+    assert_int_equal(vd_pwrite(img, junk, sizeof(junk), 0, 0), 0); /* raw stays raw */
+    assert_int_equal(vd_pwrite(img, hdr, 512, 4096, 0), 0); /* not sector 0 */
+    vd_close(img);
+    /* the user said raw: the guest may write anything */
+    assert_int_equal(vd_open(g, VD_OPEN_RAW, &img), 0);
+    assert_int_equal(vd_pwrite(img, hdr, sizeof(hdr), 0, 0), 0);
+    vd_close(img);
+    /* a raw-named file holding a VMDK header is ambiguous: refused */
+    expect_refused(g, -EMEDIUMTYPE, "name says raw");
+    assert_int_equal(vd_open(g, VD_OPEN_RDONLY | VD_OPEN_RAW, &img), 0);
+    assert_int_equal(vd_size(img), 1 << 20);
+    vd_close(img);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -273,6 +353,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bare_extent_or_cowd_parent_is_refused, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_allow_root_admits_another_folder, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_damaged_vmdk_is_not_guessed_raw, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_guest_cannot_turn_probed_raw_into_vmdk, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

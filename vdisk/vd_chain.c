@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "le.h"
@@ -296,8 +297,32 @@ static bool vd_probe_text_desc(const uint8_t *b, size_t n)
     return memmem(b, n, "createType", 10) != NULL && memmem(b, n, "version", 7) != NULL;
 }
 
+bool vd_probe_is_vmdk(const uint8_t *first, size_t n)
+{
+    return (n >= 4 && le32_get(first) == VMDK4_MAGIC) ||
+           (n >= 4 && memcmp(first, VMDK3_MAGIC_BYTES, 4) == 0) || vd_probe_text_desc(first, n);
+}
+
+bool vd_name_says_raw(const char *path)
+{
+    static const char *const ext[] = {".raw", ".img", ".bin", ".iso", ".dd"};
+    size_t n = strlen(path);
+    for (size_t i = 0; i < ARRAY_SIZE(ext); i++) {
+        size_t l = strlen(ext[i]);
+        if (n > l && path[n - l - 1] != '/' && strcasecmp(path + n - l, ext[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+static bool vd_name_says_vmdk(const char *path)
+{
+    size_t n = strlen(path);
+    return n > 5 && strcasecmp(path + n - 5, ".vmdk") == 0;
+}
+
 /* Open the image whose file is open at img->fd (stat in *st): probe, then
- * VMDK (with extents and parents) or raw. */
+ * VMDK (with extents and parents) or raw. Raw is never a guess (vdisk.h). */
 static int vd_chain_open_image(struct vd_chain *c, struct vd_image *img,
                                const struct vd_io_stat *st)
 {
@@ -310,12 +335,33 @@ static int vd_chain_open_image(struct vd_chain *c, struct vd_image *img,
             log_err("%s: read of first sector: %s", img->path, strerror(-rc));
             return rc;
         }
-        if ((n >= 4 && le32_get(first) == VMDK4_MAGIC) ||
-            (n >= 4 && memcmp(first, VMDK3_MAGIC_BYTES, 4) == 0) ||
-            vd_probe_text_desc(first, n)) {
+        bool vmdk = vd_probe_is_vmdk(first, n);
+        if (vmdk && c->depth == 0 && !(img->flags & VD_OPEN_VMDK) && vd_name_says_raw(img->path)) {
+            log_err("%s: the name says raw but sector 0 holds a VMDK header or descriptor (a "
+                    "guest may have written it); say which it is: --format raw or --format vmdk",
+                    img->path);
+            return -EMEDIUMTYPE;
+        }
+        if (vmdk) {
             img->kind = VD_KIND_VMDK;
             return vmdk_open(img, first, n, c);
         }
+        if (c->depth > 0 || (img->flags & VD_OPEN_VMDK) || vd_name_says_vmdk(img->path)) {
+            log_err("%s: not a VMDK: no sparse header magic (found %08x, expected %08x \"KDMV\") "
+                    "and no text descriptor%s; refusing to guess raw (vdisk check; --format raw "
+                    "if it really is a raw disk)",
+                    img->path, n >= 4 ? le32_get(first) : 0, VMDK4_MAGIC,
+                    vd_name_says_vmdk(img->path) ? " although the name ends in .vmdk (damaged?)"
+                                                 : "");
+            return c->depth > 0 ? -EUCLEAN : -EMEDIUMTYPE;
+        }
+        if (st->kind != VD_IO_BLOCK && !vd_name_says_raw(img->path)) {
+            log_err("%s: format unknown: no VMDK header or descriptor, and the name does not say "
+                    "raw (.raw, .img, .bin, .iso, .dd); give --format raw if it is a raw disk",
+                    img->path);
+            return -EMEDIUMTYPE;
+        }
+        img->probed_raw = true;
     }
     img->kind = VD_KIND_RAW;
     img->size = st->size;

@@ -384,6 +384,28 @@ static int vd_writable_range(struct vd_image *img, uint64_t off, uint64_t len)
     return 0;
 }
 
+/* A raw image whose format was probed (not given): refuse a write that
+ * would make sector 0 probe as a VMDK on the next open, where the guest
+ * would choose the parent and the extents (QEMU refuses the same). */
+static int vd_raw_guard_sector0(struct vd_image *img, const void *buf, size_t len, uint64_t off)
+{
+    uint8_t s0[VD_SECTOR];
+    size_t n = (size_t)MIN(img->size, VD_SECTOR);
+    int rc = VD_IO(img->io, pread, img->fd, s0, n, 0);
+    if (rc < 0) {
+        log_err("%s: read of sector 0: %s", img->path, strerror(-rc));
+        return rc;
+    }
+    memcpy(s0 + off, buf, MIN(len, n - off));
+    if (vd_probe_is_vmdk(s0, n)) {
+        log_err("%s: write to sector 0 refused: it would make this raw image (format probed, "
+                "not given) look like a VMDK; open it with --format raw to allow it",
+                img->path);
+        return -EPERM;
+    }
+    return 0;
+}
+
 int vd_pwrite(struct vd_image *img, const void *buf, size_t len, uint64_t off, unsigned flags)
 {
     if (img->ro) {
@@ -394,6 +416,8 @@ int vd_pwrite(struct vd_image *img, const void *buf, size_t len, uint64_t off, u
     if (rc < 0)
         return rc;
     if (img->kind == VD_KIND_RAW) {
+        if (img->probed_raw && off < VD_SECTOR && (rc = vd_raw_guard_sector0(img, buf, len, off)) < 0)
+            return rc;
         rc = VD_IO(img->io, pwrite, img->fd, buf, len, off);
         if (rc < 0) {
             log_err("%s: write of %zu bytes at offset %llu: %s", img->path, len,

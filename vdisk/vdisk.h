@@ -22,7 +22,15 @@ struct vd_image;
 
 /* vd_open flags */
 #define VD_OPEN_RDONLY (1u << 0)
-#define VD_OPEN_RAW (1u << 1) /* treat the file as raw, do not probe */
+#define VD_OPEN_RAW (1u << 1)  /* the user says raw: do not probe */
+#define VD_OPEN_VMDK (1u << 2) /* the user says VMDK: anything else is an error */
+/* Without either, the format is probed, and raw is never a guess: a file
+ * with a VMDK header or descriptor is a VMDK; a file without one is raw
+ * only if its name says so (.raw, .img, .bin, .iso, .dd) or it is a block
+ * device; anything else (a .vmdk whose magic is damaged, a name that says
+ * nothing) is refused with the reason (-EMEDIUMTYPE), and so is a raw-named
+ * file that holds a VMDK header. On an image probed as raw, a write that
+ * would make sector 0 probe as a VMDK is refused (-EPERM), as QEMU does. */
 
 int vd_open(const char *path, unsigned flags, struct vd_image **out);
 

@@ -234,6 +234,7 @@ struct vd_image {
     const struct vd_io *io;
     int dirh; /* backend handle of that folder, -1 if none */
     bool has_desc; /* a real descriptor (not a bare extent): its CID means something */
+    bool probed_raw; /* raw by probe and name, not by the caller's word: sector 0 guarded */
     unsigned flags;
     bool ro;
     enum vd_kind kind;
@@ -278,6 +279,10 @@ int vd_chain_open_file(struct vd_chain *c, const char *what, const char *from_di
 /* 0 if an image at image_path may name target (an existing file) as its
  * parent under the process-wide roots, else -EPERM with a message. */
 int vd_chain_path_allowed(const char *image_path, const char *target);
+/* Would this first sector make the probe say VMDK? */
+bool vd_probe_is_vmdk(const uint8_t *first, size_t n);
+/* Does the file name say raw (.raw, .img, ...)? */
+bool vd_name_says_raw(const char *path);
 /* Open img's parent (parentFileNameHint), checking its CID. */
 int vd_chain_open_parent(struct vd_chain *c, struct vd_image *img);
 
@@ -339,8 +344,10 @@ struct vd_create_opts {
 /* Create an image file (never overwrites: -EEXIST). */
 int vmdk_create(const char *path, const struct vd_create_opts *o);
 int vd_create_raw(const char *path, uint64_t size);
-/* Grow (or shrink with allow_shrink) an image; not concurrent with I/O. */
-int vd_resize(const char *path, uint64_t size, bool allow_shrink);
+/* Grow (or shrink with VD_RESIZE_SHRINK) an image; not concurrent with I/O.
+ * flags may also carry VD_OPEN_RAW / VD_OPEN_VMDK (the format). */
+#define VD_RESIZE_SHRINK (1u << 16)
+int vd_resize(const char *path, uint64_t size, unsigned flags);
 uint32_t vmdk_random_cid(void);
 
 /* vmdk_stream.c: write src as a new streamOptimized image (one pass). */
@@ -364,6 +371,8 @@ int vd_copy_sparse(struct vd_image *src, struct vd_image *dst, uint64_t gs, cons
 
 #define VD_CHECK_REPAIR 1u   /* fix what is safe (true works too) */
 #define VD_CHECK_PROGRESS 2u /* draw the progress meter even when stderr is not a terminal */
+#define VD_CHECK_RAW 4u      /* the user says raw (nothing to check) */
+#define VD_CHECK_VMDK 8u     /* the user says VMDK */
 int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_report *r);
 
 #endif

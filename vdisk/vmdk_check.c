@@ -413,7 +413,16 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
     int rc = 0;
     bool sparse = n >= 4 && le32_get(first) == VMDK4_MAGIC;
     const char *fmt = "vmdk";
-    if (sparse) {
+    if (flags & VD_CHECK_RAW) {
+        fmt = "raw"; /* the user's word: nothing to check */
+    } else if (!vd_probe_is_vmdk(first, n > 0 ? (size_t)n : 0) &&
+               ((flags & VD_CHECK_VMDK) || !(S_ISBLK(st.st_mode) || vd_name_says_raw(path)))) {
+        /* never "0 problems" for a damaged VMDK taken for raw */
+        fmt = "unknown";
+        vd_problem(&c, false, path,
+                   "not a VMDK (no KDMV/COWD magic, no descriptor: magic damaged?) and the name "
+                   "does not say raw; give --format raw if it is a raw disk");
+    } else if (sparse) {
         rc = vd_check_sparse(&c, path);
     } else if (n >= 4 && memcmp(first, VMDK3_MAGIC_BYTES, 4) == 0) {
         ; /* ESX COWD extent: validated by the open below */
@@ -468,7 +477,7 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
         log_clear_last_error();
         enum log_level lv = log_get_level();
         log_set_level(LOG_LVL_ERR);
-        int orc = vd_open(path, VD_OPEN_RDONLY, &img);
+        int orc = vd_open(path, VD_OPEN_RDONLY | VD_OPEN_VMDK, &img);
         log_set_level(lv);
         if (orc < 0)
             vd_problem(&c, false, path, "open: %s", log_last_error());

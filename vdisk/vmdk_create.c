@@ -416,10 +416,11 @@ static int vd_resize_sparse(struct vd_image *img, uint64_t cap)
     return rc;
 }
 
-int vd_resize(const char *path, uint64_t size, bool allow_shrink)
+int vd_resize(const char *path, uint64_t size, unsigned flags)
 {
     struct vd_image *img;
-    int rc = vd_open(path, 0, &img);
+    bool allow_shrink = (flags & VD_RESIZE_SHRINK) != 0;
+    int rc = vd_open(path, flags & (VD_OPEN_RAW | VD_OPEN_VMDK), &img);
     if (rc < 0)
         return rc;
     uint64_t cap = DIV_ROUND_UP(size, VD_SECTOR);

@@ -49,6 +49,18 @@ expect_err c.vmdk "outside the grain area"
 "$VDISK" check c.vmdk >/dev/null || fail "still bad after repair"
 qemu-img check c.vmdk >/dev/null || fail "qemu-img check after repair"
 
+# format guessing (issue 13 item 4): a damaged magic is not raw
+cp good.vmdk dm.vmdk; printf 'X' | dd of=dm.vmdk bs=1 seek=3 conv=notrunc status=none
+expect_err dm.vmdk "damaged"
+"$VDISK" check dm.vmdk >out 2>&1 && fail "check passed a damaged VMDK: $(cat out)"
+grep -q "not a VMDK" out || fail "check message: $(cat out)"
+"$VDISK" info --format raw dm.vmdk | grep -q "format: raw" || fail "--format raw"
+head -c 1M /dev/zero > blob
+expect_err blob "format unknown"
+"$VDISK" info blob --format=raw >/dev/null || fail "--format=raw after FILE"
+cp good.vmdk g.raw
+expect_err g.raw "name says raw"
+
 # hostile chains (issue 13 item 5): a delta naming a disk in an unrelated
 # folder by its absolute path, with that disk's CID, must not read it
 mkdir other vm
