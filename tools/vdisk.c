@@ -26,7 +26,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: vdisk COMMAND [options] ...\n"
-            "  create [--type thin|thick|eager-zeroed] [--adapter ide|lsilogic|buslogic|pvscsi]\n"
+            "  create [--type thin|thick|eager-zeroed] [--adapter ide|lsilogic|buslogic|legacyESX]\n"
             "         [--format vmdk|raw] FILE SIZE\n"
             "  info [--json] FILE\n"
             "  check [--repair] [--json] [--progress] FILE\n"
@@ -191,7 +191,9 @@ static int cmd_info(int argc, char **argv)
     const char *cyl = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.geometry.cylinders") : NULL;
     const char *heads = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.geometry.heads") : NULL;
     const char *secs = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.geometry.sectors") : NULL;
-    const char *uuid = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.uuid.image") : NULL;
+    const char *uuid = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.uuid") : NULL;
+    if (vmdk && !uuid) /* images made by VirtualBox */
+        uuid = vmdk_desc_ddb_get(&img->desc, "ddb.uuid.image");
     if (js) {
         struct json j;
         json_init(&j, stdout);

@@ -32,6 +32,7 @@ struct vd_snap_list {
     struct vd_snap *s; /* sorted by id */
     int n;
     int current; /* id the live delta sits on, 0: none */
+    int last_id; /* highest id ever given (ddb.snapshot.lastId), 0: none */
 };
 
 void vd_snap_list_free(struct vd_snap_list *l);

@@ -19,6 +19,7 @@
 
 #include <cmocka.h>
 
+#include "crc32c.h"
 #include "le.h"
 #include "log.h"
 #include "vdisk_internal.h"
@@ -339,6 +340,73 @@ static void test_guest_cannot_turn_probed_raw_into_vmdk(void **state)
     vd_close(img);
 }
 
+/* Issue 13 item 6: a multi-sector rewrite of an embedded descriptor torn
+ * by a power cut (some sectors new, some old) is read from its journal copy,
+ * and put back in place when the image is opened for writing. */
+static void test_torn_descriptor_reads_journal_copy(void **state)
+{
+    (void)state;
+    const char *p = tpath("torn.vmdk");
+    make_thin(p, NULL, 0);
+    uint8_t before[10240], after[10240];
+    int fd = open(p, O_RDWR);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, before, sizeof(before), 512), (ssize_t)sizeof(before));
+    struct vd_image *img;
+    assert_int_equal(vd_open(p, 0, &img), 0);
+    char k[64], v[64];
+    for (int i = 0; i < 20; i++) { /* a tree's worth of keys: several sectors */
+        snprintf(k, sizeof(k), "ddb.test.key%02d", i);
+        snprintf(v, sizeof(v), "value number %d of the rewrite", i);
+        assert_int_equal(vmdk_desc_ddb_set(&img->desc, k, v), 0);
+    }
+    assert_int_equal(vmdk_desc_write(img), 0);
+    vd_close(img);
+    assert_int_equal(pread(fd, after, sizeof(after), 512), (ssize_t)sizeof(after));
+    assert_true(memcmp(before + 512, after + 512, 512) != 0); /* sector 2 of the area changed */
+    /* the cut, before the journal was retired: the journal holds the new
+     * text, the second sector of the text in place is still the old one */
+    uint8_t j[5120] = {0};
+    size_t tl = strnlen((const char *)after, 5120);
+    memcpy(j, "VDJ1", 4);
+    le32_put(j + 4, (uint32_t)tl);
+    le32_put(j + 8, crc32c(after, tl));
+    memcpy(j + 16, after, tl);
+    assert_int_equal(pwrite(fd, j, sizeof(j), 512 + 5120), (ssize_t)sizeof(j));
+    assert_int_equal(pwrite(fd, before + 512, 512, 1024), 512);
+    log_clear_last_error();
+    assert_int_equal(vd_open(p, VD_OPEN_RDONLY, &img), 0);
+    assert_string_equal(vmdk_desc_ddb_get(&img->desc, "ddb.test.key19"),
+                        "value number 19 of the rewrite");
+    vd_close(img);
+    struct vd_check_report r;
+    assert_int_equal(vd_check(p, 0, NULL, &r), 0);
+    assert_int_equal(r.errors, 1);
+    assert_int_equal(r.repairable, 1);
+    /* check --repair (a writable open) puts the text back where QEMU reads it */
+    assert_int_equal(vd_check(p, VD_CHECK_REPAIR, NULL, &r), 0);
+    assert_int_equal(r.repaired, 1);
+    assert_int_equal(vd_check(p, 0, NULL, &r), 0);
+    assert_int_equal(r.errors, 0);
+    uint8_t fixed[10240];
+    assert_int_equal(pread(fd, fixed, sizeof(fixed), 512), (ssize_t)sizeof(fixed));
+    assert_memory_equal(fixed, after, 5120);
+    /* the journal was retired after the rewrite (first sector zeroed) */
+    assert_true(fixed[5120] == 0 && fixed[5121] == 0);
+    /* another program edits the text and keeps our stale checksum: no
+     * journal, so the edit is taken as it is, not undone */
+    char edit[] = "ddb.test.key00 = \"edited by hand, same length..\"";
+    char *at = memmem(fixed, 5120, "ddb.test.key00", 14);
+    assert_non_null(at);
+    memcpy(at, edit, strlen(edit));
+    assert_int_equal(pwrite(fd, fixed, 5120, 512), 5120);
+    close(fd);
+    assert_int_equal(vd_open(p, VD_OPEN_RDONLY, &img), 0);
+    assert_string_equal(vmdk_desc_ddb_get(&img->desc, "ddb.test.key00"),
+                        "edited by hand, same length..");
+    vd_close(img);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -354,6 +422,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_allow_root_admits_another_folder, setup, teardown),
         cmocka_unit_test_setup_teardown(test_damaged_vmdk_is_not_guessed_raw, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_torn_descriptor_reads_journal_copy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_guest_cannot_turn_probed_raw_into_vmdk, setup,
                                         teardown),
     };

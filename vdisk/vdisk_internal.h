@@ -234,6 +234,7 @@ struct vd_image {
     const struct vd_io *io;
     int dirh; /* backend handle of that folder, -1 if none */
     bool has_desc; /* a real descriptor (not a bare extent): its CID means something */
+    bool desc_torn;  /* embedded descriptor read from its journal copy (vmdk_open.c) */
     bool probed_raw; /* raw by probe and name, not by the caller's word: sector 0 guarded */
     unsigned flags;
     bool ro;
@@ -306,7 +307,15 @@ bool vd_buf_is_zero(const void *buf, size_t len);
 /* vmdk_open.c: open a VMDK (header/descriptor already probed). */
 int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, struct vd_chain *c);
 void vmdk_close(struct vd_image *img);
-/* Rewrite the descriptor (embedded or separate file) from img->desc. */
+/* An embedded descriptor area of `cap` bytes (NUL-padded): text and len get
+ * the text to parse: the area's own (0), or its journal copy when the text
+ * was torn by a crash (1, logged); -EUCLEAN when neither is whole. */
+int vmdk_desc_recover(const char *area, size_t cap, size_t *len, const char **text,
+                      const char *what);
+/* Emit d with its checksum key (ddb.vdisk.descriptorCRC) set. */
+char *vmdk_desc_emit_sealed(struct vmdk_desc *d);
+/* Rewrite the descriptor (embedded or separate file) from img->desc, never
+ * leaving a torn one after a crash (vmdk_open.c "descriptor rewrite"). */
 int vmdk_desc_write(struct vd_image *img);
 /* Update CID once per open, before the first write (as QEMU does). */
 int vmdk_cid_touch(struct vd_image *img);
@@ -336,7 +345,7 @@ enum vd_type { VD_TYPE_THIN, VD_TYPE_THICK, VD_TYPE_EAGER, VD_TYPE_STREAM /* con
 struct vd_create_opts {
     uint64_t size; /* bytes, rounded up to 512 */
     enum vd_type type;
-    const char *adapter;     /* "ide", "lsilogic", "buslogic", "pvscsi"; NULL: lsilogic */
+    const char *adapter;     /* "ide", "lsilogic", "buslogic", "legacyESX"; NULL: lsilogic */
     const char *parent_hint; /* delta disk: parentFileNameHint (thin only) */
     uint32_t parent_cid;     /* with parent_hint */
     bool no_zero_grain;      /* do not set the zeroed-grain flag (version 1) */
@@ -349,6 +358,11 @@ int vd_create_raw(const char *path, uint64_t size);
 #define VD_RESIZE_SHRINK (1u << 16)
 int vd_resize(const char *path, uint64_t size, unsigned flags);
 uint32_t vmdk_random_cid(void);
+/* ddb.adapterType values QEMU and the VMDK specification know. */
+bool vmdk_adapter_known(const char *adapter);
+/* ddb.geometry.cylinders for `sectors` with `heads` heads and 63 sectors
+ * per track; IDE (16 heads) capped at 16383. */
+uint64_t vmdk_geometry_cylinders(uint64_t sectors, unsigned heads);
 
 /* vmdk_stream.c: write src as a new streamOptimized image (one pass). */
 int vmdk_stream_write(struct vd_image *src, const char *path, const char *adapter, bool progress);

@@ -479,10 +479,24 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
         log_set_level(LOG_LVL_ERR);
         int orc = vd_open(path, VD_OPEN_RDONLY | VD_OPEN_VMDK, &img);
         log_set_level(lv);
-        if (orc < 0)
+        if (orc < 0) {
             vd_problem(&c, false, path, "open: %s", log_last_error());
-        else
+        } else {
+            bool torn = img->desc_torn;
             vd_close(img);
+            bool fixed = false;
+            if (torn && c.repair) { /* a writable open writes the journal's text back */
+                log_set_level(LOG_LVL_ERR);
+                fixed = vd_open(path, VD_OPEN_VMDK, &img) == 0;
+                log_set_level(lv);
+                if (fixed)
+                    fixed = vd_close(img) == 0;
+            }
+            if (torn)
+                vd_fixable(&c, fixed, path,
+                           "descriptor: torn by a crash during a rewrite (its checksum does not "
+                           "match); the journal copy of the new text is whole and is used");
+        }
     }
     if (j) {
         json_arr_end(j);

@@ -36,11 +36,19 @@ static const char *vd_basename(const char *p)
     return s ? s + 1 : p;
 }
 
+uint64_t vmdk_geometry_cylinders(uint64_t sectors, unsigned heads)
+{
+    uint64_t c = sectors / ((uint64_t)heads * 63);
+    /* ATA CHS addresses at most 16383 cylinders (16 heads, 63 sectors):
+     * larger IDE disks report that and are addressed by LBA */
+    return heads == 16 ? MIN(c, 16383) : c;
+}
+
 static int vd_desc_geometry(struct vmdk_desc *d, uint64_t sectors, const char *adapter)
 {
     unsigned heads = strcmp(adapter, "ide") == 0 ? 16 : 255;
     char buf[32];
-    snprintf(buf, sizeof(buf), "%" PRIu64, sectors / (heads * 63));
+    snprintf(buf, sizeof(buf), "%" PRIu64, vmdk_geometry_cylinders(sectors, heads));
     int rc = vmdk_desc_ddb_set(d, "ddb.geometry.cylinders", buf);
     snprintf(buf, sizeof(buf), "%u", heads);
     if (rc == 0)
@@ -67,7 +75,8 @@ static int vd_desc_init(struct vmdk_desc *d, const struct vd_create_opts *o, uin
         rc = vd_desc_geometry(d, sectors, adapter);
     if (rc == 0)
         rc = vmdk_desc_ddb_set(d, "ddb.adapterType", adapter);
-    if (rc == 0) { /* random (version 4) UUID, as VMware records for each disk */
+    if (rc == 0) { /* random UUID in VMware's own key and layout (ddb.uuid.image
+                      is VirtualBox's): 16 hex bytes, a dash after the 8th */
         uint8_t u[16];
         for (int i = 0; i < 16; i += 4) {
             uint32_t r = vmdk_random_cid();
@@ -75,12 +84,12 @@ static int vd_desc_init(struct vmdk_desc *d, const struct vd_create_opts *o, uin
         }
         u[6] = (uint8_t)((u[6] & 0x0f) | 0x40);
         u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
-        char buf[40];
+        char buf[64];
         snprintf(buf, sizeof(buf),
-                 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
-                 u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
-                 u[15]);
-        rc = vmdk_desc_ddb_set(d, "ddb.uuid.image", buf);
+                 "%02x %02x %02x %02x %02x %02x %02x %02x-%02x %02x %02x %02x %02x %02x %02x %02x",
+                 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12],
+                 u[13], u[14], u[15]);
+        rc = vmdk_desc_ddb_set(d, "ddb.uuid", buf);
     }
     return rc;
 }
@@ -210,7 +219,7 @@ static int vd_create_sparse(const char *path, const struct vd_create_opts *o, ui
     int rc = vd_desc_init(&d, o, cap, "monolithicSparse");
     if (rc == 0)
         rc = vd_add_extent(&d, VMDK_EXT_SPARSE, cap, vd_basename(path));
-    char *text = rc == 0 ? vmdk_desc_emit(&d) : NULL;
+    char *text = rc == 0 ? vmdk_desc_emit_sealed(&d) : NULL;
     vmdk_desc_free(&d);
     if (!text)
         return rc < 0 ? rc : -ENOMEM;
@@ -279,7 +288,7 @@ static int vd_create_flat(const char *path, const struct vd_create_opts *o, uint
     int rc = vd_desc_init(&d, o, cap, "monolithicFlat");
     if (rc == 0)
         rc = vd_add_extent(&d, VMDK_EXT_FLAT, cap, flatname);
-    char *text = rc == 0 ? vmdk_desc_emit(&d) : NULL;
+    char *text = rc == 0 ? vmdk_desc_emit_sealed(&d) : NULL;
     vmdk_desc_free(&d);
     int dfd = -1, ffd = -1;
     bool made_desc = false, made_flat = false;
@@ -329,6 +338,15 @@ out:
     return rc;
 }
 
+bool vmdk_adapter_known(const char *a)
+{
+    static const char *const known[] = {"ide", "lsilogic", "buslogic", "legacyESX"};
+    for (size_t i = 0; a && i < ARRAY_SIZE(known); i++)
+        if (strcmp(a, known[i]) == 0)
+            return true;
+    return false;
+}
+
 int vmdk_create(const char *path, const struct vd_create_opts *o)
 {
     if (o->size == 0 || o->size > (1ull << 50)) {
@@ -336,9 +354,11 @@ int vmdk_create(const char *path, const struct vd_create_opts *o)
         return -EINVAL;
     }
     const char *ad = o->adapter ? o->adapter : "lsilogic";
-    if (strcmp(ad, "ide") && strcmp(ad, "lsilogic") && strcmp(ad, "buslogic") &&
-        strcmp(ad, "pvscsi") && strcmp(ad, "legacyESX")) {
-        log_err("%s: adapter type \"%s\" unknown (ide, lsilogic, buslogic, pvscsi)", path, ad);
+    if (!vmdk_adapter_known(ad)) {
+        log_err("%s: adapter type \"%s\" unknown (ide, lsilogic, buslogic, legacyESX: the "
+                "values QEMU and the VMDK specification know; a PVSCSI controller takes a "
+                "lsilogic disk)",
+                path, ad);
         return -EINVAL;
     }
     if (o->type == VD_TYPE_STREAM) {
@@ -383,6 +403,37 @@ static int vd_resize_sparse(struct vd_image *img, uint64_t cap)
                 return rc;
         }
     }
+    /* Grow a delta: the new area must read zeroes, not the parent's bytes
+     * (after a shrink the parent still holds data there). The grain at the
+     * old end is allocated with its own bytes and zeroes past the old end;
+     * whole grains past it that the parent covers become zeroed-grain
+     * entries in the new tables, so the header switch publishes both. */
+    uint64_t gb = sp->grain_bytes, old_bytes = sp->h.capacity * VD_SECTOR;
+    struct vd_image *par = img->parent;
+    bool hide = cap > sp->h.capacity && par && par->size > old_bytes;
+    if (hide && !sp->zero_grain) {
+        log_err("%s: growing a delta whose grain tables have no zeroed-grain entries (version 1) "
+                "would show the parent's data past the old end; convert it first",
+                img->path);
+        return -ENOTSUP;
+    }
+    if (hide && old_bytes % gb && sp->gt[old_bytes / gb] == 0) {
+        uint64_t g0 = old_bytes / gb * gb;
+        uint8_t *b = malloc(gb);
+        if (!b)
+            return -ENOMEM;
+        int rc = vd_pread(img, b, old_bytes - g0, g0);
+        if (rc == 0)
+            rc = vd_pwrite(img, b, old_bytes - g0, g0, 0);
+        free(b);
+        if (rc < 0)
+            return rc;
+    }
+    if (hide) {
+        int rc = vd_flush(img);
+        if (rc < 0)
+            return rc;
+    }
     struct vd_sparse_layout l;
     vd_sparse_layout(cap, DIV_ROUND_UP(sp->file_end, VD_SECTOR), &l);
     if (l.end > UINT32_MAX) {
@@ -393,8 +444,14 @@ static int vd_resize_sparse(struct vd_image *img, uint64_t cap)
     if (!gt)
         return -ENOMEM;
     memcpy(gt, sp->gt, MIN(old_grains, new_grains) * 4);
+    for (uint64_t g = DIV_ROUND_UP(old_bytes, gb); hide && g < new_grains && g * gb < par->size; g++)
+        gt[g] = VMDK_GTE_ZEROED;
     int rc = vd_sparse_write_tables(e->io, e->fd, &l, gt);
     free(gt);
+    /* the tables sit past the grains: the close must not cut them off */
+    pthread_mutex_lock(&sp->alloc_lock);
+    sp->file_end = MAX(sp->file_end, l.end * VD_SECTOR);
+    pthread_mutex_unlock(&sp->alloc_lock);
     if (rc == 0)
         rc = VD_IO(e->io, flush, e->fd);
     if (rc < 0) {
@@ -472,7 +529,8 @@ int vd_resize(const char *path, uint64_t size, unsigned flags)
     if (heads && vmdk_desc_ddb_get(&img->desc, "ddb.geometry.cylinders")) {
         unsigned long hn = strtoul(heads, NULL, 10);
         char buf[32];
-        snprintf(buf, sizeof(buf), "%" PRIu64, cap / ((hn ? hn : 255) * 63));
+        snprintf(buf, sizeof(buf), "%" PRIu64,
+                 vmdk_geometry_cylinders(cap, hn && hn <= 255 ? (unsigned)hn : 255));
         rc = vmdk_desc_ddb_set(&img->desc, "ddb.geometry.cylinders", buf);
     }
     if (rc == 0)

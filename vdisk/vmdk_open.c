@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "crc32c.h"
 #include "le.h"
 #include "log.h"
 #include "util.h"
@@ -226,7 +227,13 @@ int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, stru
                 rc = -EUCLEAN;
                 goto out;
             }
-            rc = vmdk_desc_parse(text, img->desc_cap, &img->desc, img->path);
+            const char *dt;
+            size_t dl;
+            rc = vmdk_desc_recover(text, img->desc_cap, &dl, &dt, img->path);
+            if (rc >= 0) {
+                img->desc_torn = rc == 1;
+                rc = vmdk_desc_parse(dt, dl, &img->desc, img->path);
+            }
             img->has_desc = true;
         }
         img->desc_embedded = true;
@@ -252,6 +259,13 @@ int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, stru
     rc = vmdk_open_extents(img, embedded, c);
     if (rc < 0)
         goto out;
+    if (img->desc_torn && !img->ro) { /* put the journal's text back in place */
+        rc = vmdk_desc_write(img);
+        if (rc == 0)
+            img->desc_torn = false;
+        if (rc < 0)
+            goto out;
+    }
     rc = vd_chain_open_parent(c, img);
 out:
     free(text);
@@ -260,42 +274,293 @@ out:
     return rc;
 }
 
+/* ---------------------------------------------------- descriptor rewrite
+ * Never a torn descriptor: a power cut in the middle of a rewrite must not
+ * leave text that does not parse, or parses to a mix of the old and the new
+ * chain.
+ * - A rewrite that changes one 512-byte sector (the first write's CID
+ *   update) is one sector write: atomic.
+ * - A separate descriptor file: the new text goes to ".NAME.desc-tmp" in the
+ *   same folder, synced, renamed over NAME, and the folder synced.
+ * - An embedded descriptor (monolithicSparse) stays where QEMU reads it
+ *   (sector 1, whatever the header says). It carries a checksum,
+ *   ddb.vdisk.descriptorCRC (CRC32C of the text without the CID line and
+ *   without that line: QEMU rewrites the CID in place), and a multi-sector
+ *   rewrite first writes a journal copy of the new text into the second
+ *   half of the area, after the text's terminating NUL where QEMU never
+ *   looks ("VDJ1", length, CRC32C, text), syncs, then writes the text in
+ *   place, syncs, and retires the journal (zeroes its first sector). At
+ *   open, text whose checksum does not match while a valid journal is
+ *   there was torn by a crash: the journal copy (checked by its own CRC) is
+ *   used instead, and written back when the image is opened for writing.
+ *   A stale checksum without a journal means another program (VMware, an
+ *   older vdisk, an editor) changed the text and kept our key: the text
+ *   is taken as it is.
+ */
+#define VD_DESC_CRC_KEY "ddb.vdisk.descriptorCRC"
+#define VD_DJ_MAGIC "VDJ1"
+#define VD_DJ_HDR 16u
+
+/* Which sectors of `len` bytes differ: the count, and the last one. */
+static unsigned vd_sectors_differ(const uint8_t *a, const uint8_t *b, size_t len, size_t *which)
+{
+    unsigned n = 0;
+    for (size_t s = 0; s * VD_SECTOR < len; s++) {
+        size_t l = MIN(VD_SECTOR, len - s * VD_SECTOR);
+        if (memcmp(a + s * VD_SECTOR, b + s * VD_SECTOR, l)) {
+            n++;
+            *which = s;
+        }
+    }
+    return n;
+}
+
+/* CRC32C of descriptor text, skipping the CID line and the CRC line. */
+static uint32_t vd_desc_crc(const char *t, size_t len)
+{
+    uint32_t crc = crc32c("", 0);
+    const char *p = t, *end = t + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *next = nl ? nl + 1 : end;
+        size_t l = (size_t)(next - p);
+        if (!(l >= 4 && memcmp(p, "CID=", 4) == 0) &&
+            !(l >= sizeof(VD_DESC_CRC_KEY) - 1 &&
+              memcmp(p, VD_DESC_CRC_KEY, sizeof(VD_DESC_CRC_KEY) - 1) == 0))
+            crc = crc32c_update(crc, p, l);
+        p = next;
+    }
+    return crc;
+}
+
+/* 1: no checksum (not written by us), 0: matches, -1: torn. */
+static int vd_desc_crc_state(const char *t, size_t len)
+{
+    const char *k = NULL;
+    for (const char *p = t; p < t + len;) {
+        const char *nl = memchr(p, '\n', (size_t)(t + len - p));
+        if ((size_t)(t + len - p) >= sizeof(VD_DESC_CRC_KEY) - 1 &&
+            memcmp(p, VD_DESC_CRC_KEY, sizeof(VD_DESC_CRC_KEY) - 1) == 0)
+            k = p;
+        p = nl ? nl + 1 : t + len;
+    }
+    if (!k)
+        return 1;
+    unsigned v;
+    if (sscanf(k + sizeof(VD_DESC_CRC_KEY) - 1, " = \"%8x\"", &v) != 1)
+        return -1;
+    return vd_desc_crc(t, len) == v ? 0 : -1;
+}
+
+char *vmdk_desc_emit_sealed(struct vmdk_desc *d)
+{
+    if (vmdk_desc_ddb_set(d, VD_DESC_CRC_KEY, "00000000") < 0)
+        return NULL;
+    char *t = vmdk_desc_emit(d);
+    if (!t)
+        return NULL;
+    char v[16];
+    snprintf(v, sizeof(v), "%08x", vd_desc_crc(t, strlen(t)));
+    free(t);
+    if (vmdk_desc_ddb_set(d, VD_DESC_CRC_KEY, v) < 0)
+        return NULL;
+    return vmdk_desc_emit(d);
+}
+
+int vmdk_desc_recover(const char *area, size_t cap, size_t *len, const char **text,
+                      const char *what)
+{
+    size_t tl = strnlen(area, cap);
+    *text = area;
+    *len = tl;
+    if (vd_desc_crc_state(area, tl) >= 0)
+        return 0;
+    size_t j = ROUND_UP(cap / 2, VD_SECTOR);
+    const uint8_t *r = (const uint8_t *)area + j;
+    if (j + VD_DJ_HDR <= cap && memcmp(r, VD_DJ_MAGIC, 4) == 0) {
+        uint32_t jl = le32_get(r + 4);
+        if (jl <= cap - j - VD_DJ_HDR && crc32c(r + VD_DJ_HDR, jl) == le32_get(r + 8) &&
+            vd_desc_crc_state((const char *)r + VD_DJ_HDR, jl) == 0) {
+            log_warn("%s: the descriptor was torn by a crash during a rewrite; using the "
+                     "journal copy of the new text",
+                     what);
+            *text = (const char *)r + VD_DJ_HDR;
+            *len = jl;
+            return 1;
+        }
+    }
+    /* no rewrite of ours was in flight: another program (VMware, an older
+     * vdisk, an editor) changed the text and kept our key; take the text */
+    log_info("%s: the descriptor was edited by another program (its " VD_DESC_CRC_KEY
+             " is stale)",
+             what);
+    return 0;
+}
+
+static int vmdk_desc_write_file(struct vd_image *img, const char *text, size_t len)
+{
+    const struct vd_io *io = img->io;
+    struct vd_io_stat st;
+    int rc = VD_IO(io, stat, img->fd, &st);
+    if (rc < 0)
+        return rc;
+    /* one sector changed, size unchanged: write it in place */
+    if (st.size == len && len <= VD_MAX_DESC) {
+        uint8_t *old = malloc(len ? len : 1);
+        if (!old)
+            return -ENOMEM;
+        rc = VD_IO(io, pread, img->fd, old, len, 0);
+        size_t which = 0;
+        unsigned n = rc == 0 ? vd_sectors_differ(old, (const uint8_t *)text, len, &which) : 2;
+        free(old);
+        if (n == 0)
+            return 0;
+        if (n == 1) {
+            size_t off = which * VD_SECTOR;
+            return VD_IO(io, pwrite, img->fd, text + off, MIN(VD_SECTOR, len - off), off);
+        }
+    }
+    const char *base = strrchr(img->path, '/');
+    base = base ? base + 1 : img->path;
+    int cur = -1, tmp = -1;
+    char *tname = NULL;
+    if (img->dirh < 0 || asprintf(&tname, ".%s.desc-tmp", base) < 0) {
+        tname = NULL;
+        rc = img->dirh < 0 ? -EOPNOTSUPP : -ENOMEM;
+        goto out;
+    }
+    /* the name must still be this file (not a link, not replaced) */
+    struct vd_io_stat cst;
+    rc = VD_IO(io, open, img->dirh, base, 0, &cur);
+    if (rc == 0)
+        rc = VD_IO(io, stat, cur, &cst);
+    if (rc == 0 && (cst.dev != st.dev || cst.ino != st.ino))
+        rc = -ESTALE;
+    if (rc < 0) {
+        log_err("%s: cannot replace the descriptor atomically (%s): %s", img->path,
+                rc == -ELOOP ? "the name is a symbolic link" : "the name no longer is this file",
+                strerror(-rc));
+        goto out;
+    }
+    (void)VD_IO(io, unlink, img->dirh, tname); /* a crash's leftover */
+    rc = VD_IO(io, open, img->dirh, tname, VD_IO_RDWR | VD_IO_CREATE, &tmp);
+    if (rc == 0)
+        rc = VD_IO(io, pwrite, tmp, text, len, 0);
+    if (rc == 0)
+        rc = VD_IO(io, flush, tmp);
+    if (rc == 0)
+        rc = VD_IO(io, rename, img->dirh, tname, base, false);
+    if (rc == 0)
+        rc = VD_IO(io, flush, img->dirh);
+    if (rc < 0) {
+        (void)VD_IO(io, unlink, img->dirh, tname);
+        goto out;
+    }
+    VD_IO(io, close, img->fd); /* the old inode, now unlinked */
+    img->fd = tmp;
+    tmp = -1;
+out:
+    if (cur >= 0)
+        VD_IO(io, close, cur);
+    if (tmp >= 0)
+        VD_IO(io, close, tmp);
+    free(tname);
+    return rc;
+}
+
+static int vmdk_desc_write_embedded(struct vd_image *img)
+{
+    const struct vd_io *io = img->io;
+    uint64_t cap = img->desc_cap;
+    uint8_t *old = malloc(cap), *area = calloc(1, cap);
+    char *text = vmdk_desc_emit_sealed(&img->desc);
+    int rc = 0;
+    size_t len = 0;
+    if (!old || !area || !text) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    len = strlen(text);
+    if (len >= cap) {
+        log_err("%s: descriptor (%zu bytes) does not fit its %" PRIu64 "-byte area", img->path,
+                len, cap);
+        rc = -ENOSPC;
+        goto out;
+    }
+    rc = VD_IO(io, pread, img->fd, old, cap, img->desc_off);
+    if (rc < 0)
+        goto out;
+    /* the area beyond the text keeps what it had (the journal) */
+    memcpy(area, old, cap);
+    memset(area, 0, MIN(cap, MAX(len, strnlen((const char *)old, cap)) + 1));
+    memcpy(area, text, len);
+    /* a journal left by an interrupted rewrite is retired by this one */
+    size_t j = ROUND_UP(cap / 2, VD_SECTOR);
+    if (j + VD_SECTOR <= cap && len < j && memcmp(area + j, VD_DJ_MAGIC, 4) == 0)
+        memset(area + j, 0, VD_SECTOR);
+    size_t which = 0;
+    unsigned n = vd_sectors_differ(old, area, cap, &which);
+    if (n == 0)
+        goto out;
+    if (n == 1) { /* one sector: atomic in place */
+        rc = VD_IO(io, pwrite, img->fd, area + which * VD_SECTOR, VD_SECTOR,
+                   img->desc_off + which * VD_SECTOR);
+        goto out;
+    }
+    if (len + 1 > j || j + VD_DJ_HDR + len > cap) {
+        log_err("%s: descriptor (%zu bytes) is too long to be rewritten safely: it must fit "
+                "half of its %" PRIu64 "-byte area",
+                img->path, len, cap);
+        rc = -ENOSPC;
+        goto out;
+    }
+    /* journal copy first, synced; then the text in place, synced */
+    memcpy(area + j, VD_DJ_MAGIC, 4);
+    le32_put(area + j + 4, (uint32_t)len);
+    le32_put(area + j + 8, crc32c(text, len));
+    le32_put(area + j + 12, 0);
+    memcpy(area + j + VD_DJ_HDR, text, len);
+    memset(area + j + VD_DJ_HDR + len, 0, cap - j - VD_DJ_HDR - len);
+    rc = VD_IO(io, pwrite, img->fd, area + j, cap - j, img->desc_off + j);
+    if (rc == 0)
+        rc = VD_IO(io, flush, img->fd);
+    if (rc == 0)
+        rc = VD_IO(io, pwrite, img->fd, area, j, img->desc_off);
+    if (rc == 0)
+        rc = VD_IO(io, flush, img->fd);
+    /* the text is whole: retire the journal (unsynced: a journal that
+     * survives matches the text, whose checksum then matches too) */
+    if (rc == 0) {
+        memset(area + j, 0, VD_SECTOR);
+        rc = VD_IO(io, pwrite, img->fd, area + j, VD_SECTOR, img->desc_off + j);
+    }
+    if (rc == -ENOSPC) /* ENOSPC means "the tree does not fit" to the callers */
+        rc = -EIO;
+out:
+    free(old);
+    free(area);
+    free(text);
+    return rc;
+}
+
 int vmdk_desc_write(struct vd_image *img)
 {
     if (img->ro)
         return -EROFS;
-    char *text = vmdk_desc_emit(&img->desc);
-    if (!text)
-        return -ENOMEM;
-    size_t len = strlen(text);
     int rc;
     if (img->desc_embedded) {
-        if (img->desc_cap == 0) {
-            free(text);
+        if (img->desc_cap == 0)
             return 0; /* bare extent: nothing to record */
-        }
-        if (len >= img->desc_cap) {
-            log_err("%s: descriptor (%zu bytes) does not fit its %" PRIu64 "-byte area", img->path,
-                    len, img->desc_cap);
-            free(text);
-            return -ENOSPC;
-        }
-        char *area = calloc(1, img->desc_cap);
-        if (!area) {
-            free(text);
-            return -ENOMEM;
-        }
-        memcpy(area, text, len);
-        rc = VD_IO(img->io, pwrite, img->fd, area, img->desc_cap, img->desc_off);
-        free(area);
+        rc = vmdk_desc_write_embedded(img);
     } else {
-        rc = VD_IO(img->io, pwrite, img->fd, text, len, 0);
-        if (rc == 0)
-            rc = VD_IO(img->io, truncate, img->fd, len);
+        char *text = vmdk_desc_emit_sealed(&img->desc);
+        if (!text)
+            return -ENOMEM;
+        rc = vmdk_desc_write_file(img, text, strlen(text));
+        free(text);
     }
-    if (rc < 0)
+    if (rc < 0 && rc != -ENOSPC)
         log_err("%s: write of descriptor: %s", img->path, strerror(-rc));
-    free(text);
     return rc;
 }
 
