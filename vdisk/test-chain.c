@@ -407,6 +407,31 @@ static void test_torn_descriptor_reads_journal_copy(void **state)
     vd_close(img);
 }
 
+/* Issue 13 item 8: check of a header with tiny grain tables (one entry per
+ * table) must refuse up front, not try to allocate gigabytes. */
+static void test_check_bounds_memory_of_tiny_grain_tables(void **state)
+{
+    (void)state;
+    const char *p = tpath("tiny.vmdk");
+    make_thin(p, NULL, 0);
+    int fd = open(p, O_RDWR);
+    assert_true(fd >= 0);
+    uint8_t b[8];
+    le64_put(b, 1ull << 31); /* capacity: 1 TiB */
+    assert_int_equal(pwrite(fd, b, 8, 12), 8);
+    le64_put(b, 8); /* grainSize: 4 KiB */
+    assert_int_equal(pwrite(fd, b, 8, 20), 8);
+    le32_put(b, 1); /* numGTEsPerGT: 1, so 2^28 grain tables */
+    assert_int_equal(pwrite(fd, b, 4, 44), 4);
+    close(fd);
+    struct vd_check_report r;
+    log_clear_last_error();
+    assert_int_equal(vd_check(p, 0, NULL, &r), 0);
+    assert_int_equal(r.errors, 1);
+    struct vd_image *img;
+    assert_true(vd_open(p, VD_OPEN_RDONLY, &img) < 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -423,6 +448,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_allow_root_admits_another_folder, setup, teardown),
         cmocka_unit_test_setup_teardown(test_damaged_vmdk_is_not_guessed_raw, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_descriptor_reads_journal_copy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_check_bounds_memory_of_tiny_grain_tables, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_guest_cannot_turn_probed_raw_into_vmdk, setup,
                                         teardown),
     };

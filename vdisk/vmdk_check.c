@@ -44,6 +44,12 @@
 #include "util.h"
 #include "vdisk_internal.h"
 
+/* bounds for a hostile header: what one check may allocate, and how many
+ * grain tables (each is one read) it may walk; a 2 TiB disk of 64 KiB
+ * grains and 512-entry tables has 65536 tables and needs 264 MiB */
+#define VD_CHECK_MAX_BYTES (2ull << 30)
+#define VD_CHECK_MAX_GTS (1u << 22)
+
 struct vd_checker {
     struct json *j;
     struct vd_check_report *r;
@@ -202,9 +208,15 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
     uint64_t ngt = DIV_ROUND_UP(grains, h.num_gtes_per_gt);
     uint64_t per = h.num_gtes_per_gt;
     uint64_t gt_sec = DIV_ROUND_UP(per * 4, VD_SECTOR);
-    if (ngt * per * 4 > (1ull << 30)) {
-        vd_problem(c, false, path, "header: capacity %" PRIu64 " needs too many grain tables",
-                   h.capacity);
+    /* memory: both directories, both table copies, two metadata ranges per
+     * table; tiny tables (numGTEsPerGT 1) mean one table per grain */
+    uint64_t need = ngt * (4 + 4 + 2 * sizeof(struct vd_range)) + ngt * per * 4 * 2;
+    if (ngt * per * 4 > (1ull << 30) || ngt > VD_CHECK_MAX_GTS || need > VD_CHECK_MAX_BYTES) {
+        vd_problem(c, false, path,
+                   "header: capacity %" PRIu64 " sectors in %" PRIu64 " grain tables of %" PRIu64
+                   " entries would take %" PRIu64 " MiB to check (more than %llu MiB, or more "
+                   "than %u tables)",
+                   h.capacity, ngt, per, need >> 20, VD_CHECK_MAX_BYTES >> 20, VD_CHECK_MAX_GTS);
         goto out;
     }
     gd = calloc(ngt, 4);

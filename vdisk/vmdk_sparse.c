@@ -324,6 +324,12 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
     uint64_t grains = DIV_ROUND_UP(h->capacity, h->grain_size);
     uint64_t ngt = DIV_ROUND_UP(grains, h->num_gtes_per_gt);
     uint64_t total = ngt * h->num_gtes_per_gt;
+    if (ngt > (1u << 22)) { /* tiny tables: one read and one GD entry per grain */
+        log_err("%s: %" PRIu64 " grain tables of %u entries: more than the %u we read", what, ngt,
+                h->num_gtes_per_gt, 1u << 22);
+        rc = -EUCLEAN;
+        goto fail;
+    }
     if (total * 4 > VD_MAX_GT_BYTES) {
         log_err("%s: capacity %" PRIu64 " sectors needs %" PRIu64 " MiB of grain tables, more "
                 "than the %llu MiB we cache",
