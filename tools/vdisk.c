@@ -18,7 +18,6 @@
 #include "tools.h"
 #include "util.h"
 #include "vdisk.h"
-#include "vdisk_internal.h"
 
 unsigned vdisk_open_fmt;
 
@@ -104,7 +103,7 @@ static int cmd_create(int argc, char **argv)
     if (strcmp(fmt, "raw") == 0)
         rc = vd_create_raw(argv[optind], o.size);
     else if (strcmp(fmt, "vmdk") == 0)
-        rc = vmdk_create(argv[optind], &o);
+        rc = vd_create(argv[optind], &o);
     else {
         log_err("unknown --format \"%s\" (vmdk, raw)", fmt);
         return 2;
@@ -121,29 +120,6 @@ static int cmd_create(int argc, char **argv)
         printf("%s: %s VMDK, %s, adapter %s\n", argv[optind],
                (unsigned)o.type < 3 ? tnames[o.type] : "?", sz, o.adapter ? o.adapter : "lsilogic");
     return 0;
-}
-
-static uint64_t file_alloc(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
-}
-
-static const char *ext_type_name(enum vmdk_ext_type t)
-{
-    switch (t) {
-    case VMDK_EXT_SPARSE:
-        return "SPARSE";
-    case VMDK_EXT_FLAT:
-        return "FLAT";
-    case VMDK_EXT_VMFS:
-        return "VMFS";
-    case VMDK_EXT_VMFSSPARSE:
-        return "VMFSSPARSE";
-    case VMDK_EXT_ZERO:
-        return "ZERO";
-    }
-    return "?";
 }
 
 /* Options of the commands that take [--json] FILE: returns -1 to go on (FILE
@@ -182,35 +158,32 @@ static int cmd_info(int argc, char **argv)
     struct vd_image *img;
     if (vd_open(argv[optind], VD_OPEN_RDONLY | vdisk_open_fmt, &img) < 0)
         return 1;
-    bool vmdk = img->kind == VD_KIND_VMDK;
-    uint64_t alloc = img->desc_embedded ? 0 : file_alloc(img->path);
-    for (int i = 0; i < img->n_ext; i++)
-        if (img->ext[i].path)
-            alloc += file_alloc(img->ext[i].path);
-    const char *adapter = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.adapterType") : NULL;
-    const char *cyl = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.geometry.cylinders") : NULL;
-    const char *heads = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.geometry.heads") : NULL;
-    const char *secs = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.geometry.sectors") : NULL;
-    const char *uuid = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.uuid") : NULL;
-    if (vmdk && !uuid) /* images made by VirtualBox */
-        uuid = vmdk_desc_ddb_get(&img->desc, "ddb.uuid.image");
+    bool vmdk = vd_is_vmdk(img);
+    uint64_t alloc = vd_allocated_bytes(img);
+    const char *adapter = vd_desc_key(img, "ddb.adapterType");
+    const char *cyl = vd_desc_key(img, "ddb.geometry.cylinders");
+    const char *heads = vd_desc_key(img, "ddb.geometry.heads");
+    const char *secs = vd_desc_key(img, "ddb.geometry.sectors");
+    const char *uuid = vd_desc_key(img, "ddb.uuid");
+    if (!uuid) /* images made by VirtualBox */
+        uuid = vd_desc_key(img, "ddb.uuid.image");
     if (js) {
         struct json j;
         json_init(&j, stdout);
         json_obj_begin(&j, NULL);
-        json_str(&j, "file", img->path);
+        json_str(&j, "file", vd_path(img));
         json_str(&j, "format", vmdk ? "vmdk" : "raw");
-        json_str(&j, "type", vmdk ? img->desc.create_type : "raw");
-        json_u64(&j, "virtual_size", img->size);
+        json_str(&j, "type", vd_create_type(img));
+        json_u64(&j, "virtual_size", vd_size(img));
         json_u64(&j, "allocated_size", alloc);
-        json_u64(&j, "granularity", img->gran);
+        json_u64(&j, "granularity", vd_granularity(img));
         if (vmdk) {
             char b[16];
-            snprintf(b, sizeof(b), "%08x", img->desc.cid);
+            snprintf(b, sizeof(b), "%08x", vd_cid(img));
             json_str(&j, "cid", b);
-            snprintf(b, sizeof(b), "%08x", img->desc.parent_cid);
+            snprintf(b, sizeof(b), "%08x", vd_parent_cid(img));
             json_str(&j, "parent_cid", b);
-            json_str(&j, "parent_hint", img->desc.parent_hint);
+            json_str(&j, "parent_hint", vd_parent_hint(img));
             json_str(&j, "adapter", adapter);
             json_obj_begin(&j, "geometry");
             json_u64(&j, "cylinders", cyl ? strtoull(cyl, NULL, 10) : 0);
@@ -219,32 +192,34 @@ static int cmd_info(int argc, char **argv)
             json_obj_end(&j);
             json_str(&j, "uuid", uuid);
             json_arr_begin(&j, "extents");
-            for (int i = 0; i < img->n_ext; i++) {
-                struct vmdk_extent *e = &img->ext[i];
+            for (int i = 0; i < vd_extent_count(img); i++) {
+                struct vd_extent_info e;
+                if (vd_extent_get(img, i, &e) < 0)
+                    continue;
                 json_obj_begin(&j, NULL);
-                json_str(&j, "file", e->path);
-                json_str(&j, "type", ext_type_name(e->type));
-                json_u64(&j, "start", e->start);
-                json_u64(&j, "length", e->len);
-                if (e->sp) {
-                    json_u64(&j, "grain_size", e->sp->grain_bytes);
-                    json_bool(&j, "compressed", e->sp->compressed);
-                    json_bool(&j, "zeroed_grain", e->sp->zero_grain);
-                    json_bool(&j, "cowd", e->sp->cowd);
-                    json_u64(&j, "version", e->sp->h.version);
+                json_str(&j, "file", e.path);
+                json_str(&j, "type", e.type);
+                json_u64(&j, "start", e.start);
+                json_u64(&j, "length", e.len);
+                if (e.sparse) {
+                    json_u64(&j, "grain_size", e.grain_size);
+                    json_bool(&j, "compressed", e.compressed);
+                    json_bool(&j, "zeroed_grain", e.zeroed_grain);
+                    json_bool(&j, "cowd", e.cowd);
+                    json_u64(&j, "version", e.version);
                 }
                 json_obj_end(&j);
             }
             json_arr_end(&j);
         }
         json_arr_begin(&j, "chain");
-        for (struct vd_image *p = img->parent; p; p = p->parent) {
+        for (struct vd_image *p = vd_parent(img); p; p = vd_parent(p)) {
             json_obj_begin(&j, NULL);
-            json_str(&j, "file", p->path);
+            json_str(&j, "file", vd_path(p));
             char b[16];
-            snprintf(b, sizeof(b), "%08x", p->desc.cid);
+            snprintf(b, sizeof(b), "%08x", vd_cid(p));
             json_str(&j, "cid", b);
-            json_u64(&j, "virtual_size", p->size);
+            json_u64(&j, "virtual_size", vd_size(p));
             json_obj_end(&j);
         }
         json_arr_end(&j);
@@ -252,27 +227,29 @@ static int cmd_info(int argc, char **argv)
         json_finish(&j);
     } else {
         char s1[32], s2[32];
-        printf("file: %s\nformat: %s\n", img->path, vmdk ? "vmdk" : "raw");
+        printf("file: %s\nformat: %s\n", vd_path(img), vmdk ? "vmdk" : "raw");
         if (vmdk)
-            printf("type: %s\n", img->desc.create_type);
+            printf("type: %s\n", vd_create_type(img));
         printf("virtual size: %s (%" PRIu64 " bytes)\nallocated size: %s\n",
-               format_size(img->size, s1, sizeof(s1)), img->size,
+               format_size(vd_size(img), s1, sizeof(s1)), vd_size(img),
                format_size(alloc, s2, sizeof(s2)));
         if (vmdk) {
-            printf("CID: %08x\nparentCID: %08x\n", img->desc.cid, img->desc.parent_cid);
+            printf("CID: %08x\nparentCID: %08x\n", vd_cid(img), vd_parent_cid(img));
             printf("adapter: %s\n", adapter ? adapter : "-");
             printf("geometry: %s/%s/%s (C/H/S)\n", cyl ? cyl : "-", heads ? heads : "-",
                    secs ? secs : "-");
             printf("UUID: %s\n", uuid ? uuid : "-");
-            printf("granularity: %u\n", img->gran);
-            for (int i = 0; i < img->n_ext; i++)
-                printf("extent %d: %s %s, %" PRIu64 " bytes at %" PRIu64 "\n", i,
-                       ext_type_name(img->ext[i].type), img->ext[i].path ? img->ext[i].path : "-",
-                       img->ext[i].len, img->ext[i].start);
+            printf("granularity: %u\n", vd_granularity(img));
+            for (int i = 0; i < vd_extent_count(img); i++) {
+                struct vd_extent_info e;
+                if (vd_extent_get(img, i, &e) == 0)
+                    printf("extent %d: %s %s, %" PRIu64 " bytes at %" PRIu64 "\n", i, e.type,
+                           e.path ? e.path : "-", e.len, e.start);
+            }
         }
         int depth = 1;
-        for (struct vd_image *p = img->parent; p; p = p->parent, depth++)
-            printf("parent %d: %s (CID %08x)\n", depth, p->path, p->desc.cid);
+        for (struct vd_image *p = vd_parent(img); p; p = vd_parent(p), depth++)
+            printf("parent %d: %s (CID %08x)\n", depth, vd_path(p), vd_cid(p));
     }
     vd_close(img);
     return 0;
@@ -296,10 +273,10 @@ static int cmd_map(int argc, char **argv)
     }
     int rc = 0;
     uint64_t off = 0;
-    while (off < img->size) {
+    while (off < vd_size(img)) {
         uint64_t n;
         unsigned st;
-        rc = vd_block_status(img, off, img->size - off, &n, &st);
+        rc = vd_block_status(img, off, vd_size(img) - off, &n, &st);
         if (rc < 0)
             break;
         if (js) {
@@ -370,11 +347,11 @@ static int cmd_convert(int argc, char **argv)
     int rc;
     bool raw = strcmp(fmt, "raw") == 0;
     if (!raw && o.type == VD_TYPE_STREAM) {
-        rc = vmdk_stream_write(src, dst_path, o.adapter, force_progress);
+        rc = vd_stream_write(src, dst_path, o.adapter, force_progress);
         vd_close(src);
         return rc < 0 ? 1 : 0;
     }
-    rc = raw ? vd_create_raw(dst_path, o.size) : vmdk_create(dst_path, &o);
+    rc = raw ? vd_create_raw(dst_path, o.size) : vd_create(dst_path, &o);
     if (rc < 0) {
         vd_close(src);
         return 1;

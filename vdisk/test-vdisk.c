@@ -146,7 +146,7 @@ static void test_pread_nowait_serves_cached_declines_cold(void **state)
 
     /* a compressed grain (streamOptimized) is always declined */
     const char *sp = tpath("nowait-stream.vmdk");
-    assert_int_equal(vmdk_stream_write(img, sp, "lsilogic", false), 0);
+    assert_int_equal(vd_stream_write(img, sp, "lsilogic", false), 0);
     vd_close(img);
     assert_int_equal(vd_open(sp, VD_OPEN_RDONLY, &img), 0);
     assert_int_equal(vd_pread_nowait(img, b, 4096, 65536), -EAGAIN);

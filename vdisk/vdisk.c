@@ -79,6 +79,80 @@ struct vd_image *vd_parent(const struct vd_image *img)
     return img->parent;
 }
 
+bool vd_is_vmdk(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK;
+}
+
+const char *vd_create_type(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK && img->desc.create_type ? img->desc.create_type : "raw";
+}
+
+uint32_t vd_cid(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK ? img->desc.cid : 0;
+}
+
+uint32_t vd_parent_cid(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK ? img->desc.parent_cid : 0xffffffffu;
+}
+
+const char *vd_parent_hint(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK ? img->desc.parent_hint : NULL;
+}
+
+const char *vd_desc_key(const struct vd_image *img, const char *key)
+{
+    return img->kind == VD_KIND_VMDK ? vmdk_desc_ddb_get(&img->desc, key) : NULL;
+}
+
+uint64_t vd_allocated_bytes(const struct vd_image *img)
+{
+    struct vd_io_stat st;
+    uint64_t n = 0;
+    if (!img->desc_embedded && img->fd >= 0 && VD_IO(img->io, stat, img->fd, &st) == 0)
+        n += st.blocks;
+    for (int i = 0; i < img->n_ext; i++)
+        if (img->ext[i].fd >= 0 && img->ext[i].fd != img->fd &&
+            VD_IO(img->io, stat, img->ext[i].fd, &st) == 0)
+            n += st.blocks;
+    if (img->desc_embedded && img->fd >= 0 && VD_IO(img->io, stat, img->fd, &st) == 0)
+        n += st.blocks;
+    return n;
+}
+
+int vd_extent_count(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK ? img->n_ext : 0;
+}
+
+int vd_extent_get(const struct vd_image *img, int i, struct vd_extent_info *out)
+{
+    static const char *const names[] = {[VMDK_EXT_FLAT] = "FLAT", [VMDK_EXT_SPARSE] = "SPARSE",
+                                        [VMDK_EXT_ZERO] = "ZERO", [VMDK_EXT_VMFS] = "VMFS",
+                                        [VMDK_EXT_VMFSSPARSE] = "VMFSSPARSE"};
+    if (i < 0 || i >= vd_extent_count(img))
+        return -EINVAL;
+    const struct vmdk_extent *e = &img->ext[i];
+    memset(out, 0, sizeof(*out));
+    out->path = e->path;
+    out->type = names[e->type];
+    out->start = e->start;
+    out->len = e->len;
+    if (e->sp) {
+        out->sparse = true;
+        out->grain_size = e->sp->grain_bytes;
+        out->compressed = e->sp->compressed;
+        out->zeroed_grain = e->sp->zero_grain;
+        out->cowd = e->sp->cowd;
+        out->version = e->sp->h.version;
+    }
+    return 0;
+}
+
 bool vd_buf_is_zero(const void *buf, size_t len)
 {
     const uint8_t *p = buf;

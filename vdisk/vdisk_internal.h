@@ -1,5 +1,6 @@
-/* vdisk internals: shared by the engine files (vdisk.c, vmdk_*.c) and by the
- * snapshot/clone code and the `vdisk` tool. Not a stable API.
+/* vdisk internals: shared by the engine files (vdisk.c, vd_*.c, vmdk_*.c), the
+ * snapshot/clone code and the unit tests in vdisk/. Nothing outside vdisk/
+ * includes it: tools and tests use vdisk.h. Not a stable API.
  *
  * Object model
  *   struct vd_image   one opened image file (raw, or a VMDK descriptor with
@@ -256,7 +257,6 @@ struct vd_image {
 /* vdisk.c */
 struct vd_image *vd_image_alloc(const char *path, unsigned flags);
 void vd_image_free(struct vd_image *img);
-struct vd_image *vd_parent(const struct vd_image *img);
 
 /* vd_chain.c: state of one vd_open_ex() while it opens a chain. */
 struct vd_chain {
@@ -337,23 +337,10 @@ int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, 
  * redundant), fdatasync again. Thread-safe. */
 int vmdk_sparse_flush(struct vmdk_extent *e);
 
-/* vmdk_create.c */
-enum vd_type { VD_TYPE_THIN, VD_TYPE_THICK, VD_TYPE_EAGER, VD_TYPE_STREAM /* convert only */ };
-struct vd_create_opts {
-    uint64_t size; /* bytes, rounded up to 512 */
-    enum vd_type type;
-    const char *adapter;     /* "ide", "lsilogic", "buslogic", "legacyESX"; NULL: lsilogic */
-    const char *parent_hint; /* delta disk: parentFileNameHint (thin only) */
-    uint32_t parent_cid;     /* with parent_hint */
-    bool no_zero_grain;      /* do not set the zeroed-grain flag (version 1) */
-};
-/* Create an image file (never overwrites: -EEXIST). */
+/* vmdk_create.c (enum vd_type, struct vd_create_opts: vdisk.h) */
+/* Create a VMDK image file (never overwrites: -EEXIST); vd_create is the
+ * public name. */
 int vmdk_create(const char *path, const struct vd_create_opts *o);
-int vd_create_raw(const char *path, uint64_t size);
-/* Grow (or shrink with VD_RESIZE_SHRINK) an image; not concurrent with I/O.
- * flags may also carry VD_OPEN_RAW / VD_OPEN_VMDK (the format). */
-#define VD_RESIZE_SHRINK (1u << 16)
-int vd_resize(const char *path, uint64_t size, unsigned flags);
 uint32_t vmdk_random_cid(void);
 /* ddb.adapterType values QEMU and the VMDK specification know. */
 bool vmdk_adapter_known(const char *adapter);
@@ -361,29 +348,5 @@ bool vmdk_adapter_known(const char *adapter);
  * per track; IDE (16 heads) capped at 16383. */
 uint64_t vmdk_geometry_cylinders(uint64_t sectors, unsigned heads);
 
-/* vmdk_stream.c: write src as a new streamOptimized image (one pass). */
-int vmdk_stream_write(struct vd_image *src, const char *path, const char *adapter, bool progress);
-
-/* vmdk_check.c */
-struct vd_check_report {
-    unsigned errors;     /* problems found */
-    unsigned repaired;   /* fixed by --repair */
-    unsigned repairable; /* of the errors: --repair knows the fix (crash
-                            leftovers: primary vs redundant, uncleanShutdown) */
-    unsigned leaks;      /* informational */
-};
-/* json may be NULL; messages go through log_err / the report callback. */
-struct json;
-/* Copy every byte of src that does not read as zeroes into dst (a fresh image
- * that reads as zeroes), in pieces of gs bytes, skipping all-zero pieces so they
- * stay unallocated; a progress meter named `what`. */
-int vd_copy_sparse(struct vd_image *src, struct vd_image *dst, uint64_t gs, const char *what,
-                   bool progress);
-
-#define VD_CHECK_REPAIR 1u   /* fix what is safe (true works too) */
-#define VD_CHECK_PROGRESS 2u /* draw the progress meter even when stderr is not a terminal */
-#define VD_CHECK_RAW 4u      /* the user says raw (nothing to check) */
-#define VD_CHECK_VMDK 8u     /* the user says VMDK */
-int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_report *r);
 
 #endif

@@ -375,6 +375,11 @@ int vmdk_create(const char *path, const struct vd_create_opts *o)
     return vd_create_flat(path, o, cap);
 }
 
+int vd_create(const char *path, const struct vd_create_opts *o)
+{
+    return vmdk_create(path, o);
+}
+
 /* ---------------------------------------------------------------- resize */
 
 static int vd_resize_sparse(struct vd_image *img, uint64_t cap)

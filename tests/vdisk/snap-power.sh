@@ -11,6 +11,7 @@
 #   SNAP_POWER_SNAPS   snapshots in the tree (default 20)
 #   SNAP_POWER_POINTS  crash points per operation: an even sample of this
 #                      many plus the last (default 10); "all": every one
+#   SNAP_POWER_SEEDS   page-loss patterns tried at each point (default 1)
 set -euo pipefail
 for p in qemu-img jq; do command -v $p >/dev/null || exit 77; done
 : "${VDISK:?}" "${VDISK_IO:?}" "${SNAP_CRASH_SHIM:?}"
@@ -18,7 +19,7 @@ T=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d); trap 'chmod -R u+w "$T"; rm
 cd "$T"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
-N=${SNAP_POWER_SNAPS:-20} POINTS=${SNAP_POWER_POINTS:-10}
+N=${SNAP_POWER_SNAPS:-20} POINTS=${SNAP_POWER_POINTS:-10} SEEDS=${SNAP_POWER_SEEDS:-1}
 
 mkdir base raws
 cd base
@@ -35,7 +36,7 @@ R=$PWD/raws
 
 snaps() { "$VDISK" snapshot list --json disk.vmdk | jq -r '[.snapshots[].name] | join(",")'; }
 # the whole tree: ids, names, files, CIDs, parents, and where the disk sits
-tree() { "$VDISK" snapshot list --json disk.vmdk 2>&1 |
+tree() { "$VDISK" snapshot list --json disk.vmdk 2>/dev/null |
          jq -r '"\(.current) " + ([.snapshots[] | "\(.id):\(.name):\(.file):\(.cid):\(.parent)"] | join(","))' 2>&1; }
 # every snapshot in the tree reads what it froze (a deleted one whose file
 # is gone is the one being deleted)
@@ -78,15 +79,17 @@ run_case() {
     fi
     # the tree before and after the operation, without a crash
     local t_old t_new
+    rm -rf w && cp -a base w
     t_old=$(cd w && tree)
     (cd w && $VDISK $cmd >/dev/null 2>&1) || fail "$name: without a crash"
     t_new=$(cd w && tree)
     local tested=0
     for n in $list; do
-        local what="$name, power cut before call $((n + 1)) of $points"
+    for seed in $(seq 1 "$SEEDS"); do
+        local what="$name, power cut before call $((n + 1)) of $points (pattern $seed)"
         rm -rf w && cp -a base w
         local rc=0
-        (cd w && SNAP_CRASH_AFTER=$n SNAP_CRASH_MODE=power SNAP_CRASH_SEED=$((n + 1)) \
+        (cd w && SNAP_CRASH_AFTER=$n SNAP_CRASH_MODE=power SNAP_CRASH_SEED=$((n * 100 + seed)) \
             LD_PRELOAD="$SNAP_CRASH_SHIM" $VDISK $cmd >/dev/null 2>&1) || rc=$?
         [ $rc = 99 ] || fail "$what: expected the crash, got exit $rc"
         cd w
@@ -110,7 +113,8 @@ run_case() {
         cd ..
         tested=$((tested + 1))
     done
-    echo "$name: $points file-changing calls, power cut before $tested of them: OK"
+    done
+    echo "$name: $points file-changing calls, $tested power cuts ($SEEDS patterns each): OK"
 }
 
 final_create() { [ "$(snaps)" = "$(seq -s, -f 's%g' 1 "$N"),new" ] && "$VDISK_IO" compare disk.vmdk "$R/m.raw" >/dev/null; }

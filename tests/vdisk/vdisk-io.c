@@ -20,7 +20,6 @@
 #include "log.h"
 #include "util.h"
 #include "vdisk.h"
-#include "vdisk_internal.h"
 
 static int do_write(const char *img_path, const char *mirror, unsigned seed, int count)
 {
@@ -109,8 +108,8 @@ static int do_child(const char *parent, const char *child)
     struct vd_create_opts o = {.size = vd_size(p),
                                .type = VD_TYPE_THIN,
                                .parent_hint = slash ? slash + 1 : parent,
-                               .parent_cid = p->desc.cid};
-    int rc = vmdk_create(child, &o);
+                               .parent_cid = vd_cid(p)};
+    int rc = vd_create(child, &o);
     vd_close(p);
     return rc < 0 ? 1 : 0;
 }
