@@ -133,7 +133,8 @@ int vd_extent_get(const struct vd_image *img, int i, struct vd_extent_info *out)
 {
     static const char *const names[] = {[VMDK_EXT_FLAT] = "FLAT", [VMDK_EXT_SPARSE] = "SPARSE",
                                         [VMDK_EXT_ZERO] = "ZERO", [VMDK_EXT_VMFS] = "VMFS",
-                                        [VMDK_EXT_VMFSSPARSE] = "VMFSSPARSE"};
+                                        [VMDK_EXT_VMFSSPARSE] = "VMFSSPARSE",
+                                        [VMDK_EXT_SESPARSE] = "SESPARSE"};
     if (i < 0 || i >= vd_extent_count(img))
         return -EINVAL;
     const struct vmdk_extent *e = &img->ext[i];
@@ -252,6 +253,7 @@ int vd_map_local(struct vd_image *img, uint64_t off, uint64_t len, struct vd_map
         m->len = n;
         return 0;
     case VMDK_EXT_VMFSSPARSE: /* not at run time */
+    case VMDK_EXT_SESPARSE:
     case VMDK_EXT_SPARSE:
         return vmdk_sparse_map(e, in, n, m);
     }
@@ -425,6 +427,12 @@ static int vd_writable_extent(struct vd_image *img, struct vmdk_extent *e)
         log_err("%s: cannot write into a ZERO extent at offset %llu", img->path,
                 (unsigned long long)e->start);
         return -EROFS;
+    }
+    if (e->type == VMDK_EXT_SPARSE && e->sp->sesparse) {
+        log_err("%s: %s: writing into seSparse extents is not supported (they are read as "
+                "parents; write to a delta above)",
+                img->path, e->path);
+        return -ENOTSUP;
     }
     if (e->type == VMDK_EXT_SPARSE && e->sp->cowd) {
         log_err("%s: %s: writing into vmfsSparse (COWD) extents is not supported", img->path,

@@ -112,7 +112,8 @@ enum vmdk_ext_type {
     VMDK_EXT_SPARSE,
     VMDK_EXT_ZERO,
     VMDK_EXT_VMFS,
-    VMDK_EXT_VMFSSPARSE
+    VMDK_EXT_VMFSSPARSE,
+    VMDK_EXT_SESPARSE /* ESXi seSparse delta extent (read-only) */
 };
 enum vmdk_access { VMDK_ACC_RW, VMDK_ACC_RDONLY, VMDK_ACC_NOACCESS };
 
@@ -167,6 +168,8 @@ struct vmdk_sparse {
     bool compressed;      /* streamOptimized: grains are deflate + marker */
     bool zero_grain;      /* GTE 1 means zeroed grain */
     bool cowd;            /* ESX COWD extent: read-only here */
+    bool sesparse;        /* ESXi seSparse extent: read-only here; its 64-bit
+                             tables are translated into gt[] at open */
     uint64_t file_size;   /* bytes, at open */
     uint64_t file_end;    /* bytes; next grain goes here; under alloc_lock */
     uint64_t durable_end; /* bytes: the file was extended (and fdatasync'ed)

@@ -461,7 +461,8 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
                     struct stat es;
                     if (stat(ep, &es) < 0)
                         vd_problem(&c, false, ep, "extent %d: missing (%s)", i, strerror(errno));
-                    else if (d.ext[i].type == VMDK_EXT_VMFSSPARSE)
+                    else if (d.ext[i].type == VMDK_EXT_VMFSSPARSE ||
+                             d.ext[i].type == VMDK_EXT_SESPARSE)
                         ; /* COWD: checked by the open below */
                     else if (d.ext[i].type == VMDK_EXT_SPARSE)
                         rc = vd_check_sparse(&c, ep);

@@ -109,8 +109,8 @@ static int vmdk_open_extents(struct vd_image *img, bool embedded, struct vd_chai
         img->n_ext = i + 1;
         const struct vmdk_desc_extent *de = embedded ? NULL : &d->ext[i];
         e->type = embedded ? VMDK_EXT_SPARSE : de->type;
-        if (e->type == VMDK_EXT_VMFSSPARSE)
-            e->type = VMDK_EXT_SPARSE; /* vmdk_sparse_open reads the COWD header */
+        if (e->type == VMDK_EXT_VMFSSPARSE || e->type == VMDK_EXT_SESPARSE)
+            e->type = VMDK_EXT_SPARSE; /* vmdk_sparse_open reads the COWD/seSparse header */
         e->access = embedded ? VMDK_ACC_RW : de->access;
         e->start = start;
         if (e->type == VMDK_EXT_ZERO) {

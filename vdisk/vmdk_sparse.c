@@ -74,6 +74,8 @@
  * a time (one ftruncate + fdatasync per step; cut back at close). */
 #define VMDK_GROW_AHEAD (16ull << 20)
 #define VMDK_GTES_PER_SECTOR (VD_SECTOR / 4)
+#define SESPARSE_CONST_MAGIC 0xcafebabeull
+#define SESPARSE_VOLATILE_MAGIC 0xcafecafeull
 
 void vmdk4_header_encode(const struct vmdk4_header *h, struct vmdk4_header_disk *d)
 {
@@ -275,6 +277,143 @@ static int vmdk_sparse_read_table(const struct vd_io *io, int fd, uint32_t *out,
     return 0;
 }
 
+/* ---------------------------------------------------------------- seSparse
+ * ESXi's snapshot delta format on VMFS-6 (read-only here, as in QEMU; the
+ * format is not publicly documented, these are the facts QEMU's reader
+ * relies on). Sector 0: the const header, 64-bit LE fields: magic
+ * 0xcafebabe, version 0x200000001, capacity, grainSize (8 sectors),
+ * grainTableSize (64 sectors = 4096 entries), flags (0), 4 reserved (0),
+ * then (offset, size) in sectors of: volatile header, journal header,
+ * journal, grain directory, grain tables, free bitmap, back map, grains;
+ * the rest zero. The volatile header (magic 0xcafecafe, free GT number,
+ * next transaction, replayJournal) must not ask for a journal replay.
+ * Grain directory entries: 0 (no table) or 0x10000000_xxxxxxxx, table
+ * xxxxxxxx at grainTablesOffset + xxxxxxxx * 64. Grain table entries, by
+ * their top nibble: 0 unallocated (whole entry 0), 1 unmapped and 2 zero
+ * (read zeroes), 3 allocated: grain index ((e >> 48) & 0xfff) |
+ * ((e & 0xffffffffffff) << 12), data at grainsOffset + index * 8. The
+ * tables are translated at open into the engine's 32-bit table: sector of
+ * the grain, VMDK_GTE_ZEROED, or 0; grains past 2 TiB are refused. */
+static int vmdk_sesparse_open(struct vmdk_extent *e, struct vmdk_sparse *sp, const uint8_t *c,
+                              uint64_t fsize, const char *what)
+{
+    uint64_t version = le64_get(c + 8), cap = le64_get(c + 16), gs = le64_get(c + 24);
+    uint64_t gts = le64_get(c + 32), flags = le64_get(c + 40);
+    uint64_t voff = le64_get(c + 80), gd_off = le64_get(c + 128), gd_size = le64_get(c + 136);
+    uint64_t gt_off = le64_get(c + 144), gr_off = le64_get(c + 192);
+    if (version != 0x200000001ull || gs != 8 || gts != 64 || flags != 0) {
+        log_err("%s: seSparse header: version %" PRIx64 ", grain %" PRIu64 ", table %" PRIu64
+                " sectors, flags %" PRIx64 " not supported (200000001, 8, 64, 0)",
+                what, version, gs, gts, flags);
+        return -ENOTSUP;
+    }
+    uint64_t fsec = fsize / VD_SECTOR;
+    if (cap == 0 || cap > (1ull << 50) / VD_SECTOR || voff == 0 || voff >= fsec ||
+        gd_off == 0 || gd_off + gd_size > fsec || gt_off == 0 || gt_off > fsec ||
+        gr_off == 0 || gr_off > UINT32_MAX) {
+        log_err("%s: seSparse header: capacity or offsets out of range (file %" PRIu64
+                " sectors)",
+                what, fsec);
+        return -EUCLEAN;
+    }
+    uint8_t v[512];
+    int rc = VD_IO(e->io, pread, e->fd, v, sizeof(v), voff * VD_SECTOR);
+    if (rc < 0)
+        return rc;
+    if (le64_get(v) != SESPARSE_VOLATILE_MAGIC) {
+        log_err("%s: seSparse volatile header magic %" PRIx64 ", expected cafecafe", what,
+                le64_get(v));
+        return -EUCLEAN;
+    }
+    if (le64_get(v + 24)) {
+        log_err("%s: seSparse image is dirty (its journal needs a replay, which we do not do); "
+                "consolidate it on the ESXi host first",
+                what);
+        return -ENOTSUP;
+    }
+    struct vmdk4_header *h = &sp->h;
+    memset(h, 0, sizeof(*h));
+    h->capacity = cap;
+    h->grain_size = 8;
+    h->num_gtes_per_gt = 4096;
+    h->overhead = gr_off;
+    sp->sesparse = true;
+    sp->zero_grain = true;
+    sp->grain_bytes = 8 * VD_SECTOR;
+    uint64_t grains = DIV_ROUND_UP(cap, 8), ngt = DIV_ROUND_UP(grains, 4096);
+    if (ngt * 4096 * 4 > VD_MAX_GT_BYTES) {
+        log_err("%s: seSparse capacity %" PRIu64 " sectors needs more than %llu MiB of tables",
+                what, cap, VD_MAX_GT_BYTES >> 20);
+        return -EUCLEAN;
+    }
+    if (ngt > gd_size * VD_SECTOR / 8) {
+        log_err("%s: seSparse grain directory of %" PRIu64 " sectors is too small for %" PRIu64
+                " tables",
+                what, gd_size, ngt);
+        return -EUCLEAN;
+    }
+    sp->num_gts = (uint32_t)ngt;
+    sp->gd = calloc(ngt, 4);
+    sp->gt = calloc(ngt * 4096, 4);
+    uint64_t *gd = malloc(ngt * 8), *t = malloc(4096 * 8);
+    if (!sp->gd || !sp->gt || !gd || !t) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    rc = VD_IO(e->io, pread, e->fd, gd, ngt * 8, gd_off * VD_SECTOR);
+    for (uint64_t i = 0; i < ngt && rc == 0; i++) {
+        uint64_t de = le64_get((const uint8_t *)&gd[i]);
+        if (de == 0)
+            continue;
+        uint64_t tsec = gt_off + (de & 0xffffffffull) * 64;
+        if ((de >> 32) != 0x10000000ull || tsec + 64 > fsec) {
+            log_err("%s: seSparse grain directory entry %" PRIu64 " = %016" PRIx64 " is invalid",
+                    what, i, de);
+            rc = -EUCLEAN;
+            break;
+        }
+        sp->gd[i] = (uint32_t)MIN(tsec, UINT32_MAX);
+        rc = VD_IO(e->io, pread, e->fd, t, 4096 * 8, tsec * VD_SECTOR);
+        for (uint64_t k = 0; k < 4096 && rc == 0; k++) {
+            uint64_t te = le64_get((const uint8_t *)&t[k]), g = i * 4096 + k, sec;
+            switch (te >> 60) {
+            case 0:
+                if (te) {
+                    rc = -EUCLEAN;
+                    break;
+                }
+                continue;
+            case 1: /* unmapped (SCSI UNMAP): reads zeroes */
+            case 2: /* zero */
+                sp->gt[g] = VMDK_GTE_ZEROED;
+                continue;
+            case 3:
+                sec = gr_off + ((((te >> 48) & 0xfff) | ((te & 0xffffffffffffull) << 12)) * 8);
+                if (sec + 8 > fsec || sec > UINT32_MAX - 8) {
+                    rc = -EUCLEAN;
+                    break;
+                }
+                sp->gt[g] = (uint32_t)sec;
+                continue;
+            default:
+                rc = -EUCLEAN;
+            }
+            if (rc < 0)
+                log_err("%s: seSparse grain table %" PRIu64 " entry %" PRIu64 " = %016" PRIx64
+                        " is invalid (or its grain is outside the file)",
+                        what, i, k, te);
+        }
+    }
+    if (rc == 0) {
+        sp->file_end = ROUND_UP(fsize, VD_SECTOR);
+        sp->defer_ok = false;
+    }
+out:
+    free(gd);
+    free(t);
+    return rc;
+}
+
 int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
 {
     struct vmdk_sparse *sp = calloc(1, sizeof(*sp));
@@ -302,6 +441,13 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
     if (rc < 0) {
         log_err("%s: read of the header: %s", what, strerror(-rc));
         goto fail;
+    }
+    if (le64_get((const uint8_t *)&d) == SESPARSE_CONST_MAGIC) {
+        rc = vmdk_sesparse_open(e, sp, (const uint8_t *)&d, fsize, what);
+        if (rc < 0)
+            goto fail;
+        e->sp = sp;
+        return 0;
     }
     if (memcmp(d.magic, VMDK3_MAGIC_BYTES, 4) == 0)
         rc = vmdk3_header_decode((const uint8_t *)&d, &sp->h, what);
