@@ -467,6 +467,15 @@ static int sn_new_delta(const char *path, const struct vd_image *ref, uint64_t s
             rc = vmdk_desc_set_str(&t->desc.ext[0].fname, sn_basename(path));
         if (rc == 0)
             rc = sn_meta_store(&t->desc, l);
+        if (rc == 0) { /* the text must fit half of the area: every later
+                          rewrite of it is then crash-safe (journal) */
+            char *text = vmdk_desc_emit_sealed(&t->desc);
+            if (!text)
+                rc = -ENOMEM;
+            else if (t->desc_embedded && strlen(text) + 1 + 16 > t->desc_cap / 2)
+                rc = -ENOSPC;
+            free(text);
+        }
         if (rc == 0)
             rc = vmdk_desc_write(t);
         if (rc == -ENOSPC || rc == -E2BIG)

@@ -407,6 +407,34 @@ static void test_torn_descriptor_reads_journal_copy(void **state)
     vd_close(img);
 }
 
+/* A descriptor made elsewhere, longer than half of the area (no room for
+ * the journal): the first write's CID update still works (in place). */
+static void test_long_foreign_descriptor_still_takes_writes(void **state)
+{
+    (void)state;
+    const char *p = tpath("long.vmdk");
+    make_thin(p, NULL, 0);
+    char text[7000];
+    int n = snprintf(text, sizeof(text),
+                     "# Disk DescriptorFile\nversion=1\nCID=11111111\nparentCID=ffffffff\n"
+                     "createType=\"monolithicSparse\"\nRW 2048 SPARSE \"long.vmdk\"\n");
+    for (int i = 0; n < 6000; i++)
+        n += snprintf(text + n, sizeof(text) - (size_t)n,
+                      "ddb.foreign.key%03d = \"a value written by another program\"\n", i);
+    int fd = open(p, O_RDWR);
+    assert_true(fd >= 0);
+    uint8_t area[10240] = {0};
+    memcpy(area, text, (size_t)n);
+    assert_int_equal(pwrite(fd, area, sizeof(area), 512), (ssize_t)sizeof(area));
+    close(fd);
+    write_byte(p, 0x42);
+    struct vd_image *img;
+    assert_int_equal(vd_open(p, VD_OPEN_RDONLY, &img), 0);
+    assert_true(vd_cid(img) != 0x11111111u);
+    assert_non_null(vd_desc_key(img, "ddb.foreign.key100"));
+    vd_close(img);
+}
+
 /* Issue 13 item 8: check of a header with tiny grain tables (one entry per
  * table) must refuse up front, not try to allocate gigabytes. */
 static void test_check_bounds_memory_of_tiny_grain_tables(void **state)
@@ -448,6 +476,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_allow_root_admits_another_folder, setup, teardown),
         cmocka_unit_test_setup_teardown(test_damaged_vmdk_is_not_guessed_raw, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_descriptor_reads_journal_copy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_foreign_descriptor_still_takes_writes, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_check_bounds_memory_of_tiny_grain_tables, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_guest_cannot_turn_probed_raw_into_vmdk, setup,

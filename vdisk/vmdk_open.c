@@ -508,10 +508,13 @@ static int vmdk_desc_write_embedded(struct vd_image *img)
         goto out;
     }
     if (len + 1 > j || j + VD_DJ_HDR + len > cap) {
-        log_err("%s: descriptor (%zu bytes) is too long to be rewritten safely: it must fit "
-                "half of its %" PRIu64 "-byte area",
-                img->path, len, cap);
-        rc = -ENOSPC;
+        /* no room for a journal (a long descriptor made elsewhere): one
+         * write in place, as before; our own trees are kept to half the
+         * area (snapshot.c) so that this never happens to them */
+        log_warn("%s: descriptor (%zu bytes) is longer than half of its %" PRIu64 "-byte area: "
+                 "rewritten in place, not crash-safe",
+                 img->path, len, cap);
+        rc = VD_IO(io, pwrite, img->fd, area, cap, img->desc_off);
         goto out;
     }
     /* journal copy first, synced; then the text in place, synced */

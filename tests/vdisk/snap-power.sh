@@ -10,7 +10,7 @@
 # job with the expected end state.
 #   SNAP_POWER_SNAPS   snapshots in the tree (default 20)
 #   SNAP_POWER_POINTS  crash points per operation: an even sample of this
-#                      many plus the last (default 10); "all": every one
+#                      many plus the last (default 6); "all": every one
 #   SNAP_POWER_SEEDS   page-loss patterns tried at each point (default 1)
 set -euo pipefail
 for p in qemu-img jq; do command -v $p >/dev/null || exit 77; done
@@ -19,7 +19,7 @@ T=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d); trap 'chmod -R u+w "$T"; rm
 cd "$T"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
-N=${SNAP_POWER_SNAPS:-20} POINTS=${SNAP_POWER_POINTS:-10} SEEDS=${SNAP_POWER_SEEDS:-1}
+N=${SNAP_POWER_SNAPS:-20} POINTS=${SNAP_POWER_POINTS:-6} SEEDS=${SNAP_POWER_SEEDS:-1}
 
 mkdir base raws
 cd base
