@@ -26,7 +26,6 @@
 #include "util.h"
 #include "vdisk.h"
 #include "test-nowait.h"
-#include "vdisk_internal.h"
 
 #define MEM_SIZE (1u << 20)
 #define GUARD 4096

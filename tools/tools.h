@@ -10,4 +10,7 @@ int cmd_serve(int argc, char **argv);    /* vdisk serve ...     (vdisk_serve.c) 
 int cmd_snapshot(int argc, char **argv); /* vdisk snapshot ... (vdisk_snap.c) */
 int cmd_clone(int argc, char **argv);    /* vdisk clone ...    (vdisk_snap.c) */
 
+/* vdisk: VD_OPEN_RAW or VD_OPEN_VMDK from --format (every command but
+ * create, where --format names the new file's format), else 0: probe. */
+extern unsigned vdisk_open_fmt;
 #endif

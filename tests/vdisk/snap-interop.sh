@@ -85,7 +85,10 @@ check_all "after delete s3"
 # linked clones, in the same folder and in another one
 "$VDISK" clone --linked disk.vmdk lc.vmdk >/dev/null
 mkdir vm2
-"$VDISK" clone --linked disk.vmdk vm2/far.vmdk >/dev/null
+# the clone's parent is outside its folder: refused unless that folder is allowed
+if "$VDISK" clone --linked disk.vmdk vm2/far.vmdk 2>err; then fail "far clone without --allow-root"; fi
+grep -q "outside the folders" err || fail "far clone refusal: $(cat err)"
+"$VDISK" clone --allow-root "$PWD" --linked disk.vmdk vm2/far.vmdk >/dev/null
 check_all "after linked clones"
 same lc.vmdk m.raw "linked clone"
 same vm2/far.vmdk m.raw "linked clone in another folder"
