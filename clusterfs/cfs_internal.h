@@ -1,0 +1,246 @@
+/* Internals of the volume library. Not for use outside clusterfs/.
+ *
+ * Lock order (top first):
+ *   1. inode->io (rwlock): data I/O of one file (shared) against truncate,
+ *      punch, allocation and unaligned writes (exclusive);
+ *   2. v->mtx: every piece of metadata state: the block cache, the inode
+ *      cache, the running transaction, the allocator, the journal. Held
+ *      across a commit (the journal's writes and flushes), never across
+ *      file data I/O of the read/write fast paths.
+ * Namespace operations on several inodes (rename, link) run entirely under
+ * v->mtx on this host; the on-disk inode locks they will take across hosts
+ * are taken in increasing inode number (docs/design.md, "Lock order").
+ */
+#ifndef CLUSTERFS_CFS_INTERNAL_H
+#define CLUSTERFS_CFS_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cfs_format.h"
+#include "volume.h"
+
+struct lun;
+
+/* A cached metadata block (4 or 8 KiB). Protected by v->mtx. */
+struct cfs_buf {
+    uint64_t addr;
+    uint32_t size;
+    uint16_t type;
+    uint8_t *data;
+    int refs;   /* users + 1 while dirty */
+    bool dirty; /* part of the running transaction */
+    struct cfs_buf *hnext;
+    struct cfs_buf *lprev, *lnext; /* LRU of clean, unreferenced blocks */
+    struct cfs_buf *dnext;         /* dirty list of the running transaction */
+};
+
+/* An inode in memory. d, nlookup, nopen, pins, dirty: protected by v->mtx. */
+struct cfs_inode {
+    struct cfs_dinode d;
+    uint64_t nlookup; /* FUSE lookup references */
+    unsigned nopen;   /* open handles */
+    unsigned pins;    /* internal references (operations in progress) */
+    bool dirty;
+    bool orphan; /* on this host's orphan list */
+    pthread_rwlock_t io;
+    struct cfs_inode *hnext, *dnext;
+};
+
+struct cfs_file {
+    struct cfs_volume *v;
+    struct cfs_inode *ip;
+    int flags;
+};
+
+/* What we know of a resource cluster. Protected by v->mtx. */
+enum { CFS_CL_UNKNOWN = 0, CFS_CL_LOADED, CFS_CL_BAD };
+struct cfs_clinfo {
+    uint8_t state;
+    struct cfs_cluster *c; /* decoded header, when loaded */
+};
+
+/* A set of byte addresses (open addressing), for blocks freed in the
+ * running transaction: not reusable until it commits. */
+struct cfs_addrset {
+    uint64_t *slots;
+    size_t cap, n;
+};
+
+struct cfs_volume {
+    struct lun *lun;
+    struct cfs_super sb;
+    uint8_t uuid[16];
+    uint32_t lbs;       /* LUN logical block size */
+    uint32_t bs;        /* file block size */
+    unsigned bshift;    /* log2(bs) */
+    uint32_t spp;       /* slots (8 KiB) per pool block */
+    uint64_t cl_bytes;  /* bytes per cluster */
+    struct cfs_open_opts opts;
+    bool ro;
+    bool unmap; /* the LUN can deallocate */
+
+    pthread_mutex_t mtx;
+    int fatal; /* -errno once a commit failed: no more changes */
+
+    /* block cache (buf.c) */
+    struct cfs_buf **bh;
+    size_t bh_cap, nbufs;
+    uint64_t cache_bytes, cache_max;
+    struct cfs_buf lru; /* sentinel */
+
+    /* inode cache (inode.c) */
+    struct cfs_inode **ih;
+    size_t ih_cap, ninodes;
+
+    /* running transaction (journal.c) */
+    struct cfs_buf *dirty_bufs;
+    unsigned ndirty;
+    uint64_t dirty_bytes;
+    struct cfs_inode *dirty_inodes;
+    unsigned ndirty_inodes;
+    struct cfs_addrset freed;
+    uint64_t *unmaps; /* data blocks freed in the transaction: unmapped after commit */
+    size_t nunmaps, unmaps_cap;
+
+    /* journal of this host */
+    uint32_t slot;
+    uint64_t j_off;      /* byte address of the journal */
+    uint64_t j_ring;     /* ring size in 4 KiB blocks */
+    uint64_t j_head;     /* next ring position to write */
+    uint64_t j_seq;      /* sequence of the next transaction */
+    uint64_t j_used;     /* ring blocks since the on-disk tail */
+    uint64_t j_commits;  /* statistics */
+    struct cfs_host host; /* orphan list (journal block 1) */
+    bool host_dirty;
+
+    /* allocator (alloc.c) */
+    struct cfs_clinfo *cl;
+    uint64_t cur_cl;
+
+    /* commit thread */
+    pthread_t thr;
+    pthread_cond_t cond;
+    bool stop, thr_started;
+};
+
+/* ---- buf.c ----------------------------------------------------------------- */
+int cfs_buf_init(struct cfs_volume *v);
+void cfs_buf_fini(struct cfs_volume *v);
+/* Read (or find cached) and check a metadata block. -ENODATA if it was
+ * never written (all zeroes), -ESTALE if it belongs to another volume. */
+int cfs_buf_get(struct cfs_volume *v, uint64_t addr, uint32_t size, unsigned type,
+                struct cfs_buf **out);
+/* A block about to be written whole: cached copy or zeroes, not read. */
+int cfs_buf_new(struct cfs_volume *v, uint64_t addr, uint32_t size, unsigned type,
+                struct cfs_buf **out);
+void cfs_buf_put(struct cfs_volume *v, struct cfs_buf *b);
+void cfs_buf_dirty(struct cfs_volume *v, struct cfs_buf *b);
+/* Forget a cached block that was freed (if clean and unused). */
+void cfs_buf_drop(struct cfs_volume *v, uint64_t addr);
+void cfs_buf_trim(struct cfs_volume *v);
+
+/* ---- journal.c --------------------------------------------------------------- */
+int cfs_journal_open(struct cfs_volume *v, bool replay);
+/* Commit the running transaction: journal write, flush, commit block,
+ * flush, home writes. Called with v->mtx held. */
+int cfs_txn_commit(struct cfs_volume *v);
+/* Commit if the transaction grew past its soft limit. */
+int cfs_txn_maybe_commit(struct cfs_volume *v);
+/* Empty the journal: flush home writes, move the tail to the head. */
+int cfs_journal_checkpoint(struct cfs_volume *v);
+/* Read-only scan: committed transactions pending replay. */
+int cfs_journal_pending(struct lun *lun, const struct cfs_super *sb, uint32_t slot,
+                        uint64_t *ntxn);
+int cfs_journal_format(struct lun *lun, const struct cfs_super *sb, uint32_t slot);
+void cfs_txn_stamp(struct cfs_volume *v, void *buf, uint32_t size);
+
+/* ---- alloc.c ---------------------------------------------------------------- */
+int cfs_alloc_init(struct cfs_volume *v);
+void cfs_alloc_fini(struct cfs_volume *v);
+/* A file block (kind DATA): byte address. -ENOSPC when none is free. */
+int cfs_alloc_block(struct cfs_volume *v, uint64_t *addr);
+/* An 8 KiB slot of a small-block pool / an inode slot. */
+int cfs_alloc_small(struct cfs_volume *v, uint64_t *addr);
+int cfs_alloc_inode(struct cfs_volume *v, uint64_t *ino);
+int cfs_free_block(struct cfs_volume *v, uint64_t addr);
+int cfs_free_small(struct cfs_volume *v, uint64_t addr);
+int cfs_free_inode(struct cfs_volume *v, uint64_t ino);
+/* Free file blocks and slots over the whole volume (reads every laid-out
+ * cluster header once). */
+int cfs_alloc_count(struct cfs_volume *v, uint64_t *free_blocks, uint64_t *free_small,
+                    uint64_t *free_inodes, uint64_t *laid_out);
+int cfs_cluster_format_first(struct lun *lun, const struct cfs_super *sb, uint64_t *root_ino);
+bool cfs_addrset_has(const struct cfs_addrset *s, uint64_t a);
+int cfs_addrset_add(struct cfs_addrset *s, uint64_t a);
+void cfs_addrset_clear(struct cfs_addrset *s);
+
+/* ---- inode.c ------------------------------------------------------------------ */
+int cfs_inode_get(struct cfs_volume *v, cfs_ino_t ino, struct cfs_inode **out);
+void cfs_inode_put(struct cfs_volume *v, struct cfs_inode *ip);
+void cfs_inode_dirty(struct cfs_volume *v, struct cfs_inode *ip);
+/* After the commit wrote it: drop the inode from memory if unused. */
+void cfs_inode_clean(struct cfs_volume *v, struct cfs_inode *ip);
+/* Allocate and initialise a new inode (pinned, dirty). */
+int cfs_inode_alloc(struct cfs_volume *v, mode_t mode, uid_t uid, gid_t gid, cfs_ino_t parent,
+                    struct cfs_inode **out);
+void cfs_inode_attr(struct cfs_volume *v, const struct cfs_inode *ip, struct cfs_attr *a);
+int64_t cfs_now_ns(void);
+void cfs_inode_fini(struct cfs_volume *v);
+/* Free the inodes on the orphan list (mount, after replay). */
+int cfs_orphans_process(struct cfs_volume *v);
+void cfs_orphan_add(struct cfs_volume *v, struct cfs_inode *ip);
+
+/* ---- bmap.c ------------------------------------------------------------------- */
+/* Block map of an inode: a radix tree of 8 KiB pointer blocks, 1008 wide. */
+int cfs_bmap_get(struct cfs_volume *v, struct cfs_inode *ip, uint64_t idx, uint64_t *ptr);
+int cfs_bmap_set(struct cfs_volume *v, struct cfs_inode *ip, uint64_t idx, uint64_t ptr);
+/* Visit the non-hole entries with index in [start, end); fn may change
+ * *ptr (0 frees the entry's slot in the tree; emptied pointer blocks are
+ * freed). fn returns 0 to go on, 1 to stop, -errno to fail. */
+typedef int (*cfs_bmap_fn)(struct cfs_volume *v, struct cfs_inode *ip, uint64_t idx,
+                           uint64_t *ptr, void *ctx);
+int cfs_bmap_walk(struct cfs_volume *v, struct cfs_inode *ip, uint64_t start, uint64_t end,
+                  cfs_bmap_fn fn, void *ctx);
+/* Free every data block with index >= start (budget: at most `max` blocks
+ * per call; returns 1 when more remain). */
+int cfs_bmap_free_from(struct cfs_volume *v, struct cfs_inode *ip, uint64_t start, uint64_t max);
+/* Visit the pointer blocks (for check). */
+typedef int (*cfs_bmap_meta_fn)(struct cfs_volume *v, uint64_t addr, void *ctx);
+int cfs_bmap_walk_meta(struct cfs_volume *v, struct cfs_inode *ip, cfs_bmap_meta_fn fn,
+                       void *ctx);
+
+/* ---- dir.c -------------------------------------------------------------------- */
+int cfs_dir_lookup(struct cfs_volume *v, struct cfs_inode *dp, const char *name, cfs_ino_t *ino,
+                   unsigned *dtype);
+int cfs_dir_add(struct cfs_volume *v, struct cfs_inode *dp, const char *name, cfs_ino_t ino,
+                unsigned dtype);
+int cfs_dir_remove(struct cfs_volume *v, struct cfs_inode *dp, const char *name);
+int cfs_dir_init(struct cfs_volume *v, struct cfs_inode *dp);
+/* List from cookie; fn as cfs_readdir_fn (without "." and ".."). */
+int cfs_dir_iterate(struct cfs_volume *v, struct cfs_inode *dp, uint64_t off, cfs_readdir_fn fn,
+                    void *ctx);
+uint64_t cfs_name_hash(const char *name, size_t len);
+
+/* ---- file.c ------------------------------------------------------------------- */
+int cfs_file_truncate_locked(struct cfs_volume *v, struct cfs_inode *ip, uint64_t size);
+/* Free all blocks of an inode (it is being deleted). */
+int cfs_file_free_all(struct cfs_volume *v, struct cfs_inode *ip);
+ssize_t cfs_file_pwrite(struct cfs_volume *v, struct cfs_inode *ip, const void *buf, size_t size,
+                        uint64_t off);
+ssize_t cfs_file_pread(struct cfs_volume *v, struct cfs_inode *ip, void *buf, size_t size,
+                       uint64_t off);
+
+/* ---- super.c ------------------------------------------------------------------- */
+int cfs_super_read(struct lun *lun, struct cfs_super *sb, int *which);
+int cfs_dev_read(struct cfs_volume *v, uint64_t addr, void *buf, size_t len);
+int cfs_dev_write(struct cfs_volume *v, uint64_t addr, const void *buf, size_t len);
+int cfs_dev_read_lun(struct lun *lun, uint64_t addr, void *buf, size_t len);
+int cfs_dev_write_lun(struct lun *lun, uint64_t addr, const void *buf, size_t len);
+static inline uint64_t cfs_cluster_addr(const struct cfs_volume *v, uint64_t i)
+{
+    return v->sb.data_off + i * v->cl_bytes;
+}
+
+#endif
