@@ -395,8 +395,8 @@ static int free_slot(struct cfs_volume *v, uint64_t addr, uint8_t kind)
     int r = locate(v, addr, &i, &b, &s);
     struct cfs_cluster *c = r == 0 ? v->cl[i].c : NULL;
     if (r < 0 || addr % CFS_SMALL || c->kind[b] != kind || !sub_get(c, b, s)) {
-        log_err("%s: freeing %s at byte %" PRIu64 " that is not allocated (%s)",
-                lun_name(v->lun), kind == CFS_K_SMALL ? "small block" : "inode slot", addr,
+        log_err("%s: freeing %s at byte %" PRIu64 " that is not allocated (%s)", lun_name(v->lun),
+                kind == CFS_K_SMALL ? "small block" : "inode slot", addr,
                 r < 0 ? strerror(-r) : "bit clear or wrong kind in its cluster");
         return -EUCLEAN;
     }
@@ -499,4 +499,121 @@ out:
     free(c);
     free(d);
     return r;
+}
+
+/* ---- for check ------------------------------------------------------------- */
+
+int cfs_alloc_scan(struct cfs_volume *v, cfs_alloc_scan_fn fn, void *ctx)
+{
+    for (uint64_t i = 0; i < v->sb.nclusters; i++) {
+        int r = cl_load(v, i);
+        if (r == -ENOMEM)
+            return r;
+        uint64_t ca = cfs_cluster_addr(v, i);
+        if (r < 0 || v->cl[i].state == CFS_CL_BAD) {
+            if ((r = fn(ctx, ca + CFS_META, CFS_K_META, r < 0 ? r : -EUCLEAN)) < 0)
+                return r;
+            continue;
+        }
+        if (v->cl[i].state != CFS_CL_LOADED)
+            continue;
+        struct cfs_cluster *c = v->cl[i].c;
+        uint32_t nfree = 0, fs = 0, fi = 0;
+        for (unsigned b = 1; b < c->nblocks; b++) {
+            uint64_t a = blk_addr(v, i, b);
+            switch (c->kind[b]) {
+            case CFS_K_FREE:
+                nfree++;
+                break;
+            case CFS_K_DATA:
+                if ((r = fn(ctx, a, CFS_K_DATA, 0)) < 0)
+                    return r;
+                break;
+            case CFS_K_SMALL:
+            case CFS_K_INODE:
+                for (unsigned s = 0; s < v->spp; s++) {
+                    if (!sub_get(c, b, s)) {
+                        {
+                            if (c->kind[b] == CFS_K_SMALL)
+                                fs++;
+                            else
+                                fi++;
+                        }
+                        continue;
+                    }
+                    if ((r = fn(ctx, a + (uint64_t)s * CFS_SMALL, c->kind[b], 0)) < 0)
+                        return r;
+                }
+                break;
+            default:
+                if ((r = fn(ctx, a, c->kind[b], -EUCLEAN)) < 0)
+                    return r;
+            }
+        }
+        if (nfree != c->free_blocks || fs != c->free_small || fi != c->free_inodes) {
+            /* counters disagree with the bitmap: report through the callback */
+            if ((r = fn(ctx, ca + CFS_META, CFS_K_META, -ERANGE)) < 0)
+                return r;
+        }
+    }
+    return 0;
+}
+
+int cfs_alloc_fix_counts(struct cfs_volume *v, uint64_t cluster_addr)
+{
+    uint64_t i = (cluster_addr - v->sb.data_off) / v->cl_bytes;
+    if (i >= v->sb.nclusters || v->cl[i].state != CFS_CL_LOADED)
+        return -EINVAL;
+    struct cfs_cluster *c = v->cl[i].c;
+    uint32_t nfree = 0, fs = 0, fi = 0;
+    for (unsigned b = 1; b < c->nblocks; b++) {
+        if (c->kind[b] == CFS_K_FREE)
+            nfree++;
+        if (c->kind[b] == CFS_K_SMALL || c->kind[b] == CFS_K_INODE)
+            for (unsigned s = 0; s < v->spp; s++)
+                if (!sub_get(c, b, s)) {
+                    if (c->kind[b] == CFS_K_SMALL)
+                        fs++;
+                    else
+                        fi++;
+                }
+    }
+    c->free_blocks = nfree;
+    c->free_small = fs;
+    c->free_inodes = fi;
+    return cl_sync(v, i);
+}
+
+int cfs_alloc_set(struct cfs_volume *v, uint64_t addr, uint8_t kind, bool on)
+{
+    if (!on) {
+        if (kind == CFS_K_DATA)
+            return cfs_free_block(v, addr);
+        return free_slot(v, addr, kind);
+    }
+    uint64_t i;
+    unsigned b, s;
+    int r = locate(v, addr, &i, &b, &s);
+    if (r < 0)
+        return r;
+    struct cfs_cluster *c = v->cl[i].c;
+    if (kind == CFS_K_DATA) {
+        if (c->kind[b] != CFS_K_FREE)
+            return -EEXIST;
+        c->kind[b] = CFS_K_DATA;
+        c->free_blocks--;
+        return cl_sync(v, i);
+    }
+    uint32_t *fr = kind == CFS_K_SMALL ? &c->free_small : &c->free_inodes;
+    if (c->kind[b] == CFS_K_FREE) {
+        c->kind[b] = kind;
+        memset(c->sub[b], 0, sizeof(c->sub[b]));
+        c->free_blocks--;
+        *fr += v->spp;
+    }
+    if (c->kind[b] != kind || sub_get(c, b, s))
+        return -EEXIST;
+    sub_set(c, b, s, 1);
+    (*fr)--;
+    return cl_sync(v, i);
 }

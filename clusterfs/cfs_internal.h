@@ -171,6 +171,14 @@ int cfs_free_inode(struct cfs_volume *v, uint64_t ino);
  * cluster header once). */
 int cfs_alloc_count(struct cfs_volume *v, uint64_t *free_blocks, uint64_t *free_small,
                     uint64_t *free_inodes, uint64_t *laid_out);
+/* Check: every allocated unit (data block, small slot, inode slot) of the
+ * laid-out clusters; err < 0 for a cluster header that does not decode
+ * (addr = the header) or whose free counters disagree (-ERANGE). */
+typedef int (*cfs_alloc_scan_fn)(void *ctx, uint64_t addr, uint8_t kind, int err);
+int cfs_alloc_scan(struct cfs_volume *v, cfs_alloc_scan_fn fn, void *ctx);
+/* Repair: mark one unit allocated / free; recompute a cluster's counters. */
+int cfs_alloc_set(struct cfs_volume *v, uint64_t addr, uint8_t kind, bool on);
+int cfs_alloc_fix_counts(struct cfs_volume *v, uint64_t cluster_addr);
 int cfs_cluster_format_first(struct lun *lun, const struct cfs_super *sb, uint64_t *root_ino);
 bool cfs_addrset_has(const struct cfs_addrset *s, uint64_t a);
 int cfs_addrset_add(struct cfs_addrset *s, uint64_t a);

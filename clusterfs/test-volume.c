@@ -20,6 +20,7 @@
 #include "log.h"
 #include "lun.h"
 #include "util.h"
+#include "cfs_internal.h"
 #include "volume.h"
 
 #define MiB (1ull << 20)
@@ -80,11 +81,24 @@ static int setup4k(void **state)
     return setup_bs(state, 4096);
 }
 
+static void print_problem(void *ctx, const char *what, const char *msg, bool fixed)
+{
+    fprintf(stderr, "check: %s: %s%s\n", what, msg, fixed ? " (fixed)" : "");
+}
+
+/* Every test leaves a volume that check finds clean, before and after a
+ * remount. */
 static int teardown(void **state)
 {
     struct fx *f = *state;
-    if (f->v)
+    if (f->v) {
+        struct cfs_check_report rep;
+        assert_int_equal(cfs_check(f->v, 0, print_problem, NULL, &rep), 0);
+        vol_reopen(f);
+        assert_int_equal(cfs_check(f->v, 0, print_problem, NULL, &rep), 0);
+        assert_true(rep.inodes >= 1);
         assert_int_equal(cfs_volume_close(f->v), 0);
+    }
     lun_close(f->lun);
     unlink(f->path);
     free(f);
@@ -584,6 +598,165 @@ static void test_random_ops_match_model(void **state)
     free(w);
 }
 
+/* ---- check and corruption ------------------------------------------------------ */
+
+struct probs {
+    char text[4096];
+    unsigned n;
+};
+
+static void collect_problem(void *ctx, const char *what, const char *msg, bool fixed)
+{
+    struct probs *p = ctx;
+    size_t l = strlen(p->text);
+    snprintf(p->text + l, sizeof(p->text) - l, "%s: %s%s\n", what, msg, fixed ? " (fixed)" : "");
+    p->n++;
+}
+
+static void flip_byte(struct fx *f, uint64_t addr)
+{
+    int fd = open(f->path, O_RDWR);
+    assert_true(fd >= 0);
+    uint8_t c;
+    assert_int_equal(pread(fd, &c, 1, (off_t)addr), 1);
+    c ^= 0x5a;
+    assert_int_equal(pwrite(fd, &c, 1, (off_t)addr), 1);
+    fsync(fd);
+    close(fd);
+}
+
+static void test_check_finds_and_repairs_leak_and_link_count(void **state)
+{
+    struct fx *f = *state;
+    struct cfs_volume *v = f->v;
+    struct cfs_attr a;
+    struct cfs_file *fh;
+    assert_int_equal(cfs_create(v, f->root, "x", 0644, O_RDWR, 0, 0, &a, &fh), 0);
+    assert_int_equal(cfs_write(fh, "abc", 3, 5 * MiB), 3);
+    cfs_release(fh);
+    /* damage through the internals: a leaked block, a wrong link count */
+    pthread_mutex_lock(&v->mtx);
+    uint64_t leak;
+    assert_int_equal(cfs_alloc_block(v, &leak), 0);
+    struct cfs_inode *ip;
+    assert_int_equal(cfs_inode_get(v, a.ino, &ip), 0);
+    ip->d.nlink = 3;
+    cfs_inode_dirty(v, ip);
+    cfs_inode_put(v, ip);
+    assert_int_equal(cfs_txn_commit(v), 0);
+    pthread_mutex_unlock(&v->mtx);
+    struct probs p = {0};
+    struct cfs_check_report rep;
+    assert_int_equal(cfs_check(v, 0, collect_problem, &p, &rep), 4);
+    assert_int_equal(rep.problems, 2);
+    char want[128];
+    snprintf(want, sizeof(want), "file block at byte %llu is allocated but unused",
+             (unsigned long long)leak);
+    assert_non_null(strstr(p.text, want));
+    snprintf(want, sizeof(want), "inode %llu: link count 3, found 1", (unsigned long long)a.ino);
+    assert_non_null(strstr(p.text, want));
+    memset(&p, 0, sizeof(p));
+    assert_int_equal(cfs_check(v, CFS_CHECK_REPAIR, collect_problem, &p, &rep), 1);
+    assert_int_equal(rep.fixed, 2);
+    assert_int_equal(cfs_check(v, 0, NULL, NULL, &rep), 0);
+    assert_int_equal(cfs_getattr(v, a.ino, &a), 0);
+    assert_int_equal(a.nlink, 1);
+}
+
+static void test_corrupt_inode_named_and_repaired(void **state)
+{
+    struct fx *f = *state;
+    struct cfs_attr a, b;
+    assert_int_equal(cfs_mknod(f->v, f->root, "victim", S_IFREG | 0644, 0, 0, 0, &a), 0);
+    assert_int_equal(cfs_mknod(f->v, f->root, "bystander", S_IFREG | 0644, 0, 0, 0, &b), 0);
+    assert_int_equal(cfs_volume_close(f->v), 0);
+    flip_byte(f, a.ino * CFS_INODE_SLOT + CFS_META + 200);
+    vol_open(f);
+    log_clear_last_error();
+    struct cfs_attr x;
+    assert_int_equal(cfs_lookup(f->v, f->root, "victim", &x), -EBADMSG);
+    char want[128];
+    snprintf(want, sizeof(want), "inode at byte %llu: bad CRC32C",
+             (unsigned long long)(a.ino * CFS_INODE_SLOT + CFS_META));
+    assert_non_null(strstr(log_last_error(), want));
+    assert_int_equal(cfs_lookup(f->v, f->root, "bystander", &x), 0);
+    struct probs p = {0};
+    struct cfs_check_report rep;
+    assert_int_equal(cfs_check(f->v, 0, collect_problem, &p, &rep), 4);
+    assert_non_null(strstr(p.text, "dangling entry"));
+    assert_non_null(strstr(p.text, want));
+    assert_int_equal(cfs_check(f->v, CFS_CHECK_REPAIR, NULL, NULL, &rep), 1);
+    assert_int_equal(cfs_check(f->v, 0, NULL, NULL, &rep), 0);
+    assert_int_equal(cfs_lookup(f->v, f->root, "victim", &x), -ENOENT);
+}
+
+static void test_corrupt_dir_block_and_bitmap_reported(void **state)
+{
+    struct fx *f = *state;
+    struct cfs_attr d, a;
+    assert_int_equal(cfs_mkdir(f->v, f->root, "d", 0755, 0, 0, &d), 0);
+    assert_int_equal(cfs_mknod(f->v, d.ino, "e", S_IFREG | 0644, 0, 0, 0, &a), 0);
+    pthread_mutex_lock(&f->v->mtx);
+    struct cfs_inode *dp;
+    uint64_t ptr;
+    assert_int_equal(cfs_inode_get(f->v, d.ino, &dp), 0);
+    assert_int_equal(cfs_bmap_get(f->v, dp, 0, &ptr), 0);
+    cfs_inode_put(f->v, dp);
+    pthread_mutex_unlock(&f->v->mtx);
+    uint64_t dblk = cfs_ptr_addr(ptr), cl = f->v->sb.data_off + CFS_META;
+    assert_int_equal(cfs_volume_close(f->v), 0);
+    flip_byte(f, dblk + 300);
+    vol_open(f);
+    log_clear_last_error();
+    struct cfs_attr x;
+    assert_int_equal(cfs_lookup(f->v, d.ino, "e", &x), -EBADMSG);
+    char want[128];
+    snprintf(want, sizeof(want), "directory block at byte %llu: bad CRC32C",
+             (unsigned long long)dblk);
+    assert_non_null(strstr(log_last_error(), want));
+    struct probs p = {0};
+    struct cfs_check_report rep;
+    assert_int_equal(cfs_check(f->v, 0, collect_problem, &p, &rep), 4);
+    assert_non_null(strstr(p.text, want));
+    /* the bitmap of cluster 0 */
+    assert_int_equal(cfs_volume_close(f->v), 0);
+    flip_byte(f, cl + 200);
+    vol_open(f);
+    memset(&p, 0, sizeof(p));
+    assert_int_equal(cfs_check(f->v, 0, collect_problem, &p, &rep), 4);
+    snprintf(want, sizeof(want), "resource cluster header at byte %llu: bad CRC32C",
+             (unsigned long long)cl);
+    assert_non_null(strstr(p.text, want));
+    assert_int_equal(cfs_volume_close(f->v), 0);
+    f->v = NULL; /* left damaged: teardown must not expect it clean */
+}
+
+static void test_corrupt_superblock_uses_copy_and_repairs(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_volume_close(f->v), 0);
+    flip_byte(f, 100);
+    log_clear_last_error();
+    vol_open(f);
+    assert_non_null(strstr(log_last_error(), "superblock A unusable"));
+    struct probs p = {0};
+    struct cfs_check_report rep;
+    assert_int_equal(cfs_check(f->v, CFS_CHECK_REPAIR, collect_problem, &p, &rep), 1);
+    assert_non_null(strstr(p.text, "superblock A at byte 0: "));
+    assert_non_null(strstr(p.text, "bad CRC32C"));
+    assert_int_equal(cfs_check(f->v, 0, NULL, NULL, &rep), 0);
+    /* both copies bad: a clear refusal */
+    assert_int_equal(cfs_volume_close(f->v), 0);
+    f->v = NULL;
+    flip_byte(f, 100);
+    flip_byte(f, CFS_SUPER_B_OFF + 100);
+    struct cfs_open_opts oo = {.local = true};
+    log_clear_last_error();
+    assert_int_equal(cfs_volume_open(f->lun, &oo, &f->v), -EBADMSG);
+    assert_non_null(strstr(log_last_error(), "no usable clusterfs superblock"));
+    f->v = NULL;
+}
+
 int main(void)
 {
     log_set_program("test-volume");
@@ -600,6 +773,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dir_many_entries_hashed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_random_ops_match_model, setup, teardown),
         cmocka_unit_test_setup_teardown(test_random_ops_match_model, setup4k, teardown),
+        cmocka_unit_test_setup_teardown(test_check_finds_and_repairs_leak_and_link_count, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_inode_named_and_repaired, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_dir_block_and_bitmap_reported, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_superblock_uses_copy_and_repairs, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

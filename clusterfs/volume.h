@@ -177,6 +177,28 @@ ssize_t cfs_getxattr(struct cfs_volume *v, cfs_ino_t ino, const char *name, void
 ssize_t cfs_listxattr(struct cfs_volume *v, cfs_ino_t ino, char *list, size_t size);
 int cfs_removexattr(struct cfs_volume *v, cfs_ino_t ino, const char *name);
 
+/* ---- Check ----------------------------------------------------------------- */
+
+/* One problem found: `what` is a short class ("leaked block", "link count",
+ * "bad CRC", ...), `msg` names the structure and its address; `fixed` says
+ * whether --repair corrected it. */
+typedef void (*cfs_check_msg_fn)(void *ctx, const char *what, const char *msg, bool fixed);
+
+struct cfs_check_report {
+    unsigned problems, fixed, left;
+    uint64_t inodes, directories, files, data_blocks, small_blocks;
+};
+
+#define CFS_CHECK_REPAIR (1u << 0)
+
+/* Check the volume (opened local read-write for a repair, or read-only):
+ * superblock copies, resource cluster headers, every inode reachable from
+ * the root, every block map and directory, link counts, leaked and doubly
+ * allocated blocks, orphan and dangling entries. Returns 0 (clean), 1 (all
+ * problems fixed), 4 (problems left), or -errno when it could not run. */
+int cfs_check(struct cfs_volume *v, unsigned flags, cfs_check_msg_fn fn, void *ctx,
+              struct cfs_check_report *rep);
+
 /* ---- Volume ------------------------------------------------------------------- */
 
 int cfs_statfs(struct cfs_volume *v, struct statvfs *out);
