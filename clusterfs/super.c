@@ -435,6 +435,7 @@ int cfs_volume_info(struct cfs_volume *v, struct cfs_volume_info *out)
     out->journal_bytes = v->sb.journal_bytes;
     out->nclusters = v->sb.nclusters;
     out->root = v->sb.root_ino;
+    out->ls_offset_blocks = v->sb.ls_off / v->lbs;
     uint64_t fb, fs, fi, lo;
     pthread_mutex_lock(&v->mtx);
     int r = cfs_alloc_count(v, &fb, &fs, &fi, &lo);
@@ -480,4 +481,11 @@ int cfs_sync(struct cfs_volume *v)
         r = lun_flush(v->lun);
     pthread_mutex_unlock(&v->mtx);
     return r;
+}
+
+int cfs_volume_journal_pending(struct cfs_volume *v, uint32_t slot, uint64_t *ntxn)
+{
+    if (slot >= v->sb.max_hosts)
+        return -EINVAL;
+    return cfs_journal_pending(v->lun, &v->sb, slot, ntxn);
 }

@@ -80,8 +80,11 @@ struct cfs_volume_info {
     uint64_t volume_bytes, block_size, max_hosts, io_timeout_ms;
     uint64_t journal_bytes, nclusters, clusters_laid_out;
     uint64_t free_bytes; /* file blocks free, in bytes */
+    uint64_t ls_offset_blocks; /* the lockspace, in LUN blocks */
     cfs_ino_t root;
 };
+/* Committed transactions in host slot `slot`'s journal not yet replayed. */
+int cfs_volume_journal_pending(struct cfs_volume *v, uint32_t slot, uint64_t *ntxn);
 int cfs_volume_info(struct cfs_volume *v, struct cfs_volume_info *out);
 cfs_ino_t cfs_root(const struct cfs_volume *v);
 
