@@ -13,6 +13,7 @@
 #include "lockspace.h"
 #include "log.h"
 #include "lun.h"
+#include "opt.h"
 #include "tools.h"
 #include "util.h"
 #include "volume.h"
@@ -83,43 +84,29 @@ int cmd_format(int argc, char **argv)
             p.label = optarg;
             break;
         case 'H':
-            p.max_hosts = (uint32_t)strtoul(optarg, NULL, 0);
-            if (!p.max_hosts) {
-                log_err("format: bad --max-hosts '%s'", optarg);
+            if (opt_uint("--max-hosts", optarg, 1, 4096, &p.max_hosts) < 0)
                 return 2;
-            }
             break;
         case 'b':
-            if (parse_size(optarg, &v64) < 0 || v64 > UINT32_MAX) {
-                log_err("format: bad --block-size '%s'", optarg);
+            if (opt_size("--block-size", optarg, 64 << 10, 1 << 20, &v64) < 0)
                 return 2;
-            }
             p.block_size = (uint32_t)v64;
             break;
         case 'j':
-            if (parse_size(optarg, &p.journal_bytes) < 0) {
-                log_err("format: bad --journal-size '%s'", optarg);
+            if (opt_size("--journal-size", optarg, 1 << 20, 1ull << 40, &p.journal_bytes) < 0)
                 return 2;
-            }
             break;
-        case 'i': {
-            char *end;
-            double s = strtod(optarg, &end);
-            if (*end || s <= 0 || s > 600) {
-                log_err("format: bad --io-timeout '%s' (seconds, e.g. 2 or 0.5)", optarg);
+        case 'i':
+            if (opt_duration_ms("--io-timeout", optarg, 1000, 10, 600000, &p.io_timeout_ms) < 0)
                 return 2;
-            }
-            p.io_timeout_ms = (uint32_t)(s * 1000 + 0.5);
             break;
-        }
         case 's':
-            if (parse_size(optarg, &size) < 0 || !size) {
-                log_err("format: bad --size '%s'", optarg);
+            if (opt_size("--size", optarg, 1, UINT64_MAX, &size) < 0)
                 return 2;
-            }
             break;
         case 'L':
-            lbs = (uint32_t)strtoul(optarg, NULL, 0);
+            if (opt_block_size("--lun-block-size", optarg, &lbs) < 0)
+                return 2;
             break;
         case 'f':
             p.force = true;
@@ -223,7 +210,8 @@ int cmd_status(int argc, char **argv)
             js = true;
             break;
         case 'L':
-            lbs = (uint32_t)strtoul(optarg, NULL, 0);
+            if (opt_block_size("--lun-block-size", optarg, &lbs) < 0)
+                return 2;
             break;
         case 'h':
             status_usage(stdout);
@@ -403,7 +391,8 @@ int cmd_volume_check(int argc, char **argv)
             repair = true;
             break;
         case 'L':
-            lbs = (uint32_t)strtoul(optarg, NULL, 0);
+            if (opt_block_size("--lun-block-size", optarg, &lbs) < 0)
+                return 2;
             break;
         case 'h':
             check_usage(stdout);
