@@ -109,7 +109,32 @@ static uint32_t cluster_nblocks(const struct cfs_super *sb, uint64_t i)
 int cfs_alloc_init(struct cfs_volume *v)
 {
     v->cl = calloc(v->sb.nclusters, sizeof(*v->cl));
-    return v->cl ? 0 : -ENOMEM;
+    if (!v->cl)
+        return -ENOMEM;
+    struct cfs_buf *b;
+    struct cfs_rmap m;
+    int r = cfs_buf_get(v, CFS_RMAP_OFF, CFS_META, CFS_BT_RMAP, &b);
+    if (r == 0) {
+        r = cfs_rmap_decode(b->data, v->uuid, CFS_RMAP_OFF, &m);
+        cfs_buf_put(v, b);
+    }
+    if (r == -ENOMEM || r == -EIO)
+        return r;
+    if (r == 0 && m.laid_out > v->sb.nclusters) {
+        log_err("resource map at byte %u: %" PRIu64 " clusters laid out, the volume has %" PRIu64,
+                CFS_RMAP_OFF, m.laid_out, v->sb.nclusters);
+        r = -EUCLEAN;
+    }
+    if (r < 0) {
+        /* Every cluster counts as laid out: garbage is then damage, never free. */
+        log_err("%s: resource map unusable (%s): every cluster is treated as laid out",
+                lun_name(v->lun), strerror(-r));
+        v->rmap_err = r;
+        v->laid_out = v->sb.nclusters;
+        return 0;
+    }
+    v->laid_out = m.laid_out;
+    return 0;
 }
 
 void cfs_alloc_fini(struct cfs_volume *v)
@@ -127,12 +152,18 @@ static int cl_load(struct cfs_volume *v, uint64_t i)
     struct cfs_clinfo *ci = &v->cl[i];
     if (ci->state != CFS_CL_UNKNOWN)
         return 0;
+    if (i >= v->laid_out) {
+        ci->state = CL_FRESH;
+        return 0;
+    }
     uint64_t a = cfs_cluster_addr(v, i) + CFS_META;
     struct cfs_buf *b;
     int r = cfs_buf_get(v, a, CFS_META, CFS_BT_CLUSTER, &b);
     if (r == -ENODATA || r == -ESTALE) {
-        ci->state = CL_FRESH;
-        return 0;
+        log_err("resource cluster header at byte %" PRIu64 ": cluster %" PRIu64
+                " is laid out but its header %s",
+                a, i, r == -ENODATA ? "was never written" : "belongs to another volume");
+        r = -EUCLEAN;
     }
     if (r < 0) {
         if (r != -ENOMEM && r != -EIO)
@@ -198,7 +229,35 @@ static int cl_layout(struct cfs_volume *v, uint64_t i)
     cl_init(c, i, cluster_nblocks(&v->sb, i));
     v->cl[i].c = c;
     v->cl[i].state = CFS_CL_LOADED;
-    return cl_sync(v, i);
+    int r = cl_sync(v, i);
+    if (r < 0)
+        return r;
+    struct cfs_buf *b;
+    if ((r = cfs_buf_new(v, CFS_RMAP_OFF, CFS_META, CFS_BT_RMAP, &b)) < 0)
+        return r;
+    struct cfs_rmap m = {.laid_out = i + 1};
+    memcpy(m.h.uuid, v->uuid, 16);
+    m.h.addr = CFS_RMAP_OFF;
+    cfs_rmap_encode(b->data, &m);
+    cfs_buf_dirty(v, b);
+    cfs_buf_put(v, b);
+    v->laid_out = i + 1;
+    return 0;
+}
+
+/* Lay out the next cluster; -ENOSPC when every one is. */
+static int cl_extend(struct cfs_volume *v)
+{
+    if (v->laid_out >= v->sb.nclusters || v->rmap_err)
+        return -ENOSPC;
+    uint64_t i = v->laid_out;
+    v->cl[i].state = CFS_CL_UNKNOWN;
+    free(v->cl[i].c);
+    v->cl[i].c = NULL;
+    int r = cl_layout(v, i);
+    if (r == 0)
+        v->cur_cl = i;
+    return r;
 }
 
 /* Ensure cluster i is usable: loaded, laid out. 1 = usable, 0 = skip. */
@@ -207,13 +266,8 @@ static int cl_ready(struct cfs_volume *v, uint64_t i)
     int r = cl_load(v, i);
     if (r == -ENOMEM || r == -EIO)
         return r;
-    if (v->cl[i].state == CFS_CL_BAD)
+    if (v->cl[i].state != CFS_CL_LOADED)
         return 0;
-    if (v->cl[i].state == CL_FRESH) {
-        r = cl_layout(v, i);
-        if (r < 0)
-            return r;
-    }
     return 1;
 }
 
@@ -249,7 +303,8 @@ static int cl_find_free(struct cfs_volume *v, uint64_t i)
 
 int cfs_alloc_block(struct cfs_volume *v, uint64_t *addr)
 {
-    uint64_t n = v->sb.nclusters;
+again:;
+    uint64_t n = v->laid_out;
     for (uint64_t k = 0; k < n; k++) {
         uint64_t i = (v->cur_cl + k) % n;
         int r = cl_ready(v, i);
@@ -270,13 +325,19 @@ int cfs_alloc_block(struct cfs_volume *v, uint64_t *addr)
         *addr = blk_addr(v, i, (unsigned)b);
         return 0;
     }
+    int e = cl_extend(v);
+    if (e == 0)
+        goto again;
+    if (e != -ENOSPC)
+        return e;
     log_err("%s: no free file block (volume full)", lun_name(v->lun));
     return -ENOSPC;
 }
 
 static int alloc_slot(struct cfs_volume *v, uint8_t kind, uint64_t *addr)
 {
-    uint64_t n = v->sb.nclusters;
+again:;
+    uint64_t n = v->laid_out;
     for (uint64_t k = 0; k < n; k++) {
         uint64_t i = (v->cur_cl + k) % n;
         int r = cl_ready(v, i);
@@ -318,6 +379,11 @@ static int alloc_slot(struct cfs_volume *v, uint8_t kind, uint64_t *addr)
         *addr = blk_addr(v, i, (unsigned)b);
         return 0;
     }
+    int e = cl_extend(v);
+    if (e == 0)
+        goto again;
+    if (e != -ENOSPC)
+        return e;
     log_err("%s: no free %s (volume full)", lun_name(v->lun),
             kind == CFS_K_SMALL ? "small block" : "inode slot");
     return -ENOSPC;
@@ -475,6 +541,12 @@ int cfs_cluster_format_first(struct lun *lun, const struct cfs_super *sb, uint64
     cfs_cluster_encode(buf + CFS_META, c);
     r = cfs_dev_write_lun(lun, a, buf, 2 * CFS_META);
     if (r < 0)
+        goto out;
+    struct cfs_rmap m = {.laid_out = 1};
+    memcpy(m.h.uuid, sb->h.uuid, 16);
+    m.h.addr = CFS_RMAP_OFF;
+    cfs_rmap_encode(buf, &m);
+    if ((r = cfs_dev_write_lun(lun, CFS_RMAP_OFF, buf, CFS_META)) < 0)
         goto out;
     uint64_t ino = (a + sb->block_size) / CFS_INODE_SLOT;
     struct timespec ts;

@@ -41,6 +41,7 @@
 #define CFS_BLOCK_MAX (1u << 20) /* 128 sub-slots of 8 KiB at most per pool */
 #define CFS_BLOCK_DEFAULT (1u << 20)
 #define CFS_SUPER_B_OFF 4096u   /* second superblock copy */
+#define CFS_RMAP_OFF 8192u      /* resource map block */
 #define CFS_LS_OFF (64u << 10)  /* lockspace */
 #define CFS_JOURNAL_DEFAULT (8u << 20)
 #define CFS_JOURNAL_MIN (1u << 20)
@@ -58,6 +59,7 @@ enum cfs_btype {
     CFS_BT_DIR = 7,  /* directory block (8 KiB) */
     CFS_BT_PTR = 8,  /* pointer block of a block map (8 KiB) */
     CFS_BT_HOST = 9, /* per-host block: orphan list */
+    CFS_BT_RMAP = 10, /* resource map: how many clusters are laid out */
 };
 const char *cfs_btype_name(unsigned t);
 
@@ -205,6 +207,24 @@ struct cfs_host_disk {
 };
 _Static_assert(sizeof(struct cfs_host_disk) == CFS_META, "host size");
 _Static_assert(offsetof(struct cfs_host_disk, orphans) == 128, "host orphans");
+
+/* ---- Resource map (4 KiB at byte 8192) ---------------------------------- */
+
+/* Clusters 0 .. laid_out - 1 have a header (which must decode); the others
+ * were never used, whatever bytes the LUN holds there. Grows by one cluster
+ * at a time, in the transaction that writes the new cluster's header. */
+struct cfs_rmap_disk {
+    struct cfs_mhdr_disk h;
+    uint64_t laid_out;
+    uint8_t reserved[4024];
+};
+_Static_assert(sizeof(struct cfs_rmap_disk) == CFS_META, "rmap size");
+_Static_assert(offsetof(struct cfs_rmap_disk, laid_out) == 64, "rmap laid_out");
+
+struct cfs_rmap {
+    struct cfs_mhdr h;
+    uint64_t laid_out;
+};
 
 /* ---- Resource cluster header (4 KiB at cluster start + 4096) ------------ */
 
@@ -356,6 +376,8 @@ void cfs_super_encode(void *buf, const struct cfs_super *s);
 int cfs_super_decode(const void *buf, uint64_t addr, struct cfs_super *s);
 void cfs_jhead_encode(void *buf, const struct cfs_jhead *j);
 int cfs_jhead_decode(const void *buf, const uint8_t uuid[16], uint64_t addr, struct cfs_jhead *j);
+void cfs_rmap_encode(void *buf, const struct cfs_rmap *m);
+int cfs_rmap_decode(const void *buf, const uint8_t uuid[16], uint64_t addr, struct cfs_rmap *m);
 void cfs_cluster_encode(void *buf, const struct cfs_cluster *c);
 int cfs_cluster_decode(const void *buf, const uint8_t uuid[16], uint64_t addr,
                        struct cfs_cluster *c);

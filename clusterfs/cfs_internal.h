@@ -118,6 +118,8 @@ struct cfs_volume {
     /* allocator (alloc.c) */
     struct cfs_clinfo *cl;
     uint64_t cur_cl;
+    uint64_t laid_out; /* clusters with a header (the resource map) */
+    int rmap_err;      /* the resource map did not decode (then all are laid out) */
 
     /* commit thread */
     pthread_t thr;

@@ -532,6 +532,10 @@ int cfs_check(struct cfs_volume *v, unsigned flags, cfs_check_msg_fn fn, void *c
         r = cfs_txn_commit(v);
     if (r == 0)
         r = check_supers(&c);
+    if (r == 0 && v->rmap_err)
+        report(&c, false, "resource map",
+               "resource map at byte %u: %s (every cluster was checked as laid out)",
+               CFS_RMAP_OFF, strerror(-v->rmap_err));
     if (r == 0)
         r = load_orphans(&c);
     if (r == 0)

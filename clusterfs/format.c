@@ -45,6 +45,7 @@ const char *cfs_btype_name(unsigned t)
     case CFS_BT_DIR: return "directory block";
     case CFS_BT_PTR: return "pointer block";
     case CFS_BT_HOST: return "host block";
+    case CFS_BT_RMAP: return "resource map";
     }
     return "block";
 }
@@ -377,6 +378,35 @@ int cfs_host_decode(const void *buf, const uint8_t uuid[16], uint64_t addr, stru
     }
     for (uint32_t i = 0; i < o->norphans; i++)
         o->orphans[i] = le64_get((const uint8_t *)buf + offsetof(D, orphans) + 8 * i);
+    return 0;
+}
+
+/* ---- resource map -------------------------------------------------------- */
+
+void cfs_rmap_encode(void *buf, const struct cfs_rmap *m)
+{
+    typedef struct cfs_rmap_disk D;
+    memset(buf, 0, CFS_META);
+    struct cfs_mhdr h = m->h;
+    h.type = CFS_BT_RMAP;
+    h.size = CFS_META;
+    cfs_mhdr_encode(buf, &h);
+    PUT64(buf, D, laid_out, m->laid_out);
+    cfs_block_seal(buf, CFS_META);
+}
+
+int cfs_rmap_decode(const void *buf, const uint8_t uuid[16], uint64_t addr, struct cfs_rmap *m)
+{
+    typedef struct cfs_rmap_disk D;
+    int r = cfs_block_check(buf, CFS_META, CFS_BT_RMAP, uuid, addr, NULL);
+    if (r < 0)
+        return r;
+    hdr_decode_after_check(buf, &m->h);
+    m->laid_out = GET64(buf, D, laid_out);
+    if (m->laid_out == 0) {
+        log_err("resource map at byte %llu: no cluster laid out", (unsigned long long)addr);
+        return -EUCLEAN;
+    }
     return 0;
 }
 

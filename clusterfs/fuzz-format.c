@@ -22,10 +22,11 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const uint8_t UUID[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
-#define NTYPES 9
-static const unsigned types[NTYPES] = {CFS_BT_SUPER,   CFS_BT_JHEAD, CFS_BT_JDESC,
-                                       CFS_BT_JCOMMIT, CFS_BT_HOST,  CFS_BT_CLUSTER,
-                                       CFS_BT_INODE,   CFS_BT_PTR,   CFS_BT_DIR};
+#define NTYPES 10
+static const unsigned types[NTYPES] = {CFS_BT_SUPER,   CFS_BT_JHEAD,   CFS_BT_JDESC,
+                                       CFS_BT_JCOMMIT, CFS_BT_HOST,    CFS_BT_CLUSTER,
+                                       CFS_BT_INODE,   CFS_BT_PTR,     CFS_BT_DIR,
+                                       CFS_BT_RMAP};
 static long decoded_ok;
 
 static void quiet(enum log_level level, const char *msg, void *opaque)
@@ -66,6 +67,10 @@ static int decode(unsigned k, const uint8_t *b, uint64_t addr)
     case 7: {
         struct cfs_ptrblk p;
         return cfs_ptrblk_decode(b, UUID, addr, &p);
+    }
+    case 9: {
+        struct cfs_rmap m;
+        return cfs_rmap_decode(b, UUID, addr, &m);
     }
     default: {
         struct cfs_dirblk d;
@@ -216,6 +221,11 @@ static size_t seed(unsigned k, uint8_t *out)
         cfs_ptrblk_set(b, 5, 1234);
         cfs_block_seal(b, CFS_SMALL);
         return 2 + CFS_SMALL;
+    }
+    case 9: {
+        struct cfs_rmap m = {.h = h, .laid_out = 3};
+        cfs_rmap_encode(b, &m);
+        return 2 + CFS_META;
     }
     default: {
         struct cfs_dirblk d = {.h = h, .dir_ino = 1000, .nent = 2};

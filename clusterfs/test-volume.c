@@ -146,6 +146,41 @@ static void test_format_root_and_statfs(void **state)
     assert_int_equal(vi.clusters_laid_out, 1);
 }
 
+/* A LUN that held other data: clusters past the resource map are free
+ * whatever bytes are there (a first version took them for corrupt). */
+static void test_format_over_old_data_all_space_usable(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_volume_close(f->v), 0);
+    f->v = NULL;
+    int fd = open(f->path, O_RDWR);
+    assert_true(fd >= 0);
+    uint8_t *junk = malloc(MiB);
+    memset(junk, 0xa5, MiB);
+    for (uint64_t i = 0; i < 512; i++)
+        assert_int_equal(pwrite(fd, junk, MiB, (off_t)(i * MiB)), (ssize_t)MiB);
+    close(fd);
+    struct cfs_format_params p = {.max_hosts = 2, .journal_bytes = 2 * MiB};
+    assert_int_equal(cfs_format(f->lun, &p), 0);
+    vol_open(f);
+    struct statvfs st;
+    assert_int_equal(cfs_statfs(f->v, &st), 0);
+    uint64_t free0 = st.f_bfree;
+    assert_true(free0 > 490);
+    struct cfs_attr a;
+    struct cfs_file *fh;
+    assert_int_equal(cfs_create(f->v, f->root, "big", 0644, O_RDWR, 0, 0, &a, &fh), 0);
+    uint64_t n = free0 - 8; /* leave room for pointer and directory blocks */
+    for (uint64_t i = 0; i < n; i++)
+        assert_int_equal(cfs_write(fh, junk, MiB, i * MiB), (ssize_t)MiB);
+    assert_int_equal(cfs_read(fh, junk, 4096, 3 * MiB), 4096);
+    cfs_release(fh);
+    struct cfs_volume_info vi;
+    assert_int_equal(cfs_volume_info(f->v, &vi), 0);
+    assert_int_equal(vi.clusters_laid_out, vi.nclusters);
+    free(junk);
+}
+
 /* ---- namespace ------------------------------------------------------------------ */
 
 struct listing {
@@ -764,6 +799,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_format_refuses_existing_volume_and_small_lun, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_format_root_and_statfs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_format_over_old_data_all_space_usable, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_namespace_ops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_namespace_ops, setup4k, teardown),
         cmocka_unit_test_setup_teardown(test_file_data_inline_blocks_sparse, setup, teardown),
