@@ -275,7 +275,7 @@ static int own_blocks(struct ck *c, struct cfs_inode *ip)
     int r = ref(c, ip->d.ino * CFS_INODE_SLOT, CFS_K_INODE, "inode %" PRIu64, ip->d.ino);
     if (r < 0 || !ip->d.map_shift)
         return r;
-    struct map_ctx m = {c, S_ISDIR(ip->d.mode) ? CFS_K_SMALL : CFS_K_DATA};
+    struct map_ctx m = {c, ip->d.map_shift == CFS_SMALL_SHIFT ? CFS_K_SMALL : CFS_K_DATA};
     log_clear_last_error();
     r = cfs_bmap_walk(c->v, ip, 0, UINT64_MAX, map_data_cb, &m);
     if (r == 0)

@@ -2,9 +2,12 @@
  *
  * Design notes
  * ------------
- * - Files up to 1 KiB live in the inode (inline, journaled with it). Past
- *   that, a file is mapped in file blocks (1 MiB by default) and its data
- *   goes straight to the LUN, in place, never through the journal.
+ * - Files up to 1 KiB live in the inode (inline, journaled with it); up to
+ *   64 KiB in 8 KiB small blocks; past that in file blocks (1 MiB by
+ *   default), as VMFS-5 keeps small files in sub-blocks. Growing past a
+ *   step copies the data into the new unit (at most 64 KiB), written whole
+ *   before the map points at it. Past the inode, data goes straight to the
+ *   LUN, in place, never through the journal.
  * - A block is allocated "unwritten" (its pointer flag: reads as zeroes)
  *   in the same transaction as its bitmap bit; the data is then written
  *   whole (the caller's bytes and zeroes around them: one large I/O, and
@@ -35,6 +38,7 @@
 #include "util.h"
 
 #define FREE_BUDGET 4096u
+#define SMALL_FILE_MAX (64u << 10)
 
 /* Data I/O at any byte alignment (edges read-modify-written). */
 static int data_io(struct cfs_volume *v, uint64_t addr, void *buf, size_t len, bool write)
@@ -78,32 +82,77 @@ static bool is_blockmapped(const struct cfs_inode *ip)
     return ip->d.map_shift != 0;
 }
 
-/* Inline -> file blocks. Under v->mtx. */
-static int convert_inline(struct cfs_volume *v, struct cfs_inode *ip)
+#define USHIFT(ip) ((unsigned)(ip)->d.map_shift)
+#define USIZE(ip) (1ull << (ip)->d.map_shift)
+
+/* Files up to this size that outgrow the inode use 8 KiB small blocks. */
+static uint64_t small_max(const struct cfs_volume *v)
 {
-    if (is_blockmapped(ip))
+    return MIN((uint64_t)SMALL_FILE_MAX, (uint64_t)v->bs);
+}
+
+static int alloc_unit(struct cfs_volume *v, const struct cfs_inode *ip, uint64_t *a)
+{
+    return USHIFT(ip) == CFS_SMALL_SHIFT ? cfs_alloc_small(v, a) : cfs_alloc_block(v, a);
+}
+
+static int free_unit(struct cfs_volume *v, const struct cfs_inode *ip, uint64_t a)
+{
+    return USHIFT(ip) == CFS_SMALL_SHIFT ? cfs_free_small(v, a) : cfs_free_block(v, a);
+}
+
+/* Make the file's map able to hold `end` bytes: inline -> small blocks ->
+ * file blocks, copying what it holds (at most small_max() bytes) into the
+ * new unit, written whole before the map points at it. Under v->mtx with
+ * the inode's io lock exclusive. */
+static int ensure_mode(struct cfs_volume *v, struct cfs_inode *ip, uint64_t end)
+{
+    unsigned sh = USHIFT(ip);
+    if (sh == v->bshift || (sh == 0 && end <= CFS_INLINE_MAX) ||
+        (sh == CFS_SMALL_SHIFT && end <= small_max(v)))
         return 0;
-    if (ip->d.size) {
-        uint64_t a;
-        int r = cfs_alloc_block(v, &a);
+    unsigned nsh = end <= small_max(v) ? CFS_SMALL_SHIFT : v->bshift;
+    uint64_t nu = 1ull << nsh;
+    uint8_t *buf = aligned_alloc(4096, nu);
+    if (!buf)
+        return -ENOMEM;
+    memset(buf, 0, nu);
+    bool content = false;
+    int r = 0;
+    if (sh == 0) {
+        memcpy(buf, ip->d.inline_data, ip->d.size);
+        content = ip->d.size > 0;
+    } else { /* small -> file block: at most small_max() bytes */
+        for (uint64_t i = 0; i < small_max(v) / CFS_SMALL && r == 0; i++) {
+            uint64_t ptr;
+            r = cfs_bmap_get(v, ip, i, &ptr);
+            if (r == 0 && ptr) {
+                content = true;
+                if (!(ptr & CFS_PTR_UNWRITTEN))
+                    r = cfs_dev_read(v, cfs_ptr_addr(ptr), buf + i * CFS_SMALL, CFS_SMALL);
+            }
+        }
+    }
+    uint64_t a = 0;
+    if (r == 0 && content) {
+        r = nsh == CFS_SMALL_SHIFT ? cfs_alloc_small(v, &a) : cfs_alloc_block(v, &a);
+        if (r == 0 && (r = cfs_dev_write(v, a, buf, nu)) < 0)
+            nsh == CFS_SMALL_SHIFT ? cfs_free_small(v, a) : cfs_free_block(v, a);
+    }
+    free(buf);
+    if (r < 0)
+        return r;
+    if (sh == CFS_SMALL_SHIFT) { /* free the small blocks (still in small mode) */
+        while ((r = cfs_bmap_free_from(v, ip, 0, FREE_BUDGET)) == 1)
+            ;
         if (r < 0)
             return r;
-        uint8_t *blk = aligned_alloc(4096, v->bs);
-        if (!blk)
-            return -ENOMEM;
-        memset(blk, 0, v->bs);
-        memcpy(blk, ip->d.inline_data, ip->d.size);
-        r = cfs_dev_write(v, a, blk, v->bs);
-        free(blk);
-        if (r < 0) {
-            cfs_free_block(v, a);
-            return r;
-        }
-        ip->d.map_root = cfs_ptr_make(a, 0);
-        ip->d.blocks += v->bs;
     }
-    ip->d.map_shift = (uint8_t)v->bshift;
+    ip->d.map_shift = (uint8_t)nsh;
     ip->d.map_height = 0;
+    ip->d.map_root = content ? cfs_ptr_make(a, 0) : 0;
+    if (content)
+        ip->d.blocks += nu;
     memset(ip->d.inline_data, 0, sizeof(ip->d.inline_data));
     cfs_inode_dirty(v, ip);
     return 0;
@@ -130,17 +179,18 @@ ssize_t cfs_file_pwrite(struct cfs_volume *v, struct cfs_inode *ip, const void *
         return r < 0 ? r : (ssize_t)size;
     }
     if (r == 0)
-        r = convert_inline(v, ip);
+        r = ensure_mode(v, ip, end);
     pthread_mutex_unlock(&v->mtx);
     if (r < 0)
         return r;
     const uint8_t *src = buf;
+    const uint64_t us = USIZE(ip); /* stable: the io lock is held exclusive */
     uint8_t *blk = NULL;
     size_t done = 0;
     while (done < size) {
         uint64_t pos = off + done;
-        uint64_t bi = pos >> v->bshift, boff = pos & (v->bs - 1);
-        size_t n = (size_t)MIN((uint64_t)(size - done), v->bs - boff);
+        uint64_t bi = pos >> USHIFT(ip), boff = pos & (us - 1);
+        size_t n = (size_t)MIN((uint64_t)(size - done), us - boff);
         uint64_t ptr;
         bool fresh;
         pthread_mutex_lock(&v->mtx);
@@ -149,15 +199,15 @@ ssize_t cfs_file_pwrite(struct cfs_volume *v, struct cfs_inode *ip, const void *
             r = cfs_bmap_get(v, ip, bi, &ptr);
         if (r == 0 && !ptr) {
             uint64_t a;
-            r = cfs_alloc_block(v, &a);
+            r = alloc_unit(v, ip, &a);
             if (r == 0) {
                 ptr = cfs_ptr_make(a, 1);
                 r = cfs_bmap_set(v, ip, bi, ptr);
                 if (r == 0) {
-                    ip->d.blocks += v->bs;
+                    ip->d.blocks += us;
                     cfs_inode_dirty(v, ip);
                 } else {
-                    cfs_free_block(v, a);
+                    free_unit(v, ip, a);
                 }
             }
         }
@@ -167,16 +217,16 @@ ssize_t cfs_file_pwrite(struct cfs_volume *v, struct cfs_inode *ip, const void *
         fresh = ptr & CFS_PTR_UNWRITTEN;
         uint64_t a = cfs_ptr_addr(ptr);
         if (fresh) {
-            if (n == v->bs) {
+            if (n == us) {
                 r = cfs_dev_write(v, a, src + done, n);
             } else {
-                if (!blk && !(blk = aligned_alloc(4096, v->bs))) {
+                if (!blk && !(blk = aligned_alloc(4096, us))) {
                     r = -ENOMEM;
                     break;
                 }
-                memset(blk, 0, v->bs);
+                memset(blk, 0, us);
                 memcpy(blk + boff, src + done, n);
-                r = cfs_dev_write(v, a, blk, v->bs);
+                r = cfs_dev_write(v, a, blk, us);
             }
             if (r == 0) {
                 pthread_mutex_lock(&v->mtx);
@@ -221,14 +271,16 @@ ssize_t cfs_file_pread(struct cfs_volume *v, struct cfs_inode *ip, void *buf, si
         pthread_mutex_unlock(&v->mtx);
         return (ssize_t)size;
     }
+    const unsigned ush = USHIFT(ip); /* stable: the io lock is held shared */
+    const uint64_t us = 1ull << ush;
     pthread_mutex_unlock(&v->mtx);
     uint8_t *dst = buf;
     size_t done = 0;
     int r = 0;
     while (done < size) {
         uint64_t pos = off + done;
-        uint64_t bi = pos >> v->bshift, boff = pos & (v->bs - 1);
-        size_t n = (size_t)MIN((uint64_t)(size - done), v->bs - boff);
+        uint64_t bi = pos >> ush, boff = pos & (us - 1);
+        size_t n = (size_t)MIN((uint64_t)(size - done), us - boff);
         uint64_t ptr;
         pthread_mutex_lock(&v->mtx);
         r = cfs_bmap_get(v, ip, bi, &ptr);
@@ -262,10 +314,10 @@ static int punch_cb(struct cfs_volume *v, struct cfs_inode *ip, uint64_t idx, ui
         pc->n++;
         return 0;
     }
-    int r = cfs_free_block(v, cfs_ptr_addr(*ptr));
+    int r = free_unit(v, ip, cfs_ptr_addr(*ptr));
     if (r < 0)
         return r;
-    ip->d.blocks -= v->bs;
+    ip->d.blocks -= USIZE(ip);
     *ptr = 0;
     pc->n++;
     return 0;
@@ -294,10 +346,10 @@ static int zero_in_block(struct cfs_volume *v, struct cfs_inode *ip, uint64_t fr
     if (from >= to)
         return 0;
     uint64_t ptr;
-    int r = cfs_bmap_get(v, ip, from >> v->bshift, &ptr);
+    int r = cfs_bmap_get(v, ip, from >> USHIFT(ip), &ptr);
     if (r < 0 || !ptr || (ptr & CFS_PTR_UNWRITTEN))
         return r;
-    return zero_bytes(v, cfs_ptr_addr(ptr) + (from & (v->bs - 1)), (size_t)(to - from));
+    return zero_bytes(v, cfs_ptr_addr(ptr) + (from & (USIZE(ip) - 1)), (size_t)(to - from));
 }
 
 int cfs_file_truncate_locked(struct cfs_volume *v, struct cfs_inode *ip, uint64_t size)
@@ -305,27 +357,26 @@ int cfs_file_truncate_locked(struct cfs_volume *v, struct cfs_inode *ip, uint64_
     if (size > (62ull << 40) + ((uint64_t)v->bs << 10))
         return -EFBIG;
     int r = 0;
-    if (!is_blockmapped(ip)) {
-        if (size <= CFS_INLINE_MAX) {
-            if (size < ip->d.size)
-                memset(ip->d.inline_data + size, 0, ip->d.size - size);
-            goto done;
-        }
-        if ((r = convert_inline(v, ip)) < 0)
-            return r;
+    if (!is_blockmapped(ip) && size <= CFS_INLINE_MAX) {
+        if (size < ip->d.size)
+            memset(ip->d.inline_data + size, 0, ip->d.size - size);
+        goto done;
     }
+    if (size > ip->d.size && (r = ensure_mode(v, ip, size)) < 0)
+        return r;
     if (size < ip->d.size) {
         uint64_t old = ip->d.size;
         ip->d.size = size; /* first: a crash mid-way leaves a shorter file, never garbage */
         cfs_inode_dirty(v, ip);
-        uint64_t first = DIV_ROUND_UP(size, (uint64_t)v->bs);
+        uint64_t us = USIZE(ip);
+        uint64_t first = DIV_ROUND_UP(size, us);
         if ((r = blocks_range(v, ip, first, UINT64_MAX, false)) < 0)
             return r;
-        if (size & (v->bs - 1))
-            r = zero_in_block(v, ip, size, MIN(old, ROUND_UP(size, (uint64_t)v->bs)));
+        if (size & (us - 1))
+            r = zero_in_block(v, ip, size, MIN(old, ROUND_UP(size, us)));
         if (r < 0)
             return r;
-        if (size == 0 && !ip->d.map_root && ip->d.map_shift != CFS_SMALL_SHIFT) {
+        if (size == 0 && !ip->d.map_root && !S_ISDIR(ip->d.mode)) {
             ip->d.map_shift = 0; /* back to inline */
             ip->d.map_height = 0;
         }
@@ -378,22 +429,20 @@ int cfs_fallocate(struct cfs_file *f, int mode, uint64_t off, uint64_t len)
     if (r)
         goto out;
     if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
-        if (!is_blockmapped(ip)) {
-            if (end > CFS_INLINE_MAX && !keep && (r = convert_inline(v, ip)) < 0)
-                goto out;
-        }
+        if (!keep && end > ip->d.size && (r = ensure_mode(v, ip, end)) < 0)
+            goto out;
         if (!is_blockmapped(ip)) {
             uint64_t zend = MIN(end, (uint64_t)CFS_INLINE_MAX);
             if (off < zend)
                 memset(ip->d.inline_data + off, 0, zend - off);
         } else {
-            uint64_t first = DIV_ROUND_UP(off, (uint64_t)v->bs), last = end >> v->bshift;
+            uint64_t first = DIV_ROUND_UP(off, USIZE(ip)), last = end >> USHIFT(ip);
             if (first > last) { /* within one block */
                 r = zero_in_block(v, ip, off, end);
             } else {
-                r = zero_in_block(v, ip, off, first << v->bshift);
+                r = zero_in_block(v, ip, off, first << USHIFT(ip));
                 if (r == 0)
-                    r = zero_in_block(v, ip, last << v->bshift, end);
+                    r = zero_in_block(v, ip, last << USHIFT(ip), end);
                 if (r == 0 && first < last)
                     r = blocks_range(v, ip, first, last, mode & FALLOC_FL_ZERO_RANGE);
             }
@@ -401,22 +450,22 @@ int cfs_fallocate(struct cfs_file *f, int mode, uint64_t off, uint64_t len)
                 goto out;
         }
     } else {
-        if (!is_blockmapped(ip) && end > CFS_INLINE_MAX && (r = convert_inline(v, ip)) < 0)
+        if ((r = ensure_mode(v, ip, MAX(end, ip->d.size))) < 0)
             goto out;
         if (is_blockmapped(ip)) {
-            for (uint64_t bi = off >> v->bshift; bi <= (end - 1) >> v->bshift; bi++) {
+            for (uint64_t bi = off >> USHIFT(ip); bi <= (end - 1) >> USHIFT(ip); bi++) {
                 uint64_t ptr, a;
                 if ((r = cfs_bmap_get(v, ip, bi, &ptr)) < 0)
                     goto out;
                 if (ptr)
                     continue;
-                if ((r = cfs_alloc_block(v, &a)) < 0)
+                if ((r = alloc_unit(v, ip, &a)) < 0)
                     goto out;
                 if ((r = cfs_bmap_set(v, ip, bi, cfs_ptr_make(a, 1))) < 0) {
-                    cfs_free_block(v, a);
+                    free_unit(v, ip, a);
                     goto out;
                 }
-                ip->d.blocks += v->bs;
+                ip->d.blocks += USIZE(ip);
                 cfs_inode_dirty(v, ip);
                 if ((r = cfs_txn_maybe_commit(v)) < 0)
                     goto out;
@@ -485,16 +534,17 @@ int64_t cfs_lseek(struct cfs_file *f, int64_t off, int whence)
     } else if (!is_blockmapped(ip)) {
         res = whence == SEEK_DATA ? off : (int64_t)size;
     } else {
-        struct seek_ctx s = {.next = o >> v->bshift, .data = whence == SEEK_DATA};
-        int r = cfs_bmap_walk(v, ip, o >> v->bshift, UINT64_MAX, seek_cb, &s);
+        unsigned sh = USHIFT(ip);
+        struct seek_ctx s = {.next = o >> sh, .data = whence == SEEK_DATA};
+        int r = cfs_bmap_walk(v, ip, o >> sh, UINT64_MAX, seek_cb, &s);
         if (r < 0) {
             res = r;
         } else if (whence == SEEK_DATA) {
-            uint64_t p = s.done ? MAX(o, s.found << v->bshift) : size;
+            uint64_t p = s.done ? MAX(o, s.found << sh) : size;
             res = p >= size ? -ENXIO : (int64_t)p;
         } else {
             uint64_t hole = s.done ? s.found : s.next;
-            uint64_t p = MAX(o, hole << v->bshift);
+            uint64_t p = MAX(o, hole << sh);
             res = (int64_t)MIN(p, size);
         }
     }

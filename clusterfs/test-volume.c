@@ -386,6 +386,44 @@ static void test_file_data_inline_blocks_sparse(void **state)
     free(r);
 }
 
+/* Small files: 8 KiB small blocks up to 64 KiB, then one file block, the
+ * data carried over at each step. */
+static void test_small_file_uses_small_blocks_then_converts(void **state)
+{
+    struct fx *f = *state;
+    struct cfs_volume *v = f->v;
+    struct cfs_attr a;
+    struct cfs_file *fh;
+    uint8_t w[200000], r[200000];
+    fill(w, sizeof(w), 9);
+    assert_int_equal(cfs_create(v, f->root, "small", 0644, O_RDWR, 0, 0, &a, &fh), 0);
+    assert_int_equal(cfs_write(fh, w, 5000, 0), 5000);
+    assert_int_equal(cfs_getattr(v, a.ino, &a), 0);
+    assert_int_equal(a.blocks, 8192 / 512);
+    assert_int_equal(cfs_write(fh, w + 5000, 55000, 5000), 55000); /* 60000: 8 small blocks */
+    assert_int_equal(cfs_getattr(v, a.ino, &a), 0);
+    assert_int_equal(a.blocks, (8 * 8192 + 8192) / 512); /* + one pointer block */
+    assert_int_equal(cfs_read(fh, r, sizeof(r), 0), 60000);
+    assert_memory_equal(r, w, 60000);
+    assert_int_equal(cfs_write(fh, w + 60000, 40000, 60000), 40000); /* 100000: a file block */
+    assert_int_equal(cfs_getattr(v, a.ino, &a), 0);
+    assert_int_equal(a.blocks, MiB / 512);
+    assert_int_equal(cfs_read(fh, r, sizeof(r), 0), 100000);
+    assert_memory_equal(r, w, 100000);
+    cfs_release(fh);
+    /* a sparse small file keeps its hole */
+    assert_int_equal(cfs_create(v, f->root, "sparse", 0644, O_RDWR, 0, 0, &a, &fh), 0);
+    assert_int_equal(cfs_write(fh, w, 100, 30000), 100);
+    assert_int_equal(cfs_getattr(v, a.ino, &a), 0);
+    assert_int_equal(a.blocks, (8192 + 8192) / 512);
+    assert_int_equal(cfs_lseek(fh, 0, SEEK_DATA), 24576);
+    assert_int_equal(cfs_read(fh, r, sizeof(r), 0), 30100);
+    for (int i = 0; i < 30000; i++)
+        assert_int_equal(r[i], 0);
+    assert_memory_equal(r + 30000, w, 100);
+    cfs_release(fh);
+}
+
 static void test_file_blocks_freed_after_last_close_of_unlinked(void **state)
 {
     struct fx *f = *state;
@@ -805,6 +843,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_namespace_ops, setup4k, teardown),
         cmocka_unit_test_setup_teardown(test_file_data_inline_blocks_sparse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_data_inline_blocks_sparse, setup4k, teardown),
+        cmocka_unit_test_setup_teardown(test_small_file_uses_small_blocks_then_converts, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_small_file_uses_small_blocks_then_converts,
+                                        setup4k, teardown),
         cmocka_unit_test_setup_teardown(test_file_blocks_freed_after_last_close_of_unlinked, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_dir_many_entries_hashed, setup, teardown),

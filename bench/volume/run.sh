@@ -14,7 +14,7 @@ MIB=${3:-2048}
 FILES=${4:-2000}
 if [ -z "$LUN" ]; then
     LUN=$T/lun.img
-    truncate -s $(( (MIB + 1024) << 20 )) "$LUN"
+    truncate -s $(( (MIB + FILES + 1024) << 20 )) "$LUN"
 fi
 "$B/bench/volume/volume-bench" "$LUN" "$MIB" "$FILES"
 
