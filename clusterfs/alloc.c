@@ -106,6 +106,13 @@ static uint32_t cluster_nblocks(const struct cfs_super *sb, uint64_t i)
     return (uint32_t)MIN(left, (uint64_t)CFS_CLUSTER_BLOCKS);
 }
 
+int cfs_alloc_reload(struct cfs_volume *v)
+{
+    cfs_alloc_fini(v);
+    v->rmap_err = 0;
+    return cfs_alloc_init(v);
+}
+
 int cfs_alloc_init(struct cfs_volume *v)
 {
     v->cl = calloc(v->sb.nclusters, sizeof(*v->cl));

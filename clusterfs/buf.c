@@ -225,3 +225,16 @@ void cfs_buf_drop(struct cfs_volume *v, uint64_t addr)
     if (b && !b->refs && !b->dirty)
         buf_free(v, b);
 }
+
+void cfs_buf_drop_all(struct cfs_volume *v)
+{
+    for (size_t i = 0; i < v->bh_cap; i++) {
+        struct cfs_buf *b = v->bh[i];
+        while (b) {
+            struct cfs_buf *n = b->hnext;
+            if (!b->refs && !b->dirty)
+                buf_free(v, b);
+            b = n;
+        }
+    }
+}

@@ -142,6 +142,8 @@ void cfs_buf_dirty(struct cfs_volume *v, struct cfs_buf *b);
 /* Forget a cached block that was freed (if clean and unused). */
 void cfs_buf_drop(struct cfs_volume *v, uint64_t addr);
 void cfs_buf_trim(struct cfs_volume *v);
+/* Forget every clean, unreferenced block. */
+void cfs_buf_drop_all(struct cfs_volume *v);
 
 /* ---- journal.c --------------------------------------------------------------- */
 int cfs_journal_open(struct cfs_volume *v, bool replay);
@@ -152,6 +154,11 @@ int cfs_txn_commit(struct cfs_volume *v);
 int cfs_txn_maybe_commit(struct cfs_volume *v);
 /* Empty the journal: flush home writes, move the tail to the head. */
 int cfs_journal_checkpoint(struct cfs_volume *v);
+/* Replay host slot `slot`'s journal (apply: write the images home, flush,
+ * then mark the journal empty); without apply only count. The caller makes
+ * sure nobody else writes that journal. */
+int cfs_journal_replay(struct lun *lun, const struct cfs_super *sb, uint32_t slot, bool apply,
+                       uint64_t *ntxn, uint64_t *end_pos, uint64_t *end_seq);
 /* Read-only scan: committed transactions pending replay. */
 int cfs_journal_pending(struct lun *lun, const struct cfs_super *sb, uint32_t slot,
                         uint64_t *ntxn);
@@ -160,6 +167,8 @@ void cfs_txn_stamp(struct cfs_volume *v, void *buf, uint32_t size);
 
 /* ---- alloc.c ---------------------------------------------------------------- */
 int cfs_alloc_init(struct cfs_volume *v);
+/* Forget what is known of the clusters; re-read the resource map. */
+int cfs_alloc_reload(struct cfs_volume *v);
 void cfs_alloc_fini(struct cfs_volume *v);
 /* A file block (kind DATA): byte address. -ENOSPC when none is free. */
 int cfs_alloc_block(struct cfs_volume *v, uint64_t *addr);
@@ -198,8 +207,13 @@ int cfs_inode_alloc(struct cfs_volume *v, mode_t mode, uid_t uid, gid_t gid, cfs
 void cfs_inode_attr(struct cfs_volume *v, const struct cfs_inode *ip, struct cfs_attr *a);
 int64_t cfs_now_ns(void);
 void cfs_inode_fini(struct cfs_volume *v);
+/* Drop unreferenced inodes, re-read the referenced ones. */
+int cfs_inode_reload_all(struct cfs_volume *v);
 /* Free the inodes on the orphan list (mount, after replay). */
 int cfs_orphans_process(struct cfs_volume *v);
+/* Forget every cached block, cluster and unreferenced inode; re-read the
+ * referenced inodes (after another writer changed the volume). */
+int cfs_cache_drop(struct cfs_volume *v);
 void cfs_orphan_add(struct cfs_volume *v, struct cfs_inode *ip);
 
 /* ---- bmap.c ------------------------------------------------------------------- */

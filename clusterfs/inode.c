@@ -353,3 +353,33 @@ int cfs_orphans_process(struct cfs_volume *v)
     }
     return v->fatal;
 }
+
+int cfs_inode_reload_all(struct cfs_volume *v)
+{
+    for (size_t i = 0; v->ih && i < v->ih_cap; i++) {
+        struct cfs_inode *p = v->ih[i], *n;
+        for (; p; p = n) {
+            n = p->hnext;
+            if (p->dirty)
+                return -EBUSY;
+            if (!p->pins && !p->nlookup && !p->nopen) {
+                ih_remove(v, p);
+                continue;
+            }
+            uint64_t a = p->d.ino * CFS_INODE_SLOT + CFS_META;
+            struct cfs_buf *b;
+            int r = cfs_buf_get(v, a, CFS_META, CFS_BT_INODE, &b);
+            if (r == 0) {
+                r = cfs_inode_decode(b->data, v->uuid, a, &p->d);
+                cfs_buf_put(v, b);
+            }
+            if (r == -ENOMEM || r == -EIO)
+                return r;
+            if (r < 0) { /* gone or damaged: stale from now on */
+                p->d.mode = 0;
+                p->d.nlink = 0;
+            }
+        }
+    }
+    return 0;
+}

@@ -247,96 +247,89 @@ out:
 int cfs_journal_pending(struct lun *lun, const struct cfs_super *sb, uint32_t slot,
                         uint64_t *ntxn)
 {
+    return cfs_journal_replay(lun, sb, slot, false, ntxn, NULL, NULL);
+}
+
+int cfs_journal_replay(struct lun *lun, const struct cfs_super *sb, uint32_t slot, bool apply,
+                       uint64_t *ntxn, uint64_t *end_pos, uint64_t *end_seq)
+{
+    uint64_t joff = j_off_of(sb, slot), ring = ring_of(sb);
     uint8_t *blk = aligned_alloc(4096, CFS_META);
     if (!blk)
         return -ENOMEM;
-    uint64_t joff = j_off_of(sb, slot), ring = ring_of(sb);
     struct cfs_jhead jh;
     int r = cfs_dev_read_lun(lun, joff, blk, CFS_META);
     if (r == 0)
         r = cfs_jhead_decode(blk, sb->h.uuid, joff, &jh);
     free(blk);
-    if (r < 0)
-        return r;
+    if (r < 0) {
+        log_err("%s: journal of host slot %u at byte %" PRIu64 ": unreadable header (%s)",
+                lun_name(lun), slot, joff, strerror(-r));
+        return r == -ENODATA || r == -ESTALE ? -EUCLEAN : r;
+    }
     uint64_t pos = jh.tail_pos % ring, seq = jh.tail_seq, n = 0;
     for (;;) {
-        struct jtxn t;
+        struct jtxn t = {0};
         uint64_t len;
         r = jtxn_read(lun, sb, slot, pos, seq, &t, &len);
         if (r <= 0)
             break;
+        for (uint64_t i = 0; apply && i < t.nimg && r >= 0; i++)
+            r = cfs_dev_write_lun(lun, t.addr[i], t.body + t.off[i], t.len[i]);
         jtxn_free(&t);
+        if (r < 0)
+            break;
         pos = (pos + len) % ring;
         seq++;
         n++;
     }
-    *ntxn = n;
-    return r < 0 ? r : 0;
+    if (r < 0) {
+        log_err("%s: replay of host slot %u's journal failed: %s", lun_name(lun), slot,
+                strerror(-r));
+        return r;
+    }
+    if (apply) {
+        /* Home writes durable, then the journal empty: replaying it again
+         * later could revert what other hosts wrote since. */
+        r = lun_flush(lun);
+        if (r == 0 && (n || jh.tail_pos != pos))
+            r = jhead_write(lun, sb, slot, seq, pos);
+        if (r == 0)
+            r = lun_flush(lun);
+        if (r < 0)
+            return r;
+        if (n)
+            log_info("%s: replayed %" PRIu64 " transaction(s) of host slot %u's journal",
+                     lun_name(lun), n, slot);
+    }
+    if (ntxn)
+        *ntxn = n;
+    if (end_pos)
+        *end_pos = pos;
+    if (end_seq)
+        *end_seq = seq;
+    return 0;
 }
 
 int cfs_journal_open(struct cfs_volume *v, bool replay)
 {
     struct lun *lun = v->lun;
-    const struct cfs_super *sb = &v->sb;
-    v->j_off = j_off_of(sb, v->slot);
-    v->j_ring = ring_of(sb);
-    uint8_t *blk = aligned_alloc(4096, 2 * CFS_META);
-    if (!blk)
-        return -ENOMEM;
-    struct cfs_jhead jh;
-    int r = cfs_dev_read(v, v->j_off, blk, CFS_META);
-    if (r == 0)
-        r = cfs_jhead_decode(blk, v->uuid, v->j_off, &jh);
-    if (r < 0) {
-        log_err("%s: journal of host slot %u at byte %" PRIu64 ": unreadable header (%s)",
-                lun_name(lun), v->slot, v->j_off, strerror(-r));
-        free(blk);
-        return r == -ENODATA || r == -ESTALE ? -EUCLEAN : r;
-    }
-    uint64_t pos = jh.tail_pos % v->j_ring, seq = jh.tail_seq, n = 0;
-    for (;;) {
-        struct jtxn t;
-        uint64_t len;
-        r = jtxn_read(lun, sb, v->slot, pos, seq, &t, &len);
-        if (r <= 0)
-            break;
-        if (replay) {
-            for (uint64_t i = 0; i < t.nimg && r >= 0; i++)
-                r = cfs_dev_write(v, t.addr[i], t.body + t.off[i], t.len[i]);
-        }
-        jtxn_free(&t);
-        if (r < 0)
-            break;
-        pos = (pos + len) % v->j_ring;
-        seq++;
-        n++;
-    }
-    if (r < 0) {
-        free(blk);
+    v->j_off = j_off_of(&v->sb, v->slot);
+    v->j_ring = ring_of(&v->sb);
+    uint64_t n, pos, seq;
+    int r = cfs_journal_replay(lun, &v->sb, v->slot, replay, &n, &pos, &seq);
+    if (r < 0)
         return r;
-    }
-    if (n && !replay) {
+    if (n && !replay)
         log_warn("%s: journal of host slot %u holds %" PRIu64
                  " committed transaction(s) not yet replayed (read-only open)",
                  lun_name(lun), v->slot, n);
-    }
-    if (replay) {
-        if (n)
-            log_info("%s: replayed %" PRIu64 " transaction(s) of host slot %u's journal",
-                     lun_name(lun), n, v->slot);
-        r = lun_flush(lun);
-        if (r == 0 && (n || jh.tail_pos != pos))
-            r = jhead_write(lun, sb, v->slot, seq, pos);
-        if (r == 0)
-            r = lun_flush(lun);
-        if (r < 0) {
-            free(blk);
-            return r;
-        }
-    }
     v->j_head = pos;
     v->j_seq = seq;
     v->j_used = 0;
+    uint8_t *blk = aligned_alloc(4096, CFS_META);
+    if (!blk)
+        return -ENOMEM;
     /* The host block (orphan list), as replay left it. */
     r = cfs_dev_read(v, v->j_off + CFS_META, blk, CFS_META);
     if (r == 0)

@@ -351,7 +351,12 @@ int cfs_volume_open(struct lun *lun, const struct cfs_open_opts *o, struct cfs_v
     v->spp = v->bs / CFS_SMALL;
     v->cl_bytes = (uint64_t)CFS_CLUSTER_BLOCKS * v->bs;
     v->unmap = lun_get_info(lun)->caps.unmap;
-    v->slot = 0;
+    v->slot = opts.slot;
+    if (v->slot >= sb->max_hosts) {
+        log_err("%s: journal slot %u: the volume has %u host slots", ln, v->slot, sb->max_hosts);
+        r = -EINVAL;
+        goto fail;
+    }
     r = cfs_buf_init(v);
     if (r == 0)
         r = cfs_alloc_init(v);
@@ -488,4 +493,64 @@ int cfs_volume_journal_pending(struct cfs_volume *v, uint32_t slot, uint64_t *nt
     if (slot >= v->sb.max_hosts)
         return -EINVAL;
     return cfs_journal_pending(v->lun, &v->sb, slot, ntxn);
+}
+
+int cfs_cache_drop(struct cfs_volume *v)
+{
+    if (v->ndirty || v->ndirty_inodes || v->host_dirty)
+        return -EBUSY;
+    cfs_buf_drop_all(v);
+    int r = cfs_alloc_reload(v);
+    if (r == 0)
+        r = cfs_inode_reload_all(v);
+    return r;
+}
+
+int cfs_volume_recover_slot(struct cfs_volume *v, uint32_t slot, uint64_t *ntxn)
+{
+    if (slot >= v->sb.max_hosts || slot == v->slot)
+        return -EINVAL;
+    pthread_mutex_lock(&v->mtx);
+    int r = v->ro ? -EROFS : v->fatal;
+    uint64_t n = 0;
+    if (r == 0)
+        r = cfs_txn_commit(v);
+    if (r == 0)
+        r = cfs_journal_replay(v->lun, &v->sb, slot, true, &n, NULL, NULL);
+    if (r == 0)
+        r = cfs_cache_drop(v);
+    /* Its orphans: unlinked while open there, nobody has them open now. */
+    uint64_t ha = v->sb.journal_off + (uint64_t)slot * v->sb.journal_bytes + CFS_META;
+    struct cfs_buf *b = NULL;
+    struct cfs_host *h = r == 0 ? malloc(sizeof(*h)) : NULL;
+    if (r == 0 && !h)
+        r = -ENOMEM;
+    if (r == 0)
+        r = cfs_buf_get(v, ha, CFS_META, CFS_BT_HOST, &b);
+    if (r == 0) {
+        r = cfs_host_decode(b->data, v->uuid, ha, h);
+        cfs_buf_put(v, b);
+    }
+    for (uint32_t i = 0; r == 0 && i < h->norphans; i++) {
+        struct cfs_inode *ip;
+        if (cfs_inode_get(v, h->orphans[i], &ip) == 0)
+            cfs_inode_put(v, ip); /* nlink 0 and no reference: freed */
+    }
+    if (r == 0 && h->norphans) {
+        h->norphans = 0;
+        memcpy(h->h.uuid, v->uuid, 16);
+        h->h.addr = ha;
+        if ((r = cfs_buf_new(v, ha, CFS_META, CFS_BT_HOST, &b)) == 0) {
+            cfs_host_encode(b->data, h);
+            cfs_buf_dirty(v, b);
+            cfs_buf_put(v, b);
+        }
+    }
+    free(h);
+    if (r == 0)
+        r = cfs_txn_commit(v);
+    pthread_mutex_unlock(&v->mtx);
+    if (r == 0 && ntxn)
+        *ntxn = n;
+    return r;
 }

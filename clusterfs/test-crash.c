@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -522,6 +523,85 @@ static void test_power_cut_with_reordered_writes(void **state)
     power_cut_every_write(8);
 }
 
+/* A host (journal slot 1) dies after its commit reached the journal but
+ * before its home writes, with a file unlinked while open: another host
+ * (slot 0) sees neither change until it recovers slot 1's journal, which
+ * then shows the committed file and frees the orphan; check is clean. */
+static void test_dead_slot_journal_and_orphans_recovered(void **state)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "%s/test-crash-XXXXXX",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, 160 * MiB), 0);
+    close(fd);
+    struct lun_options o;
+    lun_options_init(&o);
+    struct lun *lun;
+    assert_int_equal(lun_open(path, &o, &lun), 0);
+    struct cfs_format_params fp = {.max_hosts = 2, .journal_bytes = 4 * MiB};
+    assert_int_equal(cfs_format(lun, &fp), 0);
+    struct statvfs s0, s1;
+    struct cfs_open_opts o0 = {.local = true};
+    struct cfs_volume *v;
+    assert_int_equal(cfs_volume_open(lun, &o0, &v), 0);
+    assert_int_equal(cfs_statfs(v, &s0), 0);
+    assert_int_equal(cfs_volume_close(v), 0);
+    lun_close(lun);
+
+    struct lun_fault *ctl;
+    assert_int_equal(lun_open_fault(path, &o, &lun, &ctl), 0);
+    struct cfs_open_opts o1 = {.local = true, .slot = 1, .commit_interval_ms = 3600 * 1000};
+    assert_int_equal(cfs_volume_open(lun, &o1, &v), 0);
+    cfs_ino_t root = cfs_root(v);
+    struct cfs_attr a, t;
+    struct cfs_file *fh, *tmp;
+    static uint8_t buf[3 * MiB];
+    pattern(buf, sizeof(buf), 5);
+    assert_int_equal(cfs_create(v, root, "kept", 0644, O_RDWR, 0, 0, &a, &fh), 0);
+    assert_int_equal(cfs_write(fh, buf, 5000, 0), 5000);
+    cfs_release(fh);
+    assert_int_equal(cfs_create(v, root, "tmp", 0644, O_RDWR, 0, 0, &t, &tmp), 0);
+    assert_int_equal(cfs_write(tmp, buf, 3 * MiB, 0), (ssize_t)(3 * MiB));
+    assert_int_equal(cfs_unlink(v, root, "tmp"), 0);
+    assert_int_equal(cfs_sync(v), 0);
+    assert_int_equal(cfs_mknod(v, root, "late", S_IFREG | 0644, 0, 0, 0, &a), 0);
+    lun_fault_power_cut(ctl, 2); /* the journal body and the commit block, no home write */
+    assert_int_equal(cfs_sync(v), 0);
+    assert_true(lun_fault_power_is_cut(ctl));
+    log_set_level(LOG_LVL_ERR);
+    cfs_release(tmp);
+    cfs_volume_close(v);
+    log_set_level(LOG_LVL_WARN);
+    assert_int_equal(lun_fault_restart(ctl), 0);
+
+    assert_int_equal(cfs_volume_open(lun, &o0, &v), 0);
+    uint64_t n;
+    /* both commits: the first was written home too, the second was not */
+    assert_int_equal(cfs_volume_journal_pending(v, 1, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(cfs_lookup(v, root, "late", &a), -ENOENT);
+    assert_int_equal(cfs_volume_recover_slot(v, 1, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(cfs_volume_journal_pending(v, 1, &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(cfs_lookup(v, root, "late", &a), 0);
+    assert_int_equal(cfs_lookup(v, root, "kept", &a), 0);
+    assert_int_equal(a.size, 5000);
+    assert_int_equal(cfs_lookup(v, root, "tmp", &a), -ENOENT);
+    assert_int_equal(cfs_getattr(v, t.ino, &a), -ENOENT); /* the orphan is gone */
+    assert_int_equal(cfs_statfs(v, &s1), 0);
+    /* its 3 blocks are free again; one block is the pool of 8 KiB blocks
+     * that holds the root's directory block and "kept"'s data */
+    assert_int_equal(s1.f_bfree, s0.f_bfree - 1);
+    struct cfs_check_report rep;
+    assert_int_equal(cfs_check(v, 0, print_problem, NULL, &rep), 0);
+    assert_int_equal(cfs_volume_close(v), 0);
+    lun_close(lun);
+    unlink(path);
+}
+
 int main(void)
 {
     log_set_program("test-crash");
@@ -529,6 +609,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_power_cut_after_every_write),
         cmocka_unit_test(test_power_cut_with_reordered_writes),
+        cmocka_unit_test(test_dead_slot_journal_and_orphans_recovered),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -60,6 +60,7 @@ struct cfs_open_opts {
     /* Single-host mode: no lockspace join, journal slot 0. For tests, tools
      * and `check`; refused later by hosts that do join. */
     bool local;
+    uint32_t slot; /* local: the journal slot to use (default 0) */
     bool read_only;            /* no journal replay, no writes (status) */
     unsigned commit_interval_ms; /* 0 = 1000 */
     uint64_t cache_bytes;        /* metadata cache; 0 = 64 MiB */
@@ -83,6 +84,11 @@ struct cfs_volume_info {
     uint64_t ls_offset_blocks; /* the lockspace, in LUN blocks */
     cfs_ino_t root;
 };
+/* Replay another host slot's journal and free the inodes on its orphan
+ * list: for check --repair and the recovery of a dead host. The caller
+ * guarantees that host writes no more (it is dead, fenced, or never
+ * mounted). Returns 0 and the number of transactions replayed. */
+int cfs_volume_recover_slot(struct cfs_volume *v, uint32_t slot, uint64_t *ntxn);
 /* Committed transactions in host slot `slot`'s journal not yet replayed. */
 int cfs_volume_journal_pending(struct cfs_volume *v, uint32_t slot, uint64_t *ntxn);
 int cfs_volume_info(struct cfs_volume *v, struct cfs_volume_info *out);
