@@ -121,6 +121,16 @@ struct cfs_volume {
     uint64_t laid_out; /* clusters with a header (the resource map) */
     int rmap_err;      /* the resource map did not decode (then all are laid out) */
 
+    /* several hosts (locks.c); NULL ls: a local open */
+    struct lockspace *ls;
+    uint64_t gl_lba;       /* the volume metadata lock (lockspace table lock 0) */
+    pthread_mutex_t gl;    /* recursive: this host's operations, one at a time */
+    unsigned gl_depth;     /* protected by gl */
+    uint64_t gl_ver;       /* lock record version after our last acquire, 0 = unknown */
+    pthread_mutex_t rec_mtx;
+    uint32_t rec_slots[64]; /* recovered by the hook, orphans still to free (rec_mtx) */
+    unsigned nrec;
+
     /* commit thread */
     pthread_t thr;
     pthread_cond_t cond;
@@ -255,6 +265,71 @@ ssize_t cfs_file_pwrite(struct cfs_volume *v, struct cfs_inode *ip, const void *
                         uint64_t off);
 ssize_t cfs_file_pread(struct cfs_volume *v, struct cfs_inode *ip, void *buf, size_t size,
                        uint64_t off);
+
+/* ---- locks.c: the only file that talks to the lockspace ----------------- */
+/* Join the lockspace embedded in the volume: v->slot becomes our slot. */
+int cfs_locks_join(struct cfs_volume *v);
+void cfs_locks_leave(struct cfs_volume *v);
+/* Around every public operation (no-ops for a local open): take the
+ * volume metadata lock (and drop the caches if another host held it since),
+ * then commit, checkpoint and release it. Recursive within a thread. */
+int cfs_op_begin(struct cfs_volume *v);
+void cfs_op_end(struct cfs_volume *v);
+/* An inode's open lock (shared while open on this host): an unlinked
+ * inode is freed only by the host that gets it exclusive. Under v->mtx. */
+int cfs_ilock_open(struct cfs_volume *v, struct cfs_inode *ip);
+void cfs_ilock_close(struct cfs_volume *v, struct cfs_inode *ip);
+/* 0: nobody else has it open (held exclusive until cfs_ilock_done);
+ * -EBUSY: open on another host. */
+int cfs_ilock_try_delete(struct cfs_volume *v, struct cfs_inode *ip);
+void cfs_ilock_done(struct cfs_volume *v, struct cfs_inode *ip);
+int cfs_ilock_format(struct cfs_volume *v, uint64_t ino);
+/* 0 if this host may write (not fenced); -EIO otherwise. */
+int cfs_locks_check_write(struct cfs_volume *v);
+
+/* ---- the public operations, without the multi-host lock (api.c wraps
+ * each in cfs_op_begin / cfs_op_end) ------------------------------------- */
+int cfsi_getattr(struct cfs_volume *v, cfs_ino_t ino, struct cfs_attr *out);
+int cfsi_lookup(struct cfs_volume *v, cfs_ino_t parent, const char *name, struct cfs_attr *out);
+void cfsi_forget(struct cfs_volume *v, cfs_ino_t ino, uint64_t nlookup);
+int cfsi_mknod(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, dev_t rdev,
+              uid_t uid, gid_t gid, struct cfs_attr *out);
+int cfsi_mkdir(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, uid_t uid,
+              gid_t gid, struct cfs_attr *out);
+int cfsi_symlink(struct cfs_volume *v, cfs_ino_t parent, const char *name, const char *target,
+                uid_t uid, gid_t gid, struct cfs_attr *out);
+ssize_t cfsi_readlink(struct cfs_volume *v, cfs_ino_t ino, char *buf, size_t size);
+int cfsi_create(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, int flags,
+               uid_t uid, gid_t gid, struct cfs_attr *out, struct cfs_file **fh);
+int cfsi_link(struct cfs_volume *v, cfs_ino_t ino, cfs_ino_t newparent, const char *newname,
+             struct cfs_attr *out);
+int cfsi_unlink(struct cfs_volume *v, cfs_ino_t parent, const char *name);
+int cfsi_rmdir(struct cfs_volume *v, cfs_ino_t parent, const char *name);
+int cfsi_rename(struct cfs_volume *v, cfs_ino_t parent, const char *name, cfs_ino_t newparent,
+               const char *newname, unsigned flags);
+int cfsi_readdir(struct cfs_volume *v, cfs_ino_t dir, uint64_t off, cfs_readdir_fn fn, void *ctx);
+int cfsi_setattr(struct cfs_volume *v, cfs_ino_t ino, const struct cfs_attr *in, unsigned mask,
+                struct cfs_attr *out);
+int cfsi_truncate(struct cfs_volume *v, cfs_ino_t ino, uint64_t size);
+int cfsi_setxattr(struct cfs_volume *v, cfs_ino_t ino, const char *name, const void *value,
+                 size_t size, int flags);
+ssize_t cfsi_getxattr(struct cfs_volume *v, cfs_ino_t ino, const char *name, void *value,
+                     size_t size);
+ssize_t cfsi_listxattr(struct cfs_volume *v, cfs_ino_t ino, char *list, size_t size);
+int cfsi_removexattr(struct cfs_volume *v, cfs_ino_t ino, const char *name);
+int cfsi_fallocate(struct cfs_file *f, int mode, uint64_t off, uint64_t len);
+int64_t cfsi_lseek(struct cfs_file *f, int64_t off, int whence);
+int cfsi_open(struct cfs_volume *v, cfs_ino_t ino, int flags, struct cfs_file **fh);
+int cfsi_release(struct cfs_file *f);
+ssize_t cfsi_read(struct cfs_file *f, void *buf, size_t size, uint64_t off);
+ssize_t cfsi_write(struct cfs_file *f, const void *buf, size_t size, uint64_t off);
+int cfsi_fsync(struct cfs_file *f, bool datasync);
+int cfsi_volume_info(struct cfs_volume *v, struct cfs_volume_info *out);
+int cfsi_statfs(struct cfs_volume *v, struct statvfs *out);
+int cfsi_sync(struct cfs_volume *v);
+int cfsi_volume_recover_slot(struct cfs_volume *v, uint32_t slot, uint64_t *ntxn);
+int cfsi_check(struct cfs_volume *v, unsigned flags, cfs_check_msg_fn fn, void *ctx,
+              struct cfs_check_report *rep);
 
 /* ---- super.c ------------------------------------------------------------------- */
 int cfs_super_read(struct lun *lun, struct cfs_super *sb, int *which);

@@ -516,7 +516,7 @@ static bool on_orphan_list(const struct ck *c, uint64_t ino)
     return false;
 }
 
-int cfs_check(struct cfs_volume *v, unsigned flags, cfs_check_msg_fn fn, void *ctx,
+int cfsi_check(struct cfs_volume *v, unsigned flags, cfs_check_msg_fn fn, void *ctx,
               struct cfs_check_report *rep)
 {
     struct cfs_check_report dummy;

@@ -405,7 +405,7 @@ int cfs_file_free_all(struct cfs_volume *v, struct cfs_inode *ip)
     return 0;
 }
 
-int cfs_fallocate(struct cfs_file *f, int mode, uint64_t off, uint64_t len)
+int cfsi_fallocate(struct cfs_file *f, int mode, uint64_t off, uint64_t len)
 {
     struct cfs_volume *v = f->v;
     struct cfs_inode *ip = f->ip;
@@ -518,7 +518,7 @@ static int seek_cb(struct cfs_volume *v, struct cfs_inode *ip, uint64_t idx, uin
     return 0;
 }
 
-int64_t cfs_lseek(struct cfs_file *f, int64_t off, int whence)
+int64_t cfsi_lseek(struct cfs_file *f, int64_t off, int whence)
 {
     struct cfs_volume *v = f->v;
     struct cfs_inode *ip = f->ip;
@@ -554,7 +554,7 @@ int64_t cfs_lseek(struct cfs_file *f, int64_t off, int whence)
 
 /* ---- handles --------------------------------------------------------------- */
 
-int cfs_open(struct cfs_volume *v, cfs_ino_t ino, int flags, struct cfs_file **fh)
+int cfsi_open(struct cfs_volume *v, cfs_ino_t ino, int flags, struct cfs_file **fh)
 {
     struct cfs_file *f = calloc(1, sizeof(*f));
     if (!f)
@@ -575,6 +575,11 @@ int cfs_open(struct cfs_volume *v, cfs_ino_t ino, int flags, struct cfs_file **f
         goto fail;
     }
     ip->nopen++;
+    if (S_ISREG(ip->d.mode) && (r = cfs_ilock_open(v, ip)) < 0) {
+        ip->nopen--;
+        cfs_inode_put(v, ip);
+        goto fail;
+    }
     cfs_inode_put(v, ip);
     pthread_mutex_unlock(&v->mtx);
     f->v = v;
@@ -599,13 +604,15 @@ fail:
     return r;
 }
 
-int cfs_release(struct cfs_file *f)
+int cfsi_release(struct cfs_file *f)
 {
     if (!f)
         return 0;
     struct cfs_volume *v = f->v;
     pthread_mutex_lock(&v->mtx);
     f->ip->nopen--;
+    if (S_ISREG(f->ip->d.mode))
+        cfs_ilock_close(v, f->ip);
     f->ip->pins++;
     cfs_inode_put(v, f->ip); /* frees an unlinked inode after its last close */
     pthread_mutex_unlock(&v->mtx);
@@ -618,7 +625,7 @@ cfs_ino_t cfs_file_ino(const struct cfs_file *f)
     return f->ip->d.ino;
 }
 
-ssize_t cfs_read(struct cfs_file *f, void *buf, size_t size, uint64_t off)
+ssize_t cfsi_read(struct cfs_file *f, void *buf, size_t size, uint64_t off)
 {
     if ((f->flags & O_ACCMODE) == O_WRONLY)
         return -EBADF;
@@ -630,7 +637,7 @@ ssize_t cfs_read(struct cfs_file *f, void *buf, size_t size, uint64_t off)
     return r;
 }
 
-ssize_t cfs_write(struct cfs_file *f, const void *buf, size_t size, uint64_t off)
+ssize_t cfsi_write(struct cfs_file *f, const void *buf, size_t size, uint64_t off)
 {
     if ((f->flags & O_ACCMODE) == O_RDONLY)
         return -EBADF;
@@ -647,7 +654,7 @@ ssize_t cfs_write(struct cfs_file *f, const void *buf, size_t size, uint64_t off
     return r;
 }
 
-int cfs_fsync(struct cfs_file *f, bool datasync)
+int cfsi_fsync(struct cfs_file *f, bool datasync)
 {
     (void)datasync; /* the commit flushes data and metadata together */
     return cfs_sync(f->v);

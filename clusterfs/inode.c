@@ -187,12 +187,22 @@ void cfs_orphan_add(struct cfs_volume *v, struct cfs_inode *ip)
 /* Free the inode's blocks and its slot (nlink 0, no references). */
 static int inode_delete(struct cfs_volume *v, struct cfs_inode *ip)
 {
-    int r = cfs_file_free_all(v, ip);
+    int r = cfs_ilock_try_delete(v, ip);
+    if (r == -EBUSY) { /* open on another host: its last close frees it */
+        cfs_orphan_add(v, ip);
+        return 0;
+    }
     if (r < 0)
         return r;
+    r = cfs_file_free_all(v, ip);
+    if (r < 0) {
+        cfs_ilock_done(v, ip);
+        return r;
+    }
     r = cfs_free_inode(v, ip->d.ino);
     if (r < 0)
         return r;
+    cfs_ilock_done(v, ip);
     orphan_remove(v, ip->d.ino);
     ip->orphan = false;
     ip->d.mode = 0; /* a freed inode on disk: stale numbers find nothing */
@@ -280,6 +290,9 @@ int cfs_inode_alloc(struct cfs_volume *v, mode_t mode, uid_t uid, gid_t gid, cfs
     ip->d.atime_ns = ip->d.mtime_ns = ip->d.ctime_ns = ip->d.btime_ns = now;
     ip->pins = 1;
     cfs_inode_dirty(v, ip);
+    if ((r = cfs_ilock_format(v, ino)) < 0) /* its open lock, with several hosts */
+        log_warn("%s: inode %" PRIu64 ": lock record not laid (%s); laid at first open",
+                 lun_name(v->lun), ino, strerror(-r));
     *out = ip;
     return 0;
 }

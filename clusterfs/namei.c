@@ -63,7 +63,7 @@ static int writable(struct cfs_volume *v)
     return v->fatal;
 }
 
-int cfs_getattr(struct cfs_volume *v, cfs_ino_t ino, struct cfs_attr *out)
+int cfsi_getattr(struct cfs_volume *v, cfs_ino_t ino, struct cfs_attr *out)
 {
     pthread_mutex_lock(&v->mtx);
     struct cfs_inode *ip;
@@ -76,7 +76,7 @@ int cfs_getattr(struct cfs_volume *v, cfs_ino_t ino, struct cfs_attr *out)
     return r;
 }
 
-int cfs_lookup(struct cfs_volume *v, cfs_ino_t parent, const char *name, struct cfs_attr *out)
+int cfsi_lookup(struct cfs_volume *v, cfs_ino_t parent, const char *name, struct cfs_attr *out)
 {
     pthread_mutex_lock(&v->mtx);
     struct cfs_inode *dp, *ip;
@@ -110,7 +110,7 @@ out:
     return r;
 }
 
-void cfs_forget(struct cfs_volume *v, cfs_ino_t ino, uint64_t nlookup)
+void cfsi_forget(struct cfs_volume *v, cfs_ino_t ino, uint64_t nlookup)
 {
     pthread_mutex_lock(&v->mtx);
     struct cfs_inode *ip;
@@ -193,7 +193,7 @@ static int make_public(struct cfs_volume *v, cfs_ino_t parent, const char *name,
     return r;
 }
 
-int cfs_mknod(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, dev_t rdev,
+int cfsi_mknod(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, dev_t rdev,
               uid_t uid, gid_t gid, struct cfs_attr *out)
 {
     if (!S_ISREG(mode) && !S_ISFIFO(mode) && !S_ISSOCK(mode) && !S_ISCHR(mode) &&
@@ -204,19 +204,19 @@ int cfs_mknod(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t m
     return make_public(v, parent, name, mode, rdev, uid, gid, NULL, out);
 }
 
-int cfs_mkdir(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, uid_t uid,
+int cfsi_mkdir(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, uid_t uid,
               gid_t gid, struct cfs_attr *out)
 {
     return make_public(v, parent, name, S_IFDIR | (mode & 07777), 0, uid, gid, NULL, out);
 }
 
-int cfs_symlink(struct cfs_volume *v, cfs_ino_t parent, const char *name, const char *target,
+int cfsi_symlink(struct cfs_volume *v, cfs_ino_t parent, const char *name, const char *target,
                 uid_t uid, gid_t gid, struct cfs_attr *out)
 {
     return make_public(v, parent, name, S_IFLNK | 0777, 0, uid, gid, target, out);
 }
 
-ssize_t cfs_readlink(struct cfs_volume *v, cfs_ino_t ino, char *buf, size_t size)
+ssize_t cfsi_readlink(struct cfs_volume *v, cfs_ino_t ino, char *buf, size_t size)
 {
     pthread_mutex_lock(&v->mtx);
     struct cfs_inode *ip;
@@ -237,7 +237,7 @@ ssize_t cfs_readlink(struct cfs_volume *v, cfs_ino_t ino, char *buf, size_t size
     return r;
 }
 
-int cfs_create(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, int flags,
+int cfsi_create(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, int flags,
                uid_t uid, gid_t gid, struct cfs_attr *out, struct cfs_file **fh)
 {
     struct cfs_file *f = calloc(1, sizeof(*f));
@@ -249,6 +249,13 @@ int cfs_create(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t 
     if (r == 0) {
         ip->nlookup++;
         ip->nopen++;
+        if ((r = cfs_ilock_open(v, ip)) < 0) {
+            ip->nopen--;
+            cfs_inode_put(v, ip);
+            pthread_mutex_unlock(&v->mtx);
+            free(f);
+            return r;
+        }
         if (out)
             cfs_inode_attr(v, ip, out);
         cfs_inode_put(v, ip);
@@ -285,7 +292,7 @@ int cfs_create(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t 
     return r;
 }
 
-int cfs_link(struct cfs_volume *v, cfs_ino_t ino, cfs_ino_t newparent, const char *newname,
+int cfsi_link(struct cfs_volume *v, cfs_ino_t ino, cfs_ino_t newparent, const char *newname,
              struct cfs_attr *out)
 {
     pthread_mutex_lock(&v->mtx);
@@ -396,12 +403,12 @@ out:
     return r;
 }
 
-int cfs_unlink(struct cfs_volume *v, cfs_ino_t parent, const char *name)
+int cfsi_unlink(struct cfs_volume *v, cfs_ino_t parent, const char *name)
 {
     return remove_common(v, parent, name, false);
 }
 
-int cfs_rmdir(struct cfs_volume *v, cfs_ino_t parent, const char *name)
+int cfsi_rmdir(struct cfs_volume *v, cfs_ino_t parent, const char *name)
 {
     return remove_common(v, parent, name, true);
 }
@@ -424,7 +431,7 @@ static int is_under(struct cfs_volume *v, cfs_ino_t ino, cfs_ino_t dir)
     return 1;
 }
 
-int cfs_rename(struct cfs_volume *v, cfs_ino_t parent, const char *name, cfs_ino_t newparent,
+int cfsi_rename(struct cfs_volume *v, cfs_ino_t parent, const char *name, cfs_ino_t newparent,
                const char *newname, unsigned flags)
 {
     if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
@@ -544,7 +551,7 @@ out:
     return r;
 }
 
-int cfs_readdir(struct cfs_volume *v, cfs_ino_t dir, uint64_t off, cfs_readdir_fn fn, void *ctx)
+int cfsi_readdir(struct cfs_volume *v, cfs_ino_t dir, uint64_t off, cfs_readdir_fn fn, void *ctx)
 {
     pthread_mutex_lock(&v->mtx);
     struct cfs_inode *dp;
@@ -580,7 +587,7 @@ static int64_t ns_of(struct timespec t)
     return (int64_t)t.tv_sec * 1000000000ll + t.tv_nsec;
 }
 
-int cfs_setattr(struct cfs_volume *v, cfs_ino_t ino, const struct cfs_attr *in, unsigned mask,
+int cfsi_setattr(struct cfs_volume *v, cfs_ino_t ino, const struct cfs_attr *in, unsigned mask,
                 struct cfs_attr *out)
 {
     pthread_mutex_lock(&v->mtx);
@@ -638,7 +645,7 @@ int cfs_setattr(struct cfs_volume *v, cfs_ino_t ino, const struct cfs_attr *in, 
     return r;
 }
 
-int cfs_truncate(struct cfs_volume *v, cfs_ino_t ino, uint64_t size)
+int cfsi_truncate(struct cfs_volume *v, cfs_ino_t ino, uint64_t size)
 {
     struct cfs_attr a = {.size = size};
     return cfs_setattr(v, ino, &a, CFS_SET_SIZE | CFS_SET_MTIME_NOW, NULL);
@@ -667,7 +674,7 @@ static int xa_find(const struct cfs_inode *ip, const char *name, uint32_t *off, 
     return -ENODATA;
 }
 
-int cfs_setxattr(struct cfs_volume *v, cfs_ino_t ino, const char *name, const void *value,
+int cfsi_setxattr(struct cfs_volume *v, cfs_ino_t ino, const char *name, const void *value,
                  size_t size, int flags)
 {
     size_t nl = strlen(name);
@@ -723,7 +730,7 @@ unlock:
     return r;
 }
 
-ssize_t cfs_getxattr(struct cfs_volume *v, cfs_ino_t ino, const char *name, void *value,
+ssize_t cfsi_getxattr(struct cfs_volume *v, cfs_ino_t ino, const char *name, void *value,
                      size_t size)
 {
     pthread_mutex_lock(&v->mtx);
@@ -749,7 +756,7 @@ unlock:
     return r;
 }
 
-ssize_t cfs_listxattr(struct cfs_volume *v, cfs_ino_t ino, char *list, size_t size)
+ssize_t cfsi_listxattr(struct cfs_volume *v, cfs_ino_t ino, char *list, size_t size)
 {
     pthread_mutex_lock(&v->mtx);
     struct cfs_inode *ip;
@@ -774,7 +781,7 @@ unlock:
     return r;
 }
 
-int cfs_removexattr(struct cfs_volume *v, cfs_ino_t ino, const char *name)
+int cfsi_removexattr(struct cfs_volume *v, cfs_ino_t ino, const char *name)
 {
     pthread_mutex_lock(&v->mtx);
     struct cfs_inode *ip;

@@ -62,7 +62,13 @@ int cfs_dev_write(struct cfs_volume *v, uint64_t addr, const void *buf, size_t l
 {
     if (v->ro)
         return -EROFS;
-    int r = cfs_dev_write_lun(v->lun, addr, buf, len);
+    int r = cfs_locks_check_write(v); /* a fenced host writes nothing */
+    if (r < 0) {
+        log_err("%s: write at byte %" PRIu64 " refused: this host is fenced", lun_name(v->lun),
+                addr);
+        return r;
+    }
+    r = cfs_dev_write_lun(v->lun, addr, buf, len);
     if (r < 0)
         log_err("%s: write of %zu bytes at byte %" PRIu64 " failed: %s", lun_name(v->lun), len,
                 addr, strerror(-r));
@@ -294,12 +300,6 @@ int cfs_volume_open(struct lun *lun, const struct cfs_open_opts *o, struct cfs_v
     struct cfs_open_opts opts = {0};
     if (o)
         opts = *o;
-    if (!opts.local && !opts.read_only) {
-        log_err("%s: multi-host mounts (lockspace join) are not built yet; open with local = true "
-                "(single host)",
-                ln);
-        return -EOPNOTSUPP;
-    }
     if (!opts.commit_interval_ms)
         opts.commit_interval_ms = 1000;
     if (!opts.cache_bytes)
@@ -360,23 +360,34 @@ int cfs_volume_open(struct lun *lun, const struct cfs_open_opts *o, struct cfs_v
     r = cfs_buf_init(v);
     if (r == 0)
         r = cfs_alloc_init(v);
-    if (r == 0)
-        r = cfs_journal_open(v, !v->ro);
+    bool multi = !opts.local && !v->ro;
+    if (r == 0 && multi && (r = cfs_locks_join(v)) < 0)
+        log_err("%s: cannot join the volume's lockspace: %s", ln, strerror(-r));
     if (r < 0)
         goto fail;
-    if (!v->ro) {
+    /* With several hosts the journal and the orphans are handled under
+     * the metadata lock. */
+    if (multi && (r = cfs_op_begin(v)) < 0)
+        goto fail_leave;
+    r = cfs_journal_open(v, !v->ro);
+    if (r == 0 && !v->ro) {
         pthread_mutex_lock(&v->mtx);
         r = cfs_orphans_process(v);
         if (r == 0)
             r = cfs_txn_commit(v);
         pthread_mutex_unlock(&v->mtx);
-        if (r < 0)
-            goto fail;
-        if (pthread_create(&v->thr, NULL, commit_thread, v) == 0)
-            v->thr_started = true;
     }
+    if (multi)
+        cfs_op_end(v);
+    if (r < 0)
+        goto fail_leave;
+    /* Several hosts: every operation commits before it releases the lock. */
+    if (!v->ro && !multi && pthread_create(&v->thr, NULL, commit_thread, v) == 0)
+        v->thr_started = true;
     *out = v;
     return 0;
+fail_leave:
+    cfs_locks_leave(v);
 fail:
     cfs_inode_fini(v);
     cfs_alloc_fini(v);
@@ -399,14 +410,18 @@ int cfs_volume_close(struct cfs_volume *v)
         pthread_join(v->thr, NULL);
     int r = 0;
     if (!v->ro) {
+        int b = cfs_op_begin(v);
         pthread_mutex_lock(&v->mtx);
-        r = v->fatal;
+        r = v->fatal ? v->fatal : b;
         if (r == 0)
             r = cfs_txn_commit(v);
         if (r == 0)
             r = cfs_journal_checkpoint(v);
         pthread_mutex_unlock(&v->mtx);
+        if (b == 0)
+            cfs_op_end(v);
     }
+    cfs_locks_leave(v);
     cfs_inode_fini(v);
     cfs_alloc_fini(v);
     cfs_buf_fini(v);
@@ -423,7 +438,7 @@ cfs_ino_t cfs_root(const struct cfs_volume *v)
     return v->sb.root_ino;
 }
 
-int cfs_volume_info(struct cfs_volume *v, struct cfs_volume_info *out)
+int cfsi_volume_info(struct cfs_volume *v, struct cfs_volume_info *out)
 {
     memset(out, 0, sizeof(*out));
     memcpy(out->label, v->sb.label, strnlen(v->sb.label, sizeof(out->label) - 1));
@@ -452,7 +467,7 @@ int cfs_volume_info(struct cfs_volume *v, struct cfs_volume_info *out)
     return 0;
 }
 
-int cfs_statfs(struct cfs_volume *v, struct statvfs *st)
+int cfsi_statfs(struct cfs_volume *v, struct statvfs *st)
 {
     uint64_t fb, fs, fi, lo;
     pthread_mutex_lock(&v->mtx);
@@ -476,7 +491,7 @@ int cfs_statfs(struct cfs_volume *v, struct statvfs *st)
     return 0;
 }
 
-int cfs_sync(struct cfs_volume *v)
+int cfsi_sync(struct cfs_volume *v)
 {
     pthread_mutex_lock(&v->mtx);
     int r = v->fatal;
@@ -506,7 +521,7 @@ int cfs_cache_drop(struct cfs_volume *v)
     return r;
 }
 
-int cfs_volume_recover_slot(struct cfs_volume *v, uint32_t slot, uint64_t *ntxn)
+int cfsi_volume_recover_slot(struct cfs_volume *v, uint32_t slot, uint64_t *ntxn)
 {
     if (slot >= v->sb.max_hosts || slot == v->slot)
         return -EINVAL;
