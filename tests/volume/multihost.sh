@@ -1,6 +1,8 @@
 #!/bin/bash
 # Several hosts (volhost processes, each with its own LUN session, heartbeat
-# slot and journal) on one volume, on a file LUN:
+# slot and journal) on one volume, on a file LUN (arg "file", default) or on
+# a tgt LUN over iSCSI (arg "tgt": no COMPARE AND WRITE, so Disk Paxos and
+# delta-lease joins; smaller counts):
 #  1. 2 then 4 hosts create, write, rename and delete in a shared and in
 #     private directories at once: check is clean, every host lists the same
 #     tree, each host's entries are all there;
@@ -10,28 +12,48 @@
 #     lock after the dead time, replays its journal; check is clean.
 set -euo pipefail
 : "${CLUSTERFS:?}" "${VOLHOST:?}"
+MODE=${1:-file}
 T=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$T"; }
-trap cleanup EXIT
 cd "$T"
 fail() { echo "FAIL: $*" >&2; exit 1; }
-fmt() { "$CLUSTERFS" format --force --io-timeout 0.5 --max-hosts 4 --journal-size 2M --size 1G lun.img >/dev/null; }
+if [ "$MODE" = tgt ]; then
+    . "$SRCDIR/tests/lib/tgt.sh"
+    tgt_require
+    tgt_start
+    tgt_on_exit cleanup
+    tgt_add_target 1 iqn.2026-12.org.clusterfs.test:vol
+    tgt_add_lun 1 1 1G
+    LUN=$(tgt_uri 1 1)
+    IO=1 N2=30 N4=12 RACES=3 DEAD_MS=6000
+else
+    trap cleanup EXIT
+    LUN=lun.img
+    IO=0.5 N2=150 N4=60 RACES=10 DEAD_MS=3000
+fi
+fmt() {
+    if [ "$MODE" = tgt ]; then
+        "$CLUSTERFS" format --force --io-timeout $IO --max-hosts 4 --journal-size 2M "$LUN" >/dev/null
+    else
+        "$CLUSTERFS" format --force --io-timeout $IO --max-hosts 4 --journal-size 2M --size 1G "$LUN" >/dev/null
+    fi
+}
 check_clean() {
-    "$CLUSTERFS" check lun.img > check.out 2>&1 || fail "check: $(cat check.out)"
+    "$CLUSTERFS" check "$LUN" > check.out 2>&1 || fail "check: $(cat check.out)"
 }
 
 run_hosts() { # N_PER_HOST HOST...
     local n=$1; shift
     local hp=()
-    for h in "$@"; do "$VOLHOST" lun.img "$h" work "$n" > "$h.out" 2> "$h.err" & hp+=($!); pids+=($!); done
+    for h in "$@"; do "$VOLHOST" "$LUN" "$h" work "$n" > "$h.out" 2> "$h.err" & hp+=($!); pids+=($!); done
     for p in "${hp[@]}"; do wait "$p" || fail "a host failed: $(cat ./*.err)"; done
     for h in "$@"; do grep -q DONE "$h.out" || fail "$h: $(cat "$h.err")"; done
 }
 
 expect_tree() { # N HOST...
     local n=$1; shift
-    "$VOLHOST" lun.img lister1 list > l1 2>/dev/null
-    "$VOLHOST" lun.img lister2 list > l2 2>/dev/null
+    "$VOLHOST" "$LUN" lister1 list > l1 2>/dev/null
+    "$VOLHOST" "$LUN" lister2 list > l2 2>/dev/null
     cmp -s l1 l2 || fail "two hosts list different trees"
     local kept=$(( n - (n + 4) / 5 )) renamed=$(( (n + 2) / 3 ))
     for h in "$@"; do
@@ -42,20 +64,20 @@ expect_tree() { # N HOST...
 }
 
 fmt
-run_hosts 150 h1 h2
+run_hosts $N2 h1 h2
 check_clean
-expect_tree 150 h1 h2
+expect_tree $N2 h1 h2
 echo "2 hosts: ok"
 
 fmt
-run_hosts 60 h1 h2 h3 h4
+run_hosts $N4 h1 h2 h3 h4
 check_clean
-expect_tree 60 h1 h2 h3 h4
+expect_tree $N4 h1 h2 h3 h4
 echo "4 hosts: ok"
 
-for i in $(seq 1 10); do
-    "$VOLHOST" lun.img ra race "same-$i" > ra.out 2>/dev/null & a=$!
-    "$VOLHOST" lun.img rb race "same-$i" > rb.out 2>/dev/null & b=$!
+for i in $(seq 1 $RACES); do
+    "$VOLHOST" "$LUN" ra race "same-$i" > ra.out 2>/dev/null & a=$!
+    "$VOLHOST" "$LUN" rb race "same-$i" > rb.out 2>/dev/null & b=$!
     pids+=($a $b)
     wait $a; wait $b
     [ "$(cat ra.out rb.out | sort | tr '\n' ' ')" = "CREATED EXISTS " ] ||
@@ -65,15 +87,15 @@ check_clean
 echo "same name from two hosts: ok"
 
 fmt
-"$VOLHOST" lun.img victim work 1000000 > victim.out 2> victim.err & v=$!; pids+=($v)
-sleep 2
+"$VOLHOST" "$LUN" victim work 1000000 > victim.out 2> victim.err & v=$!; pids+=($v)
+if [ "$MODE" = tgt ]; then sleep 8; else sleep 2; fi
 kill -9 $v; wait $v 2>/dev/null || true
 start=$(date +%s%N)
-"$VOLHOST" lun.img survivor work 20 > survivor.out 2> survivor.err || fail "survivor: $(cat survivor.err)"
+"$VOLHOST" "$LUN" survivor work 20 > survivor.out 2> survivor.err || fail "survivor: $(cat survivor.err)"
 took=$(( ($(date +%s%N) - start) / 1000000 ))
 grep -q DONE survivor.out || fail "survivor did not finish"
 grep -q "recovering host victim" survivor.err || fail "no recovery of the victim: $(cat survivor.err)"
 check_clean
-grep -q "victim" <("$VOLHOST" lun.img lister list 2>/dev/null) || fail "the victim's committed work is gone"
-echo "kill -9: ok (survivor done after ${took} ms; dead time 3000 ms)"
+grep -q "victim" <("$VOLHOST" "$LUN" lister list 2>/dev/null) || fail "the victim's committed work is gone"
+echo "kill -9: ok (survivor done after ${took} ms; dead time $DEAD_MS ms)"
 echo PASS
