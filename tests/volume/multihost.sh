@@ -98,4 +98,28 @@ grep -q "recovering host victim" survivor.err || fail "no recovery of the victim
 check_clean
 grep -q "victim" <("$VOLHOST" "$LUN" lister list 2>/dev/null) || fail "the victim's committed work is gone"
 echo "kill -9: ok (survivor done after ${took} ms; dead time $DEAD_MS ms)"
+
+# SIGSTOP past the dead time, recovered by another host, then SIGCONT: the
+# target refuses the paused host's writes (its key was preempted), it stops
+# with an error, and nothing it wrote lands (check clean). tgt only: a file
+# LUN has no reservations, and a host paused inside the file LUN's OFD
+# byte-range lock would block the others (docs/locking.md).
+if [ "$MODE" = tgt ]; then
+    "$VOLHOST" "$LUN" sleeper work 1000000 > sleeper.out 2> sleeper.err & s=$!; pids+=($s)
+    sleep 8
+    kill -STOP $s
+    "$VOLHOST" "$LUN" waker work 10 > waker.out 2> waker.err || fail "waker: $(cat waker.err)"
+    # Recovered if it was paused holding the metadata lock; otherwise the
+    # waker never needed it. Either way it is past its self-fence deadline.
+    rec=no; grep -q "recovering host sleeper" waker.err && rec=yes
+    kill -CONT $s
+    rc=0; for i in $(seq 1 100); do kill -0 $s 2>/dev/null || break; sleep 0.1; done
+    if kill -0 $s 2>/dev/null; then fail "the paused host still runs 10 s after SIGCONT"; fi
+    wait $s || rc=$?
+    [ $rc != 0 ] || fail "the paused host finished its work after being recovered"
+    check_clean
+    "$VOLHOST" "$LUN" lister3 list > l3 2>/dev/null
+    grep -q "^/waker/" l3 || fail "the waker's work is gone"
+    echo "SIGSTOP past the dead time: ok (recovered: $rec; paused host exited $rc: $(tail -1 sleeper.err))"
+fi
 echo PASS
