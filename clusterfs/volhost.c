@@ -9,8 +9,11 @@
  *                              "CREATED" or "EXISTS"
  *   volhost LUN NAME list      the tree, one "path size" line per entry,
  *                              in name order
- *   volhost LUN NAME hold      create /NAME-open, write to it, keep it open;
- *                              prints "HOLDING"; sleeps until killed
+ *   volhost LUN NAME hold [S]  create /NAME-open, write 3 MiB to it, keep it
+ *                              open, prints "HOLDING"; reads it back every
+ *                              100 ms for S seconds (default: until killed),
+ *                              then closes it and prints "RELEASED"
+ *   volhost LUN NAME rm PATH   unlink /PATH; prints "REMOVED"
  *
  * Each process is one host: its own LUN session, its own heartbeat slot and
  * journal. The io_timeout is the volume's (format it with a short one).
@@ -183,13 +186,28 @@ int main(int argc, char **argv)
         struct cfs_attr a;
         struct cfs_file *fh;
         char name[300];
+        static char w[3 << 20], r[3 << 20];
+        for (size_t i = 0; i < sizeof(w); i++)
+            w[i] = (char)(i * 7 + (i >> 12));
         snprintf(name, sizeof(name), "%s-open", argv[2]);
         must(cfs_create(v, root, name, 0644, O_RDWR, 0, 0, &a, &fh), "create");
-        must((int)cfs_write(fh, "held", 4, 0), "write");
+        must((int)cfs_write(fh, w, sizeof(w), 0), "write");
         must(cfs_fsync(fh, false), "fsync");
         printf("HOLDING\n");
-        for (;;)
-            pause();
+        long rounds = argc > 4 ? atol(argv[4]) * 10 : -1;
+        for (long i = 0; rounds < 0 || i < rounds; i++) {
+            usleep(100000);
+            if (cfs_read(fh, r, sizeof(r), 0) != (ssize_t)sizeof(r) || memcmp(r, w, sizeof(r))) {
+                fprintf(stderr, "volhost: %s: read back differs\n", name);
+                return 1;
+            }
+        }
+        must(cfs_release(fh), "release");
+        cfs_forget(v, a.ino, 1);
+        printf("RELEASED\n");
+    } else if (!strcmp(cmd, "rm") && argc > 4) {
+        must(cfs_unlink(v, root, argv[4]), argv[4]);
+        printf("REMOVED\n");
     } else {
         fprintf(stderr, "volhost: unknown command %s\n", cmd);
         return 2;

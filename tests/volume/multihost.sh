@@ -8,8 +8,11 @@
 #     tree, each host's entries are all there;
 #  2. two hosts create the same name at the same moment, 10 times: exactly
 #     one succeeds each time, the other gets EEXIST;
-#  3. kill -9 of a host in the middle of its work: the next host breaks its
-#     lock after the dead time, replays its journal; check is clean.
+#  3. a file open on one host and unlinked on another is read on, and its
+#     blocks are freed at the holder's last close;
+#  4. kill -9 of a host in the middle of its work: the next host breaks its
+#     lock after the dead time, replays its journal; check is clean;
+#  5. (tgt) SIGSTOP past the dead time, then SIGCONT: nothing it writes lands.
 set -euo pipefail
 : "${CLUSTERFS:?}" "${VOLHOST:?}"
 MODE=${1:-file}
@@ -85,6 +88,25 @@ for i in $(seq 1 $RACES); do
 done
 check_clean
 echo "same name from two hosts: ok"
+
+# A file open on one host, unlinked by another: the holder reads it on, and
+# its blocks are freed at the holder's last close (check clean before and
+# after, free space back to what it was).
+fmt
+free0=$("$CLUSTERFS" status --json "$LUN" | python3 -c 'import json,sys; print(json.load(sys.stdin)["free_bytes"])')
+"$VOLHOST" "$LUN" holder hold 6 > holder.out 2> holder.err & hpid=$!; pids+=($hpid)
+for i in $(seq 1 100); do grep -q HOLDING holder.out && break; sleep 0.1; done
+grep -q HOLDING holder.out || fail "holder: $(cat holder.err)"
+"$VOLHOST" "$LUN" remover rm holder-open > rm.out 2> rm.err || fail "rm: $(cat rm.err)"
+check_clean
+free1=$("$CLUSTERFS" status --json "$LUN" | python3 -c 'import json,sys; print(json.load(sys.stdin)["free_bytes"])')
+[ "$free1" -lt "$free0" ] || fail "the open file's blocks were freed while it was open"
+wait $hpid || fail "holder: $(cat holder.err)"
+grep -q RELEASED holder.out || fail "holder did not finish"
+check_clean
+free2=$("$CLUSTERFS" status --json "$LUN" | python3 -c 'import json,sys; print(json.load(sys.stdin)["free_bytes"])')
+[ "$free2" = "$free0" ] || fail "blocks not freed after the last close ($free0 before, $free2 after)"
+echo "open on one host, unlinked on another: ok"
 
 fmt
 "$VOLHOST" "$LUN" victim work 1000000 > victim.out 2> victim.err & v=$!; pids+=($v)
