@@ -14,6 +14,11 @@
  *                              100 ms for S seconds (default: until killed),
  *                              then closes it and prints "RELEASED"
  *   volhost LUN NAME rm PATH   unlink /PATH; prints "REMOVED"
+ *   volhost LUN NAME die-holding FILE
+ *                              inside one operation (holding the metadata
+ *                              lock): create /FILE, commit it to the
+ *                              journal, then SIGKILL itself (test of the
+ *                              recovery of a host that died holding the lock)
  *
  * Each process is one host: its own LUN session, its own heartbeat slot and
  * journal. The io_timeout is the volume's (format it with a short one).
@@ -29,6 +34,7 @@
 
 #include "log.h"
 #include "lun.h"
+#include "cfs_internal.h"
 #include "volume.h"
 
 static struct cfs_volume *v;
@@ -205,6 +211,16 @@ int main(int argc, char **argv)
         must(cfs_release(fh), "release");
         cfs_forget(v, a.ino, 1);
         printf("RELEASED\n");
+    } else if (!strcmp(cmd, "die-holding") && argc > 4) {
+        struct cfs_attr a;
+        must(cfs_op_begin(v), "lock");
+        must(cfsi_mknod(v, root, argv[4], S_IFREG | 0644, 0, 0, 0, &a), argv[4]);
+        pthread_mutex_lock(&v->mtx);
+        must(cfs_txn_commit(v), "commit");
+        pthread_mutex_unlock(&v->mtx);
+        printf("DYING\n");
+        fflush(stdout);
+        raise(SIGKILL);
     } else if (!strcmp(cmd, "rm") && argc > 4) {
         must(cfs_unlink(v, root, argv[4]), argv[4]);
         printf("REMOVED\n");
