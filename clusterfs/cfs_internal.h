@@ -284,6 +284,9 @@ void cfs_ilock_close(struct cfs_volume *v, struct cfs_inode *ip);
 int cfs_ilock_try_delete(struct cfs_volume *v, struct cfs_inode *ip);
 void cfs_ilock_done(struct cfs_volume *v, struct cfs_inode *ip);
 int cfs_ilock_format(struct cfs_volume *v, uint64_t ino);
+/* The fencing token stamped in every metadata block written: heartbeat
+ * slot, generation, version of the metadata lock record (0s when local). */
+void cfs_locks_token(struct cfs_volume *v, uint32_t *slot, uint32_t *gen, uint64_t *ver);
 /* 0 if this host may write (not fenced); -EIO otherwise. */
 int cfs_locks_check_write(struct cfs_volume *v);
 

@@ -81,7 +81,15 @@ static int ring_io(struct lun *lun, uint64_t joff, uint64_t ring, uint64_t pos, 
 
 void cfs_txn_stamp(struct cfs_volume *v, void *buf, uint32_t size)
 {
-    le64_put((uint8_t *)buf + offsetof(struct cfs_mhdr_disk, seq), v->j_seq);
+    uint8_t *b = buf;
+    le64_put(b + offsetof(struct cfs_mhdr_disk, seq), v->j_seq);
+    /* The fencing token of the lock this was written under. */
+    uint32_t slot, gen;
+    uint64_t ver;
+    cfs_locks_token(v, &slot, &gen, &ver);
+    le32_put(b + offsetof(struct cfs_mhdr_disk, fence_slot), slot);
+    le32_put(b + offsetof(struct cfs_mhdr_disk, fence_gen), gen);
+    le64_put(b + offsetof(struct cfs_mhdr_disk, fence_ver), ver);
     cfs_block_seal(buf, size);
 }
 

@@ -255,3 +255,10 @@ void cfs_ilock_done(struct cfs_volume *v, struct cfs_inode *ip)
     if (v->ls)
         lock_release(v->ls, ilock_lba(v, ip->d.ino));
 }
+
+void cfs_locks_token(struct cfs_volume *v, uint32_t *slot, uint32_t *gen, uint64_t *ver)
+{
+    *slot = v->slot;
+    *gen = v->ls ? lockspace_generation(v->ls) : 0;
+    *ver = v->ls ? v->gl_ver : 0;
+}
