@@ -229,7 +229,10 @@ int cfs_format(struct lun *lun, const struct cfs_format_params *p)
     if (r == 0)
         r = lun_flush(lun);
     if (r < 0) {
-        log_err("%s: cannot write the superblocks: %s", ln, strerror(-r));
+        log_err("%s: cannot write the superblocks: %s%s", ln, strerror(-r),
+                r == -EBADE ? " (a persistent reservation excludes this initiator: hosts are "
+                              "still registered, or left their reservation behind)"
+                            : "");
         goto out;
     }
     r = lockspace_format(lun, sb.ls_off / lbs, &lp);

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Several hosts (volhost processes, each with its own LUN session, heartbeat
-# slot and journal) on one volume, on a file LUN (arg "file", default) or on
+# slot and journal) on one volume, on a file LUN (arg "file", default), on
 # a tgt LUN over iSCSI (arg "tgt": no COMPARE AND WRITE, so Disk Paxos and
-# delta-lease joins; smaller counts):
+# delta-lease joins; smaller counts) or on an istgt LUN (arg "istgt":
+# COMPARE AND WRITE and persistent reservations):
 #  1. 2 then 4 hosts create, write, rename and delete in a shared and in
 #     private directories at once: check is clean, every host lists the same
 #     tree, each host's entries are all there;
@@ -13,7 +14,8 @@
 #  4. kill -9 of a host in the middle of its work, and of a host holding the
 #     metadata lock with a transaction in its journal: the next host breaks
 #     the lock after the dead time, replays the journal; check is clean;
-#  5. (tgt) SIGSTOP past the dead time, then SIGCONT: nothing it writes lands.
+#  5. (tgt, istgt) SIGSTOP past the dead time, then SIGCONT: nothing it
+#     writes lands.
 set -euo pipefail
 : "${CLUSTERFS:?}" "${VOLHOST:?}"
 MODE=${1:-file}
@@ -27,16 +29,31 @@ if [ "$MODE" = tgt ]; then
     tgt_start
     tgt_on_exit cleanup
     tgt_add_target 1 iqn.2026-12.org.clusterfs.test:vol
-    tgt_add_lun 1 1 1G
-    LUN=$(tgt_uri 1 1)
+    LUNS=()
+    for i in 1 2 3 4; do tgt_add_lun 1 $i 1G; LUNS+=("$(tgt_uri 1 $i)"); done
     IO=1 N2=30 N4=12 RACES=3 DEAD_MS=6000
+elif [ "$MODE" = istgt ]; then
+    . "$SRCDIR/tests/lib/istgt.sh"
+    istgt_require
+    istgt_init
+    for i in 1 2 3 4; do istgt_add_lun vol$i 1G; done
+    istgt_start
+    istgt_on_exit cleanup
+    LUNS=()
+    for i in 1 2 3 4; do LUNS+=("$(istgt_uri vol$i)"); done
+    IO=1 N2=40 N4=15 RACES=5 DEAD_MS=6000
 else
     trap cleanup EXIT
     LUN=lun.img
     IO=0.5 N2=150 N4=60 RACES=10 DEAD_MS=3000
 fi
+# Each scenario formats a fresh LUN: the hosts leave a Write Exclusive - All
+# Registrants reservation behind on istgt, which refuses an unregistered
+# initiator's writes (the format's).
+NEXT=0
 fmt() {
-    if [ "$MODE" = tgt ]; then
+    if [ "$MODE" != file ]; then
+        LUN=${LUNS[$NEXT]}; NEXT=$((NEXT + 1))
         "$CLUSTERFS" format --force --io-timeout $IO --max-hosts 4 --journal-size 2M "$LUN" >/dev/null
     else
         "$CLUSTERFS" format --force --io-timeout $IO --max-hosts 4 --journal-size 2M --size 1G "$LUN" >/dev/null
@@ -111,7 +128,7 @@ echo "open on one host, unlinked on another: ok"
 
 fmt
 "$VOLHOST" "$LUN" victim work 1000000 > victim.out 2> victim.err & v=$!; pids+=($v)
-if [ "$MODE" = tgt ]; then sleep 8; else sleep 2; fi
+if [ "$MODE" != file ]; then sleep 8; else sleep 2; fi
 kill -9 $v; wait $v 2>/dev/null || true
 start=$(date +%s%N)
 "$VOLHOST" "$LUN" survivor work 20 > survivor.out 2> survivor.err || fail "survivor: $(cat survivor.err)"
@@ -139,10 +156,10 @@ echo "died holding the lock: ok (journal replayed by the next host)"
 
 # SIGSTOP past the dead time, recovered by another host, then SIGCONT: the
 # target refuses the paused host's writes (its key was preempted), it stops
-# with an error, and nothing it wrote lands (check clean). tgt only: a file
+# with an error, and nothing it wrote lands (check clean). iSCSI only: a file
 # LUN has no reservations, and a host paused inside the file LUN's OFD
 # byte-range lock would block the others (docs/locking.md).
-if [ "$MODE" = tgt ]; then
+if [ "$MODE" != file ]; then
     "$VOLHOST" "$LUN" sleeper work 1000000 > sleeper.out 2> sleeper.err & s=$!; pids+=($s)
     sleep 8
     kill -STOP $s
