@@ -67,7 +67,11 @@ struct cfs_open_opts {
 };
 
 /* Open the volume on `lun` (not owned: close it after cfs_volume_close).
- * Replays this host's journal. */
+ * Without `local`, the host joins the lockspace embedded in the volume (its
+ * heartbeat slot is its journal; give each host its own struct lun, i.e.
+ * its own sessions) and every operation takes the volume metadata lock;
+ * with `local`, no other host may use the volume. Replays this host's
+ * journal. */
 int cfs_volume_open(struct lun *lun, const struct cfs_open_opts *o, struct cfs_volume **out);
 /* Commit, checkpoint the journal (empty at a clean close), free. Open
  * handles are released. */
@@ -152,7 +156,9 @@ int cfs_rename(struct cfs_volume *v, cfs_ino_t parent, const char *name, cfs_ino
  * fn is called per entry with the cookie of the next one; a non-zero return
  * stops the listing (the entry it was called for counts as not returned).
  * Cookies stay valid across inserts and removals of other entries: every
- * entry present for the whole listing is returned exactly once. */
+ * entry present for the whole listing is returned exactly once. fn runs
+ * under the volume's lock: it must not call back into this library (FUSE:
+ * fill the reply buffer with fuse_add_direntry only). */
 typedef int (*cfs_readdir_fn)(void *ctx, const char *name, cfs_ino_t ino, unsigned dtype,
                               uint64_t next_off);
 int cfs_readdir(struct cfs_volume *v, cfs_ino_t dir, uint64_t off, cfs_readdir_fn fn, void *ctx);
