@@ -404,29 +404,53 @@ int vd_pread_local(struct vd_image *img, void *buf, size_t len, uint64_t off)
     return vd_pread_common(img, buf, len, off, true);
 }
 
-static int vd_fd_sync(int fd, const char *path)
+int vd_sync_failed(struct vd_image *img)
 {
-    if (fd >= 0 && fdatasync(fd) < 0) {
-        int rc = -errno;
-        if (rc == -EINVAL || rc == -EROFS)
-            return 0;
-        log_err("%s: fdatasync: %s", path, strerror(-rc));
+    int err = __atomic_load_n(&img->sync_err, __ATOMIC_ACQUIRE);
+    if (err == 0)
+        return 0;
+    log_err("%s: an earlier flush failed (%s): writes made before it may not be on disk, so "
+            "every flush fails until the image is closed, checked (vdisk check) and reopened",
+            img->path, strerror(-err));
+    return -EIO;
+}
+
+int vd_sync_fd(struct vd_image *img, int fd, const char *path)
+{
+    if (fd < 0)
+        return 0;
+    int rc = vd_sync_failed(img);
+    if (rc < 0)
         return rc;
-    }
-    return 0;
+    if (fdatasync(fd) == 0)
+        return 0;
+    rc = -errno;
+    if (rc == -EINVAL || rc == -EROFS)
+        return 0;
+    int zero = 0;
+    __atomic_compare_exchange_n(&img->sync_err, &zero, rc, false, __ATOMIC_ACQ_REL,
+                                __ATOMIC_ACQUIRE);
+    log_err("%s: fdatasync: %s (every later flush of %s fails until it is reopened)", path,
+            strerror(-rc), img->path);
+    return rc;
+}
+
+static int vd_fd_sync(struct vd_image *img, int fd, const char *path)
+{
+    return vd_sync_fd(img, fd, path);
 }
 
 int vd_flush(struct vd_image *img)
 {
     if (img->ro)
         return 0;
-    int rc = vd_fd_sync(img->fd, img->path);
+    int rc = vd_fd_sync(img, img->fd, img->path);
     for (int i = 0; i < img->n_ext && rc == 0; i++) {
         struct vmdk_extent *e = &img->ext[i];
         if (e->type == VMDK_EXT_SPARSE && e->sp && e->fd >= 0)
             rc = vmdk_sparse_flush(e); /* data, then the deferred GT entries */
         else
-            rc = vd_fd_sync(e->fd, e->path);
+            rc = vd_fd_sync(img, e->fd, e->path);
     }
     return rc;
 }
@@ -487,7 +511,7 @@ int vd_pwrite(struct vd_image *img, const void *buf, size_t len, uint64_t off, u
                     (unsigned long long)off, strerror(-rc));
             return rc;
         }
-        return (flags & VD_FUA) ? vd_fd_sync(img->fd, img->path) : 0;
+        return (flags & VD_FUA) ? vd_fd_sync(img, img->fd, img->path) : 0;
     }
     rc = vd_writable_range(img, off, len);
     if (rc == 0)
@@ -511,7 +535,7 @@ int vd_pwrite(struct vd_image *img, const void *buf, size_t len, uint64_t off, u
                         (unsigned long long)n, (unsigned long long)(e->file_off + in),
                         strerror(-rc));
             else if (flags & VD_FUA)
-                rc = vd_fd_sync(e->fd, e->path);
+                rc = vd_fd_sync(img, e->fd, e->path);
         }
         if (rc < 0)
             return rc;
@@ -561,7 +585,7 @@ int vd_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
         return rc;
     if (img->kind == VD_KIND_RAW) {
         rc = vd_fd_zero(img->fd, img->path, off, len, (flags & VD_NO_HOLE) != 0);
-        return (rc == 0 && (flags & VD_FUA)) ? vd_fd_sync(img->fd, img->path) : rc;
+        return (rc == 0 && (flags & VD_FUA)) ? vd_fd_sync(img, img->fd, img->path) : rc;
     }
     rc = vd_writable_range(img, off, len);
     if (rc == 0)
@@ -580,7 +604,7 @@ int vd_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
         } else {
             rc = vd_fd_zero(e->fd, e->path, e->file_off + in, n, true); /* flat stays allocated */
             if (rc == 0 && (flags & VD_FUA))
-                rc = vd_fd_sync(e->fd, e->path);
+                rc = vd_fd_sync(img, e->fd, e->path);
         }
         if (rc < 0)
             return rc;

@@ -194,6 +194,7 @@ struct vmdk_gt_sector {
 
 /* ---------------------------------------------------------------- extent */
 struct vmdk_extent {
+    struct vd_image *img; /* the image this extent belongs to */
     enum vmdk_ext_type type;
     enum vmdk_access access;
     uint64_t start;         /* bytes into the virtual disk */
@@ -240,9 +241,21 @@ struct vd_image {
     struct vd_image *parent; /* read-only, owned */
     pthread_mutex_t cid_lock;
     int cid_updated; /* atomic; set after the first write rewrote CID */
+    /* atomic: -errno of the first failed fdatasync of any file of this
+     * image, 0 before. Sticky until the image is closed: Linux reports a
+     * writeback error once per open file, so a later sync that succeeds
+     * proves nothing about the writes before the failure (vd_sync_fd). */
+    int sync_err;
 };
 
 /* vdisk.c */
+/* fdatasync one file of img (EINVAL/EROFS: nothing to sync, 0). The first
+ * failure is recorded in img->sync_err and returned; from then on every
+ * call fails with -EIO at once, without syncing (QEMU's file driver does
+ * the same): the image must be closed and reopened (and checked). */
+int vd_sync_fd(struct vd_image *img, int fd, const char *path);
+/* 0, or -EIO (logged) when an earlier sync of img failed. */
+int vd_sync_failed(struct vd_image *img);
 struct vd_image *vd_image_alloc(const char *path, unsigned flags);
 void vd_image_free(struct vd_image *img);
 struct vd_image *vd_parent(const struct vd_image *img);

@@ -48,7 +48,7 @@ void vmdk_close(struct vd_image *img)
         struct vmdk_extent *e = &img->ext[i];
         /* deferred GT entries left when the image is freed without
          * vd_close() (vd_close flushed them already) */
-        if (e->fd >= 0 && e->sp && !img->ro && e->sp->n_dirty)
+        if (e->fd >= 0 && e->sp && !img->ro && e->sp->n_dirty && !img->sync_err)
             (void)vmdk_sparse_flush(e);
         /* cut the space grown ahead of new grains (vmdk_grain_alloc) back
          * to the last grain; if this fails or is lost, the tail is holes
@@ -104,6 +104,7 @@ static int vmdk_open_extents(struct vd_image *img, bool embedded)
     for (int i = 0; i < n; i++) {
         struct vmdk_extent *e = &img->ext[i];
         e->fd = -1;
+        e->img = img;
         img->n_ext = i + 1;
         const struct vmdk_desc_extent *de = embedded ? NULL : &d->ext[i];
         e->type = embedded ? VMDK_EXT_SPARSE : de->type;

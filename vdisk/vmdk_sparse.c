@@ -40,7 +40,11 @@
  *   them), syncs, then writes each taken sector from gt[] with the entries
  *   still pend (published meanwhile, data maybe not durable) as 0, and
  *   clears the flush bits after the final fdatasync (on an error they go
- *   back to pend). One flush at a time (flush_lock); a sector is written
+ *   back to pend, and are never written: a failed fdatasync is sticky,
+ *   vd_sync_fd, so every later flush fails before it syncs or writes a GT
+ *   sector; Linux reports a writeback error once per open file, so a later
+ *   sync that succeeds says nothing about the data the failed one lost).
+ *   One flush at a time (flush_lock); a sector is written
  *   under meta_lock, and every entry written at once takes meta_lock too
  *   and clears its bits, so a flush never writes back a stale value over
  *   it. The per-sector list (`dirty`) keeps a flush's work proportional to
@@ -600,12 +604,7 @@ static int vmdk_gte_defer(struct vmdk_extent *e, uint64_t grain, uint32_t val)
 
 static int vmdk_fdatasync(struct vmdk_extent *e)
 {
-    if (fdatasync(e->fd) < 0 && errno != EINVAL && errno != EROFS) {
-        int rc = -errno;
-        log_err("%s: fdatasync: %s", e->path, strerror(-rc));
-        return rc;
-    }
-    return 0;
+    return vd_sync_fd(e->img, e->fd, e->path);
 }
 
 /* Write GT sector `sec` (primary, then redundant) as the file must hold it
@@ -718,8 +717,11 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
          * points into the new space. A lost grain then reads as zeroes, what
          * an unallocated grain of a disk without a parent read before. */
         uint64_t end = ROUND_UP(at + sp->grain_bytes, VMDK_GROW_AHEAD);
-        if (ftruncate(e->fd, (off_t)end) < 0 || fdatasync(e->fd) < 0) {
+        if (ftruncate(e->fd, (off_t)end) < 0)
             rc = -errno;
+        else
+            rc = vmdk_fdatasync(e);
+        if (rc < 0) {
             sp->file_end -= sp->grain_bytes; /* nothing points there yet */
             pthread_mutex_unlock(&sp->alloc_lock);
             log_err("%s: growing the file to %" PRIu64 " bytes for new grains: %s", e->path, end,
@@ -742,10 +744,10 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
         if (rc != -ENOMEM)
             return rc;
     }
-    if (((flags & VD_FUA) || shadows) && fdatasync(e->fd) < 0) {
-        rc = -errno;
-        log_err("%s: fdatasync: %s", e->path, strerror(-rc));
-        return rc;
+    if ((flags & VD_FUA) || shadows) {
+        rc = vmdk_fdatasync(e);
+        if (rc < 0)
+            return rc;
     }
     return vmdk_gte_store(e, grain, (uint32_t)(at / VD_SECTOR));
 }

@@ -6,6 +6,10 @@
  *   vdisk-io compare IMG MIRROR            read IMG through the library and
  *                                          compare with MIRROR byte by byte
  *   vdisk-io child PARENT CHILD            create a thin delta of PARENT
+ *   vdisk-io syncfail IMG TRIGGER          write, touch TRIGGER (syncfail-shim
+ *                                          fails the next sync), then check
+ *                                          that this and every later flush,
+ *                                          FUA write and close fail
  *
  * Exit 0 on success, 1 on failure (with the first differing offset).
  */
@@ -115,6 +119,40 @@ static int do_child(const char *parent, const char *child)
     return rc < 0 ? 1 : 0;
 }
 
+static int syncfail_step(const char *what, int rc, bool want_fail)
+{
+    printf("vdisk-io: %s: %s\n", what, rc < 0 ? strerror(-rc) : "ok");
+    return (rc < 0) == want_fail ? 0 : 1;
+}
+
+static int do_syncfail(const char *img_path, const char *trigger)
+{
+    struct vd_image *img;
+    if (vd_open(img_path, 0, &img) < 0)
+        return 1;
+    size_t n = 65536;
+    uint8_t *buf = malloc(n);
+    if (!buf)
+        return 1;
+    memset(buf, 0x11, n);
+    int bad = syncfail_step("write 0x11 at 0", vd_pwrite(img, buf, n, 0, 0), false);
+    int fd = open(trigger, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        perror(trigger);
+        return 1;
+    }
+    close(fd);
+    bad |= syncfail_step("first flush (its fdatasync fails)", vd_flush(img), true);
+    bad |= syncfail_step("second flush", vd_flush(img), true);
+    memset(buf, 0x22, n);
+    bad |= syncfail_step("write 0x22 at 1 MiB", vd_pwrite(img, buf, n, 1 << 20, 0), false);
+    bad |= syncfail_step("third flush", vd_flush(img), true);
+    bad |= syncfail_step("FUA write", vd_pwrite(img, buf, n, 2 << 20, VD_FUA), true);
+    bad |= syncfail_step("close", vd_close(img), true);
+    free(buf);
+    return bad;
+}
+
 int main(int argc, char **argv)
 {
     log_set_program("vdisk-io");
@@ -122,6 +160,8 @@ int main(int argc, char **argv)
         return do_write(argv[2], argv[3], (unsigned)atoi(argv[4]), atoi(argv[5]));
     if (argc == 4 && strcmp(argv[1], "compare") == 0)
         return do_compare(argv[2], argv[3]);
+    if (argc == 4 && strcmp(argv[1], "syncfail") == 0)
+        return do_syncfail(argv[2], argv[3]);
     if (argc == 4 && strcmp(argv[1], "child") == 0)
         return do_child(argv[2], argv[3]);
     fprintf(stderr, "usage: vdisk-io write IMG MIRROR SEED COUNT | compare IMG MIRROR | "
