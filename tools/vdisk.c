@@ -173,7 +173,7 @@ static int cmd_info(int argc, char **argv)
     if (prc >= 0)
         return prc;
     struct vd_image *img;
-    if (vd_open(argv[optind], VD_OPEN_RDONLY, &img) < 0)
+    if (vd_open(argv[optind], VD_OPEN_SHARED, &img) < 0) /* as qemu-img -U: works on a disk in use */
         return 1;
     bool vmdk = img->kind == VD_KIND_VMDK;
     uint64_t alloc = img->desc_embedded ? 0 : file_alloc(img->path);
@@ -276,7 +276,7 @@ static int cmd_map(int argc, char **argv)
     if (prc >= 0)
         return prc;
     struct vd_image *img;
-    if (vd_open(argv[optind], VD_OPEN_RDONLY, &img) < 0)
+    if (vd_open(argv[optind], VD_OPEN_SHARED, &img) < 0) /* as qemu-img -U: works on a disk in use */
         return 1;
     struct json j;
     if (js) {

@@ -64,6 +64,46 @@
 
 #define SN_PREFIX "ddb.snapshot."
 
+/* Every image the snapshot code opens is opened without image locks: the
+ * operation holds the disk's writer lock itself for its whole run
+ * (sn_hold_disk), or runs inside the server that holds it (vd_snapshot_*_open),
+ * and its own opens of the same files must not conflict with it. */
+static int sn_vd_open(const char *path, unsigned flags, struct vd_image **out)
+{
+    return vd_open(path, flags | VD_OPEN_NOLOCK, out);
+}
+
+/* Take QEMU's writer image lock on the disk for the operation: refused
+ * (-EBUSY, naming the holder) while a VM, qemu-io, qemu-nbd or a vdisk
+ * server has it open. *fd_out: close it to release. */
+int vd_snap_check_writable(const char *path);
+static int sn_hold_disk(const char *path, int *fd_out)
+{
+    *fd_out = -1;
+    int rc = vd_snap_check_writable(path);
+    if (rc < 0)
+        return rc;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        rc = -errno;
+        log_err("%s: %s", path, strerror(-rc));
+        return rc;
+    }
+    rc = vd_imagelock_take(fd, path, VD_LOCK_WRITE);
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+static void sn_release_disk(int fd)
+{
+    if (fd >= 0)
+        close(fd); /* drops the image lock */
+}
+
 static const char *sn_basename(const char *p)
 {
     const char *s = strrchr(p, '/');
@@ -318,36 +358,53 @@ int vd_snap_check_writable(const char *path)
     return 0;
 }
 
+/* Set by the vd_snapshot_*_open calls (live.c path) around an operation
+ * on a disk their caller has open and locked: the operation must not take
+ * the disk's image lock again (its own lock would conflict with it). */
+static __thread bool sn_disk_held;
+
+struct sn_lock {
+    int dirfd;  /* flock on the folder */
+    int holdfd; /* the disk's writer image lock (sn_hold_disk), -1 if held by the caller */
+};
+
 /* Serialise tree changes of disks in one folder between processes: flock
  * on the folder (the disk's inode is replaced by each change, so it cannot
- * carry the lock). Where flock is not supported, go on unlocked. */
-static int sn_lock_folder(const char *path, int *fd_out)
+ * carry the lock). Where flock is not supported, go on unlocked. Then take
+ * the disk's writer image lock, unless the caller holds it. */
+static int sn_lock_folder(const char *path, struct sn_lock *lk)
 {
-    *fd_out = -1;
+    lk->dirfd = lk->holdfd = -1;
     char *dir = sn_dirname(path);
     if (!dir)
         return -ENOMEM;
     int fd = open(*dir ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     free(dir);
-    if (fd < 0)
-        return 0;
-    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-        if (errno == EWOULDBLOCK) {
-            log_err("%s: another snapshot or clone operation is running in this folder; try "
-                    "again when it has finished",
-                    path);
-            close(fd);
-            return -EBUSY;
+    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK) {
+        log_err("%s: another snapshot or clone operation is running in this folder; try "
+                "again when it has finished",
+                path);
+        close(fd);
+        return -EBUSY;
+    }
+    lk->dirfd = fd;
+    if (!sn_disk_held) {
+        int rc = sn_hold_disk(path, &lk->holdfd);
+        if (rc < 0) {
+            if (fd >= 0)
+                close(fd);
+            lk->dirfd = -1;
+            return rc;
         }
     }
-    *fd_out = fd;
     return 0;
 }
 
-static void sn_unlock_folder(int fd)
+static void sn_unlock_folder(struct sn_lock lk)
 {
-    if (fd >= 0)
-        close(fd); /* drops the flock */
+    sn_release_disk(lk.holdfd);
+    if (lk.dirfd >= 0)
+        close(lk.dirfd); /* drops the flock */
 }
 
 static int sn_mark_frozen(const char *fpath);
@@ -359,7 +416,7 @@ static int sn_open_disk(const char *path, struct vd_image **img, struct vd_snap_
     int rc = vd_snap_check_writable(path);
     if (rc < 0)
         return rc;
-    rc = vd_open(path, VD_OPEN_RDONLY, img);
+    rc = sn_vd_open(path, VD_OPEN_RDONLY, img);
     if (rc < 0)
         return rc;
     if ((*img)->kind != VD_KIND_VMDK) {
@@ -395,7 +452,7 @@ static int sn_open_disk(const char *path, struct vd_image **img, struct vd_snap_
 int vd_snapshot_list(const char *path, struct vd_snap_list *out)
 {
     struct vd_image *img;
-    int rc = vd_open(path, VD_OPEN_RDONLY, &img);
+    int rc = sn_vd_open(path, VD_OPEN_RDONLY, &img);
     if (rc < 0)
         return rc;
     if (img->kind != VD_KIND_VMDK) {
@@ -451,7 +508,7 @@ static int sn_new_delta(const char *path, const struct vd_image *ref, uint64_t s
         return rc;
     }
     struct vd_image *t;
-    rc = vd_open(tmp, 0, &t);
+    rc = sn_vd_open(tmp, 0, &t);
     if (rc == 0) {
         if (t->desc.n_ext == 1)
             rc = vmdk_desc_set_str(&t->desc.ext[0].fname, sn_basename(path));
@@ -491,7 +548,7 @@ static void sn_chmod_ro(const char *path)
 static int sn_mark_frozen(const char *fpath)
 {
     struct vd_image *f;
-    int rc = vd_open(fpath, VD_OPEN_FROZEN_OK, &f);
+    int rc = sn_vd_open(fpath, VD_OPEN_FROZEN_OK, &f);
     if (rc < 0)
         return rc;
     sn_ddb_del_prefix(&f->desc, SN_PREFIX);
@@ -520,7 +577,7 @@ int vd_snap_freeze(const char *path, const char *name, char **frozen_path, uint3
     }
     struct vd_image *top;
     struct vd_snap_list l;
-    int lockfd;
+    struct sn_lock lockfd;
     int rc = sn_lock_folder(path, &lockfd);
     if (rc < 0)
         return rc;
@@ -669,7 +726,7 @@ int vd_snapshot_revert(const char *path, const char *name)
 {
     struct vd_image *top, *snap = NULL;
     struct vd_snap_list l;
-    int lockfd;
+    struct sn_lock lockfd;
     int rc = sn_lock_folder(path, &lockfd);
     if (rc < 0)
         return rc;
@@ -693,7 +750,7 @@ int vd_snapshot_revert(const char *path, const char *name)
         rc = -ENOMEM;
         goto out;
     }
-    rc = vd_open(fpath, VD_OPEN_RDONLY, &snap);
+    rc = sn_vd_open(fpath, VD_OPEN_RDONLY, &snap);
     if (rc < 0)
         goto out;
     if (snap->kind != VD_KIND_VMDK || snap->desc.cid != s->cid) {
@@ -733,7 +790,7 @@ static int sn_chain_has(const char *path, const char *real)
 {
     struct vd_image *img;
     log_clear_last_error();
-    int rc = vd_open(path, VD_OPEN_RDONLY, &img);
+    int rc = sn_vd_open(path, VD_OPEN_RDONLY, &img);
     if (rc < 0)
         return 1; /* cannot tell: keep it */
     int found = 0;
@@ -767,7 +824,7 @@ static int sn_set_dependents(const char *frozen_path, const char *val)
     if (ro)
         (void)chmod(frozen_path, st.st_mode | 0200);
     struct vd_image *f;
-    int rc = vd_open(frozen_path, VD_OPEN_FROZEN_OK, &f);
+    int rc = sn_vd_open(frozen_path, VD_OPEN_FROZEN_OK, &f);
     if (rc == 0) {
         if (val && *val) {
             rc = vmdk_desc_ddb_set(&f->desc, "ddb.dependents", val);
@@ -789,7 +846,7 @@ static int sn_get_dependents(const char *frozen_path, char **out)
 {
     struct vd_image *f;
     *out = NULL;
-    int rc = vd_open(frozen_path, VD_OPEN_RDONLY, &f);
+    int rc = sn_vd_open(frozen_path, VD_OPEN_RDONLY, &f);
     if (rc < 0)
         return rc;
     const char *v = f->kind == VD_KIND_VMDK ? vmdk_desc_ddb_get(&f->desc, "ddb.dependents") : NULL;
@@ -939,7 +996,7 @@ static int sn_consolidate_into(const char *cpath, const char *fpath, const char 
     if (ro)
         (void)chmod(cpath, st.st_mode | 0200);
     struct vd_image *c;
-    int rc = vd_open(cpath, VD_OPEN_FROZEN_OK, &c);
+    int rc = sn_vd_open(cpath, VD_OPEN_FROZEN_OK, &c);
     if (rc < 0)
         goto out_mode;
     if (c->kind != VD_KIND_VMDK) {
@@ -998,7 +1055,7 @@ int vd_snapshot_delete(const char *path, const char *name)
 {
     struct vd_image *top, *f = NULL;
     struct vd_snap_list l;
-    int lockfd;
+    struct sn_lock lockfd;
     int rc = sn_lock_folder(path, &lockfd);
     if (rc < 0)
         return rc;
@@ -1039,7 +1096,7 @@ int vd_snapshot_delete(const char *path, const char *name)
         rc = -EBUSY;
     if (rc < 0)
         goto out;
-    rc = vd_open(fpath, VD_OPEN_RDONLY, &f);
+    rc = sn_vd_open(fpath, VD_OPEN_RDONLY, &f);
     if (rc < 0)
         goto out;
     if (f->desc.parent_hint && !(phint = strdup(f->desc.parent_hint))) {
@@ -1095,7 +1152,7 @@ tree:
     free(s->file);
     memmove(s, s + 1, sizeof(*s) * (size_t)(l.n - (s - l.s) - 1));
     l.n--;
-    rc = vd_open(path, 0, &top);
+    rc = sn_vd_open(path, 0, &top);
     if (rc == 0) {
         __atomic_store_n(&top->cid_updated, 1, __ATOMIC_RELEASE);
         rc = sn_meta_store(&top->desc, &l);

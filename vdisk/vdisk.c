@@ -104,9 +104,20 @@ static bool vd_probe_text_desc(const uint8_t *b, size_t n)
     return memmem(b, n, "createType", 10) != NULL && memmem(b, n, "version", 7) != NULL;
 }
 
+enum vd_lock_mode vd_lock_mode_for(unsigned flags, bool rw)
+{
+    if (flags & VD_OPEN_NOLOCK)
+        return VD_LOCK_NONE;
+    if (flags & VD_OPEN_SHARED)
+        return VD_LOCK_SHARED;
+    return rw ? VD_LOCK_WRITE : VD_LOCK_READ;
+}
+
 int vd_open_chain(const char *path, unsigned flags, int depth, char **seen, struct vd_image **out)
 {
     *out = NULL;
+    if (flags & VD_OPEN_SHARED)
+        flags |= VD_OPEN_RDONLY;
     struct vd_image *img = vd_image_alloc(path, flags);
     if (!img)
         return -ENOMEM;
@@ -128,6 +139,9 @@ int vd_open_chain(const char *path, unsigned flags, int depth, char **seen, stru
         rc = -EINVAL;
         goto fail;
     }
+    rc = vd_imagelock_take(img->fd, path, vd_lock_mode_for(flags, !img->ro));
+    if (rc < 0)
+        goto fail;
     if (!(flags & VD_OPEN_RAW)) {
         uint8_t first[512];
         ssize_t n = pread(img->fd, first, sizeof(first), 0);

@@ -21,6 +21,14 @@ struct vd_image;
 /* vd_open flags */
 #define VD_OPEN_RDONLY (1u << 0)
 #define VD_OPEN_RAW (1u << 1) /* treat the file as raw, do not probe */
+/* Read-only and force-share (qemu-img -U): take only QEMU's consistent-read
+ * image lock and share everything, so it opens while a writer holds the
+ * image (what it reads may change under it). Without it, vd_open takes
+ * QEMU's image locks (imagelock.h) on every file of the chain: a writable
+ * open those of a writer, a read-only one (and every parent) those of a
+ * reader; -EBUSY, naming the holder, when another process (QEMU's tools, a
+ * VM, another vdisk) holds a conflicting one. Readers share. */
+#define VD_OPEN_SHARED (1u << 2)
 
 int vd_open(const char *path, unsigned flags, struct vd_image **out);
 int vd_close(struct vd_image *img); /* flushes if writable; returns the flush result */

@@ -36,6 +36,10 @@
 /* vd_open flag for snapshot.c only: open a frozen image (ddb.frozen) for
  * writing; without it such an image opens read-only or not at all. */
 #define VD_OPEN_FROZEN_OK (1u << 8)
+/* vd_open flag for the snapshot/clone code, which holds the disk's image
+ * lock itself for the whole operation (or runs inside the server holding
+ * it): take no image locks. Inherited by the parents. */
+#define VD_OPEN_NOLOCK (1u << 9)
 
 /* ---------------------------------------------------------------- header */
 /* Hosted sparse extent header ("KDMV", VMware Virtual Disk Format 1.1, and
@@ -249,6 +253,10 @@ struct vd_image {
 };
 
 /* vdisk.c */
+#include "imagelock.h"
+/* The image lock mode for a file of an image opened with `flags`, written
+ * (rw) or only read. */
+enum vd_lock_mode vd_lock_mode_for(unsigned flags, bool rw);
 /* fdatasync one file of img (EINVAL/EROFS: nothing to sync, 0). The first
  * failure is recorded in img->sync_err and returned; from then on every
  * call fails with -EIO at once, without syncing (QEMU's file driver does

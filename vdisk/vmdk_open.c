@@ -132,6 +132,9 @@ static int vmdk_open_extents(struct vd_image *img, bool embedded)
                             strerror(-rc));
                     return rc;
                 }
+                int rc = vd_imagelock_take(e->fd, e->path, vd_lock_mode_for(img->flags, rw));
+                if (rc < 0)
+                    return rc;
             }
         }
         if (!e->path || e->fd < 0)
@@ -208,7 +211,8 @@ static int vmdk_open_parent(struct vd_image *img, int depth, char **seen)
     }
     seen[depth + 1] = real;
     struct vd_image *p = NULL;
-    int rc = vd_open_chain(ppath, VD_OPEN_RDONLY, depth + 1, seen, &p);
+    int rc = vd_open_chain(ppath, VD_OPEN_RDONLY | (img->flags & (VD_OPEN_SHARED | VD_OPEN_NOLOCK)),
+                           depth + 1, seen, &p);
     seen[depth + 1] = NULL;
     free(real);
     if (rc < 0) {
