@@ -79,6 +79,71 @@ static void test_parse_size_forms(void **state)
     assert_int_equal(parse_size("100000000P", &v), -ERANGE);
 }
 
+static void test_parse_size_rejects_space_and_sign(void **state)
+{
+    uint64_t v = 7;
+    assert_int_equal(parse_size(" -5", &v), -EINVAL); /* strtoull would wrap it */
+    assert_int_equal(parse_size("+5", &v), -EINVAL);
+    assert_int_equal(parse_size(" 5", &v), -EINVAL);
+    assert_int_equal(parse_size(NULL, &v), -EINVAL);
+    assert_true(v == 7);
+}
+
+static void test_parse_u64_whole_string_and_range(void **state)
+{
+    uint64_t v = 7;
+    assert_int_equal(parse_u64("256", 1, 4096, &v), 0);
+    assert_true(v == 256);
+    assert_int_equal(parse_u64("0x100", 0, 4096, &v), 0);
+    assert_true(v == 256);
+    assert_int_equal(parse_u64("18446744073709551615", 0, UINT64_MAX, &v), 0);
+    assert_true(v == UINT64_MAX);
+    v = 7;
+    assert_int_equal(parse_u64("abc", 0, 10, &v), -EINVAL);
+    assert_int_equal(parse_u64("", 0, 10, &v), -EINVAL);
+    assert_int_equal(parse_u64("12abc", 0, 100, &v), -EINVAL);
+    assert_int_equal(parse_u64("1.5", 0, 100, &v), -EINVAL);
+    assert_int_equal(parse_u64("-1", 0, 100, &v), -EINVAL);
+    assert_int_equal(parse_u64(" 1", 0, 100, &v), -EINVAL);
+    assert_int_equal(parse_u64("+1", 0, 100, &v), -EINVAL);
+    assert_int_equal(parse_u64("0x", 0, 100, &v), -EINVAL);
+    assert_int_equal(parse_u64("0xg", 0, 100, &v), -EINVAL);
+    assert_int_equal(parse_u64("0", 1, 100, &v), -ERANGE);
+    assert_int_equal(parse_u64("101", 1, 100, &v), -ERANGE);
+    assert_int_equal(parse_u64("18446744073709551616", 0, UINT64_MAX, &v), -ERANGE);
+    assert_true(v == 7);
+}
+
+static void test_parse_duration_units(void **state)
+{
+    uint64_t ms = 7;
+    assert_int_equal(parse_duration_ms("2", 1000, &ms), 0);
+    assert_true(ms == 2000);
+    assert_int_equal(parse_duration_ms("0.5", 1000, &ms), 0);
+    assert_true(ms == 500);
+    assert_int_equal(parse_duration_ms("5000", 1, &ms), 0);
+    assert_true(ms == 5000);
+    assert_int_equal(parse_duration_ms("250ms", 1000, &ms), 0);
+    assert_true(ms == 250);
+    assert_int_equal(parse_duration_ms("1.5s", 1, &ms), 0);
+    assert_true(ms == 1500);
+    assert_int_equal(parse_duration_ms("2m", 1, &ms), 0);
+    assert_true(ms == 120000);
+    assert_int_equal(parse_duration_ms("1h", 1, &ms), 0);
+    assert_true(ms == 3600000);
+    ms = 7;
+    assert_int_equal(parse_duration_ms("abc", 1, &ms), -EINVAL);
+    assert_int_equal(parse_duration_ms("", 1, &ms), -EINVAL);
+    assert_int_equal(parse_duration_ms("-1", 1, &ms), -EINVAL);
+    assert_int_equal(parse_duration_ms("2x", 1, &ms), -EINVAL);
+    assert_int_equal(parse_duration_ms("2 s", 1, &ms), -EINVAL);
+    assert_int_equal(parse_duration_ms("0x10", 1, &ms), -EINVAL);
+    assert_int_equal(parse_duration_ms("1e3", 1, &ms), -EINVAL);
+    assert_int_equal(parse_duration_ms("inf", 1, &ms), -EINVAL);
+    assert_int_equal(parse_duration_ms("1e400", 1, &ms), -EINVAL);
+    assert_true(ms == 7);
+}
+
 static void test_json_escapes_and_nesting(void **state)
 {
     char *out = NULL;
@@ -122,6 +187,9 @@ int main(void)
         cmocka_unit_test(test_crc32c_known_vectors),
         cmocka_unit_test(test_crc32c_incremental_matches_whole),
         cmocka_unit_test(test_parse_size_forms),
+        cmocka_unit_test(test_parse_size_rejects_space_and_sign),
+        cmocka_unit_test(test_parse_u64_whole_string_and_range),
+        cmocka_unit_test(test_parse_duration_units),
         cmocka_unit_test(test_json_escapes_and_nesting),
         cmocka_unit_test(test_log_keeps_last_error),
     };

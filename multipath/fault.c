@@ -307,7 +307,12 @@ static int fault_submit(struct lun_path *p, struct lun_io *io)
     }
     if (inject) {
         f->st.injected++;
+        unsigned delay = f->delay_ms;
+        if (delay)
+            f->st.delayed++;
         pthread_mutex_unlock(&f->lock);
+        if (delay) /* an injected failure is late too, like every command */
+            usleep(delay * 1000u);
         char sb[LUN_SENSE_STR_MAX] = "";
         if (sense[0] || sense[1] || sense[2])
             lun_sense_str(sense[0], sense[1], sense[2], sb, sizeof sb);
@@ -328,8 +333,12 @@ static int fault_submit(struct lun_path *p, struct lun_io *io)
     }
     fio->f = f;
     fio->seq = ++f->seq;
-    fio->inner = (struct lun_io){
-        .op = io->op, .lba = io->lba, .nblocks = io->nblocks, .buf = io->buf, .flags = io->flags};
+    fio->inner = (struct lun_io){.op = io->op,
+                                 .lba = io->lba,
+                                 .nblocks = io->nblocks,
+                                 .buf = io->buf,
+                                 .flags = io->flags,
+                                 .deadline_ns = io->deadline_ns};
     if (io->op == LUN_OP_WRITE && f->reorder_k && !(io->flags & LUN_IO_FUA)) {
         /* Hold it back (a copy: the caller may reuse its buffer once told
          * the write is done), acknowledge it now. */

@@ -128,6 +128,7 @@ struct icmd {
     struct isync *sync;       /* ICMD_SYNC */
     void *owned;              /* buffer freed with the command (UNMAP list, PR params, CAW data) */
     uint64_t deadline_ns;     /* loop thread only */
+    uint64_t sent_ns;         /* loop thread only: handed to libiscsi */
     bool timed_out;           /* loop thread only */
     bool is_caw;              /* COMPARE AND WRITE: read back on miscompare */
     struct icmd *prev, *next; /* pending queue (next only) or in-flight list */
@@ -309,12 +310,18 @@ static void icmd_free(struct icmd *c)
     free(c);
 }
 
+/* Insert in deadline order. Commands without an I/O deadline all get the
+ * path's timeout from the loop's (growing) clock and go to the tail; one
+ * whose I/O deadline is nearer walks back past the later ones. */
 static void inflight_add(struct ipath *ip, struct icmd *c)
 {
-    c->next = &ip->inflight;
-    c->prev = ip->inflight.prev;
-    ip->inflight.prev->next = c;
-    ip->inflight.prev = c;
+    struct icmd *after = ip->inflight.prev;
+    while (after != &ip->inflight && after->deadline_ns > c->deadline_ns)
+        after = after->prev;
+    c->prev = after;
+    c->next = after->next;
+    after->next->prev = c;
+    after->next = c;
 }
 
 static void inflight_del(struct icmd *c)
@@ -454,7 +461,16 @@ static void ipath_dispatch(struct ipath *ip, struct icmd *c)
     /* The loop's clock, read after its last poll: one clock read per
      * wakeup, not per command. It only grows, so the in-flight list stays
      * in deadline order. */
+    c->sent_ns = ip->loop_now_ns;
     c->deadline_ns = ip->loop_now_ns + (uint64_t)ip->timeout_ms * 1000000ULL;
+    if (c->io && c->io->deadline_ns) {
+        /* min(timeout, time left to the I/O's deadline); the deadline is
+         * CLOCK_BOOTTIME, the loop runs on CLOCK_MONOTONIC. */
+        uint64_t bt = boottime_ns();
+        uint64_t left = c->io->deadline_ns > bt ? c->io->deadline_ns - bt : 0;
+        if (ip->loop_now_ns + left < c->deadline_ns)
+            c->deadline_ns = ip->loop_now_ns + left;
+    }
     ip->out_pdus += c->task->xfer_dir == SCSI_XFER_WRITE ? 2 : 1;
     inflight_add(ip, c);
     if (iscsi_scsi_command_async(ip->iscsi, ip->lun_nr, c->task, icmd_cb, NULL, c) != 0) {
@@ -564,8 +580,11 @@ static void ipath_expire(struct ipath *ip, uint64_t now)
         if (c->deadline_ns > now)
             break;
         c->timed_out = true;
-        log_err("%s: SCSI command 0x%02x timed out after %u ms", ip->base.name, c->task->cdb[0],
-                ip->timeout_ms);
+        log_err("%s: SCSI command 0x%02x timed out after %llu ms%s", ip->base.name,
+                c->task->cdb[0], (unsigned long long)((now - c->sent_ns) / 1000000),
+                c->deadline_ns < c->sent_ns + (uint64_t)ip->timeout_ms * 1000000ULL
+                    ? " (its I/O's deadline)"
+                    : "");
         /* The cancel runs icmd_cb (which unlinks and frees c) unless
          * libiscsi no longer knew the task: then finish it here. */
         iscsi_scsi_cancel_task(ip->iscsi, c->task);
@@ -1259,8 +1278,11 @@ static int iscsi_path_probe(struct lun_path *p, struct lun_info *info)
             snprintf(info->id, sizeof(info->id), "iscsi.%.200s.%d", ip->target, ip->lun_nr);
     }
     uint32_t max_ws = 0;
+    unsigned max_caw = 0; /* Block Limits: MAXIMUM COMPARE AND WRITE LENGTH */
     if (pages[0xB0] && ipath_inquiry(ip, 1, 0xB0, 64, &t) == 0) {
         const uint8_t *d = t->datain.data;
+        if (t->datain.size >= 6)
+            max_caw = d[5];
         if (t->datain.size >= 28) {
             info->max_transfer_blocks = be32_get(d + 8);
             info->max_unmap_blocks = be32_get(d + 20);
@@ -1313,6 +1335,11 @@ static int iscsi_path_probe(struct lun_path *p, struct lun_info *info)
     probe_rsoc(ip, &r);
     struct lun_caps *caps = &info->caps;
     ip->rsoc = r.valid;
+    /* COMPARE AND WRITE: a target with RSOC lists what it implements (tgt
+     * fills MAXIMUM COMPARE AND WRITE LENGTH in VPD 0xB0 but answers the
+     * opcode with INVALID COMMAND OPERATION CODE, and does not list it);
+     * one without RSOC (istgt) is taken at its Block Limits page, the way
+     * SBC-3 and ESXi detect ATS. */
     if (r.valid) {
         caps->compare_and_write = r.caw;
         caps->unmap = r.unmap && lbpu;
@@ -1321,9 +1348,9 @@ static int iscsi_path_probe(struct lun_path *p, struct lun_info *info)
         caps->sync_cache = r.sync16 || r.sync10;
         ip->have_sync16 = r.sync16;
     } else {
-        /* No RSOC: never claim COMPARE AND WRITE; trust VPD 0xB2 for
-         * unmap; learn SYNCHRONIZE CACHE by trying it. */
-        caps->compare_and_write = false;
+        /* No RSOC: COMPARE AND WRITE from the Block Limits page only;
+         * trust VPD 0xB2 for unmap; learn SYNCHRONIZE CACHE by trying it. */
+        caps->compare_and_write = max_caw > 0;
         caps->unmap = lbpu;
         caps->write_same_unmap = lbpws;
         caps->write_same = lbpws;
@@ -1528,8 +1555,8 @@ static int iscsi_path_submit(struct lun_path *p, struct lun_io *io)
     }
     case LUN_OP_COMPARE_AND_WRITE: {
         if (!ip->have_caw) {
-            log_err("%s: COMPARE AND WRITE not supported by the target (not listed in REPORT "
-                    "SUPPORTED OPERATION CODES)",
+            log_err("%s: COMPARE AND WRITE not supported by the target (not in REPORT "
+                    "SUPPORTED OPERATION CODES, no MAXIMUM COMPARE AND WRITE LENGTH in VPD 0xB0)",
                     p->name);
             return -EOPNOTSUPP;
         }

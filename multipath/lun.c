@@ -184,6 +184,7 @@ struct lun {
     bool pr_registered;             /* protected by lock: lun_pr_register(key != 0) succeeded */
     uint64_t pr_key;                /* protected by lock */
     bool fenced;                    /* protected by lock */
+    _Atomic bool self_fenced;       /* lun_fence_self(); cleared by lun_pr_register(key != 0) */
     lun_register_check_fn check_fn; /* protected by lock */
     void *check_opaque;             /* protected by lock */
     pthread_t monitor;              /* immutable once started */
@@ -440,6 +441,43 @@ static unsigned lun_lat_bucket(uint64_t us)
 static uint64_t lun_since_epoch_ns(const struct lun *lun)
 {
     return now_ns() - lun->epoch_ns;
+}
+
+uint64_t lun_now_ns(void)
+{
+    return boottime_ns();
+}
+
+/* Has io's deadline passed? (No clock read without a deadline.) */
+static bool lun_io_late(const struct lun_io *io)
+{
+    return io->deadline_ns && boottime_ns() >= io->deadline_ns;
+}
+
+/* May io go to a path now? 0, -ETIMEDOUT (its deadline has passed) or
+ * -EBADE (a write after lun_fence_self). Checked at every dispatch: the
+ * first, retries on the same path, failovers and queue drains. */
+static int lun_io_gate(const struct lun *lun, const struct lun_io *io)
+{
+    if (lun_op_modifies(io->op) && lun->self_fenced)
+        return -EBADE;
+    if (lun_io_late(io))
+        return -ETIMEDOUT;
+    return 0;
+}
+
+/* Say why the gate stopped io (`when`: "before dispatch", "before a retry",
+ * ...). */
+static void lun_io_gate_log(const struct lun *lun, const struct lun_io *io, int rc,
+                            const char *when)
+{
+    if (rc == -EBADE)
+        log_err("%s: %s of %u blocks at lba %llu refused %s: this host has fenced itself",
+                lun->name, lun_op_name(io->op), io->nblocks, (unsigned long long)io->lba, when);
+    else
+        log_err("%s: %s of %u blocks at lba %llu: deadline passed %s (%llu ms ago)", lun->name,
+                lun_op_name(io->op), io->nblocks, (unsigned long long)io->lba, when,
+                (unsigned long long)((boottime_ns() - io->deadline_ns) / 1000000));
 }
 
 /* ---- Open / close ------------------------------------------------------- */
@@ -792,9 +830,90 @@ void lun_set_register_check(struct lun *lun, lun_register_check_fn fn, void *opa
 bool lun_is_fenced(struct lun *lun)
 {
     pthread_mutex_lock(&lun->lock);
-    bool f = lun->fenced;
+    bool f = lun->fenced || lun->self_fenced;
     pthread_mutex_unlock(&lun->lock);
     return f;
+}
+
+void lun_fence_self(struct lun *lun)
+{
+    /* From here on the gate (lun_io_gate) stops every write at its next
+     * dispatch, retry, failover or queue drain. Writes waiting in the
+     * queue fail now. */
+    pthread_mutex_lock(&lun->lock);
+    bool first = !lun->self_fenced;
+    lun->self_fenced = true;
+    struct lun_io *fail = NULL, **fail_tail = &fail;
+    struct lun_io *keep = NULL, *keep_tail = NULL, *q = lun->q_head;
+    unsigned nfail = 0;
+    while (q) {
+        struct lun_io *next = q->priv[3];
+        q->priv[3] = NULL;
+        if (lun_op_modifies(q->op)) {
+            *fail_tail = q;
+            fail_tail = (struct lun_io **)&q->priv[3];
+            nfail++;
+        } else {
+            if (keep_tail)
+                keep_tail->priv[3] = q;
+            else
+                keep = q;
+            keep_tail = q;
+        }
+        q = next;
+    }
+    lun->q_head = keep;
+    lun->q_tail = keep_tail;
+    lun->nqueued -= nfail;
+    struct lun_path *abort_on[LUN_MAX_PATHS];
+    unsigned nabort = 0;
+    for (unsigned i = 0; i < lun->npaths; i++) {
+        struct mp_slot *s = &lun->slots[i];
+        if (s->p && s->p->ops->abort_writes && s->inflight) {
+            s->submitting++; /* keeps the path open */
+            abort_on[nabort++] = s->p;
+        }
+    }
+    pthread_mutex_unlock(&lun->lock);
+    if (first)
+        log_err("%s: this host fenced itself: %u queued write(s) fail, no write reaches the LUN "
+                "until it registers again",
+                lun->name, nfail);
+    while (fail) {
+        struct lun_io *next = fail->priv[3];
+        fail->sense_key = fail->asc = fail->ascq = 0;
+        lun_io_finish(fail, -EBADE);
+        fail = next;
+    }
+    /* Writes in flight: ask the paths to abort them (iSCSI: ABORT TASK);
+     * whatever comes back failed is stopped by the gate, not retried. */
+    for (unsigned k = 0; k < nabort; k++) {
+        abort_on[k]->ops->abort_writes(abort_on[k]);
+        pthread_mutex_lock(&lun->lock);
+        for (unsigned i = 0; i < lun->npaths; i++)
+            if (lun->slots[i].p == abort_on[k]) {
+                lun->slots[i].submitting--;
+                break;
+            }
+        pthread_mutex_unlock(&lun->lock);
+    }
+}
+
+unsigned lun_max_io_time_ms(const struct lun *lun)
+{
+    /* A write without a deadline: up to 1 + LUN_RETRY_SAME_MAX tries on
+     * its first path, each bounded by the command timeout (and, once it
+     * timed out, by the time to learn the target dropped it: another
+     * timeout for ABORT TASK / LOGICAL UNIT RESET); with the engine, it
+     * then waits in the queue at most queue_ms from the moment it first
+     * failed over, and the last dispatch from there may take as long as
+     * the first. */
+    uint64_t t = lun->opts.timeout_ms ? lun->opts.timeout_ms : 5000;
+    uint64_t stint = (uint64_t)(1 + LUN_RETRY_SAME_MAX) * t + t;
+    uint64_t total = stint;
+    if (lun->mp)
+        total += (uint64_t)lun->opts.queue_ms + stint;
+    return total > UINT32_MAX ? UINT32_MAX : (unsigned)total;
 }
 
 /* ---- Path states and selection (lun->lock held) ------------------------ */
@@ -1131,6 +1250,13 @@ static int mp_dispatch_plain(struct lun *lun, struct lun_io *io, unsigned retrie
  * single path the path's refusal (-errno, done not called). */
 static int mp_dispatch(struct lun *lun, struct lun_io *io, unsigned retries, int pin)
 {
+    int gate = lun_io_gate(lun, io);
+    if (gate < 0) {
+        lun_io_gate_log(lun, io, gate, retries ? "before a retry" : "before dispatch");
+        io->sense_key = io->asc = io->ascq = 0;
+        lun_io_finish(io, gate);
+        return 0;
+    }
     if (!lun->mp)
         return mp_dispatch_plain(lun, io, retries);
     pthread_mutex_lock(&lun->lock);
@@ -1204,6 +1330,15 @@ static void mp_failover(struct lun *lun, struct lun_io *io, unsigned pidx, int r
         lun_io_finish(io, -EIO);
         return;
     }
+    int gate = lun_io_gate(lun, io);
+    if (gate < 0) {
+        /* Not re-issued, not queued: past its deadline, or fenced. */
+        pthread_mutex_unlock(&lun->lock);
+        lun_io_gate_log(lun, io, gate, "before failover");
+        io->sense_key = io->asc = io->ascq = 0;
+        lun_io_finish(io, gate);
+        return;
+    }
     if (lun_op_modifies(io->op) || io->op == LUN_OP_FLUSH) {
         if (!s->torn_down) {
             /* Not before the old session is gone: a stale copy must not
@@ -1269,6 +1404,16 @@ static void lun_io_done(struct lun_io *io, int result)
             return;
         result = rc;
     }
+    if (cls == LUN_SENSE_FAILOVER && lun->mp && result == -ETIMEDOUT && lun_io_late(io) &&
+        (uint64_t)lat < (uint64_t)lun->opts.timeout_ms * 1000) {
+        /* The command's timeout was cut short by the I/O's deadline: the
+         * path did nothing wrong, and the I/O is over. */
+        log_err("%s: %s of %u blocks at lba %llu on %s: deadline passed after %u ms in flight",
+                lun->name, lun_op_name(io->op), io->nblocks, (unsigned long long)io->lba, pname,
+                lat / 1000);
+        lun_io_finish(io, -ETIMEDOUT);
+        return;
+    }
     if (cls == LUN_SENSE_FAILOVER && lun->mp) {
         char why[160];
         snprintf(why, sizeof why, "%s at lba %llu: %s%s%s", lun_op_name(io->op),
@@ -1333,7 +1478,14 @@ static void mp_queue_run(struct lun *lun)
             else
                 q->priv[4] = NULL;
         }
-        if (mp_queue_expired(lun, q) || lun->stopping) {
+        int gate = lun_io_gate(lun, q);
+        if (gate < 0) {
+            /* Past its deadline or fenced: fails now, barrier or not. */
+            q->priv[4] = (void *)(intptr_t)gate;
+            *fail_tail = q;
+            fail_tail = (struct lun_io **)&q->priv[3];
+        } else if (mp_queue_expired(lun, q) || lun->stopping) {
+            q->priv[4] = NULL;
             *fail_tail = q;
             fail_tail = (struct lun_io **)&q->priv[3];
         } else if (!blocked && any_up) {
@@ -1359,12 +1511,16 @@ static void mp_queue_run(struct lun *lun)
     pthread_mutex_unlock(&lun->lock);
     while (fail) {
         struct lun_io *next = fail->priv[3];
-        log_err("%s: %s of %u blocks at lba %llu failed: no path to the LUN for %u ms (all "
-                "paths down)",
-                lun->name, lun_op_name(fail->op), fail->nblocks, (unsigned long long)fail->lba,
-                lun->opts.queue_ms);
+        int gate = (int)(intptr_t)fail->priv[4];
+        if (gate < 0)
+            lun_io_gate_log(lun, fail, gate, "while queued");
+        else
+            log_err("%s: %s of %u blocks at lba %llu failed: no path to the LUN for %u ms (all "
+                    "paths down)",
+                    lun->name, lun_op_name(fail->op), fail->nblocks, (unsigned long long)fail->lba,
+                    lun->opts.queue_ms);
         fail->sense_key = fail->asc = fail->ascq = 0;
-        lun_io_finish(fail, -EIO);
+        lun_io_finish(fail, gate < 0 ? gate : -EIO);
         fail = next;
     }
     while (go) {
@@ -1646,6 +1802,7 @@ static void lun_split_prepare(struct lun_split *s)
     s->child.lba = pa->lba + s->done_blocks;
     s->child.nblocks = left < max ? left : max;
     s->child.flags = pa->flags;
+    s->child.deadline_ns = pa->deadline_ns;
     s->child.opaque = s;
     if (pa->buf && pa->op != LUN_OP_WRITE_SAME)
         s->child.buf = (uint8_t *)pa->buf + (size_t)s->done_blocks * s->lun->info.block_size;
@@ -1679,6 +1836,11 @@ int lun_submit(struct lun *lun, struct lun_io *io)
     int rc = lun_io_check(lun, io);
     if (rc < 0)
         return rc;
+    rc = lun_io_gate(lun, io);
+    if (rc < 0) {
+        lun_io_gate_log(lun, io, rc, "at submission");
+        return rc;
+    }
     io->sense_key = io->asc = io->ascq = 0;
     uint32_t max = lun->info.max_transfer_blocks;
     if (max && io->nblocks > max &&
@@ -1719,7 +1881,7 @@ static void lun_waiter_done(struct lun_io *io, int result)
 }
 
 static int lun_sync(struct lun *lun, enum lun_op op, uint64_t lba, uint32_t nblocks, void *buf,
-                    unsigned flags)
+                    unsigned flags, uint64_t deadline_ns)
 {
     struct lun_waiter w = {.done = false, .result = 0};
     pthread_mutex_init(&w.m, NULL);
@@ -1730,6 +1892,7 @@ static int lun_sync(struct lun *lun, enum lun_op op, uint64_t lba, uint32_t nblo
         .nblocks = nblocks,
         .buf = buf,
         .flags = flags,
+        .deadline_ns = deadline_ns,
         .done = lun_waiter_done,
         .opaque = &w,
     };
@@ -1746,34 +1909,51 @@ static int lun_sync(struct lun *lun, enum lun_op op, uint64_t lba, uint32_t nblo
     return rc;
 }
 
+int lun_read_dl(struct lun *lun, uint64_t lba, uint32_t nblocks, void *buf, uint64_t deadline_ns)
+{
+    return lun_sync(lun, LUN_OP_READ, lba, nblocks, buf, 0, deadline_ns);
+}
+
+int lun_write_dl(struct lun *lun, uint64_t lba, uint32_t nblocks, const void *buf, unsigned flags,
+                 uint64_t deadline_ns)
+{
+    return lun_sync(lun, LUN_OP_WRITE, lba, nblocks, (void *)buf, flags, deadline_ns);
+}
+
 int lun_read(struct lun *lun, uint64_t lba, uint32_t nblocks, void *buf)
 {
-    return lun_sync(lun, LUN_OP_READ, lba, nblocks, buf, 0);
+    return lun_sync(lun, LUN_OP_READ, lba, nblocks, buf, 0, 0);
 }
 
 int lun_write(struct lun *lun, uint64_t lba, uint32_t nblocks, const void *buf, unsigned flags)
 {
-    return lun_sync(lun, LUN_OP_WRITE, lba, nblocks, (void *)buf, flags);
+    return lun_sync(lun, LUN_OP_WRITE, lba, nblocks, (void *)buf, flags, 0);
 }
 
 int lun_flush(struct lun *lun)
 {
-    return lun_sync(lun, LUN_OP_FLUSH, 0, 0, NULL, 0);
+    return lun_sync(lun, LUN_OP_FLUSH, 0, 0, NULL, 0, 0);
 }
 
 int lun_unmap(struct lun *lun, uint64_t lba, uint32_t nblocks)
 {
-    return lun_sync(lun, LUN_OP_UNMAP, lba, nblocks, NULL, 0);
+    return lun_sync(lun, LUN_OP_UNMAP, lba, nblocks, NULL, 0, 0);
 }
 
 int lun_write_same(struct lun *lun, uint64_t lba, uint32_t nblocks, const void *block,
                    unsigned flags)
 {
-    return lun_sync(lun, LUN_OP_WRITE_SAME, lba, nblocks, (void *)block, flags);
+    return lun_sync(lun, LUN_OP_WRITE_SAME, lba, nblocks, (void *)block, flags, 0);
 }
 
 int lun_compare_and_write(struct lun *lun, uint64_t lba, const void *expect, const void *data,
                           void *found)
+{
+    return lun_compare_and_write_dl(lun, lba, expect, data, found, 0);
+}
+
+int lun_compare_and_write_dl(struct lun *lun, uint64_t lba, const void *expect, const void *data,
+                             void *found, uint64_t deadline_ns)
 {
     uint32_t bs = lun->info.block_size;
     if (!expect || !data) {
@@ -1786,7 +1966,7 @@ int lun_compare_and_write(struct lun *lun, uint64_t lba, const void *expect, con
         return -ENOMEM;
     memcpy(buf, expect, bs);
     memcpy(buf + bs, data, bs);
-    int rc = lun_sync(lun, LUN_OP_COMPARE_AND_WRITE, lba, 1, buf, 0);
+    int rc = lun_sync(lun, LUN_OP_COMPARE_AND_WRITE, lba, 1, buf, 0, deadline_ns);
     if (rc == -EILSEQ && found)
         memcpy(found, buf, bs);
     free(buf);
@@ -1883,6 +2063,11 @@ int lun_pr_register(struct lun *lun, uint64_t key)
         int r = p->ops->pr_out(p, LUN_PR_ACT_REGISTER_IGNORE, 0, key, LUN_PR_NONE);
         if (mp_path_put(lun, i, r, "PERSISTENT RESERVE OUT REGISTER"))
             continue;
+        if (r == -EOPNOTSUPP && key != 0) {
+            /* No reservations (a file LUN): rejoining still lifts our own
+             * fence. */
+            lun->self_fenced = false;
+        }
         if (r < 0)
             return r;
         ok++;
@@ -1894,8 +2079,10 @@ int lun_pr_register(struct lun *lun, uint64_t key)
     pthread_mutex_lock(&lun->lock);
     lun->pr_key = key;
     lun->pr_registered = key != 0;
-    if (key != 0)
+    if (key != 0) {
         lun->fenced = false;
+        lun->self_fenced = false;
+    }
     pthread_mutex_unlock(&lun->lock);
     return rc;
 }

@@ -191,7 +191,32 @@ unsigned lun_queued_ios(struct lun *lun); /* I/Os waiting for a path */
  * unchecked. */
 typedef int (*lun_register_check_fn)(void *opaque);
 void lun_set_register_check(struct lun *lun, lun_register_check_fn fn, void *opaque);
+/* True once this host is fenced: by the target (RESERVATION CONFLICT or
+ * 2A/03 while registered, or the register check said 0) or by itself
+ * (lun_fence_self). */
 bool lun_is_fenced(struct lun *lun);
+
+/* Fence this host by itself (the lock layer's self-fence deadline passed):
+ * from now on no write (WRITE, WRITE SAME, UNMAP, COMPARE AND WRITE) of
+ * this LUN reaches a path. Writes waiting in the LUN layer (all-paths-down
+ * queue, waiting for a failed path's teardown) complete at once with
+ * -EBADE, later ones too, and so do retries and failovers of writes that
+ * are in flight now; reads go on. Writes in flight on a path are aborted
+ * where the path can (iSCSI: ABORT TASK, see docs/multipath.md). Lifted by
+ * the next lun_pr_register() with a non-zero key (the host rejoins). */
+void lun_fence_self(struct lun *lun);
+
+/* ---- Deadlines (lock-guarded I/O) -------------------------------------- */
+
+/* CLOCK_BOOTTIME now, in nanoseconds: the clock of lun_io.deadline_ns. */
+uint64_t lun_now_ns(void);
+
+/* The longest a single write without a deadline can stay in the LUN layer
+ * before it completes or is known to be dropped, with this LUN's options:
+ * command timeouts times tries on the same path, on a first path and after
+ * a failover, the teardown of a failed session, and the all-paths-down
+ * queue (multipath). docs/lun.md gives the numbers at the defaults. */
+unsigned lun_max_io_time_ms(const struct lun *lun);
 
 /* ---- Synchronous I/O (simple callers) ---------------------------------- */
 
@@ -212,6 +237,14 @@ int lun_write_same(struct lun *lun, uint64_t lba, uint32_t nblocks, const void *
 int lun_compare_and_write(struct lun *lun, uint64_t lba, const void *expect, const void *data,
                           void *found);
 int lun_test_unit_ready(struct lun *lun);
+
+/* The same with a deadline (absolute lun_now_ns() nanoseconds; 0 = none):
+ * see lun_io.deadline_ns. */
+int lun_read_dl(struct lun *lun, uint64_t lba, uint32_t nblocks, void *buf, uint64_t deadline_ns);
+int lun_write_dl(struct lun *lun, uint64_t lba, uint32_t nblocks, const void *buf, unsigned flags,
+                 uint64_t deadline_ns);
+int lun_compare_and_write_dl(struct lun *lun, uint64_t lba, const void *expect, const void *data,
+                             void *found, uint64_t deadline_ns);
 
 /* ---- Persistent reservations (SPC-4) ------------------------------------ */
 
@@ -271,6 +304,16 @@ struct lun_io {
     unsigned flags;      /* LUN_IO_* */
     lun_io_done_fn done; /* called exactly once, on a LUN thread: do not block in it */
     void *opaque;
+    /* Absolute deadline in lun_now_ns() (CLOCK_BOOTTIME) nanoseconds; 0 =
+     * none. An I/O whose deadline has passed is never dispatched to a
+     * path, retried, failed over or taken from the all-paths-down queue:
+     * it completes with -ETIMEDOUT (lun_submit refuses it at once). Each
+     * command it sends gets min(timeout_ms, time left) as its timeout. A
+     * write that fails with -ETIMEDOUT past its deadline may or may not
+     * have reached the medium, but no copy of it is left in flight that
+     * the target could still execute, except behind a session the LUN
+     * layer is still tearing down (docs/multipath.md, Deadlines). */
+    uint64_t deadline_ns;
     /* set by the LUN layer before done() is called */
     uint8_t sense_key, asc, ascq; /* SCSI sense of the final failure, 0 if none */
     /* private to the LUN layer */

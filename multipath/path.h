@@ -55,6 +55,11 @@ struct lun_path_ops {
      * thread, may be called more than once, takes the core's lock and must
      * not call back into the path. fn NULL: stop reporting. */
     void (*set_report)(struct lun_path *p, lun_path_report_fn fn, void *opaque);
+    /* Optional (lun_fence_self): abort every write command in flight on
+     * the path (iSCSI: ABORT TASK for each); each completes with an error
+     * (or its success, if the target finished it first). Never called on
+     * the path's own thread; may return before the completions arrive. */
+    void (*abort_writes)(struct lun_path *p);
     /* Optional: liveness pings answered and intervals missed so far. */
     void (*ping_stats)(const struct lun_path *p, uint64_t *answered, uint64_t *missed);
 };

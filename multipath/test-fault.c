@@ -324,6 +324,93 @@ static void test_core_splits_commands_at_max_transfer(void **state)
     lun_close(lun);
 }
 
+/* ---- Deadlines and self-fencing (issue 10 item 3) ---------------------- */
+
+static void test_deadline_passed_write_is_never_dispatched(void **state)
+{
+    struct fixture *fx = *state;
+    uint8_t b[BS];
+    pattern(b, 77);
+    uint64_t past = lun_now_ns() - 1;
+    assert_int_equal(lun_write_dl(fx->lun, 3, 1, b, 0, past), -ETIMEDOUT);
+    assert_int_equal(lun_read_dl(fx->lun, 3, 1, b, past), -ETIMEDOUT);
+    struct lun_fault_stats st;
+    lun_fault_get_stats(fx->f, &st);
+    assert_int_equal(st.writes, 0); /* nothing reached the path */
+    assert_int_equal(st.reads, 0);
+    assert_non_null(strstr(logbuf, "deadline passed"));
+    /* A future deadline is no obstacle. */
+    pattern(b, 78);
+    assert_int_equal(lun_write_dl(fx->lun, 3, 1, b, 0, lun_now_ns() + 5000000000ull), 0);
+}
+
+/* A write whose first try fails with a retryable sense after its deadline
+ * (the path answered late) is not retried: -ETIMEDOUT, one command sent. */
+static void test_retry_after_deadline_is_not_dispatched(void **state)
+{
+    struct fixture *fx = *state;
+    uint8_t b[BS], r[BS];
+    lun_fault_set_delay(fx->f, 150);
+    /* UNIT ATTENTION 29/00 (power on): retried on the same path. */
+    lun_fault_fail_write(fx->f, 1, false, -EIO, 0x6, 0x29, 0x00);
+    pattern(b, 91);
+    assert_int_equal(lun_write_dl(fx->lun, 5, 1, b, 0, lun_now_ns() + 50000000ull), -ETIMEDOUT);
+    lun_fault_set_delay(fx->f, 0);
+    struct lun_fault_stats st;
+    lun_fault_get_stats(fx->f, &st);
+    assert_int_equal(st.writes, 1);
+    assert_int_equal(st.issued_writes, 0);
+    read_medium(fx->path, 5, r);
+    assert_true(is_zero(r));
+    /* Without a deadline the same failure is retried invisibly. */
+    lun_fault_fail_write(fx->f, 1, false, -EIO, 0x6, 0x29, 0x00);
+    assert_int_equal(lun_write(fx->lun, 5, 1, b, 0), 0);
+    read_medium(fx->path, 5, r);
+    assert_memory_equal(r, b, BS);
+}
+
+static void test_fence_self_refuses_writes_until_register(void **state)
+{
+    struct fixture *fx = *state;
+    uint8_t b[BS], r[BS];
+    pattern(b, 5);
+    memset(r, 0, sizeof r);
+    assert_false(lun_is_fenced(fx->lun));
+    lun_fence_self(fx->lun);
+    assert_true(lun_is_fenced(fx->lun));
+    assert_int_equal(lun_write(fx->lun, 9, 1, b, 0), -EBADE);
+    assert_int_equal(lun_write_same(fx->lun, 9, 2, b, 0), -EBADE);
+    assert_int_equal(lun_compare_and_write(fx->lun, 9, r, b, NULL), -EBADE);
+    assert_int_equal(lun_read(fx->lun, 9, 1, r), 0); /* reads go on */
+    assert_true(is_zero(r));
+    struct lun_fault_stats st;
+    lun_fault_get_stats(fx->f, &st);
+    assert_int_equal(st.writes + st.write_sames + st.compare_and_writes, 0);
+    assert_non_null(strstr(logbuf, "fenced itself"));
+    /* Rejoining (a file LUN has no reservations) lifts it. */
+    assert_int_equal(lun_pr_register(fx->lun, 0x1234), -EOPNOTSUPP);
+    assert_false(lun_is_fenced(fx->lun));
+    assert_int_equal(lun_write(fx->lun, 9, 1, b, 0), 0);
+}
+
+static void test_max_io_time_follows_options(void **state)
+{
+    struct fixture *fx = *state;
+    /* One plain path, defaults: (1 + 5 tries + 1 abort) x 5000 ms. */
+    assert_int_equal(lun_max_io_time_ms(fx->lun), 35000);
+    struct lun_options o;
+    lun_options_init(&o);
+    o.timeout_ms = 1000;
+    o.multipath = true;
+    o.queue_ms = 2000;
+    struct lun *l2;
+    struct lun_fault *f2;
+    assert_int_equal(lun_open_fault(fx->path, &o, &l2, &f2), 0);
+    /* Two stints of 7 s around a 2 s queue. */
+    assert_int_equal(lun_max_io_time_ms(l2), 7000 + 2000 + 7000);
+    lun_close(l2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -341,6 +428,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_concurrent_writers_with_reorder_lose_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_core_splits_commands_at_max_transfer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deadline_passed_write_is_never_dispatched, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_retry_after_deadline_is_not_dispatched, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_fence_self_refuses_writes_until_register, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_max_io_time_follows_options, setup, teardown),
     };
     log_set_program("test-fault");
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -761,6 +761,124 @@ static void test_all_paths_down_longer_than_queue_time_fails_eio(void **state)
     fixture_close(&fx);
 }
 
+/* Wait up to ms for an async I/O to complete; true if it did. */
+static bool async_wait(struct async_one *a, unsigned ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&a->m);
+    while (!a->done && pthread_cond_timedwait(&a->c, &a->m, &ts) == 0)
+        ;
+    bool d = a->done;
+    pthread_mutex_unlock(&a->m);
+    return d;
+}
+
+/* All paths down, a write with a deadline waits in the queue: at its
+ * deadline it fails with -ETIMEDOUT and is never drained to a path that
+ * comes back later (issue 10 item 3). */
+static void test_queued_write_fails_at_deadline_not_drained(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_SERVICE_TIME);
+    o.queue_ms = 60000;
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    fx.tp[0]->mode = T_CUT;
+    fx.tp[1]->mode = T_CUT;
+    uint8_t b[BS], r[BS];
+    fill(b, 7, 41);
+    struct async_one a = {.done = false};
+    pthread_mutex_init(&a.m, NULL);
+    pthread_cond_init(&a.c, NULL);
+    struct lun_io io = {.op = LUN_OP_WRITE,
+                        .lba = 7,
+                        .nblocks = 1,
+                        .buf = b,
+                        .done = async_done,
+                        .opaque = &a,
+                        .deadline_ns = lun_now_ns() + 300000000ull};
+    assert_int_equal(lun_submit(fx.lun, &io), 0);
+    /* Fails by itself at the deadline, with no path back (the old code
+     * kept it queued for queue_ms = 60 s). */
+    assert_true(async_wait(&a, 5000));
+    assert_int_equal(a.result, -ETIMEDOUT);
+    assert_true(logged("deadline passed"));
+    assert_int_equal(lun_queued_ios(fx.lun), 0);
+    unsigned w1 = fx.tp[1]->writes;
+    fx.tp[1]->mode = T_UP;
+    assert_true(wait_state(fx.lun, 1, LUN_PATH_ACTIVE, 5000));
+    usleep(100000); /* a few monitor ticks: nothing left to drain */
+    assert_int_equal(fx.tp[1]->writes, w1);
+    assert_int_equal(lun_read(fx.lun, 7, 1, r), 0);
+    uint8_t zero[BS] = {0};
+    assert_memory_equal(r, zero, BS);
+    pthread_cond_destroy(&a.c);
+    pthread_mutex_destroy(&a.m);
+    fixture_close(&fx);
+}
+
+/* lun_fence_self: queued writes fail at once with -EBADE, a queued read
+ * stays queued and completes when a path returns; later writes fail at
+ * submission until lun_pr_register. */
+static void test_fence_self_fails_queued_writes_keeps_reads(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_ROUND_ROBIN);
+    o.queue_ms = 60000;
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    fx.tp[0]->mode = T_CUT;
+    fx.tp[1]->mode = T_CUT;
+    uint8_t b[BS], r[BS];
+    fill(b, 9, 42);
+    struct async_one w = {.done = false}, rd = {.done = false};
+    pthread_mutex_init(&w.m, NULL);
+    pthread_cond_init(&w.c, NULL);
+    pthread_mutex_init(&rd.m, NULL);
+    pthread_cond_init(&rd.c, NULL);
+    struct lun_io wio = {
+        .op = LUN_OP_WRITE, .lba = 9, .nblocks = 1, .buf = b, .done = async_done, .opaque = &w};
+    struct lun_io rio = {
+        .op = LUN_OP_READ, .lba = 9, .nblocks = 1, .buf = r, .done = async_done, .opaque = &rd};
+    assert_int_equal(lun_submit(fx.lun, &wio), 0);
+    assert_int_equal(lun_submit(fx.lun, &rio), 0);
+    for (int k = 0; k < 500 && lun_queued_ios(fx.lun) < 2; k++)
+        usleep(10000);
+    assert_int_equal(lun_queued_ios(fx.lun), 2);
+    lun_fence_self(fx.lun);
+    assert_true(async_wait(&w, 2000));
+    assert_int_equal(w.result, -EBADE);
+    assert_true(lun_is_fenced(fx.lun));
+    assert_int_equal(lun_queued_ios(fx.lun), 1);
+    assert_false(async_wait(&rd, 50));
+    assert_int_equal(lun_write(fx.lun, 10, 1, b, 0), -EBADE);
+    unsigned w0 = fx.tp[0]->writes + fx.tp[1]->writes;
+    fx.tp[1]->mode = T_UP;
+    assert_true(async_wait(&rd, 5000));
+    assert_int_equal(rd.result, 0);
+    uint8_t zero[BS] = {0};
+    assert_memory_equal(r, zero, BS);
+    assert_int_equal(fx.tp[0]->writes + fx.tp[1]->writes, w0);
+    /* Rejoin: the key is registered again and writes flow. */
+    assert_int_equal(lun_pr_register(fx.lun, 0xABC), 0);
+    assert_false(lun_is_fenced(fx.lun));
+    assert_int_equal(lun_write(fx.lun, 9, 1, b, 0), 0);
+    pthread_cond_destroy(&w.c);
+    pthread_mutex_destroy(&w.m);
+    pthread_cond_destroy(&rd.c);
+    pthread_mutex_destroy(&rd.m);
+    fixture_close(&fx);
+}
+
 static void test_flush_and_reads_fail_over_too(void **state)
 {
     (void)state;
@@ -887,6 +1005,8 @@ int main(void)
         cmocka_unit_test(test_flapping_path_is_held_back),
         cmocka_unit_test(test_all_paths_down_shorter_than_queue_time_resumes),
         cmocka_unit_test(test_all_paths_down_longer_than_queue_time_fails_eio),
+        cmocka_unit_test(test_queued_write_fails_at_deadline_not_drained),
+        cmocka_unit_test(test_fence_self_fails_queued_writes_keeps_reads),
         cmocka_unit_test(test_flush_and_reads_fail_over_too),
         cmocka_unit_test(test_reconnect_reregisters_key_after_check),
         cmocka_unit_test(test_reservation_conflict_reports_fenced_and_stops_reregistering),

@@ -7,10 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cfs_group.h"
 #include "json.h"
 #include "lockspace.h"
 #include "log.h"
 #include "lun.h"
+#include "opt.h"
 #include "tools.h"
 #include "util.h"
 
@@ -18,35 +20,32 @@ static void locks_usage(FILE *f)
 {
     fprintf(
         f, "usage: clusterfs locks [--json] [--offset N] [--samples N | --settle] LUN...\n"
-           "       clusterfs locks init [--offset N] [--io-timeout S] [--hosts N] [--locks N] LUN\n"
+           "       clusterfs locks init [--offset N] [--io-timeout T] [--hosts N] [--locks N] LUN\n"
            "\n"
            "Show the hosts of the lockspace at block --offset (default 0) of each LUN\n"
            "(name, slot, state, heartbeat age as this observer measures it) and its\n"
-           "held locks (mode, owners, version). The heartbeat region is read --samples\n"
-           "times (default 2), one renewal period apart: a host is 'live' once its slot\n"
-           "changed while we watched, 'unknown' before, 'dead' only after the dead time.\n"
-           "--settle samples until no host is 'unknown' (at most the dead time plus two\n"
-           "renewals), so dead hosts show as 'dead'. HEARTBEAT AGE is the time since\n"
-           "this observer saw the slot change; '>=' when it never saw it change (the\n"
-           "age is then only a lower bound).\n"
+           "held locks (mode, owners, version). LUN arguments that reach the same LUN\n"
+           "(same identity) are its paths: one lockspace, shown once. The heartbeat\n"
+           "region is read --samples times (default 2), one renewal period apart: a\n"
+           "host is 'live' once its slot changed while we watched, 'unknown' before,\n"
+           "'dead' only after the dead time. --settle samples until no host is\n"
+           "'unknown' (at most the dead time plus two renewals), so dead hosts show as\n"
+           "'dead'. HEARTBEAT AGE is the time since this observer saw the slot change;\n"
+           "'>=' when it never saw it change (the age is then only a lower bound).\n"
            "\n"
-           "init lays a fresh lockspace: io_timeout in seconds (default 2; every other\n"
-           "timeout derives from it), heartbeat slots (default 256), lock records\n"
-           "(default 64). Only on a LUN no host uses.\n"
+           "init lays a fresh lockspace: --io-timeout (default 2 s; a bare number is\n"
+           "seconds, or 500ms; every other timeout derives from it), heartbeat slots\n"
+           "--hosts (default 256, 1..4096), lock records --locks (default 64). Only on\n"
+           "a LUN no host uses.\n"
            "\n"
            "options:\n"
-           "  --json            JSON output\n"
-           "  --block-size N    logical block size of file LUNs (512 or 4096)\n"
-           "  -h, --help        this help\n");
+           "  --json               JSON output\n"
+           "  -h, --help           this help\n" OPT_LUN_HELP);
 }
 
-static int open_lun(const char *uri, uint32_t bs, struct lun **out)
+static int open_lun(const char *uri, const struct lun_options *o, struct lun **out)
 {
-    struct lun_options o;
-    lun_options_init(&o);
-    if (bs)
-        o.file_block_size = bs;
-    int r = lun_open(uri, &o, out);
+    int r = lun_open(uri, o, out);
     if (r < 0)
         fprintf(stderr, "clusterfs locks: %s: cannot open: %s\n", uri, strerror(-r));
     return r;
@@ -54,38 +53,38 @@ static int open_lun(const char *uri, uint32_t bs, struct lun **out)
 
 static int locks_init(int argc, char **argv)
 {
-    static const struct option lo[] = {
-        {"offset", 1, 0, 'o'}, {"io-timeout", 1, 0, 'i'}, {"hosts", 1, 0, 'H'},
-        {"locks", 1, 0, 'L'},  {"block-size", 1, 0, 'b'}, {"help", 0, 0, 'h'},
-        {0, 0, 0, 0}};
+    static const struct option lo[] = {{"offset", 1, 0, 'o'}, {"io-timeout", 1, 0, 'i'},
+                                       {"hosts", 1, 0, 'H'},  {"locks", 1, 0, 'L'},
+                                       {"help", 0, 0, 'h'},   OPT_LUN_LONGOPTS,
+                                       {0, 0, 0, 0}};
     uint64_t offset = 0;
-    uint32_t bs = 0;
+    struct lun_options o;
+    lun_options_init(&o);
     struct ls_format_params p = {0};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        int r = opt_lun_parse(c, optarg, &o);
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
         switch (c) {
         case 'o':
-            offset = strtoull(optarg, NULL, 0);
-            break;
-        case 'i': {
-            char *end;
-            double s = strtod(optarg, &end);
-            if (*end || s <= 0 || s > 600) {
-                log_err("locks init: bad --io-timeout '%s' (seconds, e.g. 2 or 0.5)", optarg);
+            if (opt_u64("--offset", optarg, 0, UINT64_MAX / 2, &offset) < 0)
                 return 2;
-            }
-            p.io_timeout_ms = (uint32_t)(s * 1000 + 0.5);
             break;
-        }
+        case 'i':
+            if (opt_duration_ms("--io-timeout", optarg, 1000, 10, 600000, &p.io_timeout_ms) < 0)
+                return 2;
+            break;
         case 'H':
-            p.max_hosts = (uint32_t)strtoul(optarg, NULL, 0);
+            if (opt_uint("--hosts", optarg, LS_MAX_HOSTS_MIN, LS_MAX_HOSTS_MAX, &p.max_hosts) < 0)
+                return 2;
             break;
         case 'L':
-            p.max_locks = (uint32_t)strtoul(optarg, NULL, 0);
-            break;
-        case 'b':
-            bs = (uint32_t)strtoul(optarg, NULL, 0);
+            if (opt_uint("--locks", optarg, 1, 1000000, &p.max_locks) < 0)
+                return 2;
             break;
         case 'h':
             locks_usage(stdout);
@@ -100,7 +99,7 @@ static int locks_init(int argc, char **argv)
         return 2;
     }
     struct lun *lun;
-    if (open_lun(argv[optind], bs, &lun) < 0)
+    if (open_lun(argv[optind], &o, &lun) < 0)
         return 1;
     int r = lockspace_format(lun, offset, &p);
     if (r == 0) {
@@ -129,6 +128,8 @@ static void print_text(struct lun *lun, uint64_t offset, const struct ls_status 
            "%s\n",
            lun_name(lun), offset, st->timeouts.io_timeout_ms, st->timeouts.dead_ms, st->max_hosts,
            st->caw ? "compare-and-write" : "paxos fallback (no COMPARE AND WRITE)");
+    if (lun_num_paths(lun) > 1)
+        printf("  paths: %u (%s)\n", lun_num_paths(lun), lun_policy_name(lun_get_policy(lun)));
     printf("  %-5s %-20s %-10s %-10s %-10s %s\n", "SLOT", "HOST", "STATE", "GEN", "COUNTER",
            "HEARTBEAT AGE");
     for (unsigned i = 0; i < st->nhosts; i++) {
@@ -168,6 +169,10 @@ static void print_json(struct json *j, struct lun *lun, uint64_t offset, const s
 {
     json_obj_begin(j, NULL);
     json_str(j, "lun", lun_name(lun));
+    json_arr_begin(j, "paths");
+    for (unsigned i = 0; i < lun_num_paths(lun); i++)
+        json_str(j, NULL, lun_path_name(lun, i));
+    json_arr_end(j);
     json_u64(j, "offset", offset);
     json_u64(j, "io_timeout_ms", st->timeouts.io_timeout_ms);
     json_u64(j, "renew_ms", st->timeouts.renew_ms);
@@ -222,39 +227,37 @@ int cmd_locks(int argc, char **argv)
 {
     if (argc >= 2 && !strcmp(argv[1], "init"))
         return locks_init(argc - 1, argv + 1);
-    static const struct option lo[] = {{"json", 0, 0, 'j'},
-                                       {"offset", 1, 0, 'o'},
-                                       {"samples", 1, 0, 's'},
-                                       {"block-size", 1, 0, 'b'},
-                                       {"settle", 0, 0, 'S'},
-                                       {"help", 0, 0, 'h'},
-                                       {0, 0, 0, 0}};
+    static const struct option lo[] = {
+        {"json", 0, 0, 'j'},   {"offset", 1, 0, 'o'}, {"samples", 1, 0, 's'},
+        {"settle", 0, 0, 'S'}, {"help", 0, 0, 'h'},   OPT_LUN_LONGOPTS,
+        {0, 0, 0, 0}};
     bool json = false;
     uint64_t offset = 0;
     unsigned samples = 2;
-    uint32_t bs = 0;
+    struct lun_options o;
+    lun_options_init(&o);
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        int r = opt_lun_parse(c, optarg, &o);
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
         switch (c) {
         case 'j':
             json = true;
             break;
         case 'o':
-            offset = strtoull(optarg, NULL, 0);
+            if (opt_u64("--offset", optarg, 0, UINT64_MAX / 2, &offset) < 0)
+                return 2;
             break;
         case 's':
-            samples = (unsigned)strtoul(optarg, NULL, 0);
-            if (samples == 0 || samples > 1000) {
-                fprintf(stderr, "clusterfs locks: bad --samples '%s' (1..1000)\n", optarg);
+            if (opt_uint("--samples", optarg, 1, 1000, &samples) < 0)
                 return 2;
-            }
             break;
         case 'S':
             samples = LS_STATUS_SETTLE;
-            break;
-        case 'b':
-            bs = (uint32_t)strtoul(optarg, NULL, 0);
             break;
         case 'h':
             locks_usage(stdout);
@@ -268,15 +271,22 @@ int cmd_locks(int argc, char **argv)
         locks_usage(stderr);
         return 2;
     }
+    /* Paths of one LUN are one LUN: one lockspace, shown once. */
+    struct cfs_lun_args la;
+    int rc =
+        cfs_lun_args_group((const char *const *)argv + optind, (unsigned)(argc - optind), &o, &la);
+    if (rc < 0)
+        return 1;
     struct json j;
     if (json) {
         json_init(&j, stdout);
         json_arr_begin(&j, NULL);
     }
-    int rc = 0;
-    for (int i = optind; i < argc; i++) {
+    for (unsigned g = 0; g < la.n; g++) {
+        if (!cfs_lun_args_is_lun(&la, g))
+            continue;
         struct lun *lun;
-        if (open_lun(argv[i], bs, &lun) < 0) {
+        if (cfs_lun_args_open(&la, g, &lun) < 0) {
             rc = 1;
             continue;
         }
@@ -296,7 +306,7 @@ int cmd_locks(int argc, char **argv)
             lockspace_close(ls);
         }
         if (r < 0) {
-            fprintf(stderr, "clusterfs locks: %s: %s\n", argv[i], strerror(-r));
+            fprintf(stderr, "clusterfs locks: %s: %s\n", lun_name(lun), strerror(-r));
             rc = 1;
         }
         lun_close(lun);
@@ -305,5 +315,6 @@ int cmd_locks(int argc, char **argv)
         json_arr_end(&j);
         json_finish(&j);
     }
+    cfs_lun_args_free(&la);
     return rc;
 }

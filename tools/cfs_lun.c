@@ -1,14 +1,10 @@
 /* clusterfs lun info: what sg_inq / esxcli storage core device list say
  * about a LUN -- identity, capacity, block sizes, capabilities, paths.
  *
- * Several arguments that reach the same LUN (same VPD 0x83 identity) are
- * one LUN with several paths: each argument is opened alone first to learn
- * its identity, then each group is opened through the multipath engine
- * (lun_open_paths), so every path shows its state (active, standby,
- * failed), counters and own probed capabilities, with the same per-path
- * lines as `clusterfs paths` (cfs_paths.c). An iSCSI argument whose portal
- * cannot be reached joins the group whose URIs name the same target IQN
- * and LUN number, as a failed path. */
+ * Several arguments that reach the same LUN are one LUN with several paths
+ * (cfs_group.c groups them), so every path shows its state (active,
+ * standby, failed), counters and own probed capabilities, with the same
+ * per-path lines as `clusterfs paths` (cfs_paths.c). */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -16,72 +12,27 @@
 #include <string.h>
 #include <strings.h>
 
+#include "cfs_group.h"
 #include "cfs_paths.h"
 #include "json.h"
 #include "log.h"
 #include "lun.h"
+#include "opt.h"
 #include "tools.h"
 #include "util.h"
 
 static void lun_usage(FILE *f)
 {
-    fprintf(
-        f, "usage: clusterfs lun info [OPTIONS] LUN...\n"
-           "\n"
-           "Show identity (VPD 0x83 / 0x80), capacity, block sizes, maximum transfer and\n"
-           "capabilities of each LUN, and its paths.\n"
-           "\n"
-           "options:\n"
-           "  --json              print a JSON array, one object per LUN\n"
-           "  --block-size N      logical block size of file LUNs: 512 (default) or 4096\n"
-           "  --initiator IQN     iSCSI initiator name (default iqn.2026-11.org.clusterfs:<host>)\n"
-           "  --timeout MS        per-command and login timeout in milliseconds (default 5000)\n"
-           "  -h, --help          this help\n"
-           "\n"
-           "A LUN is iscsi://[user[%%password]@]host[:port]/target-iqn/lun,\n"
-           "file:///path[?block_size=4096], or a path to a file or block device.\n");
-}
-
-/* Messages logged while opening a LUN are collected, not printed: the
- * command prints one line per failed LUN. */
-static void cfs_lun_log_quiet(enum log_level level, const char *msg, void *opaque)
-{
-    if (level > LOG_LVL_WARN)
-        fprintf(stderr, "%s: %s\n", log_program(), msg);
-}
-
-/* The reason part of msg: without a leading "<uri>: " (or the file path's). */
-static const char *cfs_lun_reason(const char *uri, const char *msg)
-{
-    const char *cands[3] = {uri, NULL, NULL};
-    char *plain = NULL;
-    if (!strncmp(uri, "file://", 7)) {
-        const char *p = uri + 7;
-        if (!strncmp(p, "localhost/", 10))
-            p += 9;
-        plain = strndup(p, strcspn(p, "?"));
-        cands[1] = plain;
-    }
-    const char *reason = msg;
-    for (int i = 0; i < 3; i++) {
-        const char *c = cands[i];
-        if (!c)
-            continue;
-        size_t n = strlen(c);
-        if (n && !strncmp(msg, c, n) && msg[n] == ':' && msg[n + 1] == ' ') {
-            reason = msg + n + 2;
-            break;
-        }
-    }
-    /* iSCSI messages name the URI without its password. */
-    const char *at = strstr(uri, "://");
-    if (reason == msg && at) {
-        const char *colon = strstr(msg, ": ");
-        if (colon && !strncmp(msg, uri, (size_t)(at - uri) + 3))
-            reason = colon + 2;
-    }
-    free(plain);
-    return reason;
+    fprintf(f, "usage: clusterfs lun info [OPTIONS] LUN...\n"
+               "\n"
+               "Show identity (VPD 0x83 / 0x80), capacity, block sizes, maximum transfer and\n"
+               "capabilities of each LUN, and its paths.\n"
+               "\n"
+               "options:\n"
+               "  --json               print a JSON array, one object per LUN\n"
+               "  -h, --help           this help\n" OPT_LUN_HELP "\n"
+               "A LUN is iscsi://[user[%%password]@]host[:port]/target-iqn/lun,\n"
+               "file:///path[?block_size=4096], or a path to a file or block device.\n");
 }
 
 static const char *cfs_yesno(bool b)
@@ -89,7 +40,7 @@ static const char *cfs_yesno(bool b)
     return b ? "yes" : "no";
 }
 
-static void cfs_lun_print_text(const char *uri, struct lun *lun)
+static void cfs_lun_print_text(struct lun *lun)
 {
     const struct lun_info *in = lun_get_info(lun);
     char sz[32];
@@ -193,39 +144,12 @@ static void cfs_lun_print_json(struct json *j, struct lun *lun)
     json_obj_end(j);
 }
 
-/* One LUN argument of `lun info`. */
-struct cfs_lun_arg {
-    const char *uri;
-    struct lun *lun; /* opened alone; NULL if that failed or once reported */
-    int rc;
-    char *msg; /* the open's error message */
-    int group; /* index of the first argument of its LUN; -1 = none */
-};
-
-/* The portal could not be reached (not a configuration error). */
-static bool cfs_lun_unreachable(int rc)
-{
-    return rc == -ECONNREFUSED || rc == -EHOSTUNREACH || rc == -ENETUNREACH || rc == -ETIMEDOUT ||
-           rc == -ENOTCONN || rc == -ECONNRESET;
-}
-
-/* Two iSCSI URIs naming the same target IQN and LUN number (any portal). */
-static bool cfs_lun_same_target(const char *a, const char *b)
-{
-    if (strncasecmp(a, "iscsi://", 8) || strncasecmp(b, "iscsi://", 8))
-        return false;
-    const char *ta = strchr(a + 8, '/'), *tb = strchr(b + 8, '/');
-    return ta && tb && !strcmp(ta, tb);
-}
-
 static int cmd_lun_info(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"json", no_argument, NULL, 'j'},
-        {"block-size", required_argument, NULL, 'b'},
-        {"initiator", required_argument, NULL, 'i'},
-        {"timeout", required_argument, NULL, 't'},
         {"help", no_argument, NULL, 'h'},
+        OPT_LUN_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
     struct lun_options opts;
@@ -233,44 +157,23 @@ static int cmd_lun_info(int argc, char **argv)
     opts.read_only = true;
     bool json = false;
     int c;
-    uint64_t v;
-    char *end;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        int r = opt_lun_parse(c, optarg, &opts);
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
         switch (c) {
         case 'j':
             json = true;
-            break;
-        case 'b':
-            if (parse_size(optarg, &v) < 0 || (v != 512 && v != 4096)) {
-                log_err("--block-size: '%s' not supported (512 or 4096)", optarg);
-                return 2;
-            }
-            opts.file_block_size = (uint32_t)v;
-            break;
-        case 'i':
-            if (!*optarg) {
-                log_err("--initiator: empty name");
-                return 2;
-            }
-            opts.initiator_name = optarg;
-            break;
-        case 't':
-            errno = 0;
-            v = strtoull(optarg, &end, 10);
-            if (errno || *end || !*optarg || optarg[0] == '-' || v == 0 || v > 3600000) {
-                log_err("--timeout: '%s' is not a time in milliseconds (1..3600000)", optarg);
-                return 2;
-            }
-            opts.timeout_ms = (unsigned)v;
-            opts.connect_timeout_ms = (unsigned)v;
             break;
         case 'h':
             lun_usage(stdout);
             return 0;
         default:
-            if (optopt)
+            if (optopt > 0 && optopt < 0x100)
                 log_err("lun info: unknown or incomplete option '-%c' (try 'clusterfs lun --help')",
                         optopt);
             else
@@ -283,121 +186,36 @@ static int cmd_lun_info(int argc, char **argv)
         log_err("lun info: no LUN given (try 'clusterfs lun --help')");
         return 2;
     }
-    unsigned n = (unsigned)(argc - optind);
-    struct cfs_lun_arg *args = calloc(n, sizeof *args);
-    if (!args) {
-        log_err("lun info: out of memory");
+    struct cfs_lun_args la;
+    int status = cfs_lun_args_group((const char *const *)argv + optind, (unsigned)(argc - optind),
+                                    &opts, &la);
+    if (status < 0)
         return 1;
-    }
-    int status = 0;
-    /* 1. Each argument alone: its identity, or why it failed. */
-    for (unsigned i = 0; i < n; i++) {
-        struct cfs_lun_arg *a = &args[i];
-        a->uri = argv[optind + (int)i];
-        a->group = -1;
-        log_clear_last_error();
-        log_set_sink(cfs_lun_log_quiet, NULL);
-        a->rc = lun_open(a->uri, &opts, &a->lun);
-        log_set_sink(NULL, NULL);
-        if (a->rc < 0) {
-            const char *msg = log_last_error();
-            a->msg = strdup(msg[0] ? msg : "");
-        }
-    }
-    /* 2. Groups: same identity; an unreachable iSCSI URI joins the group
-     * naming the same target and LUN number. */
-    for (unsigned i = 0; i < n; i++) {
-        struct cfs_lun_arg *a = &args[i];
-        if (!a->lun)
-            continue;
-        a->group = (int)i;
-        for (unsigned k = 0; k < i; k++) {
-            if (args[k].lun && args[k].group == (int)k &&
-                !strcmp(lun_get_info(args[k].lun)->id, lun_get_info(a->lun)->id)) {
-                a->group = (int)k;
-                break;
-            }
-        }
-    }
-    for (unsigned i = 0; i < n; i++) {
-        struct cfs_lun_arg *a = &args[i];
-        if (a->lun || !cfs_lun_unreachable(a->rc))
-            continue;
-        for (unsigned k = 0; k < n; k++) {
-            if (args[k].lun && cfs_lun_same_target(a->uri, args[k].uri)) {
-                a->group = args[k].group;
-                break;
-            }
-        }
-    }
-    /* 3. Arguments that belong to no LUN: one line each. */
-    for (unsigned i = 0; i < n; i++) {
-        struct cfs_lun_arg *a = &args[i];
-        if (a->group >= 0)
-            continue;
-        /* One line: "clusterfs: <uri>: <reason>", password removed. */
-        char *name = lun_uri_redact(a->uri);
-        const char *msg = a->msg ? a->msg : "";
-        const char *reason = msg[0] ? cfs_lun_reason(a->uri, msg) : strerror(-a->rc);
-        if (name && reason == msg)
-            reason = cfs_lun_reason(name, msg);
-        fprintf(stderr, "%s: %s: %s\n", log_program(), name ? name : a->uri, reason);
-        free(name);
-        status = 1;
-    }
-    /* 4. One report per LUN, in the order of first appearance. */
+    /* One report per LUN, in the order of first appearance. */
     struct json j;
     if (json) {
         json_init(&j, stdout);
         json_arr_begin(&j, NULL);
     }
-    for (unsigned g = 0; g < n; g++) {
-        if (args[g].group != (int)g)
+    for (unsigned g = 0; g < la.n; g++) {
+        if (!cfs_lun_args_is_lun(&la, g))
             continue;
-        const char *uris[n];
-        unsigned m = 0;
-        for (unsigned i = g; i < n; i++)
-            if (args[i].group == (int)g)
-                uris[m++] = args[i].uri;
-        struct lun *lun = args[g].lun;
-        if (m > 1) {
-            for (unsigned i = g; i < n; i++) {
-                if (args[i].group == (int)g && args[i].lun) {
-                    lun_close(args[i].lun);
-                    args[i].lun = NULL;
-                }
-            }
-            lun = NULL;
-            log_clear_last_error();
-            log_set_sink(cfs_lun_log_quiet, NULL);
-            int rc = lun_open_paths(uris, m, &opts, &lun);
-            log_set_sink(NULL, NULL);
-            if (rc < 0) {
-                const char *msg = log_last_error();
-                char *name = lun_uri_redact(uris[0]);
-                fprintf(stderr, "%s: %s: %s\n", log_program(), name ? name : uris[0],
-                        msg[0] ? msg : strerror(-rc));
-                free(name);
-                status = 1;
-                continue;
-            }
+        struct lun *lun;
+        if (cfs_lun_args_open(&la, g, &lun) < 0) {
+            status = 1;
+            continue;
         }
         if (json)
             cfs_lun_print_json(&j, lun);
         else
-            cfs_lun_print_text(uris[0], lun);
+            cfs_lun_print_text(lun);
         lun_close(lun);
-        args[g].lun = NULL;
     }
     if (json) {
         json_arr_end(&j);
         json_finish(&j);
     }
-    for (unsigned i = 0; i < n; i++) {
-        lun_close(args[i].lun);
-        free(args[i].msg);
-    }
-    free(args);
+    cfs_lun_args_free(&la);
     return status;
 }
 

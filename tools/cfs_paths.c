@@ -12,27 +12,22 @@
 #include "json.h"
 #include "log.h"
 #include "lun.h"
+#include "opt.h"
 #include "tools.h"
 #include "util.h"
 
 static void paths_usage(FILE *f)
 {
-    fprintf(
-        f, "usage: clusterfs paths [OPTIONS] LUN...\n"
-           "\n"
-           "Open one LUN through every LUN argument (the same LUN through different\n"
-           "portals; identities must match) and show each path's state (active,\n"
-           "standby, failed), I/O counters, errors and latency percentiles.\n"
-           "\n"
-           "options:\n"
-           "  --json              print one JSON object\n"
-           "  --policy P          fixed, mru, round-robin, service-time (default)\n"
-           "  --rr-ios N          round-robin: switch paths every N I/Os (default 1)\n"
-           "  --reads N           first issue N reads of 4 KiB through the policy\n"
-           "  --initiator IQN     iSCSI initiator name (default iqn.2026-11.org.clusterfs:<host>)\n"
-           "  --timeout MS        per-command and login timeout in milliseconds (default 5000)\n"
-           "  --block-size N      logical block size of file LUNs: 512 (default) or 4096\n"
-           "  -h, --help          this help\n");
+    fprintf(f, "usage: clusterfs paths [OPTIONS] LUN...\n"
+               "\n"
+               "Open one LUN through every LUN argument (the same LUN through different\n"
+               "portals; identities must match) and show each path's state (active,\n"
+               "standby, failed), I/O counters, errors and latency percentiles.\n"
+               "\n"
+               "options:\n"
+               "  --json               print one JSON object\n"
+               "  --reads N            first issue N reads of 4 KiB through the policy\n"
+               "  -h, --help           this help\n" OPT_LUN_HELP);
 }
 
 static void paths_log_quiet(enum log_level level, const char *msg, void *opaque)
@@ -40,19 +35,6 @@ static void paths_log_quiet(enum log_level level, const char *msg, void *opaque)
     (void)opaque;
     if (level > LOG_LVL_WARN)
         fprintf(stderr, "%s: %s\n", log_program(), msg);
-}
-
-static int parse_uint(const char *opt, const char *s, unsigned max, unsigned *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || !*s || s[0] == '-' || v > max) {
-        log_err("%s: '%s' is not a number (0..%u)", opt, s, max);
-        return -EINVAL;
-    }
-    *out = (unsigned)v;
-    return 0;
 }
 
 void cfs_path_print_text(struct lun *lun, unsigned i, const char *indent)
@@ -143,13 +125,9 @@ int cmd_paths(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"json", no_argument, NULL, 'j'},
-        {"policy", required_argument, NULL, 'p'},
-        {"rr-ios", required_argument, NULL, 'r'},
         {"reads", required_argument, NULL, 'n'},
-        {"initiator", required_argument, NULL, 'i'},
-        {"timeout", required_argument, NULL, 't'},
-        {"block-size", required_argument, NULL, 'b'},
         {"help", no_argument, NULL, 'h'},
+        OPT_LUN_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
     struct lun_options opts;
@@ -157,42 +135,23 @@ int cmd_paths(int argc, char **argv)
     opts.read_only = true;
     opts.multipath = true;
     bool json = false;
-    unsigned reads = 0, v;
+    unsigned reads = 0;
     int c;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        int r = opt_lun_parse(c, optarg, &opts);
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
         switch (c) {
         case 'j':
             json = true;
             break;
-        case 'p':
-            if (lun_policy_parse(optarg, &opts.policy) < 0)
-                return 2;
-            break;
-        case 'r':
-            if (parse_uint("--rr-ios", optarg, 1000000, &v) < 0 || v == 0)
-                return 2;
-            opts.rr_ios = v;
-            break;
         case 'n':
-            if (parse_uint("--reads", optarg, 10000000, &reads) < 0)
+            if (opt_uint("--reads", optarg, 0, 10000000, &reads) < 0)
                 return 2;
-            break;
-        case 'i':
-            opts.initiator_name = optarg;
-            break;
-        case 't':
-            if (parse_uint("--timeout", optarg, 3600000, &v) < 0 || v == 0)
-                return 2;
-            opts.timeout_ms = opts.connect_timeout_ms = v;
-            break;
-        case 'b':
-            if (parse_uint("--block-size", optarg, 4096, &v) < 0 || (v != 512 && v != 4096)) {
-                log_err("--block-size: '%s' not supported (512 or 4096)", optarg);
-                return 2;
-            }
-            opts.file_block_size = v;
             break;
         case 'h':
             paths_usage(stdout);

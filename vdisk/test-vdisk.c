@@ -24,6 +24,7 @@
 #include "log.h"
 #include "util.h"
 #include "vdisk.h"
+#include "test-nowait.h"
 #include "vdisk_internal.h"
 
 static char tmpdir[256];
@@ -108,7 +109,7 @@ static void test_pread_nowait_serves_cached_declines_cold(void **state)
     assert_memory_equal(b, shadow + size - (1 << 20), 1 << 20);
     assert_int_equal(vd_pread_nowait(img, b, 10, size - 5), -EINVAL);
 
-    /* the hook declines exactly N calls */
+    /* the seam (test-nowait.h) makes exactly N page-cache reads miss */
     vd_test_nowait_eagain = 2;
     assert_int_equal(vd_pread_nowait(img, b, 4096, 0), -EAGAIN);
     assert_int_equal(vd_pread_nowait(img, b, 4096, 0), -EAGAIN);

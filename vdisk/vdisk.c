@@ -338,8 +338,9 @@ static int vd_pread_common(struct vd_image *img, void *buf, size_t len, uint64_t
  * EAGAIN (a miss starts readahead, it does not wait for it). Anything else
  * (a compressed grain: inflate is a blocking pread plus CPU; a short read; a
  * filesystem without RWF_NOWAIT; an I/O error) is -EAGAIN, silently: the
- * caller retries with vd_pread, which does the work and logs the error. */
-int vd_test_nowait_eagain; /* test hook: > 0 fails that many calls with -EAGAIN */
+ * caller retries with vd_pread, which does the work and logs the error.
+ * Tests make preadv2 miss through a link-time seam (test-nowait.h), not a
+ * hook here. */
 
 static int vd_pread_nowait_fd(int fd, void *buf, size_t len, uint64_t off)
 {
@@ -400,11 +401,6 @@ static int vd_pread_nowait_common(struct vd_image *img, uint8_t *p, size_t len, 
 
 int vd_pread_nowait(struct vd_image *img, void *buf, size_t len, uint64_t off)
 {
-    int n = __atomic_load_n(&vd_test_nowait_eagain, __ATOMIC_RELAXED);
-    while (n > 0)
-        if (__atomic_compare_exchange_n(&vd_test_nowait_eagain, &n, n - 1, false, __ATOMIC_RELAXED,
-                                        __ATOMIC_RELAXED))
-            return -EAGAIN;
     return vd_pread_nowait_common(img, buf, len, off);
 }
 

@@ -273,9 +273,6 @@ int vd_open_chain(const char *path, unsigned flags, int depth, char **seen, stru
 /* Map [off, off+len) of THIS image only (no chain). len > 0; returns 0 and
  * m->len in (0, len]. */
 int vd_map_local(struct vd_image *img, uint64_t off, uint64_t len, struct vd_map *m);
-/* Test hook (test-vdisk, test-nbd): while > 0, each vd_pread_nowait call
- * decrements it and returns -EAGAIN, as a page-cache miss would. */
-extern int vd_test_nowait_eagain;
 /* Read THIS image only: unallocated areas read as zeroes. */
 int vd_pread_local(struct vd_image *img, void *buf, size_t len, uint64_t off);
 /* Iterate allocated ranges (DATA, COMPRESSED or ZERO-marked) of THIS image;

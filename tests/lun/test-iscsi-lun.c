@@ -8,6 +8,9 @@
  *   test-iscsi-lun stall URI TGTD_PID      SIGSTOP the target: I/O fails with
  *                                          -ETIMEDOUT within the timeout
  *   test-iscsi-lun lost URI TGTD_PID       SIGKILL the target: I/O fails with -ENOTCONN
+ *   test-iscsi-lun caw URI [URI2]          COMPARE AND WRITE on a target that has it
+ *                                          (istgt): match, miscompare (found = current),
+ *                                          through one or both paths, with a deadline
  *
  * Every failed check prints "FAIL: ..." and the program exits 1.
  */
@@ -510,6 +513,70 @@ static int cmd_target_fault(const char *uri, pid_t tgtd, bool kill_it)
     return failures ? 1 : 0;
 }
 
+/* ---- caw ----------------------------------------------------------------- */
+
+static void caw_fill(uint8_t *b, uint32_t bs, unsigned v)
+{
+    for (uint32_t k = 0; k < bs; k++)
+        b[k] = (uint8_t)(v * 31 + k * 7);
+}
+
+static int cmd_caw(const char *uri, const char *uri2)
+{
+    struct lun_options o;
+    lun_options_init(&o);
+    struct lun *l = NULL;
+    const char *uris[2] = {uri, uri2};
+    int rc = lun_open_paths(uris, uri2 ? 2 : 1, &o, &l);
+    if (rc < 0) {
+        printf("FAIL: open %s: %s (%s)\n", uri, strerror(-rc), log_last_error());
+        return 1;
+    }
+    const struct lun_info *i = lun_get_info(l);
+    uint32_t bs = i->block_size;
+    CHECK(i->caps.compare_and_write, "COMPARE AND WRITE not detected (vendor %s)", i->vendor);
+    uint8_t *a = malloc(bs), *b = malloc(bs), *c = malloc(bs), *f = malloc(bs), *r = malloc(bs);
+    caw_fill(a, bs, 1);
+    caw_fill(b, bs, 2);
+    caw_fill(c, bs, 3);
+    /* Over several blocks, so both paths carry some (service-time alternates). */
+    for (uint64_t lba = 8; lba < 16; lba++) {
+        if (lba & 1) /* shift the rotation: CAWs on both paths */
+            CHECK(lun_read(l, lba, 1, r) == 0, "read lba %" PRIu64, lba);
+        CHECK(lun_write(l, lba, 1, a, 0) == 0, "write lba %" PRIu64 ": %s", lba, log_last_error());
+        rc = lun_compare_and_write(l, lba, a, b, f);
+        CHECK(rc == 0, "CAW a->b at lba %" PRIu64 " returned %d (%s)", lba, rc, log_last_error());
+        CHECK(lun_read(l, lba, 1, r) == 0 && memcmp(r, b, bs) == 0,
+              "lba %" PRIu64 " does not hold b after a matching CAW", lba);
+        memset(f, 0, bs);
+        rc = lun_compare_and_write(l, lba, a, c, f);
+        CHECK(rc == -EILSEQ, "CAW with a stale expect at lba %" PRIu64 " returned %d, expected "
+              "-EILSEQ (miscompare)", lba, rc);
+        CHECK(memcmp(f, b, bs) == 0, "miscompare at lba %" PRIu64 " did not return the current "
+              "block", lba);
+        CHECK(lun_read(l, lba, 1, r) == 0 && memcmp(r, b, bs) == 0,
+              "lba %" PRIu64 " changed by a miscompared CAW", lba);
+        rc = lun_compare_and_write_dl(l, lba, b, a, NULL, lun_now_ns() + 5000000000ull);
+        CHECK(rc == 0, "CAW b->a with a deadline at lba %" PRIu64 " returned %d", lba, rc);
+        rc = lun_compare_and_write_dl(l, lba, a, b, NULL, lun_now_ns() - 1);
+        CHECK(rc == -ETIMEDOUT, "CAW past its deadline returned %d, expected -ETIMEDOUT", rc);
+    }
+    for (unsigned k = 0; k < lun_num_paths(l); k++) {
+        struct lun_path_stats st;
+        lun_path_get_stats(l, k, &st);
+        printf("path %u: others=%" PRIu64 " errors=%" PRIu64 "\n", k, st.others, st.errors);
+        CHECK(st.others > 0, "path %u carried no CAW", k);
+    }
+    printf("caw: bs=%u paths=%u ok\n", bs, lun_num_paths(l));
+    free(a);
+    free(b);
+    free(c);
+    free(f);
+    free(r);
+    lun_close(l);
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     log_set_program("test-iscsi-lun");
@@ -526,6 +593,8 @@ int main(int argc, char **argv)
         return cmd_rw(uri);
     if (strcmp(cmd, "pr") == 0)
         return cmd_pr(uri);
+    if (strcmp(cmd, "caw") == 0)
+        return cmd_caw(uri, argc > 3 ? argv[3] : NULL);
     if ((strcmp(cmd, "stall") == 0 || strcmp(cmd, "lost") == 0) && argc > 3)
         return cmd_target_fault(uri, (pid_t)atoi(argv[3]), strcmp(cmd, "lost") == 0);
     fprintf(stderr, "unknown command %s\n", cmd);

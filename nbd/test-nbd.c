@@ -18,10 +18,12 @@
 #include <cmocka.h>
 
 #include "le.h"
-#include "nbd_proto.h"
-#include "nbd_server.h"
+#include "backend-vdisk.h"
+#include "protocol.h"
+#include "server.h"
 #include "util.h"
 #include "vdisk.h"
+#include "test-nowait.h"
 #include "vdisk_internal.h"
 
 #define MEM_SIZE (1u << 20)

@@ -38,8 +38,8 @@
 #include <string.h>
 
 #include "lun.h"
-#include "nbd_proto.h"
-#include "nbd_server.h"
+#include "protocol.h"
+#include "backend-lun.h"
 #include "util.h"
 
 #define LUN_BE_CHUNK (1u << 20) /* split big requests into 1 MiB commands */

@@ -11,8 +11,8 @@
  * WRITE_ZEROES is. The reader never waits for the disk: RWF_NOWAIT. */
 #include <errno.h>
 
-#include "nbd_proto.h"
-#include "nbd_server.h"
+#include "protocol.h"
+#include "backend-vdisk.h"
 #include "vdisk.h"
 
 static uint64_t vd_be_size(void *be)

@@ -3,8 +3,8 @@
  * is big-endian; the headers are encoded / decoded field by field through
  * common/le.h's be*_get/put helpers, never by casting a struct.
  */
-#ifndef VDISK_NBD_PROTO_H
-#define VDISK_NBD_PROTO_H
+#ifndef NBD_PROTOCOL_H
+#define NBD_PROTOCOL_H
 
 #include <stddef.h>
 #include <stdint.h>
