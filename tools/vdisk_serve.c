@@ -41,6 +41,7 @@
 #include "tls.h"
 #include "tools.h"
 #include "vdisk.h"
+#include "vdisk_ctl.h"
 
 #define SERVE_MAX_EXPORTS 64
 
@@ -333,6 +334,7 @@ int cmd_serve(int argc, char **argv)
     struct lun *lun = NULL;
     struct nbd_lun_backend *lbe = NULL;
     struct nbd_server *srv = NULL;
+    struct ctl_server *ctl = NULL;
     char *bases[SERVE_MAX_EXPORTS] = {0};
 
     rc = nbd_server_new(&cfg, &srv);
@@ -397,10 +399,15 @@ int cmd_serve(int argc, char **argv)
              : tls_mode == NBD_TLS_ON ? "on"
                                       : "required",
              tls ? (tlso.psk_file ? " (PSK)" : " (X.509)") : "");
+    /* snapshots of the served disks go through us (vdisk_ctl.c) */
+    if (nfiles && ctl_server_start(imgs, argv + optind, nfiles, &ctl) < 0)
+        log_warn("serve: no snapshot control socket: snapshots of the served disks are refused "
+                 "while this server runs");
     rc = nbd_server_run(srv, sfd);
     ret = rc < 0 ? 1 : 0;
 
 out:
+    ctl_server_stop(ctl); /* waits for a snapshot operation in progress */
     nbd_server_free(srv);
     for (unsigned i = 0; i < nfiles && i < SERVE_MAX_EXPORTS; i++) {
         if (imgs[i]) {

@@ -1174,3 +1174,91 @@ out:
     sn_unlock_folder(lockfd);
     return rc;
 }
+
+/* ------------------------------------------------------ on an open disk */
+
+enum sn_live_kind { SN_LIVE_CREATE, SN_LIVE_REVERT, SN_LIVE_DELETE };
+
+struct sn_live_op {
+    enum sn_live_kind kind;
+    const char *name;
+    int *id;
+    uint64_t size; /* the export's size */
+};
+
+/* A revert must not change the size of a disk that is served. */
+static int sn_revert_size_ok(const char *path, const char *name, uint64_t size)
+{
+    struct vd_snap_list l;
+    int rc = vd_snapshot_list(path, &l);
+    if (rc < 0)
+        return rc;
+    struct vd_snap *s = sn_find(&l, name);
+    char *dir = sn_dirname(path), *f = s && dir ? sn_join(dir, s->file) : NULL;
+    struct vd_image *img = NULL;
+    if (s && f && sn_vd_open(f, VD_OPEN_RDONLY, &img) == 0 && vd_size(img) != size) {
+        log_err("%s: snapshot \"%s\" is %llu bytes, the served disk %llu: a served disk cannot "
+                "change size; stop the server to revert to it",
+                path, name, (unsigned long long)vd_size(img), (unsigned long long)size);
+        rc = -EINVAL;
+    }
+    vd_close(img);
+    free(f);
+    free(dir);
+    vd_snap_list_free(&l);
+    return rc; /* a missing snapshot: the revert itself says so */
+}
+
+static int sn_live_run(const char *path, void *arg)
+{
+    struct sn_live_op *o = arg;
+    int rc = 0;
+    sn_disk_held = true; /* the caller's open image holds the disk's lock */
+    switch (o->kind) {
+    case SN_LIVE_CREATE:
+        rc = vd_snapshot_create(path, o->name, o->id);
+        break;
+    case SN_LIVE_REVERT:
+        rc = sn_revert_size_ok(path, o->name, o->size);
+        if (rc == 0)
+            rc = vd_snapshot_revert(path, o->name);
+        break;
+    case SN_LIVE_DELETE:
+        rc = vd_snapshot_delete(path, o->name);
+        break;
+    }
+    sn_disk_held = false;
+    return rc;
+}
+
+bool vd_snapshot_capable(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK && !sn_is_frozen(img);
+}
+
+static int sn_live(struct vd_image *img, enum sn_live_kind kind, const char *name, int *id)
+{
+    if (!vd_snapshot_capable(img)) {
+        log_err("%s: %s", vd_path(img),
+                img->kind == VD_KIND_VMDK ? "is a frozen image: no snapshots"
+                                          : "snapshots need a VMDK image (this is raw)");
+        return img->kind == VD_KIND_VMDK ? -EROFS : -ENOTSUP;
+    }
+    struct sn_live_op o = {.kind = kind, .name = name, .id = id, .size = vd_size(img)};
+    return vd_image_switch(img, sn_live_run, &o);
+}
+
+int vd_snapshot_create_open(struct vd_image *img, const char *name, int *id)
+{
+    return sn_live(img, SN_LIVE_CREATE, name, id);
+}
+
+int vd_snapshot_revert_open(struct vd_image *img, const char *name)
+{
+    return sn_live(img, SN_LIVE_REVERT, name, NULL);
+}
+
+int vd_snapshot_delete_open(struct vd_image *img, const char *name)
+{
+    return sn_live(img, SN_LIVE_DELETE, name, NULL);
+}

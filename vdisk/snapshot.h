@@ -6,8 +6,11 @@
  * ddb.snapshot.* keys of PATH's own descriptor (QEMU ignores them); frozen
  * files carry ddb.frozen = "true" and, when linked clones use them,
  * ddb.dependents. See docs/snapshots.md for the layout and the crash-safe
- * order of every operation. None of these calls may run while the disk is
- * open for I/O elsewhere.
+ * order of every operation. The path calls take the disk's writer image
+ * lock (imagelock.h) for their run, so they are refused (-EBUSY, naming the
+ * holder) while anyone has the disk open; a process that has it open for
+ * I/O (vdisk serve) uses the *_open calls instead, which run between its
+ * requests and switch its open image to the new chain.
  */
 #ifndef VDISK_SNAPSHOT_H
 #define VDISK_SNAPSHOT_H
@@ -43,6 +46,17 @@ int vd_snapshot_create(const char *path, const char *name, int *id);
 int vd_snapshot_revert(const char *path, const char *name);
 /* -EBUSY: linked clones depend on the snapshot (they are named in the log). */
 int vd_snapshot_delete(const char *path, const char *name);
+
+/* The same on a disk this process has open for I/O (an NBD export), via
+ * vd_image_switch: in-flight I/O completes, new I/O waits, the image is
+ * flushed (a failed flush refuses the operation), the operation runs, and
+ * img then reads and writes the disk's new live delta. A revert to a
+ * snapshot of another size is refused (-EINVAL: an export keeps its size). */
+int vd_snapshot_create_open(struct vd_image *img, const char *name, int *id);
+int vd_snapshot_revert_open(struct vd_image *img, const char *name);
+int vd_snapshot_delete_open(struct vd_image *img, const char *name);
+/* Can img have snapshots (a VMDK that is not frozen)? */
+bool vd_snapshot_capable(const struct vd_image *img);
 
 struct vd_clone_opts {
     bool linked;       /* delta on a frozen copy of src's current state */

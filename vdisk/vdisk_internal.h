@@ -228,6 +228,9 @@ struct vd_map {
 enum vd_kind { VD_KIND_RAW, VD_KIND_VMDK };
 
 struct vd_image {
+    /* Everything from here to `cid_lock` is the open image's state; a live
+     * switch (vd_image_switch) exchanges it, in place, with a freshly opened
+     * image's, so pointers to this struct (an NBD export's) stay valid. */
     char *path;
     char *dir; /* folder holding the descriptor */
     unsigned flags;
@@ -243,17 +246,33 @@ struct vd_image {
     struct vmdk_extent *ext;
     int n_ext;
     struct vd_image *parent; /* read-only, owned */
-    pthread_mutex_t cid_lock;
-    int cid_updated; /* atomic; set after the first write rewrote CID */
+    int cid_updated;         /* atomic; set after the first write rewrote CID */
     /* atomic: -errno of the first failed fdatasync of any file of this
      * image, 0 before. Sticky until the image is closed: Linux reports a
      * writeback error once per open file, so a later sync that succeeds
      * proves nothing about the writes before the failure (vd_sync_fd). */
     int sync_err;
+    /* ---- not exchanged by a live switch (add state fields above) ---- */
+    pthread_mutex_t cid_lock;
+    /* Held shared by every I/O call (vd_pread, vd_pwrite, vd_flush, ...),
+     * exclusively by vd_image_switch: a switch happens between requests.
+     * Writer-preferring, so a switch is not starved by a stream of I/O. */
+    pthread_rwlock_t io_lock;
+    int dead; /* atomic: -errno once a switch could not reopen the disk */
 };
 
 /* vdisk.c */
 #include "imagelock.h"
+/* Switch an image that is open for I/O (an NBD export's) to what its path
+ * holds after `op` changed the chain on disk (a snapshot create, revert or
+ * delete): waits for the I/O in progress and holds off new I/O, flushes
+ * (a failed flush: -errno, op is not run), runs op(path, arg), then reopens
+ * the path and exchanges the new image's state with img's in place, closes
+ * the old state and takes the image locks of the new chain. op runs while
+ * img's own image locks are held, so it must open files with
+ * VD_OPEN_NOLOCK. Returns op's result; if the reopen fails, every later
+ * I/O call on img fails with -EIO (the disk changed under it). */
+int vd_image_switch(struct vd_image *img, int (*op)(const char *path, void *arg), void *arg);
 /* The image lock mode for a file of an image opened with `flags`, written
  * (rw) or only read. */
 enum vd_lock_mode vd_lock_mode_for(unsigned flags, bool rw);
@@ -310,6 +329,10 @@ int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, 
  * data, write the GT sectors holding deferred entries (primary, then
  * redundant), fdatasync again. Thread-safe. */
 int vmdk_sparse_flush(struct vmdk_extent *e);
+/* Cut the space grown ahead of new grains back to the last grain (as close
+ * does), so that another open of the file sees its real end. No I/O on the
+ * extent meanwhile. */
+int vmdk_sparse_trim_ahead(struct vmdk_extent *e);
 
 /* vmdk_create.c */
 enum vd_type { VD_TYPE_THIN, VD_TYPE_THICK, VD_TYPE_EAGER, VD_TYPE_STREAM /* convert only */ };

@@ -872,3 +872,22 @@ int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, 
         rc = vmdk_sparse_flush(e);
     return rc;
 }
+
+int vmdk_sparse_trim_ahead(struct vmdk_extent *e)
+{
+    struct vmdk_sparse *sp = e->sp;
+    int rc = 0;
+    pthread_mutex_lock(&sp->alloc_lock);
+    if (sp->durable_end > sp->file_end) {
+        if (ftruncate(e->fd, (off_t)sp->file_end) < 0) {
+            rc = -errno;
+            log_err("%s: cutting the space grown ahead of new grains: %s", e->path,
+                    strerror(-rc));
+        } else {
+            rc = vmdk_fdatasync(e);
+            sp->durable_end = 0; /* the next grain grows the file again */
+        }
+    }
+    pthread_mutex_unlock(&sp->alloc_lock);
+    return rc;
+}
