@@ -42,6 +42,10 @@ uint32_t vd_granularity(const struct vd_image *img);
 /* I/O flags */
 #define VD_FUA (1u << 0)     /* write through to stable storage before returning */
 #define VD_NO_HOLE (1u << 1) /* write_zeroes: keep the range allocated */
+/* write_zeroes: fail with -ENOTSUP, before changing anything, unless the
+ * range can be zeroed without writing zero data (metadata, a hole punch,
+ * FALLOC_FL_ZERO_RANGE): NBD's FAST_ZERO. */
+#define VD_ZERO_FAST (1u << 2)
 
 /* Byte-addressed I/O; any alignment. Reads of unallocated areas return the
  * parent's data or zeroes. Out-of-range requests are -EINVAL. */
@@ -56,7 +60,11 @@ int vd_pread_nowait(struct vd_image *img, void *buf, size_t len, uint64_t off);
 int vd_pwrite(struct vd_image *img, const void *buf, size_t len, uint64_t off, unsigned flags);
 int vd_flush(struct vd_image *img);
 /* Deallocate where the whole grain is covered (reads then return zeroes,
- * not the parent's data); partial grains are zeroed. */
+ * not the parent's data). Advisory for pieces of grains (NBD TRIM, SCSI
+ * UNMAP): a piece of a grain allocated in this image is punched out (reads
+ * zeroes), a piece of one that is not is left as it is (it may go on
+ * reading the parent's data): never a copy-up of a whole grain. Raw and
+ * flat images: the range reads zeroes. */
 int vd_discard(struct vd_image *img, uint64_t off, uint64_t len);
 int vd_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags);
 

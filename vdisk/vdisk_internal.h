@@ -325,6 +325,11 @@ int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t
  * (or unallocated when `unmap_to_parent`), partial grains are written. */
 int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, uint64_t len,
                      unsigned flags);
+/* Discard [off,off+len): whole grains become zeroed-grain entries, pieces
+ * of grains allocated here are punched out of the file (they read zeroes);
+ * pieces of grains not allocated here are left alone (TRIM is advisory: no
+ * copy-up of a whole grain to give back a piece of it). */
+int vmdk_sparse_discard(struct vd_image *img, struct vmdk_extent *e, uint64_t off, uint64_t len);
 /* Make every write that completed before the call durable: fdatasync the
  * data, write the GT sectors holding deferred entries (primary, then
  * redundant), fdatasync again. Thread-safe. */

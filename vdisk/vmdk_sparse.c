@@ -830,34 +830,101 @@ int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t
     return rc;
 }
 
+/* Make bytes [in, in+n) of the allocated grain at sector v read zeroes
+ * without writing zero data: punch them out of the file, or zero them in
+ * place (ZERO_RANGE) when `keep` (NO_HOLE). -EOPNOTSUPP where the file
+ * system cannot. The grain's entry does not change; a grain that is DATA
+ * stays at v (its space is never reused), so this is safe beside a
+ * concurrent whole-grain zeroing that punches the same bytes. */
+static int vmdk_grain_fallocate(struct vmdk_extent *e, uint32_t v, uint64_t in, uint64_t n,
+                                bool keep)
+{
+    int mode = FALLOC_FL_KEEP_SIZE | (keep ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE);
+    if (fallocate(e->fd, mode, (off_t)((uint64_t)v * VD_SECTOR + in), (off_t)n) == 0)
+        return 0;
+    int rc = -errno;
+    if (rc == -EOPNOTSUPP || rc == -ENOSYS || rc == -EINVAL || rc == -ENODEV)
+        return -EOPNOTSUPP;
+    log_err("%s: fallocate of %" PRIu64 " bytes in the grain at sector %u: %s", e->path, n, v,
+            strerror(-rc));
+    return rc;
+}
+
+/* Turn a whole grain into a zeroed-grain entry (hides the parent's data)
+ * and punch its old bytes out of the file. */
+static int vmdk_grain_zero_entry(struct vmdk_extent *e, uint64_t grain)
+{
+    struct vmdk_sparse *sp = e->sp;
+    int rc = 0;
+    pthread_mutex_t *mx = vmdk_stripe(sp, grain);
+    pthread_mutex_lock(mx);
+    uint32_t v = vmdk_gte_load(sp, grain);
+    if (vmdk_gte_state(sp, v) != VD_MAP_ZERO) {
+        rc = vmdk_gte_store(e, grain, VMDK_GTE_ZEROED);
+        if (rc == 0 && vmdk_gte_state(sp, v) == VD_MAP_DATA)
+            (void)fallocate(e->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                            (off_t)v * VD_SECTOR, (off_t)sp->grain_bytes);
+    }
+    pthread_mutex_unlock(mx);
+    return rc;
+}
+
+/* What zeroing one grain piece takes. */
+enum vmdk_zero_how {
+    VMDK_ZERO_NOTHING, /* reads zeroes already and may stay a hole */
+    VMDK_ZERO_ENTRY,   /* whole grain: a zeroed-grain entry (metadata only) */
+    VMDK_ZERO_FALLOC,  /* allocated here: fallocate in place (no data written) */
+    VMDK_ZERO_WRITE,   /* allocation (and a copy-up of the parent's data) */
+};
+
+static enum vmdk_zero_how vmdk_zero_plan(struct vd_image *img, struct vmdk_extent *e,
+                                         uint64_t off, uint64_t n, unsigned flags)
+{
+    struct vmdk_sparse *sp = e->sp;
+    uint64_t gb = sp->grain_bytes, grain = off / gb, in = off % gb;
+    enum vd_map_state st = vmdk_gte_state(sp, vmdk_gte_load(sp, grain));
+    bool whole = n == gb || (in == 0 && off + n == e->len);
+    bool reads_zero = st == VD_MAP_ZERO || (st == VD_MAP_UNALLOC && !img->parent);
+    bool no_hole = flags & VD_NO_HOLE;
+    if (whole && sp->zero_grain && !no_hole)
+        return st == VD_MAP_ZERO ? VMDK_ZERO_NOTHING : VMDK_ZERO_ENTRY;
+    if (reads_zero && !no_hole)
+        return VMDK_ZERO_NOTHING;
+    if (st == VD_MAP_DATA)
+        return VMDK_ZERO_FALLOC;
+    return VMDK_ZERO_WRITE;
+}
+
 int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, uint64_t len,
                      unsigned flags)
 {
     struct vmdk_sparse *sp = e->sp;
     uint64_t gb = sp->grain_bytes;
+    if (flags & VD_ZERO_FAST) {
+        /* FAST_ZERO: refuse before changing anything if some piece would
+         * have to be written with zero data (an allocation, a copy-up) */
+        for (uint64_t o = off, l = len; l > 0;) {
+            uint64_t n = MIN(l, gb - o % gb);
+            if (vmdk_zero_plan(img, e, o, n, flags) == VMDK_ZERO_WRITE)
+                return -ENOTSUP;
+            o += n;
+            l -= n;
+        }
+    }
     uint8_t *z = NULL;
     int rc = 0;
     while (len > 0 && rc == 0) {
         uint64_t grain = off / gb, in = off % gb;
         uint64_t n = MIN(len, gb - in);
-        uint32_t v = vmdk_gte_load(sp, grain);
-        enum vd_map_state st = vmdk_gte_state(sp, v);
-        bool whole = n == gb || (in == 0 && off + n == e->len);
-        bool reads_zero = st == VD_MAP_ZERO || (st == VD_MAP_UNALLOC && !img->parent);
-        if (whole && sp->zero_grain && !(flags & VD_NO_HOLE)) {
-            if (st != VD_MAP_ZERO) {
-                pthread_mutex_t *mx = vmdk_stripe(sp, grain);
-                pthread_mutex_lock(mx);
-                v = vmdk_gte_load(sp, grain);
-                if (vmdk_gte_state(sp, v) != VD_MAP_ZERO) {
-                    rc = vmdk_gte_store(e, grain, VMDK_GTE_ZEROED);
-                    if (rc == 0 && vmdk_gte_state(sp, v) == VD_MAP_DATA)
-                        (void)fallocate(e->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                                        (off_t)v * VD_SECTOR, (off_t)gb);
-                }
-                pthread_mutex_unlock(mx);
-            }
-        } else if (!(reads_zero && !(flags & VD_NO_HOLE))) {
+        enum vmdk_zero_how how = vmdk_zero_plan(img, e, off, n, flags);
+        if (how == VMDK_ZERO_ENTRY) {
+            rc = vmdk_grain_zero_entry(e, grain);
+        } else if (how == VMDK_ZERO_FALLOC) {
+            rc = vmdk_grain_fallocate(e, vmdk_gte_load(sp, grain), in, n, true);
+            if (rc == -EOPNOTSUPP)
+                rc = (flags & VD_ZERO_FAST) ? -ENOTSUP : 1; /* 1: write the zeroes */
+        }
+        if (how == VMDK_ZERO_WRITE || rc == 1) {
             if (!z && !(z = calloc(1, gb))) {
                 rc = -ENOMEM;
                 break;
@@ -870,6 +937,33 @@ int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, 
     free(z);
     if (rc == 0 && (flags & VD_FUA))
         rc = vmdk_sparse_flush(e);
+    return rc;
+}
+
+int vmdk_sparse_discard(struct vd_image *img, struct vmdk_extent *e, uint64_t off, uint64_t len)
+{
+    struct vmdk_sparse *sp = e->sp;
+    uint64_t gb = sp->grain_bytes;
+    int rc = 0;
+    while (len > 0 && rc == 0) {
+        uint64_t grain = off / gb, in = off % gb;
+        uint64_t n = MIN(len, gb - in);
+        uint32_t v = vmdk_gte_load(sp, grain);
+        enum vd_map_state st = vmdk_gte_state(sp, v);
+        bool whole = n == gb || (in == 0 && off + n == e->len);
+        if (whole && sp->zero_grain) {
+            if (st != VD_MAP_ZERO)
+                rc = vmdk_grain_zero_entry(e, grain);
+        } else if (st == VD_MAP_DATA) {
+            rc = vmdk_grain_fallocate(e, v, in, n, false);
+            if (rc == -EOPNOTSUPP)
+                rc = 0; /* advisory */
+        }
+        /* else: not allocated here (or compressed): nothing to give back,
+         * and no copy-up of a whole grain for a piece of it */
+        off += n;
+        len -= n;
+    }
     return rc;
 }
 

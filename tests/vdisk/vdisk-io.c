@@ -56,6 +56,18 @@ static int do_write(const char *img_path, const char *mirror, unsigned seed, int
             if (rc == 0)
                 rc = pwrite_full(mfd, buf, len, off);
         } else {
+            if (op < 9) {
+                /* a discard zeroes whole grains; pieces of grains are
+                 * advisory (may keep the parent's data): keep to grains */
+                uint64_t g = vd_granularity(img), a = ROUND_UP(off, g);
+                uint64_t z = (off + len) / g * g;
+                if (off + len == size)
+                    z = off + len;
+                if (a >= z)
+                    continue;
+                off = a;
+                len = (size_t)(z - a);
+            }
             rc = op < 9 ? vd_discard(img, off, len) : vd_write_zeroes(img, off, len, VD_NO_HOLE);
             if (rc == 0)
                 rc = pwrite_full(mfd, zero, len, off);
