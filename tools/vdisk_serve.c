@@ -17,7 +17,10 @@
  * between them, invisibly to the NBD clients; paths reaching different LUNs
  * are refused), exported as "lun" (or the next --name). SIGTERM/SIGINT
  * drain the connections, flush and exit 0; a multipath LUN's per-path
- * counters are logged at exit.
+ * counters are logged at exit. Each image is held with QEMU's image locks (a
+ * disk in use elsewhere is refused at open), and each VMDK export gets a
+ * snapshot control socket (vdisk_ctl.c): `vdisk snapshot` of a served disk
+ * is run by this server, between two requests.
  */
 #include <arpa/inet.h>
 #include <errno.h>

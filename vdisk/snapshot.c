@@ -40,8 +40,13 @@
  * - A snapshot whose frozen file has live linked clones (ddb.dependents,
  *   see clone.c) is not deleted: the clones are named in the message.
  * - Tree changes in one folder are serialised between processes by flock on
- *   the folder (skipped where unsupported). None of this is safe against a
- *   VMM writing the disk at the same time: snapshot operations are offline.
+ *   the folder (skipped where unsupported). A VMM writing the disk at the
+ *   same time would write the frozen file, so every operation holds QEMU's
+ *   writer image lock on the disk for its run (sn_hold_disk: refused while
+ *   anyone has it open), and opens its own files without locks. A process
+ *   serving the disk runs the operation itself between two requests
+ *   (vd_snapshot_*_open -> vd_image_switch: flush, operate with the lock it
+ *   already holds, reopen the path in place).
  * - Limits: the tree must fit the 10 KiB embedded descriptor and
  *   VD_MAX_DDB keys (49 snapshots), the chain VD_MAX_CHAIN images; both
  *   fail cleanly.

@@ -6,8 +6,10 @@
  * Thread model: vd_pread / vd_pwrite / vd_discard / vd_write_zeroes /
  * vd_block_status / vd_flush may be called from many threads at once on one
  * open image; I/O on different grains runs in parallel, and a grain is
- * allocated once even when two writers race for it. Open, close, and the
- * chain operations (snapshot, clone, ...) are not concurrent with I/O.
+ * allocated once even when two writers race for it. Open and close are not
+ * concurrent with I/O; the chain operations (snapshot.h) run on an image in
+ * use only through vd_snapshot_*_open, which wait for the I/O in progress
+ * and hold new I/O back while they switch the image to the new chain.
  */
 #ifndef VDISK_VDISK_H
 #define VDISK_VDISK_H
