@@ -68,6 +68,20 @@ qemu-io -f raw -c 'write -P 0x11 0 1M' s1.raw >/dev/null
 qemu-img compare -q -f vmdk -F raw "$S1" s1.raw || fail "s1 differs from what was written before it"
 ok "snapshot of a served disk: the snapshot holds 0x11, the live disk 0x22, images check clean"
 
+# ---- a snapshot before the server's first write: its CID update must not
+# rewrite the frozen descriptor from a stale copy (the old code did)
+"$VDISK" create e.vmdk 16M >/dev/null
+qemu-io -f vmdk -c 'write -P 0x12 0 64k' e.vmdk >/dev/null
+serve e.vmdk
+"$VDISK" snapshot create e.vmdk first >out 2>&1 || fail "snapshot before any write: $(cat out)"
+nbd_io -c 'write -P 0x13 0 4k'
+stop
+"$VDISK" info e.vmdk >out 2>&1 || fail "the chain no longer opens: $(cat out)"
+grep -q 'ddb.frozen = "true"' e-000001.vmdk || fail "the frozen descriptor lost ddb.frozen"
+reads e-000001.vmdk 0x12 0 64k && reads e.vmdk 0x13 0 4k && reads e.vmdk 0x12 4k 60k ||
+    fail "after a snapshot before the first write: $(cat io.out)"
+ok "a snapshot before the server's first write: the frozen descriptor stays intact"
+
 # ---- revert while served: the server reads s1's data at once, and writes on
 serve d.vmdk
 nbd_io -c 'write -P 0x33 0 2M'
