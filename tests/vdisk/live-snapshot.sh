@@ -133,14 +133,14 @@ ok "a dead server's stale socket: the snapshot is made locally"
 if fio --enghelp 2>/dev/null | grep -qw nbd; then
     serve d.vmdk
     fio --name=live --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --iodepth=16 \
-        --size=24M --verify=crc32c --do_verify=1 --verify_backlog=512 --verify_fatal=1 \
+        --size=${LIVE_SNAP_FIO_MB:-24}M --verify=crc32c --do_verify=1 --verify_backlog=512 --verify_fatal=1 \
         --randrepeat=1 --output=fio.out >/dev/null 2>fio.err &
     FIO=$!
     n=0
     while kill -0 $FIO 2>/dev/null && [ $n -lt ${LIVE_SNAP_COUNT:-8} ]; do
         n=$((n + 1))
         "$VDISK" snapshot create d.vmdk "fio$n" >out 2>&1 || fail "snapshot fio$n under fio: $(cat out)"
-        sleep 0.2
+        sleep 0.05
     done
     wait $FIO || fail "fio verify with $n live snapshots: $(tail -20 fio.err fio.out)"
     ! grep -q 'verify' fio.err || fail "fio verify: $(cat fio.err)"
