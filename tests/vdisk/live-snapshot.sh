@@ -57,6 +57,15 @@ nbd_io -c 'write -P 0x11 0 1M'
 "$VDISK" snapshot create d.vmdk s1 >out 2>&1 || fail "snapshot create while served: $(cat out)"
 grep -q 'live, by the server' out || fail "not done by the server: $(cat out)"
 nbd_io -c 'write -P 0x22 0 512k' -c 'read -P 0x11 512k 512k'
+# a linked clone of the served disk would freeze it: refused, nothing made;
+# a linked clone of its frozen snapshot works beside the server
+if "$VDISK" clone --linked d.vmdk lc.vmdk >out 2>&1; then fail "linked clone of a served disk"; fi
+grep -q 'in use: vdisk' out || fail "linked clone refusal: $(cat out)"
+[ ! -e lc.vmdk ] && [ "$("$VDISK" snapshot list --json d.vmdk | grep -o '"name"' | wc -l)" = 1 ] ||
+    fail "the refused linked clone left something behind"
+"$VDISK" clone --linked d-000001.vmdk lc.vmdk >out 2>&1 || fail "clone of the frozen file: $(cat out)"
+reads lc.vmdk 0x11 0 1M || fail "the linked clone of s1: $(cat io.out)"
+rm -f lc.vmdk
 stop
 S1=$(file_of s1)
 [ "$S1" = d-000001.vmdk ] || fail "frozen file of s1: '$S1'"
