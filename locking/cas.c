@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "lun.h"
@@ -43,10 +44,7 @@ static int cas_caw(struct lockspace *ls, uint64_t lba, const void *expect, const
         return -ENOMEM;
     int r = 0;
     for (int attempt = 0; attempt < 3; attempt++) {
-        if ((r = lockspace_check_write(ls)) < 0)
-            break;
-        __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
-        r = lun_compare_and_write(ls->lun, lba, expect, data, cur);
+        r = ls_caw_dl(ls, LS_TP_CAS, lba, expect, data, cur, 0);
         if (r == 0)
             break;
         if (r == -EILSEQ) {
@@ -56,13 +54,10 @@ static int cas_caw(struct lockspace *ls, uint64_t lba, const void *expect, const
                 memcpy(found, cur, ls->bs);
             break;
         }
-        if (r == -EBADE || r == -EOPNOTSUPP || r == -EINVAL || r == -EROFS || r == -ENODEV) {
-            if (r == -EBADE) {
-                pthread_mutex_lock(&ls->lock);
-                ls_fence_locked(ls, LS_FENCE_PREEMPTED,
-                                "COMPARE AND WRITE refused (RESERVATION CONFLICT)");
-                pthread_mutex_unlock(&ls->lock);
-            }
+        if (r == -EBADE || r == -EOPNOTSUPP || r == -EINVAL || r == -EROFS || r == -ENODEV)
+            break; /* -EBADE fenced us (the gate did) */
+        if ((r == -EIO || r == -ETIMEDOUT) && lockspace_check_write(ls) < 0) {
+            r = -EIO; /* fenced, or our deadline passed: whatever happened is moot */
             break;
         }
         /* Timeout / transport: did it happen? */
@@ -110,7 +105,7 @@ static int cas_paxos(struct lockspace *ls, uint64_t lba, const void *expect, con
                 memcpy(found, cur, ls->bs);
             r = -EILSEQ;
         } else {
-            r = ls_write_raw(ls, lba, 1, data);
+            r = ls_write_dl(ls, LS_TP_CAS, lba, 1, data, 0, ls->mutex_deadline_ns);
         }
     }
     int rr = ls_mutex_release(ls);
@@ -125,4 +120,46 @@ int ls_cas(struct lockspace *ls, uint64_t lba, const void *expect, const void *d
 {
     return ls->caw ? cas_caw(ls, lba, expect, data, found)
                    : cas_paxos(ls, lba, expect, data, found);
+}
+
+/* ---- Without an atomic step: the delta-lease write (sanlock) ------------ */
+
+int ls_delta_write(struct lockspace *ls, uint64_t lba, const void *expect, const void *data,
+                   void *found)
+{
+    uint8_t *cur = malloc(ls->bs);
+    if (!cur)
+        return -ENOMEM;
+    int r = -EAGAIN;
+    for (int attempt = 0; attempt < 3 && r == -EAGAIN; attempt++) {
+        /* The write must not be sent later than T/2 after the read that saw
+         * `expect` was ISSUED (the block may have changed right after): the
+         * deadline travels with the write through the LUN layer's retries.
+         * A racer's write then lands within 1.5 T of a read that preceded
+         * ours, before our read-back 2.5 T after our write completed. */
+        uint64_t issued = ls_now_ns();
+        if ((r = ls_read(ls, lba, 1, cur)) < 0)
+            break;
+        bool landed = attempt > 0 && !memcmp(cur, data, ls->bs); /* a timed-out try landed */
+        if (!landed && memcmp(cur, expect, ls->bs)) {
+            r = -EILSEQ;
+            break;
+        }
+        uint64_t dl = issued + (uint64_t)ls->to.io_timeout_ms * 500000ull;
+        r = landed ? 0 : ls_write_dl(ls, LS_TP_DELTA, lba, 1, data, 0, dl);
+        if (r == -ETIMEDOUT && lockspace_check_write(ls) == 0 && ls_now_ns() >= dl) {
+            r = -EAGAIN; /* too slow to write on this view: look again */
+            continue;
+        }
+        if (r < 0)
+            break;
+        usleep((useconds_t)(2500ull * ls->to.io_timeout_ms));
+        if ((r = ls_read(ls, lba, 1, cur)) < 0)
+            break;
+        r = memcmp(cur, data, ls->bs) ? -EILSEQ : 0;
+    }
+    if (r == -EILSEQ && found)
+        memcpy(found, cur, ls->bs);
+    free(cur);
+    return r;
 }

@@ -28,29 +28,54 @@ static void seal(void *buf)
     le32_put((uint8_t *)buf + LS_CRC_OFF, crc32c(buf, LS_CRC_OFF));
 }
 
-/* Check magic, CRC and version. */
-static int check(const void *buf, uint32_t magic, const char *what, uint64_t lba)
+/* Check magic, CRC and version (`major`: the one this build reads). */
+static int check_v(const void *buf, uint32_t magic, uint16_t major, const char *what, uint64_t lba)
 {
     uint32_t m = le32_get(buf);
     if (m != magic) {
-        log_err("%s at lba %llu: bad magic 0x%08x (expected 0x%08x)%s", what,
+        if (what) /* what == NULL: quiet (a retried read) */
+            log_err("%s at lba %llu: bad magic 0x%08x (expected 0x%08x)%s", what,
                 (unsigned long long)lba, m, magic, m == 0 ? " -- not formatted or zeroed" : "");
         return -EUCLEAN;
     }
     uint32_t want = le32_get((const uint8_t *)buf + LS_CRC_OFF);
     uint32_t got = crc32c(buf, LS_CRC_OFF);
     if (want != got) {
-        log_err("%s at lba %llu: bad CRC32C 0x%08x (computed 0x%08x)", what,
+        if (what)
+            log_err("%s at lba %llu: bad CRC32C 0x%08x (computed 0x%08x)", what,
                 (unsigned long long)lba, want, got);
         return -EBADMSG;
     }
     uint16_t v = le16_get((const uint8_t *)buf + 4);
-    if (v != LS_VERSION_MAJOR) {
-        log_err("%s at lba %llu: version %u not supported (this build reads %u)", what,
-                (unsigned long long)lba, v, LS_VERSION_MAJOR);
+    if (v != major) {
+        if (what)
+            log_err("%s at lba %llu: version %u not supported (this build reads %u)%s", what,
+                (unsigned long long)lba, v, major,
+                magic == LS_MAGIC_HEADER && v == 1
+                    ? ": a version-1 lockspace does not record its atomic-step method; lay it "
+                      "again with `clusterfs locks init` while no host uses it"
+                    : "");
         return -EPROTO;
     }
     return 0;
+}
+
+static int check(const void *buf, uint32_t magic, const char *what, uint64_t lba)
+{
+    return check_v(buf, magic, LS_VERSION_MAJOR, what, lba);
+}
+
+const char *ls_atomic_method_name(enum ls_atomic_method m)
+{
+    switch (m) {
+    case LS_ATOMIC_AUTO:
+        return "auto";
+    case LS_ATOMIC_CAW:
+        return "compare-and-write";
+    case LS_ATOMIC_PAXOS:
+        return "paxos";
+    }
+    return "?";
 }
 
 static void copy_str(char *dst, size_t dstlen, const void *src, size_t srclen)
@@ -67,7 +92,7 @@ void ls_header_encode(void *buf, const struct ls_header *h)
     typedef struct ls_header_disk D;
     memset(buf, 0, LS_REC_SIZE);
     PUT32(buf, D, magic, LS_MAGIC_HEADER);
-    PUT16(buf, D, version_major, LS_VERSION_MAJOR);
+    PUT16(buf, D, version_major, LS_HDR_VERSION_MAJOR);
     PUT16(buf, D, version_minor, LS_VERSION_MINOR);
     PUT32(buf, D, block_size, h->block_size);
     PUT32(buf, D, io_timeout_ms, h->io_timeout_ms);
@@ -78,13 +103,16 @@ void ls_header_encode(void *buf, const struct ls_header *h)
     PUT64(buf, D, locks_off, h->locks_off);
     PUT64(buf, D, total_blocks, h->total_blocks);
     memcpy((uint8_t *)buf + offsetof(D, uuid), h->uuid, 16);
+    PUT16(buf, D, atomic, h->atomic);
+    PUT32(buf, D, incompat, h->incompat);
+    PUT32(buf, D, compat, h->compat);
     seal(buf);
 }
 
 int ls_header_decode(const void *buf, struct ls_header *h, const char *what, uint64_t lba)
 {
     typedef struct ls_header_disk D;
-    int r = check(buf, LS_MAGIC_HEADER, what, lba);
+    int r = check_v(buf, LS_MAGIC_HEADER, LS_HDR_VERSION_MAJOR, what, lba);
     if (r < 0)
         return r;
     h->version_major = GET16(buf, D, version_major);
@@ -98,6 +126,19 @@ int ls_header_decode(const void *buf, struct ls_header *h, const char *what, uin
     h->locks_off = GET64(buf, D, locks_off);
     h->total_blocks = GET64(buf, D, total_blocks);
     memcpy(h->uuid, (const uint8_t *)buf + offsetof(D, uuid), 16);
+    h->atomic = GET16(buf, D, atomic);
+    h->incompat = GET32(buf, D, incompat);
+    h->compat = GET32(buf, D, compat);
+    if (h->atomic != LS_ATOMIC_CAW && h->atomic != LS_ATOMIC_PAXOS) {
+        log_err("%s at lba %llu: unknown atomic-step method %u", what, (unsigned long long)lba,
+                h->atomic);
+        return -EUCLEAN;
+    }
+    if (h->incompat & ~LS_INCOMPAT_KNOWN) {
+        log_err("%s at lba %llu: incompatible features 0x%08x this build does not know", what,
+                (unsigned long long)lba, h->incompat & ~LS_INCOMPAT_KNOWN);
+        return -EPROTO;
+    }
     if (h->max_hosts < LS_MAX_HOSTS_MIN || h->max_hosts > LS_MAX_HOSTS_MAX ||
         (h->block_size != 512 && h->block_size != 4096)) {
         log_err("%s at lba %llu: implausible geometry (%u hosts, %u-byte blocks)", what,
@@ -167,6 +208,10 @@ void ls_lockrec_encode(void *buf, const struct ls_lockrec *r)
     PUT32(buf, D, writer_slot, r->writer_slot);
     PUT32(buf, D, writer_gen, r->writer_gen);
     memcpy((uint8_t *)buf + offsetof(D, name), r->name, strnlen(r->name, LS_LOCK_NAME_MAX));
+    if (r->xwait) {
+        PUT32(buf, D, xwait, r->xwait_slot + 1);
+        PUT32(buf, D, xwait_gen, r->xwait_gen);
+    }
     for (unsigned i = 0; i < r->nowners && i < LS_LOCK_MAX_OWNERS; i++) {
         uint8_t *o = (uint8_t *)buf + offsetof(D, owners) + i * sizeof(struct ls_owner_disk);
         le16_put(o, (uint16_t)r->owners[i].slot);
@@ -195,6 +240,10 @@ int ls_lockrec_decode(const void *buf, struct ls_lockrec *r, const char *what, u
     r->writer_slot = GET32(buf, D, writer_slot);
     r->writer_gen = GET32(buf, D, writer_gen);
     copy_str(r->name, sizeof(r->name), b + offsetof(D, name), 48);
+    uint32_t xw = GET32(buf, D, xwait);
+    r->xwait = xw != 0;
+    r->xwait_slot = xw ? xw - 1 : 0;
+    r->xwait_gen = xw ? GET32(buf, D, xwait_gen) : 0;
     for (unsigned i = 0; i < r->nowners; i++) {
         const uint8_t *o = b + offsetof(D, owners) + i * sizeof(struct ls_owner_disk);
         r->owners[i].slot = le16_get(o);
@@ -299,8 +348,13 @@ int ls_lockrec_add_owner(struct ls_lockrec *r, enum ls_lock_mode mode, uint32_t 
         return r->mode == mode ? 1 : -EBUSY;
     if (!ls_mode_compatible(r->mode, mode))
         return -EBUSY;
+    bool xw_other = r->xwait && (r->xwait_slot != slot || r->xwait_gen != gen);
+    if (xw_other && mode != LS_LOCK_EXCLUSIVE)
+        return -EBUSY; /* an exclusive waiter goes first: readers do not starve it */
     if (r->nowners >= LS_LOCK_MAX_OWNERS)
         return -ENOSPC;
+    if (mode == LS_LOCK_EXCLUSIVE && r->xwait && !xw_other)
+        r->xwait = false;
     r->owners[r->nowners].slot = slot;
     r->owners[r->nowners].gen = gen;
     r->nowners++;

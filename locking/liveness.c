@@ -29,7 +29,11 @@
  * dead 12 s; kill -9 to break ~ 12..16 s.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "log.h"
+#include "lun.h"
 
 #include "ls_internal.h"
 
@@ -41,6 +45,8 @@ int ls_timeouts_derive(uint32_t io_timeout_ms, struct ls_timeouts *out)
     out->renew_ms = io_timeout_ms;
     out->fence_ms = 4 * io_timeout_ms;
     out->dead_ms = out->fence_ms + io_timeout_ms /* in flight */ + io_timeout_ms /* margin */;
+    out->mutex_hold_ms = 3 * io_timeout_ms; /* leader write + read + write of the RMW */
+    out->mutex_steal_ms = out->mutex_hold_ms + io_timeout_ms /* in flight */ + io_timeout_ms;
     return 0;
 }
 
@@ -95,4 +101,66 @@ void ls_peer_update(struct ls_peer *p, const struct ls_hb *hb, bool corrupt, uin
     }
     if (hb->state == LS_SLOT_RECOVERING && p->state != LS_HOST_DEAD)
         p->state = LS_HOST_RECOVERING;
+}
+
+static uint64_t ms_ns(uint32_t ms)
+{
+    return (uint64_t)ms * 1000000ull;
+}
+
+/* ---- The peer view: one read of the heartbeat region ------------------------------------------------------------ */
+
+int ls_hb_scan(struct lockspace *ls)
+{
+    uint32_t H = ls->hdr.max_hosts;
+    uint8_t *buf = malloc((size_t)H * ls->bs);
+    if (!buf)
+        return -ENOMEM;
+    uint64_t t0 = ls_now_ns();
+    int r = ls_read(ls, ls->offset + ls->hdr.hb_off, H, buf);
+    uint64_t t1 = ls_now_ns();
+    if (r < 0) {
+        log_warn("%s: cannot read the heartbeat region: %s", lun_name(ls->lun), strerror(-r));
+        free(buf);
+        return r;
+    }
+    pthread_mutex_lock(&ls->lock);
+    for (uint32_t i = 0; i < H; i++) {
+        struct ls_hb hb;
+        const uint8_t *b = buf + (size_t)i * ls->bs;
+        /* A corrupt slot is logged when it becomes corrupt, not at every scan. */
+        if (ls->peers[i].state == LS_HOST_CORRUPT &&
+            !memcmp(b, ls->hb_raw + (size_t)i * ls->bs, ls->bs))
+            continue;
+        int d = ls_hb_decode(b, &hb, "heartbeat slot", ls->offset + ls->hdr.hb_off + i);
+        ls_peer_update(&ls->peers[i], &hb, d < 0, t0, t1, ms_ns(ls->to.dead_ms));
+    }
+    memcpy(ls->hb_raw, buf, (size_t)H * ls->bs);
+    ls->hb_read_ns = t1;
+    ls->hb_read_start_ns = t0;
+    pthread_mutex_unlock(&ls->lock);
+    free(buf);
+    return 0;
+}
+
+int ls_owner_liveness(struct lockspace *ls, uint32_t slot, uint32_t gen)
+{
+    if (slot >= ls->hdr.max_hosts)
+        return 0;
+    pthread_mutex_lock(&ls->lock);
+    struct ls_hb hb;
+    int r;
+    if (ls_hb_decode(ls->hb_raw + (size_t)slot * ls->bs, &hb, "heartbeat slot",
+                     ls->offset + ls->hdr.hb_off + slot) < 0)
+        r = 1; /* corrupt: never free */
+    else if ((hb.state == LS_SLOT_FREE && hb.generation >= gen) || hb.generation > gen)
+        r = 0; /* gone (sanlock's rule); a smaller generation is an older view */
+    else if (hb.generation != gen)
+        r = 1;
+    else if (ls->peers[slot].state == LS_HOST_DEAD)
+        r = 2;
+    else
+        r = 1;
+    pthread_mutex_unlock(&ls->lock);
+    return r;
 }

@@ -16,9 +16,13 @@
  * Options: --offset N (lockspace block, default 8), --name NAME,
  * --hosts N (prep: heartbeat slots, default 256; others: must match),
  * --io-timeout MS, --rounds N, --lock I, --expect N, --linger MS,
- * --timeout MS, --paxos (force the fallback), --raw (hold: write without
+ * --timeout MS, --paxos (prep: lay a paxos lockspace; others: refuse a
+ * CAW one), --raw (hold: write without
  * the self-fence check, to show the target refuses a fenced host),
- * --no-fencing. Several URIs = several paths to the LUN.
+ * --no-fencing, --think MS (hammer: hold the lock MS per round),
+ * --pause-at-write (hold/take: SIGSTOP ourselves right after
+ * the first data write passed its fence check, "PAUSED-AT-WRITE").
+ * Several URIs = several paths to the LUN.
  *
  * The guarded area, 8 blocks before the end of the LUN: block G (guard), C (counter: le64
  * at 0, then 0xA5 bytes), G again, D (data: "<name> <seq>"), G again.
@@ -28,6 +32,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -50,7 +55,8 @@ static struct {
     unsigned rounds, lock, linger_ms;
     uint64_t expect;
     int timeout_ms;
-    bool paxos, raw, no_fencing;
+    bool paxos, raw, no_fencing, pause_at_write;
+    unsigned think_ms;
     uint32_t hosts;
 } opt = {.offset = 8, .name = "host", .rounds = 1000, .timeout_ms = -1, .linger_ms = 1000};
 
@@ -63,12 +69,59 @@ static void on_fenced(struct lockspace *ls, enum ls_fence_reason why, void *opaq
     fflush(stdout);
 }
 
-/* The recovery hook: one line per call, so tests can count them. */
+/* The recovery hook: one line per call, so tests can count them. With
+ * reservations it also says whether the dead host's key is still
+ * registered (it must not be: fencing comes before the hook). */
 static int on_recover(struct lockspace *ls, const struct ls_host_info *dead, void *opaque)
 {
-    printf("RECOVERED %s slot %u gen %u\n", dead->name, dead->slot, dead->generation);
+    struct lun *lun = opaque;
+    int reg = -1;
+    if (dead->pr_key && lockspace_has_pr_fencing(ls)) {
+        struct lun_pr_state *st = calloc(1, sizeof(*st));
+        if (st && lun_pr_read(lun, st) == 0) {
+            reg = 0;
+            for (unsigned i = 0; i < st->nkeys; i++)
+                if (st->keys[i] == dead->pr_key)
+                    reg = 1;
+        }
+        free(st);
+    }
+    printf("RECOVERED %s slot %u gen %u key 0x%016" PRIx64 " registered %d\n", dead->name,
+           dead->slot, dead->generation, dead->pr_key, reg);
     fflush(stdout);
     return 0;
+}
+
+/* --pause-at-write: stop this process (SIGSTOP, as a paused VM host) right
+ * after the first guarded data write passed its fence check, before it is
+ * sent. The test breaks the lock meanwhile, then resumes us. The stop waits
+ * until the renewal thread, too, sits in the hook before its next write: no
+ * thread is then inside an I/O (a process stopped inside the file LUN's
+ * COMPARE AND WRITE emulation would hold a byte-range lock that blocks other
+ * hosts' reads, which no real disk does). */
+static pthread_mutex_t pause_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pause_cv = PTHREAD_COND_INITIALIZER;
+static int pause_state; /* 0 armed, 1 data write waiting, 2 renewal parked, 3 resumed */
+
+static void pause_hook(struct lockspace *ls, enum ls_test_point where, uint64_t lba, void *opaque)
+{
+    pthread_mutex_lock(&pause_mu);
+    if (where == LS_TP_DATA_WRITE && pause_state == 0) {
+        pause_state = 1;
+        while (pause_state == 1)
+            pthread_cond_wait(&pause_cv, &pause_mu);
+        printf("PAUSED-AT-WRITE\n");
+        fflush(stdout);
+        raise(SIGSTOP);
+        pause_state = 3;
+        pthread_cond_broadcast(&pause_cv);
+    } else if (where != LS_TP_DATA_WRITE && pause_state == 1) {
+        pause_state = 2; /* park here until the data thread resumed */
+        pthread_cond_broadcast(&pause_cv);
+        while (pause_state != 3)
+            pthread_cond_wait(&pause_cv, &pause_mu);
+    }
+    pthread_mutex_unlock(&pause_mu);
 }
 
 static uint64_t ms_now(void)
@@ -105,6 +158,7 @@ int main(int argc, char **argv)
         {"rounds", 1, 0, 'r'}, {"lock", 1, 0, 'l'},       {"expect", 1, 0, 'e'},
         {"linger", 1, 0, 'g'}, {"timeout", 1, 0, 't'},    {"paxos", 0, 0, 'p'},
         {"raw", 0, 0, 'w'},    {"no-fencing", 0, 0, 'f'}, {"hosts", 1, 0, 'H'},
+        {"pause-at-write", 0, 0, 'P'}, {"think", 1, 0, 'T'},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -145,6 +199,12 @@ int main(int argc, char **argv)
         case 'H':
             opt.hosts = (uint32_t)strtoul(optarg, NULL, 0);
             break;
+        case 'P':
+            opt.pause_at_write = true;
+            break;
+        case 'T':
+            opt.think_ms = (unsigned)strtoul(optarg, NULL, 0);
+            break;
         default:
             return 2;
         }
@@ -173,8 +233,10 @@ int main(int argc, char **argv)
         return 1;
     }
     uint32_t bs = lun_block_size(lun);
-    struct ls_format_params fp = {
-        .io_timeout_ms = opt.io_ms, .max_hosts = opt.hosts ? opt.hosts : 256, .max_locks = 16};
+    struct ls_format_params fp = {.io_timeout_ms = opt.io_ms,
+                                  .max_hosts = opt.hosts ? opt.hosts : 256,
+                                  .max_locks = 16,
+                                  .atomic = opt.paxos ? LS_ATOMIC_PAXOS : LS_ATOMIC_AUTO};
     uint8_t *blk = calloc(2, bs), *blk2 = blk + bs;
     struct area ar;
     area_of(lun, &ar);
@@ -240,7 +302,8 @@ int main(int argc, char **argv)
                               .force_paxos = opt.paxos,
                               .no_fencing = opt.no_fencing,
                               .fenced = on_fenced,
-                              .recover = on_recover};
+                              .recover = on_recover,
+                              .opaque = lun};
     struct lockspace *ls;
     if ((r = lockspace_open(lun, opt.offset, &oo, &ls)) < 0)
         goto out;
@@ -277,6 +340,8 @@ int main(int argc, char **argv)
                     break;
                 }
             le64_put(blk, le64_get(blk) + 1);
+            if (opt.think_ms)
+                usleep(opt.think_ms * 1000); /* work done under the lock */
             if (rc || (r = ls_write(ls, ar.counter, 1, blk, 0)) < 0 ||
                 (r = lock_release(ls, lba)) < 0)
                 rc = 1;
@@ -291,6 +356,8 @@ int main(int argc, char **argv)
         }
         printf("ACQUIRED %" PRIu64 "\n", ms_now() - t0);
         fflush(stdout);
+        if (opt.pause_at_write)
+            lockspace_set_test_hook(ls, pause_hook, NULL);
         bool hold = !strcmp(cmd, "hold");
         uint64_t until = ms_now() + opt.linger_ms;
         for (unsigned seq = 0;; seq++) {
@@ -303,7 +370,17 @@ int main(int argc, char **argv)
                 }
                 break;
             }
-            r = lun_write(lun, ar.data, 1, blk, 0);
+            /* --raw: straight to the LUN, no check and no deadline (only
+             * the target's fencing can stop it); else through the gate. */
+            r = opt.raw ? lun_write(lun, ar.data, 1, blk, 0) : ls_write(ls, ar.data, 1, blk, 0);
+            if (r < 0 && !opt.raw && r != -EBADE && lockspace_check_write(ls) == 0) {
+                /* A transport error (a stalled target, a path down) while
+                 * still within our lease: not a refusal, try again. */
+                printf("WRITE-RETRY %d\n", -r);
+                fflush(stdout);
+                usleep(50000);
+                continue;
+            }
             if (r < 0) {
                 printf("WRITE-REFUSED %d\n", -r);
                 fflush(stdout);

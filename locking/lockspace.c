@@ -50,99 +50,9 @@
 #include "lun.h"
 #include "ls_internal.h"
 
-uint64_t ls_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static uint64_t ms_ns(uint32_t ms)
 {
     return (uint64_t)ms * 1000000ull;
-}
-
-int ls_read(struct lockspace *ls, uint64_t lba, uint32_t n, void *buf)
-{
-    __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
-    return lun_read(ls->lun, lba, n, buf);
-}
-
-/* Caller holds ls->lock. */
-void ls_fence_locked(struct lockspace *ls, enum ls_fence_reason why, const char *msg)
-{
-    if (ls->fenced)
-        return;
-    ls->fenced = true;
-    log_err("%s: lockspace at block %llu: host %s (slot %u generation %u) fenced: %s; "
-            "all writes to the LUN stop, operations fail with EIO",
-            lun_name(ls->lun), (unsigned long long)ls->offset, ls->name, ls->slot, ls->generation,
-            msg);
-    if (ls->opts.fenced) {
-        /* The callback must not call back into the lockspace's locks. */
-        pthread_mutex_unlock(&ls->lock);
-        ls->opts.fenced(ls, why, ls->opts.opaque);
-        pthread_mutex_lock(&ls->lock);
-    }
-}
-
-static int write_gate_locked(struct lockspace *ls)
-{
-    if (ls->fenced)
-        return -EIO;
-    if (ls->claiming && ls_now_ns() >= ls->deadline_ns) {
-        /* A joiner recovering a dead slot: its mark is its heartbeat, and
-         * after mark + fence_ms another host may take the slot over. */
-        log_err("%s: lockspace at block %llu: host %s: recovery of slot %u took past the "
-                "joiner's self-fence deadline (%u ms after its mark): write refused",
-                lun_name(ls->lun), (unsigned long long)ls->offset, ls->name, ls->slot,
-                ls->to.fence_ms);
-        return -EIO;
-    }
-    if (ls->joined && ls_now_ns() >= ls->deadline_ns) {
-        ls_fence_locked(ls, LS_FENCE_DEADLINE, "heartbeat not renewed by the self-fence deadline");
-        return -EIO;
-    }
-    return 0;
-}
-
-int lockspace_check_write(struct lockspace *ls)
-{
-    pthread_mutex_lock(&ls->lock);
-    int r = write_gate_locked(ls);
-    pthread_mutex_unlock(&ls->lock);
-    return r;
-}
-
-static void note_write_error(struct lockspace *ls, int r)
-{
-    if (r == -EBADE) {
-        pthread_mutex_lock(&ls->lock);
-        ls_fence_locked(ls, LS_FENCE_PREEMPTED,
-                        "the target refused a write (RESERVATION CONFLICT): our key was preempted");
-        pthread_mutex_unlock(&ls->lock);
-    }
-}
-
-int ls_write_raw(struct lockspace *ls, uint64_t lba, uint32_t n, const void *buf)
-{
-    int r = lockspace_check_write(ls);
-    if (r < 0)
-        return r;
-    __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
-    r = lun_write(ls->lun, lba, n, buf, 0);
-    note_write_error(ls, r);
-    return r;
-}
-
-int ls_write(struct lockspace *ls, uint64_t lba, uint32_t nblocks, const void *buf, unsigned flags)
-{
-    int r = lockspace_check_write(ls);
-    if (r < 0)
-        return r;
-    r = lun_write(ls->lun, lba, nblocks, buf, flags);
-    note_write_error(ls, r);
-    return r;
 }
 
 /* ---- Format ----------------------------------------------------------------- */
@@ -184,6 +94,16 @@ int lockspace_format(struct lun *lun, uint64_t offset, const struct ls_format_pa
     const struct lun_info *info = lun_get_info(lun);
     uint32_t bs = info->block_size;
     uint64_t total = lockspace_size_blocks(p);
+    enum ls_atomic_method method = p ? p->atomic : LS_ATOMIC_AUTO;
+    if (method == LS_ATOMIC_AUTO)
+        method = info->caps.compare_and_write ? LS_ATOMIC_CAW : LS_ATOMIC_PAXOS;
+    if (method == LS_ATOMIC_CAW && !info->caps.compare_and_write) {
+        log_err("%s: cannot lay a lockspace using COMPARE AND WRITE: the LUN does not support it",
+                lun_name(lun));
+        return -EOPNOTSUPP;
+    }
+    if (method != LS_ATOMIC_CAW && method != LS_ATOMIC_PAXOS)
+        return -EINVAL;
     if (offset + total > info->num_blocks) {
         log_err("%s: lockspace of %llu blocks at %llu does not fit (%llu blocks)", lun_name(lun),
                 (unsigned long long)total, (unsigned long long)offset,
@@ -199,6 +119,7 @@ int lockspace_format(struct lun *lun, uint64_t offset, const struct ls_format_pa
         .paxos_off = 1 + (uint64_t)H,
         .locks_off = 2 + 2 * (uint64_t)H,
         .total_blocks = total,
+        .atomic = method,
     };
     if (getrandom(h.uuid, 16, 0) != 16)
         return -errno;
@@ -207,6 +128,22 @@ int lockspace_format(struct lun *lun, uint64_t offset, const struct ls_format_pa
     if (!buf)
         return -ENOMEM;
     int r;
+    /* A reservation left by the hosts of an earlier lockspace (killed, or
+     * leaving together) refuses unregistered writers: register a key of our
+     * own for the format, and release the reservation after it if nobody
+     * else is registered. */
+    uint64_t key = 0;
+    if (info->caps.persistent_reservations) {
+        struct lun_pr_state *st = calloc(1, sizeof(*st));
+        if (st && lun_pr_read(lun, st) == 0 && st->reserved) {
+            while (!key)
+                if (getrandom(&key, sizeof(key), 0) != sizeof(key))
+                    break;
+            if (key && lun_pr_register(lun, key) < 0)
+                key = 0;
+        }
+        free(st);
+    }
     /* Heartbeat slots. */
     for (uint32_t i = 0; i < H; i += chunk) {
         uint32_t n = H - i < chunk ? H - i : chunk;
@@ -256,6 +193,19 @@ int lockspace_format(struct lun *lun, uint64_t offset, const struct ls_format_pa
     if (r == -EOPNOTSUPP)
         r = 0;
 out:
+    if (key) {
+        struct lun_pr_state *st = calloc(1, sizeof(*st));
+        if (st && lun_pr_read(lun, st) == 0 && st->reserved) {
+            bool others = false;
+            for (unsigned i = 0; i < st->nkeys; i++)
+                if (st->keys[i] != key)
+                    others = true;
+            if (!others)
+                lun_pr_release(lun, key, st->type);
+        }
+        free(st);
+        lun_pr_register(lun, 0);
+    }
     free(buf);
     return r;
 }
@@ -303,9 +253,20 @@ int lockspace_open(struct lun *lun, uint64_t offset, const struct ls_open_opts *
                 (unsigned long long)offset, (unsigned long long)h.total_blocks);
         return -EUCLEAN;
     }
+    if (h.atomic == LS_ATOMIC_CAW && (!info->caps.compare_and_write || o->force_paxos)) {
+        /* Hosts using COMPARE AND WRITE and hosts using the paxos mutex do
+         * not exclude each other: one method per lockspace. */
+        log_err("%s: lockspace at block %llu uses COMPARE AND WRITE (recorded at format time) "
+                "and this host %s: refusing to join",
+                lun_name(lun), (unsigned long long)offset,
+                o->force_paxos ? "was told to use the paxos fallback"
+                               : "cannot use it (a path of the LUN does not support it)");
+        return -EOPNOTSUPP;
+    }
     struct lockspace *ls = calloc(1, sizeof(*ls));
     if (!ls)
         return -ENOMEM;
+    ls->caw = h.atomic == LS_ATOMIC_CAW;
     ls->lun = lun;
     ls->offset = offset;
     ls->bs = bs;
@@ -322,7 +283,6 @@ int lockspace_open(struct lun *lun, uint64_t offset, const struct ls_open_opts *
     else if (getrandom(ls->uuid, 16, 0) != 16)
         memset(ls->uuid, 0x5a, 16);
     ls->opts.host_uuid = NULL;
-    ls->caw = info->caps.compare_and_write && !o->force_paxos;
     ls->pr =
         info->caps.persistent_reservations && info->caps.pr_we_all_registrants && !o->no_fencing;
     ls->slot = LS_NO_SLOT;
@@ -334,8 +294,9 @@ int lockspace_open(struct lun *lun, uint64_t offset, const struct ls_open_opts *
     pthread_cond_init(&ls->cond, &ca);
     pthread_condattr_destroy(&ca);
     ls->hb_raw = calloc(h.max_hosts, bs);
+    ls->hb_mine = calloc(2, bs); /* last written, last tried */
     ls->peers = calloc(h.max_hosts, sizeof(*ls->peers));
-    if (!ls->hb_raw || !ls->peers) {
+    if (!ls->hb_raw || !ls->peers || !ls->hb_mine) {
         lockspace_close(ls);
         return -ENOMEM;
     }
@@ -363,6 +324,10 @@ bool lockspace_uses_caw(const struct lockspace *ls)
 {
     return ls->caw;
 }
+bool lockspace_has_pr_fencing(const struct lockspace *ls)
+{
+    return ls->pr;
+}
 uint64_t lockspace_lock_lba(const struct lockspace *ls, uint32_t index)
 {
     return ls->offset + ls->hdr.locks_off + index;
@@ -370,60 +335,6 @@ uint64_t lockspace_lock_lba(const struct lockspace *ls, uint32_t index)
 uint64_t lockspace_io_count(const struct lockspace *ls)
 {
     return __atomic_load_n(&ls->nio, __ATOMIC_RELAXED);
-}
-
-/* ---- Heartbeat scan ------------------------------------------------------------ */
-
-int ls_hb_scan(struct lockspace *ls)
-{
-    uint32_t H = ls->hdr.max_hosts;
-    uint8_t *buf = malloc((size_t)H * ls->bs);
-    if (!buf)
-        return -ENOMEM;
-    uint64_t t0 = ls_now_ns();
-    int r = ls_read(ls, ls->offset + ls->hdr.hb_off, H, buf);
-    uint64_t t1 = ls_now_ns();
-    if (r < 0) {
-        log_warn("%s: cannot read the heartbeat region: %s", lun_name(ls->lun), strerror(-r));
-        free(buf);
-        return r;
-    }
-    pthread_mutex_lock(&ls->lock);
-    for (uint32_t i = 0; i < H; i++) {
-        struct ls_hb hb;
-        const uint8_t *b = buf + (size_t)i * ls->bs;
-        /* A corrupt slot is logged when it becomes corrupt, not at every scan. */
-        if (ls->peers[i].state == LS_HOST_CORRUPT &&
-            !memcmp(b, ls->hb_raw + (size_t)i * ls->bs, ls->bs))
-            continue;
-        int d = ls_hb_decode(b, &hb, "heartbeat slot", ls->offset + ls->hdr.hb_off + i);
-        ls_peer_update(&ls->peers[i], &hb, d < 0, t0, t1, ms_ns(ls->to.dead_ms));
-    }
-    memcpy(ls->hb_raw, buf, (size_t)H * ls->bs);
-    ls->hb_read_ns = t1;
-    pthread_mutex_unlock(&ls->lock);
-    free(buf);
-    return 0;
-}
-
-int ls_owner_liveness(struct lockspace *ls, uint32_t slot, uint32_t gen)
-{
-    if (slot >= ls->hdr.max_hosts)
-        return 0;
-    pthread_mutex_lock(&ls->lock);
-    struct ls_hb hb;
-    int r;
-    if (ls_hb_decode(ls->hb_raw + (size_t)slot * ls->bs, &hb, "heartbeat slot",
-                     ls->offset + ls->hdr.hb_off + slot) < 0)
-        r = 1; /* corrupt: never free */
-    else if (hb.state == LS_SLOT_FREE || hb.generation != gen)
-        r = 0;
-    else if (ls->peers[slot].state == LS_HOST_DEAD)
-        r = 2;
-    else
-        r = 1;
-    pthread_mutex_unlock(&ls->lock);
-    return r;
 }
 
 /* ---- Renewal thread ------------------------------------------------------------ */
@@ -467,40 +378,80 @@ static void renew_once(struct lockspace *ls)
     renew_write(ls);
 }
 
-/* Write our slot with counter + 1 (if not fenced and before the deadline);
- * on success the deadline moves to the write's issue time + fence_ms. */
+/* Write our heartbeat block with counter + 1 (if not fenced and before the
+ * deadline): our slot once joined, or a joiner's mark while its recovery
+ * hook runs. The write must never land over a breaker's mark: with CAW it
+ * is a COMPARE AND WRITE expecting the block we wrote last (a miscompare
+ * means the slot is no longer ours); without CAW it was checked by the scan
+ * just before and carries the self-fence deadline, which expires before
+ * anyone may mark us (dead >= fence + in-flight + margin). On success the
+ * deadline moves to the write's issue time + fence_ms. */
 static void renew_write(struct lockspace *ls)
 {
     pthread_mutex_lock(&ls->lock);
-    if (ls->fenced || write_gate_locked(ls) < 0) {
+    if (ls->fenced || ls_write_gate_locked(ls, NULL) < 0) {
         pthread_mutex_unlock(&ls->lock);
         return;
     }
     struct ls_hb hb;
-    ls->counter++;
-    my_slot(ls, &hb);
-    uint64_t lba = ls->offset + ls->hdr.hb_off + ls->slot;
+    bool mark = ls->renewing_mark;
+    uint64_t lba;
+    if (mark) {
+        ls_hb_decode(ls->hb_mine, &hb, "our mark", ls->mark_lba);
+        hb.counter++;
+        lba = ls->mark_lba;
+    } else {
+        ls->counter++;
+        my_slot(ls, &hb);
+        lba = ls->offset + ls->hdr.hb_off + ls->slot;
+    }
     pthread_mutex_unlock(&ls->lock);
 
-    uint8_t *buf = calloc(1, ls->bs);
+    uint8_t *buf = calloc(2, ls->bs), *found = buf + ls->bs;
     if (!buf)
         return;
     ls_hb_encode(buf, &hb);
     uint64_t issued = ls_now_ns();
-    __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
-    int r = lun_write(ls->lun, lba, 1, buf, 0);
+    int r;
+    if (ls->caw) {
+        r = ls_caw_dl(ls, LS_TP_RENEW, lba, ls->hb_mine, buf, found, 0);
+        if (r == -EILSEQ && !memcmp(found, ls->hb_mine + ls->bs, ls->bs)) {
+            /* Our previous renewal landed although its CAW reported a
+             * failure: go on from it. */
+            memcpy(ls->hb_mine, found, ls->bs);
+            r = ls_caw_dl(ls, LS_TP_RENEW, lba, ls->hb_mine, buf, found, 0);
+        }
+    } else {
+        r = ls_write_dl(ls, LS_TP_RENEW, lba, 1, buf, 0, 0);
+    }
     pthread_mutex_lock(&ls->lock);
     if (r == 0) {
         uint64_t d = issued + ms_ns(ls->to.fence_ms);
         if (d > ls->deadline_ns)
             ls->deadline_ns = d;
-        memcpy(ls->hb_raw + (size_t)ls->slot * ls->bs, buf, ls->bs);
-    } else if (r == -EBADE) {
-        ls_fence_locked(ls, LS_FENCE_PREEMPTED,
-                        "heartbeat write refused (RESERVATION CONFLICT): our key was preempted");
-    } else {
-        log_warn("%s: host %s: heartbeat renewal of slot %u failed: %s (self-fence in %lld ms)",
-                 lun_name(ls->lun), ls->name, ls->slot, strerror(-r),
+        memcpy(ls->hb_mine, buf, ls->bs);
+        if (!mark)
+            memcpy(ls->hb_raw + (size_t)ls->slot * ls->bs, buf, ls->bs);
+    } else if (r == -EILSEQ) {
+        char msg[200];
+        struct ls_hb f;
+        int d = ls_hb_decode(found, &f, "heartbeat slot", lba);
+        snprintf(msg, sizeof(msg),
+                 "renewal of %s at lba %llu miscompared: it now reads state %u generation %u "
+                 "(we are generation %u): another host recovered us; drop all cached state",
+                 mark ? "our mark" : "our slot", (unsigned long long)lba, d < 0 ? 99u : f.state,
+                 d < 0 ? 0u : f.generation, ls->generation);
+        if (mark) {
+            ls->fenced = true; /* a joiner: its claim is lost */
+            log_err("%s: host %s: %s", lun_name(ls->lun), ls->name, msg);
+        } else {
+            ls_fence_locked(ls, LS_FENCE_SLOT_LOST, msg);
+        }
+    } else if (!ls->fenced) {
+        /* Outcome unknown (timeout, transport): remember what we tried. */
+        memcpy(ls->hb_mine + ls->bs, buf, ls->bs);
+        log_warn("%s: host %s: heartbeat renewal at lba %llu failed: %s (self-fence in %lld ms)",
+                 lun_name(ls->lun), ls->name, (unsigned long long)lba, strerror(-r),
                  (long long)((int64_t)(ls->deadline_ns - ls_now_ns()) / 1000000));
     }
     pthread_mutex_unlock(&ls->lock);
@@ -527,16 +478,50 @@ static void *renew_thread(void *arg)
             ts.tv_nsec = (long)(wake % 1000000000ull);
             pthread_cond_timedwait(&ls->cond, &ls->lock, &ts);
             if (!ls->fenced && ls->deadline_ns && ls_now_ns() >= ls->deadline_ns)
-                write_gate_locked(ls);
+                ls_write_gate_locked(ls, NULL);
             continue;
         }
         next = now + ms_ns(ls->to.renew_ms);
+        bool mark = ls->renewing_mark;
         pthread_mutex_unlock(&ls->lock);
-        renew_once(ls);
+        if (mark)
+            renew_write(ls); /* a joiner's mark: nothing to scan */
+        else
+            renew_once(ls);
         pthread_mutex_lock(&ls->lock);
     }
     pthread_mutex_unlock(&ls->lock);
     return NULL;
+}
+
+/* A joiner renews its mark (its heartbeat while it recovers a dead slot)
+ * from the renewal thread while the recovery hook runs. */
+int ls_mark_renew_start(struct lockspace *ls, uint64_t lba, const void *mark)
+{
+    pthread_mutex_lock(&ls->lock);
+    memcpy(ls->hb_mine, mark, ls->bs);
+    ls->mark_lba = lba;
+    ls->renewing_mark = true;
+    ls->stop = false;
+    pthread_mutex_unlock(&ls->lock);
+    int r = pthread_create(&ls->thread, NULL, renew_thread, ls);
+    if (r) {
+        ls->renewing_mark = false;
+        return -r;
+    }
+    ls->thread_running = true;
+    return 0;
+}
+
+static void stop_thread(struct lockspace *ls);
+
+void ls_mark_renew_stop(struct lockspace *ls, void *mark)
+{
+    stop_thread(ls);
+    pthread_mutex_lock(&ls->lock);
+    ls->renewing_mark = false;
+    memcpy(mark, ls->hb_mine, ls->bs);
+    pthread_mutex_unlock(&ls->lock);
 }
 
 /* ---- Join / leave ---------------------------------------------------------------- */
@@ -553,7 +538,7 @@ static int pr_register_check(void *opaque)
 {
     struct lockspace *ls = opaque;
     pthread_mutex_lock(&ls->lock);
-    int ok = write_gate_locked(ls) == 0;
+    int ok = ls_write_gate_locked(ls, NULL) == 0;
     if (ok && ls->slot != LS_NO_SLOT) {
         struct ls_hb hb;
         if (ls_hb_decode(ls->hb_raw + (size_t)ls->slot * ls->bs, &hb, "own heartbeat slot",
@@ -563,6 +548,27 @@ static int pr_register_check(void *opaque)
     }
     pthread_mutex_unlock(&ls->lock);
     return ok;
+}
+
+/* Leaving: if ours are the only registrations, release the WE-AR
+ * reservation, so it does not outlive every registrant (it would then
+ * refuse every unregistered writer: `clusterfs locks init`, hosts without
+ * fencing). A host joining meanwhile finds no reservation and takes it; a
+ * breaker makes sure one exists before it recovers anybody. */
+static void pr_release_if_last(struct lockspace *ls)
+{
+    struct lun_pr_state *st = calloc(1, sizeof(*st));
+    if (!st)
+        return;
+    if (lun_pr_read(ls->lun, st) == 0 && st->reserved) {
+        bool others = false;
+        for (unsigned i = 0; i < st->nkeys; i++)
+            if (st->keys[i] != ls->pr_key)
+                others = true;
+        if (!others && st->nkeys)
+            lun_pr_release(ls->lun, ls->pr_key, st->type);
+    }
+    free(st);
 }
 
 static int pr_join(struct lockspace *ls)
@@ -583,7 +589,20 @@ static int pr_join(struct lockspace *ls)
     if (!st)
         return -ENOMEM;
     r = lun_pr_read(ls->lun, st);
-    if (r == 0 && !st->reserved) {
+    /* Probe what the target did: our key must be listed (once per path).
+     * A target that does not list it would make every later read-back of
+     * a preempted key meaningless: refuse, saying so. */
+    unsigned mine = 0;
+    for (unsigned i = 0; r == 0 && i < st->nkeys; i++)
+        if (st->keys[i] == key)
+            mine++;
+    if (r == 0 && mine == 0) {
+        log_err("%s: host %s: the target does not list our reservation key 0x%016" PRIx64
+                " after REGISTER (READ KEYS shows %u other key(s)): fencing cannot be "
+                "checked, refusing to join",
+                lun_name(ls->lun), ls->name, key, st->nkeys);
+        r = -EPROTO;
+    } else if (r == 0 && !st->reserved) {
         r = lun_pr_reserve(ls->lun, key, LUN_PR_WE_ALL_REGISTRANTS);
         if (r < 0 && lun_pr_read(ls->lun, st) == 0 && st->reserved &&
             st->type == LUN_PR_WE_ALL_REGISTRANTS)
@@ -629,6 +648,7 @@ static int claim_slot_caw(struct lockspace *ls)
             pthread_mutex_lock(&ls->lock);
             ls->deadline_ns = issued + ms_ns(ls->to.fence_ms);
             memcpy(ls->hb_raw + (size_t)i * ls->bs, mine, ls->bs);
+            memcpy(ls->hb_mine, mine, ls->bs);
             pthread_mutex_unlock(&ls->lock);
             break;
         }
@@ -650,13 +670,14 @@ static int claim_slot_delta(struct lockspace *ls)
     uint32_t H = ls->hdr.max_hosts;
     uint8_t *mine = calloc(2, ls->bs), *cur = mine + ls->bs;
     if (!mine)
-        return -ENOSPC;
+        return -ENOMEM;
     int r = -ENOSPC;
     for (uint32_t i = 0; i < H; i++) {
         struct ls_hb hb;
         pthread_mutex_lock(&ls->lock);
         memcpy(cur, ls->hb_raw + (size_t)i * ls->bs, ls->bs);
-        uint64_t seen = ls->hb_read_ns;
+        uint64_t seen = ls->hb_read_start_ns; /* the read's issue: the slot may have
+                                                 changed right after it started */
         pthread_mutex_unlock(&ls->lock);
         if (ls_hb_decode(cur, &hb, "heartbeat slot", ls->offset + ls->hdr.hb_off + i) < 0 ||
             hb.state != LS_SLOT_FREE)
@@ -677,8 +698,16 @@ static int claim_slot_delta(struct lockspace *ls)
         ls_hb_encode(mine, &me);
         uint64_t lba = ls->offset + ls->hdr.hb_off + i;
         uint64_t issued = ls_now_ns();
-        __atomic_add_fetch(&ls->nio, 1, __ATOMIC_RELAXED);
-        r = lun_write(ls->lun, lba, 1, mine, 0);
+        /* Not dispatched after read issue + T/2, even if delayed or retried
+         * in the LUN layer: the claim wait below relies on it. */
+        r = ls_write_dl(ls, LS_TP_DELTA, lba, 1, mine, 0, seen + ms_ns(ls->to.io_timeout_ms) / 2);
+        if (r == -ETIMEDOUT) {
+            ls->slot = LS_NO_SLOT;
+            if ((r = ls_hb_scan(ls)) < 0)
+                break;
+            i--;
+            continue;
+        }
         if (r < 0)
             break;
         usleep((useconds_t)(2500ull * ls->to.io_timeout_ms));
@@ -689,6 +718,7 @@ static int claim_slot_delta(struct lockspace *ls)
             pthread_mutex_lock(&ls->lock);
             ls->deadline_ns = issued + ms_ns(ls->to.fence_ms);
             memcpy(ls->hb_raw + (size_t)i * ls->bs, mine, ls->bs);
+            memcpy(ls->hb_mine, mine, ls->bs);
             pthread_mutex_unlock(&ls->lock);
             r = 0;
             break;
@@ -823,6 +853,25 @@ int lockspace_join(struct lockspace *ls)
     int r;
     if (ls->pr && (r = pr_join(ls)) < 0)
         return r;
+    if (!ls->pr && lun_get_info(ls->lun)->caps.persistent_reservations) {
+        /* Without a key of our own we cannot write under a reservation
+         * (another host's, or one left behind): say so now, not at the
+         * first write. */
+        struct lun_pr_state *st = calloc(1, sizeof(*st));
+        if (!st)
+            return -ENOMEM;
+        r = lun_pr_read(ls->lun, st);
+        bool reserved = r == 0 && st->reserved;
+        int type = st->type;
+        free(st);
+        if (reserved) {
+            log_err("%s: lockspace at block %llu: host %s joins without fencing (no reservation "
+                    "key) but the LUN holds a reservation of type %d: its writes would be "
+                    "refused (RESERVATION CONFLICT); join with fencing",
+                    lun_name(ls->lun), (unsigned long long)ls->offset, ls->name, type);
+            return -EBUSY;
+        }
+    }
     if ((r = ls_hb_scan(ls)) < 0)
         return r;
     /* Free slots first (no wait, no recovery in the mount path), then dead
@@ -868,6 +917,13 @@ int lockspace_join(struct lockspace *ls)
     log_info("%s: host %s joined lockspace at block %llu: slot %u generation %u (%s)",
              lun_name(ls->lun), ls->name, (unsigned long long)ls->offset, ls->slot, ls->generation,
              ls->caw ? "compare-and-write" : "paxos fallback");
+    if (!ls->pr)
+        log_warn("%s: lockspace at block %llu: host %s: NO FENCING: %s; a dead or paused host "
+                 "is not cut off the LUN, safety rests on timing alone (self-fence deadline "
+                 "and the deadline every lock-guarded write carries)",
+                 lun_name(ls->lun), (unsigned long long)ls->offset, ls->name,
+                 ls->opts.no_fencing ? "fencing disabled by the caller (no_fencing)"
+                                     : "the LUN has no persistent reservations (type 7)");
     return 0;
 }
 
@@ -885,6 +941,8 @@ static void stop_thread(struct lockspace *ls)
 
 int lockspace_leave(struct lockspace *ls)
 {
+    if (ls->hk_stop_fn)
+        ls->hk_stop_fn(ls); /* the housekeeping thread (recovery.c), first */
     if (!ls->joined)
         return 0;
     int rc = 0;
@@ -912,8 +970,10 @@ int lockspace_leave(struct lockspace *ls)
     }
     if (ls->pr_key) {
         lun_set_register_check(ls->lun, NULL, NULL);
-        if (!ls->fenced)
+        if (!ls->fenced) {
+            pr_release_if_last(ls);
             lun_pr_register(ls->lun, 0);
+        }
     }
     ls->pr_key = 0;
     ls->joined = false;
@@ -922,6 +982,8 @@ int lockspace_leave(struct lockspace *ls)
 
 void lockspace_abandon(struct lockspace *ls)
 {
+    if (ls->hk_stop_fn)
+        ls->hk_stop_fn(ls);
     stop_thread(ls);
     pthread_mutex_lock(&ls->lock);
     ls->fenced = true; /* silently: a dead process writes nothing */
@@ -932,6 +994,8 @@ void lockspace_close(struct lockspace *ls)
 {
     if (!ls)
         return;
+    if (ls->hk_stop_fn)
+        ls->hk_stop_fn(ls);
     stop_thread(ls);
     if (ls->pr_key)
         lun_set_register_check(ls->lun, NULL, NULL);
@@ -941,6 +1005,7 @@ void lockspace_close(struct lockspace *ls)
         free(h);
     }
     free(ls->hb_raw);
+    free(ls->hb_mine);
     free(ls->peers);
     pthread_mutex_destroy(&ls->lock);
     pthread_mutex_destroy(&ls->mutex_lock);
@@ -958,6 +1023,7 @@ int lockspace_status(struct lockspace *ls, unsigned samples, struct ls_status *s
     st->max_locks = ls->hdr.max_locks;
     st->block_size = ls->bs;
     st->caw = ls->caw;
+    st->pr_fencing = ls->pr;
     if (samples == 0)
         samples = 1;
     int r = 0;

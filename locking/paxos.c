@@ -38,8 +38,15 @@
 struct region {
     struct ls_leader leader;
     struct ls_dblock *d; /* max_hosts */
+    uint64_t bad_lba;    /* region_read -EAGAIN: the block that did not decode */
+    int bad_err;         /* ... and why */
 };
 
+/* Read the leader and every dblock in one I/O. A block that does not
+ * decode is most likely torn: read while its owner was writing it (the
+ * target does not make a 512-byte write atomic against a concurrent
+ * multi-block read). -EAGAIN then: the caller retries the ballot; it
+ * reports corruption only when the same block stays bad for dead_ms. */
 static int region_read(struct lockspace *ls, uint8_t *buf, struct region *rg)
 {
     uint32_t H = ls->hdr.max_hosts;
@@ -47,12 +54,18 @@ static int region_read(struct lockspace *ls, uint8_t *buf, struct region *rg)
     int r = ls_read(ls, base, H + 1, buf);
     if (r < 0)
         return r;
-    if ((r = ls_leader_decode(buf, &rg->leader, "paxos leader", base)) < 0)
-        return r;
-    for (uint32_t i = 0; i < H; i++)
-        if ((r = ls_dblock_decode(buf + (size_t)(i + 1) * ls->bs, &rg->d[i], "paxos dblock",
+    rg->bad_lba = 0;
+    r = ls_leader_decode(buf, &rg->leader, NULL, base);
+    for (uint32_t i = 0; r == 0 && i < H; i++)
+        if ((r = ls_dblock_decode(buf + (size_t)(i + 1) * ls->bs, &rg->d[i], NULL,
                                   base + 1 + i)) < 0)
-            return r;
+            rg->bad_lba = base + 1 + i;
+    if (r < 0) {
+        if (!rg->bad_lba)
+            rg->bad_lba = base;
+        rg->bad_err = r;
+        return -EAGAIN;
+    }
     return 0;
 }
 
@@ -77,7 +90,7 @@ static int ballot_check(struct lockspace *ls, const struct region *rg, uint64_t 
 
 /* Run a ballot for `lver`; on success *won = the decided owner. */
 static int ballot(struct lockspace *ls, uint8_t *buf, struct region *rg, uint64_t lver,
-                  struct ls_owner *won)
+                  struct ls_owner *won, uint64_t *p2_issued)
 {
     uint32_t H = ls->hdr.max_hosts;
     uint64_t base = ls->offset + ls->hdr.paxos_off;
@@ -118,6 +131,7 @@ static int ballot(struct lockspace *ls, uint8_t *buf, struct region *rg, uint64_
     me.inp_slot = v.slot;
     me.inp_gen = v.gen;
     ls_dblock_encode(blk, &me);
+    *p2_issued = ls_now_ns();
     if ((r = write_rec(ls, base + 1 + ls->slot, blk)) < 0)
         goto out;
     if ((r = region_read(ls, buf, rg)) < 0 || (r = ballot_check(ls, rg, lver, mbal)) < 0)
@@ -128,6 +142,8 @@ out:
     return r;
 }
 
+/* The holder's leader writes carry the mutex deadline: a late "held" or
+ * "free" never lands after a contender took the next instance over. */
 static int leader_write(struct lockspace *ls, uint64_t lver, bool held)
 {
     uint8_t *blk = calloc(1, ls->bs);
@@ -136,12 +152,25 @@ static int leader_write(struct lockspace *ls, uint64_t lver, bool held)
     struct ls_leader l = {
         .held = held, .lver = lver, .owner_slot = ls->slot, .owner_gen = ls->generation};
     ls_leader_encode(blk, &l);
-    int r = write_rec(ls, ls->offset + ls->hdr.paxos_off, blk);
+    int r = ls_write_dl(ls, LS_TP_META_WRITE, ls->offset + ls->hdr.paxos_off, 1, blk, 0,
+                        ls->mutex_deadline_ns);
     free(blk);
     return r;
 }
 
-int ls_host_fence(struct lockspace *ls, uint32_t slot, uint32_t gen);
+/* Is the holder (slot, gen) gone? Judged on a fresh read of the heartbeat
+ * region, never on a cached view: 1 live (or unknown), 0 gone (its slot is
+ * free at a generation >= gen, or holds a greater generation), 2 dead. */
+static int holder_liveness(struct lockspace *ls, uint32_t slot, uint32_t gen)
+{
+    int lv = ls_owner_liveness(ls, slot, gen);
+    if (lv == 1)
+        return 1;
+    int r = ls_hb_scan(ls);
+    if (r < 0)
+        return r;
+    return ls_owner_liveness(ls, slot, gen);
+}
 
 int ls_mutex_acquire(struct lockspace *ls)
 {
@@ -155,11 +184,40 @@ int ls_mutex_acquire(struct lockspace *ls)
     if (!buf || !rg.d)
         goto fail;
     unsigned backoff_us = 200;
+    /* The holder we wait for, and since when (our clock) we see it hold. */
+    struct {
+        uint64_t lver, since;
+        uint32_t slot, gen;
+    } hold = {0};
+    uint64_t torn_lba = 0, torn_since = 0;
+    const uint64_t steal_ns = (uint64_t)ls->to.mutex_steal_ms * 1000000ull;
     for (;;) {
+        uint64_t p2 = 0;
         if ((r = lockspace_check_write(ls)) < 0)
             goto fail;
-        if ((r = region_read(ls, buf, &rg)) < 0)
+        r = region_read(ls, buf, &rg);
+        uint64_t t_read = ls_now_ns();
+        if (r == -EAGAIN) {
+            /* A torn (or corrupt) block: retry; corrupt only if it stays so. */
+            if (rg.bad_lba != torn_lba) {
+                torn_lba = rg.bad_lba;
+                torn_since = t_read;
+            } else if (t_read - torn_since >= (uint64_t)ls->to.dead_ms * 1000000ull) {
+                struct ls_dblock d;
+                uint64_t base = ls->offset + ls->hdr.paxos_off;
+                ls_dblock_decode(buf + (size_t)(torn_lba - base) * ls->bs, &d, "paxos block",
+                                 torn_lba); /* logs the reason */
+                log_err("%s: paxos block at lba %llu stays unreadable for %u ms: %s",
+                        lun_name(ls->lun), (unsigned long long)torn_lba, ls->to.dead_ms,
+                        strerror(-rg.bad_err));
+                r = rg.bad_err;
+                goto fail;
+            }
+            goto wait;
+        }
+        if (r < 0)
             goto fail;
+        torn_lba = 0;
         struct ls_leader cur = rg.leader;
         uint64_t maxl = 0;
         for (uint32_t i = 0; i < H; i++)
@@ -168,30 +226,55 @@ int ls_mutex_acquire(struct lockspace *ls)
         struct ls_owner w;
         if (maxl > cur.lver) {
             /* Learn the instance the leader has not caught up with. */
-            r = ballot(ls, buf, &rg, maxl, &w);
+            r = ballot(ls, buf, &rg, maxl, &w, &p2);
             if (r == -EAGAIN)
                 goto wait;
             if (r < 0)
                 goto fail;
-            if (w.slot == ls->slot && w.gen == ls->generation) {
-                cur.lver = maxl;
-                goto won;
-            }
             cur.lver = maxl;
             cur.held = 1;
             cur.owner_slot = w.slot;
             cur.owner_gen = w.gen;
+            t_read = ls_now_ns();
+        }
+        if (cur.held && cur.owner_slot == ls->slot && cur.owner_gen == ls->generation) {
+            /* An earlier attempt of ours won this instance (its leader
+             * write landed, or we just learned it) but we gave up on it:
+             * its deadline is unknown here, so never use it; take the
+             * next instance. */
+            cur.held = 0;
         }
         if (cur.held) {
-            if (cur.owner_slot == ls->slot && cur.owner_gen == ls->generation)
-                goto won; /* our earlier leader write landed */
-            int lv = ls_owner_liveness(ls, cur.owner_slot, cur.owner_gen);
-            if (lv == 1)
-                goto wait;
-            if (lv == 2 && (r = ls_host_fence(ls, cur.owner_slot, cur.owner_gen)) < 0)
+            int lv = holder_liveness(ls, cur.owner_slot, cur.owner_gen);
+            if (lv < 0) {
+                r = lv;
                 goto fail;
+            }
+            if (lv == 1) {
+                /* Alive: its writes under the mutex stop at its phase 2 +
+                 * mutex_hold_ms, which precedes our first sight of it. A
+                 * holder that neither releases nor dies (a phantom: its
+                 * phase-2 write landed but it failed before using it) is
+                 * taken over after mutex_steal_ms of watching it. */
+                if (hold.lver != cur.lver || hold.slot != cur.owner_slot ||
+                    hold.gen != cur.owner_gen || !hold.since) {
+                    hold.lver = cur.lver;
+                    hold.slot = cur.owner_slot;
+                    hold.gen = cur.owner_gen;
+                    hold.since = t_read;
+                    goto wait;
+                }
+                if (t_read - hold.since < steal_ns)
+                    goto wait;
+                log_warn("%s: paxos mutex instance %llu held by slot %u generation %u for %u ms "
+                         "without release: taken over",
+                         lun_name(ls->lun), (unsigned long long)cur.lver, cur.owner_slot,
+                         cur.owner_gen, ls->to.mutex_steal_ms);
+            } else if (lv == 2 && (r = ls_host_fence(ls, cur.owner_slot, cur.owner_gen)) < 0) {
+                goto fail;
+            }
         }
-        r = ballot(ls, buf, &rg, cur.lver + 1, &w);
+        r = ballot(ls, buf, &rg, cur.lver + 1, &w, &p2);
         if (r == -EAGAIN)
             goto wait;
         if (r < 0)
@@ -208,9 +291,15 @@ int ls_mutex_acquire(struct lockspace *ls)
     won:
         ls->paxos_round = 0;
         ls->mutex_lver = cur.lver;
+        /* Every write under the mutex must land before contenders may take
+         * it over: they start counting no earlier than our phase 2. */
+        ls->mutex_deadline_ns = p2 + (uint64_t)ls->to.mutex_hold_ms * 1000000ull;
         r = leader_write(ls, cur.lver, true);
         if (r < 0) {
             leader_write(ls, cur.lver, false);
+            ls->mutex_deadline_ns = 0;
+            if (r == -ETIMEDOUT && lockspace_check_write(ls) == 0)
+                goto wait; /* too slow to use it: try again */
             goto fail;
         }
         free(buf);
@@ -227,6 +316,9 @@ fail:
 int ls_mutex_release(struct lockspace *ls)
 {
     int r = leader_write(ls, ls->mutex_lver, false);
+    ls->mutex_deadline_ns = 0;
     pthread_mutex_unlock(&ls->mutex_lock);
+    if (r == -ETIMEDOUT && lockspace_check_write(ls) == 0)
+        r = 0; /* past the hold time: contenders take the instance over */
     return r;
 }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -116,15 +117,33 @@ static void test_header_leader_dblock_roundtrip(void **state)
                           .hb_off = 1,
                           .paxos_off = 257,
                           .locks_off = 514,
-                          .total_blocks = 578};
+                          .total_blocks = 578,
+                          .atomic = LS_ATOMIC_PAXOS};
     ls_header_encode(buf, &h);
     struct ls_header h2;
     assert_int_equal(ls_header_decode(buf, &h2, "hdr", 0), 0);
     assert_int_equal(h2.locks_off, 514);
     assert_int_equal(h2.io_timeout_ms, 500);
-    le16_put(buf + 4, 2); /* newer major */
+    assert_int_equal(h2.atomic, LS_ATOMIC_PAXOS);
+    assert_int_equal(le16_get(buf + 4), 2); /* header major 2: the method is recorded */
+    assert_int_equal(le16_get(buf + 72), LS_ATOMIC_PAXOS);
+    /* an unknown incompat feature is refused, an unknown compat one is not */
+    le32_put(buf + 80, 0x10);
+    le32_put(buf + LS_CRC_OFF, crc32c(buf, LS_CRC_OFF));
+    assert_int_equal(ls_header_decode(buf, &h2, "hdr", 0), 0);
+    le32_put(buf + 76, 0x1);
     le32_put(buf + LS_CRC_OFF, crc32c(buf, LS_CRC_OFF));
     assert_int_equal(ls_header_decode(buf, &h2, "hdr", 0), -EPROTO);
+    assert_non_null(strstr(log_last_error(), "incompatible features"));
+    le32_put(buf + 76, 0);
+    le16_put(buf + 4, 3); /* newer major */
+    le32_put(buf + LS_CRC_OFF, crc32c(buf, LS_CRC_OFF));
+    assert_int_equal(ls_header_decode(buf, &h2, "hdr", 0), -EPROTO);
+    /* a version-1 header does not record the method: refused, saying why */
+    le16_put(buf + 4, 1);
+    le32_put(buf + LS_CRC_OFF, crc32c(buf, LS_CRC_OFF));
+    assert_int_equal(ls_header_decode(buf, &h2, "hdr", 0), -EPROTO);
+    assert_non_null(strstr(log_last_error(), "atomic-step method"));
     struct ls_leader l = {.held = 1, .lver = 77, .owner_slot = 3, .owner_gen = 9}, l2;
     ls_leader_encode(buf, &l);
     assert_int_equal(ls_leader_decode(buf, &l2, "leader", 0), 0);
@@ -270,15 +289,23 @@ static struct lockspace *host(struct fixture *f, int i, bool paxos, bool join)
     return ls;
 }
 
+static void format_m(struct fixture *f, uint32_t io_ms, bool paxos)
+{
+    struct ls_format_params p = {.io_timeout_ms = io_ms,
+                                 .max_hosts = 32,
+                                 .max_locks = 16,
+                                 .atomic = paxos ? LS_ATOMIC_PAXOS : LS_ATOMIC_CAW};
+    assert_int_equal(lockspace_format(f->lun[0], 8, &p), 0);
+}
+
 static void format(struct fixture *f, uint32_t io_ms)
 {
-    struct ls_format_params p = {.io_timeout_ms = io_ms, .max_hosts = 32, .max_locks = 16};
-    assert_int_equal(lockspace_format(f->lun[0], 8, &p), 0);
+    format_m(f, io_ms, false);
 }
 
 static void modes_between_hosts(struct fixture *f, bool paxos)
 {
-    format(f, 1000);
+    format_m(f, 1000, paxos);
     struct lockspace *a = host(f, 0, paxos, true), *b = host(f, 1, paxos, true);
     assert_int_not_equal(lockspace_slot(a), lockspace_slot(b));
     assert_int_equal(lockspace_uses_caw(a), !paxos);
@@ -288,15 +315,26 @@ static void modes_between_hosts(struct fixture *f, bool paxos)
     assert_int_equal(lock_acquire(b, l0, LS_LOCK_EXCLUSIVE, 0), -EBUSY);
     assert_non_null(strstr(log_last_error(), "host0"));
     assert_int_equal(lock_acquire(b, l0, LS_LOCK_SHARED, 50), -ETIMEDOUT);
+    struct ls_fence_token ta, tb;
+    assert_int_equal(lock_fence_token(a, l0, &ta), 0);
+    assert_int_equal(lock_fence_token(b, l0, &tb), -ENOENT);
+    assert_int_equal(ta.slot, lockspace_slot(a));
+    assert_int_equal(ta.generation, lockspace_generation(a));
     assert_int_equal(lock_release(a, l0), 0);
+    assert_int_equal(lock_fence_token(a, l0, &ta), -ENOENT);
     assert_int_equal(lock_acquire(b, l0, LS_LOCK_EXCLUSIVE, 0), 0);
+    assert_int_equal(lock_fence_token(b, l0, &tb), 0);
+    assert_true(tb.lock_version > ta.lock_version); /* a later holder's token is greater */
+    assert_int_equal(tb.slot, lockspace_slot(b));
     assert_int_equal(lock_release(b, l0), 0);
     /* shared: both; exclusive refused */
     assert_int_equal(lock_acquire(a, l1, LS_LOCK_SHARED, 0), 0);
     assert_int_equal(lock_acquire(b, l1, LS_LOCK_SHARED, 0), 0);
     assert_int_equal(lock_acquire(b, l0, LS_LOCK_MULTI_WRITER, 0), 0);
     assert_int_equal(lock_acquire(a, l0, LS_LOCK_MULTI_WRITER, 0), 0);
-    assert_int_equal(lock_acquire(a, l0, LS_LOCK_SHARED, 0), -EBUSY);
+    /* a second acquire by the same host is refused, whatever the mode */
+    assert_int_equal(lock_acquire(a, l0, LS_LOCK_SHARED, 0), -EDEADLK);
+    assert_int_equal(lock_acquire(a, l0, LS_LOCK_MULTI_WRITER, 0), -EDEADLK);
     struct ls_status st;
     assert_int_equal(lockspace_status(a, 1, &st), 0);
     assert_int_equal(st.nhosts, 2);
@@ -336,7 +374,7 @@ static int recover_hook(struct lockspace *ls, const struct ls_host_info *dead, v
 
 static void break_after_death(struct fixture *f, bool paxos)
 {
-    format(f, 800);
+    format_m(f, 800, paxos);
     struct lockspace *a = host(f, 0, paxos, true);
     struct ls_open_opts o = {.host_name = "host1", .force_paxos = paxos, .recover = recover_hook};
     struct lockspace *b;
@@ -491,7 +529,7 @@ static void *racer_run(void *arg)
 
 static void race_break(struct fixture *f, bool paxos)
 {
-    format(f, 800);
+    format_m(f, 800, paxos);
     struct lockspace *a = host(f, 0, paxos, true), *hs[2];
     for (int i = 0; i < 2; i++) {
         struct ls_open_opts o = {
@@ -640,6 +678,578 @@ static void test_recover_dead_frees_slot(void **state)
     lockspace_close(b);
 }
 
+
+/* ---- issue 10: tests that fail on the code before it ------------------- */
+
+/* Deadlines are measured on CLOCK_BOOTTIME (it keeps counting through a
+ * suspend; CLOCK_MONOTONIC does not). Meaningful where the two differ: the
+ * meson test `locking-clock` runs this in a time namespace whose boottime
+ * is 100000 s ahead (unshare -T --boottime). */
+static void test_deadline_clock_is_boottime(void **state)
+{
+    struct timespec b, m;
+    clock_gettime(CLOCK_BOOTTIME, &b);
+    clock_gettime(CLOCK_MONOTONIC, &m);
+    uint64_t bt = (uint64_t)b.tv_sec * 1000000000ull + (uint64_t)b.tv_nsec;
+    uint64_t mt = (uint64_t)m.tv_sec * 1000000000ull + (uint64_t)m.tv_nsec;
+    uint64_t now = ls_now_ns();
+    if (getenv("EXPECT_BOOTTIME_OFFSET"))
+        assert_true(bt - mt > 1000000000ull * 1000); /* we do run with an offset */
+    assert_true(now >= bt && now - bt < 1000000000ull);
+}
+
+/* The derived timeouts against numbers computed by hand from the documented
+ * rules (renew T, fence 4T, dead 6T, mutex hold 3T, steal 5T), not against
+ * the function's own formula. */
+static void test_derived_timeouts_match_hand_computed_values(void **state)
+{
+    static const uint32_t want[][6] = {
+        /* io, renew, fence, dead, mutex hold, mutex steal */
+        {10, 10, 40, 60, 30, 50},
+        {333, 333, 1332, 1998, 999, 1665},
+        {500, 500, 2000, 3000, 1500, 2500},
+        {2000, 2000, 8000, 12000, 6000, 10000},
+        {600000, 600000, 2400000, 3600000, 1800000, 3000000},
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        struct ls_timeouts t;
+        assert_int_equal(ls_timeouts_derive(want[i][0], &t), 0);
+        assert_int_equal(t.io_timeout_ms, want[i][0]);
+        assert_int_equal(t.renew_ms, want[i][1]);
+        assert_int_equal(t.fence_ms, want[i][2]);
+        assert_int_equal(t.dead_ms, want[i][3]);
+        assert_int_equal(t.mutex_hold_ms, want[i][4]);
+        assert_int_equal(t.mutex_steal_ms, want[i][5]);
+    }
+    struct ls_timeouts t;
+    assert_int_equal(ls_timeouts_derive(9, &t), -EINVAL);
+    assert_int_equal(ls_timeouts_derive(600001, &t), -EINVAL);
+}
+
+/* The method is recorded at format time: a host that cannot (or will not)
+ * use COMPARE AND WRITE refuses a CAW lockspace; a paxos lockspace is used
+ * with paxos even by a host whose LUN has CAW. */
+static void test_mixed_method_hosts_refused(void **state)
+{
+    struct fixture *f = *state;
+    format_m(f, 1000, false);
+    struct ls_open_opts o = {.host_name = "px", .force_paxos = true};
+    struct lockspace *a = NULL;
+    log_clear_last_error();
+    assert_int_equal(lockspace_open(f->lun[0], 8, &o, &a), -EOPNOTSUPP);
+    assert_null(a);
+    assert_non_null(strstr(log_last_error(), "uses COMPARE AND WRITE"));
+    format_m(f, 1000, true);
+    struct ls_open_opts o2 = {.host_name = "cw"};
+    assert_int_equal(lockspace_open(f->lun[0], 8, &o2, &a), 0);
+    assert_false(lockspace_uses_caw(a));
+    lockspace_close(a);
+    /* a file LUN has no persistent reservations: said loudly at join */
+    assert_int_equal(lockspace_open(f->lun[0], 8, &o2, &a), 0);
+    log_clear_last_error();
+    assert_int_equal(lockspace_join(a), 0);
+    assert_false(lockspace_has_pr_fencing(a));
+    assert_non_null(strstr(log_last_error(), "NO FENCING"));
+    uint64_t dl;
+    assert_int_equal(lockspace_write_deadline(a, &dl), 0);
+    assert_true(dl > ls_now_ns() && dl <= ls_now_ns() + 4000ull * 1000000ull);
+    assert_int_equal(lockspace_leave(a), 0);
+    lockspace_close(a);
+}
+
+/* A test hook that blocks the writes of one host at chosen points until
+ * released: the host is "paused" exactly between its check and its write. */
+struct gate {
+    pthread_mutex_t m;
+    pthread_cond_t c;
+    unsigned points; /* bit (1 << ls_test_point) blocks that point */
+    bool open;
+    int waiting;
+};
+static struct gate gate_g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, true, 0};
+static void gate_hook(struct lockspace *ls, enum ls_test_point where, uint64_t lba, void *opaque)
+{
+    struct gate *g = opaque;
+    pthread_mutex_lock(&g->m);
+    if (g->points & (1u << where)) {
+        g->waiting++;
+        pthread_cond_broadcast(&g->c);
+        while (!g->open)
+            pthread_cond_wait(&g->c, &g->m);
+        g->waiting--;
+    }
+    pthread_mutex_unlock(&g->m);
+}
+static void gate_close(struct gate *g, unsigned points)
+{
+    pthread_mutex_lock(&g->m);
+    g->points = points;
+    g->open = false;
+    pthread_mutex_unlock(&g->m);
+}
+static void gate_wait_blocked(struct gate *g, int n)
+{
+    pthread_mutex_lock(&g->m);
+    while (g->waiting < n)
+        pthread_cond_wait(&g->c, &g->m);
+    pthread_mutex_unlock(&g->m);
+}
+static void gate_open(struct gate *g)
+{
+    pthread_mutex_lock(&g->m);
+    g->open = true;
+    g->points = 0;
+    pthread_cond_broadcast(&g->c);
+    pthread_mutex_unlock(&g->m);
+}
+static void gate_drain(struct gate *g)
+{
+    for (int i = 0; i < 1000; i++) {
+        pthread_mutex_lock(&g->m);
+        int w = g->waiting;
+        pthread_mutex_unlock(&g->m);
+        if (!w)
+            return;
+        usleep(1000);
+    }
+}
+
+/* A host paused in its renewal thread after the check and before the write
+ * (past its lease) is recovered by another host; when it resumes, its
+ * renewal must not overwrite the breaker's work (slot stays free gen + 1). */
+static void renewal_after_break(struct fixture *f, bool paxos)
+{
+    format_m(f, 250, paxos);
+    struct lockspace *a = host(f, 0, paxos, true), *b;
+    struct ls_open_opts o = {.host_name = "host1", .force_paxos = paxos, .recover = recover_hook};
+    assert_int_equal(lockspace_open(f->lun[1], 8, &o, &b), 0);
+    assert_int_equal(lockspace_join(b), 0);
+    uint32_t aslot = lockspace_slot(a), agen = lockspace_generation(a);
+    lockspace_set_test_hook(a, gate_hook, &gate_g);
+    gate_close(&gate_g, 1u << LS_TP_RENEW);
+    gate_wait_blocked(&gate_g, 1);
+    recovered = 0;
+    int n = 0;
+    for (int i = 0; i < 200 && n == 0; i++) {
+        usleep(50000);
+        n = lockspace_recover_dead(b);
+        assert_true(n >= 0);
+    }
+    assert_int_equal(n, 1);
+    gate_open(&gate_g);
+    usleep(300000); /* the resumed renewal, and one more period */
+    uint8_t *blk = calloc(1, f->bs);
+    struct ls_hb hb;
+    assert_int_equal(lun_read(f->lun[2], 8 + 1 + aslot, 1, blk), 0);
+    assert_int_equal(ls_hb_decode(blk, &hb, "slot", 0), 0);
+    assert_int_equal(hb.state, LS_SLOT_FREE);
+    assert_int_equal(hb.generation, agen + 1);
+    assert_int_equal(lockspace_check_write(a), -EIO);
+    free(blk);
+    lockspace_close(a);
+    assert_int_equal(lockspace_leave(b), 0);
+    lockspace_close(b);
+}
+static void test_resumed_renewal_does_not_overwrite_recovery_caw(void **state)
+{
+    renewal_after_break(*state, false);
+}
+static void test_resumed_renewal_does_not_overwrite_recovery_paxos(void **state)
+{
+    renewal_after_break(*state, true);
+}
+
+/* The holder is paused exactly between its fence check and its data write
+ * (all its writes, renewal included, as SIGSTOP would): another host breaks
+ * the lock and writes; the resumed write must not land. */
+struct writer {
+    struct lockspace *ls;
+    uint64_t lba;
+    void *buf;
+    int rc;
+};
+static void *writer_run(void *arg)
+{
+    struct writer *w = arg;
+    w->rc = ls_write(w->ls, w->lba, 1, w->buf, 0);
+    return NULL;
+}
+static void paused_write(struct fixture *f, bool paxos)
+{
+    format_m(f, 250, paxos);
+    struct lockspace *a = host(f, 0, paxos, true), *b;
+    struct ls_open_opts o = {.host_name = "host1", .force_paxos = paxos, .recover = recover_hook};
+    assert_int_equal(lockspace_open(f->lun[1], 8, &o, &b), 0);
+    assert_int_equal(lockspace_join(b), 0);
+    uint64_t l0 = lockspace_lock_lba(a, 0), data = 4000;
+    assert_int_equal(lock_acquire(a, l0, LS_LOCK_EXCLUSIVE, 0), 0);
+    uint8_t *ba = calloc(2, f->bs), *bb = ba + f->bs;
+    memset(ba, 'A', f->bs);
+    memset(bb, 'B', f->bs);
+    lockspace_set_test_hook(a, gate_hook, &gate_g);
+    gate_close(&gate_g, (1u << LS_TP_DATA_WRITE) | (1u << LS_TP_RENEW));
+    struct writer w = {a, data, ba, 1};
+    pthread_t t;
+    pthread_create(&t, NULL, writer_run, &w);
+    gate_wait_blocked(&gate_g, 1); /* the data write passed its check */
+    recovered = 0;
+    assert_int_equal(lock_acquire(b, l0, LS_LOCK_EXCLUSIVE, 20000), 0);
+    assert_int_equal(recovered, 1);
+    assert_int_equal(ls_write(b, data, 1, bb, 0), 0);
+    gate_open(&gate_g);
+    pthread_join(t, NULL);
+    assert_true(w.rc < 0);
+    uint8_t *cur = calloc(1, f->bs);
+    assert_int_equal(lun_read(f->lun[2], data, 1, cur), 0);
+    assert_memory_equal(cur, bb, f->bs);
+    free(cur);
+    free(ba);
+    gate_drain(&gate_g);
+    lockspace_close(a);
+    assert_int_equal(lock_release(b, l0), 0);
+    assert_int_equal(lockspace_leave(b), 0);
+    lockspace_close(b);
+}
+static void test_paused_write_after_check_does_not_land_caw(void **state)
+{
+    paused_write(*state, false);
+}
+static void test_paused_write_after_check_does_not_land_paxos(void **state)
+{
+    paused_write(*state, true);
+}
+
+/* Two delta-lease writers over one block: the second one paused after its
+ * read and check; the first completes and wins. The second's write must
+ * not be sent late (it would win too after its own wait). */
+struct delta_arg {
+    struct lockspace *ls;
+    uint64_t lba;
+    const void *expect, *data;
+    int rc;
+};
+static void *delta_run(void *arg)
+{
+    struct delta_arg *d = arg;
+    uint8_t found[4096];
+    d->rc = ls_delta_write(d->ls, d->lba, d->expect, d->data, found);
+    return NULL;
+}
+static void test_delta_race_has_one_winner(void **state)
+{
+    struct fixture *f = *state;
+    format_m(f, 200, true);
+    struct lockspace *a = host(f, 0, true, true), *b = host(f, 1, true, true);
+    uint64_t lba = 3000;
+    uint8_t *e = calloc(3, f->bs), *da = e + f->bs, *db = e + 2 * f->bs;
+    memset(e, 'E', f->bs);
+    memset(da, 'A', f->bs);
+    memset(db, 'B', f->bs);
+    assert_int_equal(lun_write(f->lun[2], lba, 1, e, 0), 0);
+    lockspace_set_test_hook(b, gate_hook, &gate_g);
+    gate_close(&gate_g, 1u << LS_TP_DELTA);
+    struct delta_arg db_arg = {b, lba, e, db, 1};
+    pthread_t t;
+    pthread_create(&t, NULL, delta_run, &db_arg);
+    gate_wait_blocked(&gate_g, 1);
+    struct delta_arg da_arg = {a, lba, e, da, 1};
+    delta_run(&da_arg);
+    assert_int_equal(da_arg.rc, 0);
+    gate_open(&gate_g);
+    pthread_join(t, NULL);
+    assert_int_equal(db_arg.rc, -EILSEQ);
+    uint8_t *cur = calloc(1, f->bs);
+    assert_int_equal(lun_read(f->lun[2], lba, 1, cur), 0);
+    assert_memory_equal(cur, da, f->bs);
+    free(cur);
+    free(e);
+    lockspace_set_test_hook(b, NULL, NULL);
+    assert_int_equal(lockspace_leave(a), 0);
+    assert_int_equal(lockspace_leave(b), 0);
+    lockspace_close(a);
+    lockspace_close(b);
+}
+
+/* A contender whose cached heartbeat view is older than the mutex holder
+ * (it shows the holder's slot free at the previous generation) must not
+ * take the paxos mutex over: only a free slot at >= the holder's
+ * generation, or a greater generation, means gone. */
+struct mutex_arg {
+    struct lockspace *ls;
+    int rc;
+    volatile bool done;
+};
+static void *mutex_run(void *arg)
+{
+    struct mutex_arg *m = arg;
+    m->rc = ls_mutex_acquire(m->ls);
+    m->done = true;
+    return NULL;
+}
+static void test_stale_view_does_not_take_paxos_mutex(void **state)
+{
+    struct fixture *f = *state;
+    format_m(f, 1000, true);
+    struct lockspace *a = host(f, 0, true, true), *b = host(f, 1, true, true);
+    uint32_t bslot = lockspace_slot(b);
+    /* freeze a's view: its renewal thread stops at its next write */
+    lockspace_set_test_hook(a, gate_hook, &gate_g);
+    gate_close(&gate_g, 1u << LS_TP_RENEW);
+    gate_wait_blocked(&gate_g, 1);
+    /* a's view of b's slot: free at generation 0 (before b joined) */
+    struct ls_hb old = {.state = LS_SLOT_FREE, .slot = bslot, .rec_slot = LS_NO_SLOT,
+                        .io_timeout_ms = 1000};
+    pthread_mutex_lock(&a->lock);
+    memset(a->hb_raw + (size_t)bslot * f->bs, 0, f->bs);
+    ls_hb_encode(a->hb_raw + (size_t)bslot * f->bs, &old);
+    pthread_mutex_unlock(&a->lock);
+    assert_int_equal(ls_mutex_acquire(b), 0);
+    struct mutex_arg m = {a, 1, false};
+    pthread_t t;
+    pthread_create(&t, NULL, mutex_run, &m);
+    usleep(600000);
+    bool early = m.done;
+    assert_int_equal(ls_mutex_release(b), 0);
+    pthread_join(t, NULL);
+    assert_false(early); /* it waited for b */
+    assert_int_equal(m.rc, 0);
+    assert_int_equal(ls_mutex_release(a), 0);
+    gate_open(&gate_g);
+    gate_drain(&gate_g);
+    lockspace_set_test_hook(a, NULL, NULL);
+    assert_int_equal(lockspace_leave(a), 0);
+    assert_int_equal(lockspace_leave(b), 0);
+    lockspace_close(a);
+    lockspace_close(b);
+}
+
+/* A phantom owner: b's ballot decided an instance for b, but b never wrote
+ * the leader nor uses the mutex (its phase-2 write landed, then it failed).
+ * b stays alive. A contender takes the mutex after mutex_steal_ms instead
+ * of waiting for ever. A torn dblock of a third slot is retried, not
+ * returned as EBADMSG. */
+static void test_phantom_mutex_owner_taken_over_torn_read_retried(void **state)
+{
+    struct fixture *f = *state;
+    format_m(f, 200, true);
+    struct lockspace *a = host(f, 0, true, true), *b = host(f, 1, true, true);
+    uint64_t base = 8 + a->hdr.paxos_off;
+    uint8_t *blk = calloc(1, f->bs);
+    struct ls_dblock d = {.lver = 1,
+                          .mbal = (1 << 16) | (lockspace_slot(b) + 1),
+                          .bal = (1 << 16) | (lockspace_slot(b) + 1),
+                          .inp_slot = lockspace_slot(b),
+                          .inp_gen = lockspace_generation(b)};
+    ls_dblock_encode(blk, &d);
+    assert_int_equal(lun_write(f->lun[2], base + 1 + lockspace_slot(b), 1, blk, 0), 0);
+    /* slot 5's dblock torn (bad CRC) for a while */
+    struct ls_dblock d5 = {.inp_slot = LS_NO_SLOT};
+    uint8_t *good = calloc(1, f->bs);
+    ls_dblock_encode(good, &d5);
+    memcpy(blk, good, f->bs);
+    blk[20] ^= 0xff;
+    assert_int_equal(lun_write(f->lun[2], base + 1 + 5, 1, blk, 0), 0);
+    struct mutex_arg m = {a, 1, false};
+    pthread_t t;
+    uint64_t t0 = ls_now_ns();
+    pthread_create(&t, NULL, mutex_run, &m);
+    usleep(300000);
+    assert_int_equal(lun_write(f->lun[2], base + 1 + 5, 1, good, 0), 0);
+    for (int i = 0; i < 100 && !m.done; i++)
+        usleep(50000);
+    assert_true(m.done); /* old code: waits for ever on the phantom */
+    pthread_join(t, NULL);
+    assert_int_equal(m.rc, 0);
+    uint64_t ms = (ls_now_ns() - t0) / 1000000;
+    assert_true(ms >= lockspace_timeouts(a)->mutex_steal_ms);
+    assert_int_equal(ls_mutex_release(a), 0);
+    free(blk);
+    free(good);
+    assert_int_equal(lockspace_leave(a), 0);
+    assert_int_equal(lockspace_leave(b), 0);
+    lockspace_close(a);
+    lockspace_close(b);
+}
+
+/* 64 live shared owners: the 65th gets ENOSPC at once, not EBUSY/ETIMEDOUT. */
+static void test_65th_shared_owner_gets_enospc(void **state)
+{
+    struct fixture *f = *state;
+    struct ls_format_params p = {.io_timeout_ms = 1000, .max_hosts = 70, .max_locks = 4};
+    assert_int_equal(lockspace_format(f->lun[0], 8, &p), 0);
+    uint8_t *blk = calloc(1, f->bs);
+    /* 64 live hosts in slots 1..64 (as this new observer sees them: unknown) */
+    for (uint32_t i = 1; i <= 64; i++) {
+        struct ls_hb hb = {.state = LS_SLOT_LIVE, .slot = i, .generation = 1, .counter = 5,
+                           .rec_slot = LS_NO_SLOT, .io_timeout_ms = 1000};
+        snprintf(hb.name, sizeof(hb.name), "r%u", i);
+        memset(blk, 0, f->bs);
+        ls_hb_encode(blk, &hb);
+        assert_int_equal(lun_write(f->lun[1], 8 + 1 + i, 1, blk, 0), 0);
+    }
+    struct lockspace *a = host(f, 0, false, true);
+    assert_int_equal(lockspace_slot(a), 0);
+    uint64_t l0 = lockspace_lock_lba(a, 0);
+    struct ls_lockrec lr = {.mode = LS_LOCK_FREE};
+    strcpy(lr.name, "full");
+    for (uint32_t i = 1; i <= 64; i++)
+        assert_int_equal(ls_lockrec_add_owner(&lr, LS_LOCK_SHARED, i, 1), 0);
+    memset(blk, 0, f->bs);
+    ls_lockrec_encode(blk, &lr);
+    assert_int_equal(lun_write(f->lun[1], l0, 1, blk, 0), 0);
+    uint64_t t0 = ls_now_ns();
+    assert_int_equal(lock_acquire(a, l0, LS_LOCK_SHARED, 2000), -ENOSPC);
+    assert_true((ls_now_ns() - t0) / 1000000 < 1500);
+    assert_non_null(strstr(log_last_error(), "64 live owners"));
+    free(blk);
+    assert_int_equal(lockspace_leave(a), 0);
+    lockspace_close(a);
+}
+
+/* Readers coming and going do not starve an exclusive waiter; a record
+ * that is held is never reformatted. */
+struct acq_arg {
+    struct lockspace *ls;
+    uint64_t lba;
+    enum ls_lock_mode mode;
+    int timeout, rc;
+};
+static void *acq_run(void *arg)
+{
+    struct acq_arg *q = arg;
+    q->rc = lock_acquire(q->ls, q->lba, q->mode, q->timeout);
+    return NULL;
+}
+static void test_exclusive_waiter_not_starved_and_held_record_not_formatted(void **state)
+{
+    struct fixture *f = *state;
+    format(f, 1000);
+    struct lockspace *a = host(f, 0, false, true), *b = host(f, 1, false, true),
+                     *c = host(f, 2, false, true);
+    uint64_t l0 = lockspace_lock_lba(a, 0);
+    assert_int_equal(lock_acquire(a, l0, LS_LOCK_SHARED, 0), 0);
+    struct acq_arg q = {b, l0, LS_LOCK_EXCLUSIVE, 10000, 1};
+    pthread_t t;
+    pthread_create(&t, NULL, acq_run, &q);
+    /* wait until b announced its wait in the record */
+    uint8_t *blk = calloc(1, f->bs);
+    struct ls_lockrec lr = {0};
+    for (int i = 0; i < 200; i++) {
+        assert_int_equal(lun_read(f->lun[2], l0, 1, blk), 0);
+        assert_int_equal(ls_lockrec_decode(blk, &lr, "lock", l0), 0);
+        if (lr.xwait)
+            break;
+        usleep(10000);
+    }
+    assert_true(lr.xwait);
+    assert_int_equal(lr.xwait_slot, lockspace_slot(b));
+    /* a new reader holds back */
+    assert_int_equal(lock_acquire(c, l0, LS_LOCK_SHARED, 0), -EBUSY);
+    /* formatting a held record is refused, the record unchanged */
+    assert_int_equal(lock_record_format(c, l0, "again"), -EBUSY);
+    uint8_t *after = calloc(1, f->bs);
+    assert_int_equal(lun_read(f->lun[2], l0, 1, after), 0);
+    struct ls_lockrec lr2;
+    assert_int_equal(ls_lockrec_decode(after, &lr2, "lock", l0), 0);
+    assert_int_equal(lr2.mode, LS_LOCK_SHARED);
+    assert_int_equal(lock_release(a, l0), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(q.rc, 0);
+    assert_int_equal(lun_read(f->lun[2], l0, 1, blk), 0);
+    assert_int_equal(ls_lockrec_decode(blk, &lr, "lock", l0), 0);
+    assert_int_equal(lr.mode, LS_LOCK_EXCLUSIVE);
+    assert_false(lr.xwait);
+    assert_int_equal(lock_release(b, l0), 0);
+    /* a free record is formatted through the atomic step */
+    assert_int_equal(lock_record_format(c, l0, "again"), 0);
+    assert_int_equal(lun_read(f->lun[2], l0, 1, blk), 0);
+    assert_int_equal(ls_lockrec_decode(blk, &lr, "lock", l0), 0);
+    assert_string_equal(lr.name, "again");
+    free(blk);
+    free(after);
+    for (int i = 0; i < 3; i++) {
+        struct lockspace *x = i == 0 ? a : i == 1 ? b : c;
+        assert_int_equal(lockspace_leave(x), 0);
+        lockspace_close(x);
+    }
+}
+
+/* Recovery off the caller's path: with the housekeeping thread, the hook
+ * runs on that thread; a try on the dead owner's lock meanwhile returns
+ * -EINPROGRESS; once recovered, the lock is taken. */
+static pthread_t hk_main;
+static int hk_calls, hk_on_main;
+static void *hk_gate;
+static int hk_hook(struct lockspace *ls, const struct ls_host_info *dead, void *opaque)
+{
+    hk_calls++;
+    if (pthread_equal(pthread_self(), hk_main))
+        hk_on_main++;
+    gate_hook(ls, LS_TP_DATA_WRITE, 0, hk_gate); /* blocks while the gate is closed */
+    return 0;
+}
+static void test_recovery_on_housekeeping_thread(void **state)
+{
+    struct fixture *f = *state;
+    format(f, 250);
+    struct lockspace *a = host(f, 0, false, true), *b;
+    struct ls_open_opts o = {.host_name = "host1", .recover = hk_hook};
+    assert_int_equal(lockspace_open(f->lun[1], 8, &o, &b), 0);
+    assert_int_equal(lockspace_join(b), 0);
+    uint64_t l0 = lockspace_lock_lba(a, 0);
+    assert_int_equal(lock_acquire(a, l0, LS_LOCK_EXCLUSIVE, 0), 0);
+    hk_main = pthread_self();
+    hk_calls = hk_on_main = 0;
+    hk_gate = &gate_g;
+    gate_close(&gate_g, 1u << LS_TP_DATA_WRITE);
+    assert_int_equal(lockspace_start_recovery_thread(b), 0);
+    lockspace_abandon(a);
+    gate_wait_blocked(&gate_g, 1); /* the hook runs (on the thread) and waits */
+    int r = -1;
+    for (int i = 0; i < 100 && r != -EINPROGRESS; i++) {
+        r = lock_acquire(b, l0, LS_LOCK_EXCLUSIVE, 0);
+        usleep(20000);
+    }
+    assert_int_equal(r, -EINPROGRESS);
+    gate_open(&gate_g);
+    assert_int_equal(lock_acquire(b, l0, LS_LOCK_EXCLUSIVE, 10000), 0);
+    assert_int_equal(hk_calls, 1);
+    assert_int_equal(hk_on_main, 0);
+    lockspace_close(a);
+    assert_int_equal(lockspace_leave(b), 0);
+    lockspace_close(b);
+}
+
+/* A joiner's recovery hook longer than the self-fence time: the joiner
+ * renews its mark meanwhile, so the join succeeds. */
+static int slow_hook_calls;
+static int slow_hook(struct lockspace *ls, const struct ls_host_info *dead, void *opaque)
+{
+    slow_hook_calls++;
+    usleep(6 * 250 * 1000); /* 6 T > fence (4 T) */
+    return 0;
+}
+static void test_joiner_renews_mark_during_long_recovery(void **state)
+{
+    struct fixture *f = *state;
+    struct ls_format_params p = {.io_timeout_ms = 250, .max_hosts = 1, .max_locks = 4,
+                                 .atomic = LS_ATOMIC_CAW};
+    assert_int_equal(lockspace_format(f->lun[0], 8, &p), 0);
+    struct lockspace *a = host(f, 0, false, true), *j;
+    uint32_t agen = lockspace_generation(a);
+    lockspace_abandon(a);
+    struct ls_open_opts o = {.host_name = "joiner", .recover = slow_hook};
+    assert_int_equal(lockspace_open(f->lun[1], 8, &o, &j), 0);
+    slow_hook_calls = 0;
+    assert_int_equal(lockspace_join(j), 0);
+    assert_int_equal(slow_hook_calls, 1);
+    assert_int_equal(lockspace_generation(j), agen + 1);
+    assert_int_equal(lockspace_check_write(j), 0);
+    lockspace_close(a);
+    assert_int_equal(lockspace_leave(j), 0);
+    lockspace_close(j);
+}
+
 #define T(fn)                                                                                      \
     cmocka_unit_test_setup_teardown(fn, setup512, teardown),                                       \
         cmocka_unit_test_setup_teardown(fn, setup4k, teardown)
@@ -647,6 +1257,8 @@ static void test_recover_dead_frees_slot(void **state)
 int main(int argc, char **argv)
 {
     log_set_program("test-locking");
+    if (getenv("TEST_FILTER")) /* run one test by name (pattern) */
+        cmocka_set_test_filter(getenv("TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_timeouts_satisfy_safety_inequality),
         cmocka_unit_test(test_hb_roundtrip_and_corruption),
@@ -655,6 +1267,17 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_mode_compatibility),
         cmocka_unit_test(test_lockrec_transitions_bump_version),
         cmocka_unit_test(test_liveness_on_observer_clock),
+        cmocka_unit_test(test_derived_timeouts_match_hand_computed_values),
+        cmocka_unit_test(test_deadline_clock_is_boottime),
+        cmocka_unit_test_setup_teardown(test_mixed_method_hosts_refused, setup512, teardown),
+        cmocka_unit_test_setup_teardown(test_delta_race_has_one_winner, setup512, teardown),
+        cmocka_unit_test_setup_teardown(test_stale_view_does_not_take_paxos_mutex, setup4k,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_phantom_mutex_owner_taken_over_torn_read_retried,
+                                        setup512, teardown),
+        cmocka_unit_test_setup_teardown(test_65th_shared_owner_gets_enospc, setup512, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_exclusive_waiter_not_starved_and_held_record_not_formatted, setup4k, teardown),
         T(test_lock_modes_caw),
         T(test_lock_modes_paxos),
         T(test_slot_lost_fences_host),
@@ -674,6 +1297,17 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_recovery_by_live_host_waited_for_then_taken_over,
                                         setup4k, teardown),
         cmocka_unit_test_setup_teardown(test_recover_dead_frees_slot, setup512, teardown),
+        cmocka_unit_test_setup_teardown(test_resumed_renewal_does_not_overwrite_recovery_caw,
+                                        setup512, teardown),
+        cmocka_unit_test_setup_teardown(test_resumed_renewal_does_not_overwrite_recovery_paxos,
+                                        setup4k, teardown),
+        cmocka_unit_test_setup_teardown(test_paused_write_after_check_does_not_land_caw, setup4k,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_paused_write_after_check_does_not_land_paxos,
+                                        setup512, teardown),
+        cmocka_unit_test_setup_teardown(test_joiner_renews_mark_during_long_recovery, setup512,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_recovery_on_housekeeping_thread, setup4k, teardown),
     };
     if (argc > 1 && !strcmp(argv[1], "break"))
         return cmocka_run_group_tests(break_tests, NULL, NULL);

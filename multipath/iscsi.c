@@ -58,12 +58,17 @@
  * this catches a silent path that carries no I/O. libiscsi 1.19 has no
  * ping timer of its own, only iscsi_nop_out_async.
  *
- * Session identity. The ISID is fixed for the life of the path: a hash of
- * (initiator name, portal, target, LUN, pid, per-process open counter).
- * Two paths of one process, two opens of one LUN, or two processes on one
- * host (the mount daemon and `clusterfs lun info`) never share an ISID, so
- * no login reinstates (kills) another's session. Persistent-reservation registrations belong
- * to the I_T nexus (initiator name + ISID, target port).
+ * Session identity. The ISID is a hash of (initiator name, target, LUN, and
+ * a seed; the portal too without a seed): the multipath core gives each path slot of a LUN its
+ * own seed (pid, a per-process counter, the slot) and reopens the slot
+ * with it, so a reconnect logs in with the same ISID and, on targets that
+ * follow RFC 7143 (istgt, LIO, arrays), reinstates (kills) the old session
+ * and keeps the slot's I_T nexus (initiator port name + ISID; tgt 1.0.85
+ * keys PR registrations by session all the same). Without a seed, pid and a per-process open
+ * counter: two paths, two opens of one LUN, or two processes on one host (the mount daemon and
+ * `clusterfs lun info`) never share an ISID, so no login reinstates another's session.
+ * Persistent-reservation registrations belong to the I_T nexus (initiator name + ISID, target
+ * port).
  *
  * Lock order: ip->lock, then a sync waiter's lock (never the other way).
  */
@@ -102,8 +107,9 @@ struct icmd;
 struct isync {
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    bool done;  /* protected by lock */
-    int result; /* protected by lock */
+    bool done;     /* protected by lock */
+    int result;    /* protected by lock */
+    bool orphaned; /* protected by lock: the task stays with the path (timed out) */
 };
 
 /* A caller's I/O split in several commands. Loop thread only. */
@@ -114,9 +120,10 @@ struct isplit {
 };
 
 enum icmd_kind {
-    ICMD_IO,          /* part of a lun_io */
-    ICMD_SYNC,        /* synchronous command, task handed back to the waiter */
-    ICMD_CAW_READBACK /* READ of the block after a COMPARE AND WRITE miscompare */
+    ICMD_IO,           /* part of a lun_io */
+    ICMD_SYNC,         /* synchronous command, task handed back to the waiter */
+    ICMD_CAW_READBACK, /* READ of the block after a COMPARE AND WRITE miscompare */
+    ICMD_ORPHAN        /* its lun_io was completed early (deadline): only freed */
 };
 
 struct icmd {
@@ -127,6 +134,8 @@ struct icmd {
     struct isplit *split;     /* ICMD_IO split in pieces, else NULL */
     struct isync *sync;       /* ICMD_SYNC */
     void *owned;              /* buffer freed with the command (UNMAP list, PR params, CAW data) */
+    uint8_t *bounce;          /* I/O with a deadline: its data-in lands here (in `owned`) */
+    size_t bounce_len;        /* ... and is copied to io->buf on success */
     uint64_t deadline_ns;     /* loop thread only */
     uint64_t sent_ns;         /* loop thread only: handed to libiscsi */
     bool timed_out;           /* loop thread only */
@@ -149,6 +158,15 @@ struct ipath {
     struct icmd *pend_head, *pend_tail; /* protected by lock */
     bool stopping;                      /* protected by lock */
     int dead; /* protected by lock: 0 or -errno once the session is gone */
+    /* Teardown with confirmation (engine paths, see ipath_teardown_run). */
+    bool closing;              /* protected by lock: no new commands; tearing down */
+    bool known;                /* protected by lock: nothing we sent can still land */
+    pthread_cond_t known_cond; /* with lock: `known` became true */
+    int td_state;              /* loop thread only: TD_* */
+    bool td_confirmed;         /* loop thread only: ABORT TASK SET answered FUNCTION COMPLETE */
+    bool td_reinstated;        /* protected by lock: the session was reinstated elsewhere */
+    bool abort_writes;         /* protected by lock: lun_fence_self asked (ops->abort_writes) */
+    uint64_t closing_since_ns; /* loop thread only */
 
     struct icmd inflight; /* loop thread only: list sentinel, dispatch order */
 
@@ -161,6 +179,7 @@ struct ipath {
     uint64_t nop_heard_ns;         /* loop thread only: last NOP-In or command response */
     bool nop_outstanding;          /* loop thread only: a NOP-Out awaits its NOP-In */
     bool nop_reported;             /* loop thread only: this silence was reported */
+    unsigned nop_miss_run;         /* loop thread only: misses since the last NOP-In */
     uint64_t loop_now_ns;          /* loop thread only: clock read after the last poll */
     unsigned out_pdus;             /* loop thread only: PDUs queued since the last write */
     bool cork;                     /* loop thread only (set at open): batch sends under TCP_CORK */
@@ -177,6 +196,8 @@ struct ipath {
 };
 
 static const struct lun_path_ops iscsi_path_ops;
+
+enum { TD_NONE, TD_DRAIN, TD_TMF_SENT, TD_DONE };
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -353,7 +374,14 @@ static void icmd_complete(struct icmd *c, int result, uint8_t key, uint8_t asc, 
         return;
     }
 
+    if (c->kind == ICMD_ORPHAN) {
+        icmd_free(c); /* its I/O was completed when its deadline passed */
+        return;
+    }
+
     struct lun_io *io = c->io;
+    if (c->bounce && result == 0)
+        memcpy(io->buf, c->bounce, c->bounce_len);
 
     if (c->kind == ICMD_CAW_READBACK) {
         /* The miscompare is the answer; the read only fills in `found`. */
@@ -369,10 +397,15 @@ static void icmd_complete(struct icmd *c, int result, uint8_t key, uint8_t asc, 
         /* Read the current block into buf's first block. */
         struct scsi_task *t =
             scsi_cdb_read16(io->lba, ip->block_size, (int)ip->block_size, 0, 0, 0, 0, 0);
-        if (t && scsi_task_add_data_in_buffer(t, (int)ip->block_size, io->buf) == 0) {
+        uint8_t *dst = io->buf, *bb = NULL;
+        if (io->deadline_ns) /* may be completed early: not into the caller's buffer */
+            dst = bb = malloc(ip->block_size);
+        if (t && dst && scsi_task_add_data_in_buffer(t, (int)ip->block_size, dst) == 0) {
             struct icmd *rb = icmd_new(ip, ICMD_CAW_READBACK, t);
             if (rb) {
                 rb->io = io;
+                rb->owned = rb->bounce = bb;
+                rb->bounce_len = bb ? ip->block_size : 0;
                 icmd_free(c);
                 ipath_dispatch(ip, rb);
                 return;
@@ -380,6 +413,7 @@ static void icmd_complete(struct icmd *c, int result, uint8_t key, uint8_t asc, 
         }
         if (t)
             scsi_free_scsi_task(t);
+        free(bb);
     }
 
     struct isplit *sp = c->split;
@@ -488,8 +522,8 @@ static int ipath_enqueue(struct ipath *ip, struct icmd *first, struct icmd *last
 {
     bool wake;
     pthread_mutex_lock(&ip->lock);
-    if (ip->dead || ip->stopping) {
-        int err = ip->dead ? ip->dead : -ESHUTDOWN;
+    if (ip->dead || ip->stopping || ip->closing) {
+        int err = ip->dead ? ip->dead : ip->closing ? -ENOTCONN : -ESHUTDOWN;
         pthread_mutex_unlock(&ip->lock);
         return err;
     }
@@ -532,6 +566,7 @@ static void nop_cb(struct iscsi_context *iscsi, int status, void *command_data, 
         ip->nop_heard_ns = now_ns();
         ip->nop_reported = false;
         ip->nop_answered++;
+        ip->nop_miss_run = 0;
     }
 }
 
@@ -552,9 +587,10 @@ static int ipath_nop_run(struct ipath *ip, lun_path_report_fn fn, void *opaque, 
         ip->nop_heard_ns = now;
     }
     if (now >= ip->nop_next_ns) {
-        if (ip->nop_outstanding)
+        if (ip->nop_outstanding) {
             ip->nop_missed_total++;
-        else if (iscsi_nop_out_async(ip->iscsi, nop_cb, NULL, 0, ip) == 0)
+            ip->nop_miss_run++;
+        } else if (iscsi_nop_out_async(ip->iscsi, nop_cb, NULL, 0, ip) == 0)
             ip->nop_outstanding = true;
         ip->nop_next_ns = now + ivl;
     }
@@ -564,6 +600,12 @@ static int ipath_nop_run(struct ipath *ip, lun_path_report_fn fn, void *opaque, 
                  (unsigned long long)((now - ip->nop_heard_ns) / 1000000), ip->nop_interval_ms);
         if (!ip->nop_reported)
             log_err("%s: %s", ip->base.name, why);
+        if (ip->nop_outstanding && ip->nop_miss_run == 0) {
+            /* The silence ran out just before the interval did: the
+             * unanswered NOP-Out is a miss all the same. */
+            ip->nop_missed_total++;
+            ip->nop_miss_run++;
+        }
         ip->nop_reported = true;
         fn(opaque, &ip->base, why);
         ip->nop_heard_ns = now - silence + ivl; /* report again an interval later if still silent */
@@ -573,24 +615,211 @@ static int ipath_nop_run(struct ipath *ip, lun_path_report_fn fn, void *opaque, 
     return MIN(timeout, until);
 }
 
-static void ipath_expire(struct ipath *ip, uint64_t now)
+/* Close the connection so that nothing more we queued can leave: RST
+ * instead of FIN (SO_LINGER 0), which also drops what the kernel still
+ * holds unsent. libiscsi's PDUs stay in its lists, never sent; the dead
+ * handling of the loop fails their commands (loop thread). */
+static void ipath_disconnect_now(struct ipath *ip)
 {
+    int fd = iscsi_get_fd(ip->iscsi);
+    if (fd >= 0) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        iscsi_disconnect(ip->iscsi);
+    }
+}
+
+/* Complete an I/O whose deadline passed before libiscsi let go of its
+ * command: the command keeps its own copy of the data (build_rw, submit)
+ * and lives on as an orphan until the session ends. Single commands only. */
+static void icmd_detach(struct icmd *c, int result)
+{
+    if (c->kind == ICMD_SYNC) {
+        /* The waiter gets its answer now; the task (its data-out is the
+         * command's own copy, its data-in libiscsi's) stays with us. */
+        struct isync *sy = c->sync;
+        c->sync = NULL;
+        c->kind = ICMD_ORPHAN;
+        pthread_mutex_lock(&sy->lock);
+        sy->result = result;
+        sy->orphaned = true;
+        sy->done = true;
+        pthread_cond_signal(&sy->cond);
+        pthread_mutex_unlock(&sy->lock);
+        return;
+    }
+    struct lun_io *io = c->io;
+    if (!io || !io->deadline_ns || c->split || c->kind == ICMD_ORPHAN)
+        return;
+    if (c->kind == ICMD_IO && !c->owned && io->op != LUN_OP_FLUSH)
+        return; /* its data is still the caller's */
+    if (c->kind == ICMD_CAW_READBACK && !c->bounce)
+        return;
+    c->io = NULL;
+    c->kind = ICMD_ORPHAN;
+    io->sense_key = io->asc = io->ascq = 0;
+    io->done(io, result);
+}
+
+/* Start tearing the session down (loop thread): no new commands; the
+ * engine is told through its reporter. */
+static void ipath_closing_start(struct ipath *ip, lun_path_report_fn report, void *opaque,
+                                const char *why)
+{
+    pthread_mutex_lock(&ip->lock);
+    bool first = !ip->closing;
+    ip->closing = true;
+    pthread_mutex_unlock(&ip->lock);
+    if (!first)
+        return;
+    ip->td_state = TD_DRAIN;
+    ip->closing_since_ns = ip->loop_now_ns;
+    if (report)
+        report(opaque, &ip->base, why);
+}
+
+/* Commands past their deadline (loop thread). No command is cancelled on
+ * its own while the connection lives: iscsi_scsi_cancel_task removes only
+ * the command PDU and leaves its Data-Out PDUs queued, pointing at the
+ * freed task and the caller's buffer, and a half-sent PDU would leave the
+ * next one starting mid-frame (issue 15 item 2). A timeout ends the
+ * session instead:
+ *  - engine path (the core installed a reporter): I/Os with a deadline
+ *    complete now with -ETIMEDOUT (their data is the command's own copy),
+ *    the core fails the path, and the session is torn down with
+ *    confirmation (ipath_teardown_run); every other command completes when
+ *    the teardown knows nothing of this session can still land;
+ *  - plain path: the connection is closed at once (RST), then every
+ *    command fails: -ETIMEDOUT for the expired ones, -ENOTCONN for the
+ *    others; later commands fail with -ENOTCONN. */
+static void ipath_expire(struct ipath *ip, uint64_t now, lun_path_report_fn report, void *opaque)
+{
+    struct icmd *first = NULL;
+    for (struct icmd *c = ip->inflight.next, *next; c != &ip->inflight; c = next) {
+        next = c->next;
+        if (c->deadline_ns > now)
+            break; /* in deadline order */
+        if (c->timed_out)
+            continue;
+        c->timed_out = true;
+        if (!first)
+            first = c;
+        if (c->deadline_ns < c->sent_ns + (uint64_t)ip->timeout_ms * 1000000ULL)
+            log_err("%s: SCSI command 0x%02x timed out after %llu ms (its I/O's deadline)",
+                    ip->base.name, c->task->cdb[0],
+                    (unsigned long long)((now - c->sent_ns) / 1000000));
+        else
+            log_err("%s: SCSI command 0x%02x timed out after %u ms", ip->base.name, c->task->cdb[0],
+                    ip->timeout_ms);
+        if (report)
+            icmd_detach(c, -ETIMEDOUT);
+    }
+    if (!first)
+        return;
+    char why[96];
+    snprintf(why, sizeof why, "SCSI command 0x%02x timed out", first->task->cdb[0]);
+    if (report) {
+        ipath_closing_start(ip, report, opaque, why);
+    } else {
+        ipath_disconnect_now(ip);
+        ipath_set_dead(ip, -ENOTCONN, why);
+    }
+}
+
+static void tmf_cb(struct iscsi_context *iscsi, int status, void *command_data, void *opaque)
+{
+    (void)iscsi;
+    struct ipath *ip = opaque;
+    uint32_t response = command_data ? *(uint32_t *)command_data : 0xFFu;
+    if (status == SCSI_STATUS_GOOD && response == ISCSI_TMR_FUNC_COMPLETE) {
+        ip->td_confirmed = true;
+    } else if (status != SCSI_STATUS_CANCELLED) {
+        log_err("%s: ABORT TASK SET not done (status 0x%x, response %u): waiting for every "
+                "command of the session to be answered instead",
+                ip->base.name, status, response);
+    }
+}
+
+/* Finish the teardown (loop thread): nothing this session sent can still
+ * land. Close the connection, fail what libiscsi still holds (-ENOTCONN:
+ * dropped, or done without our hearing it), wake the waiter of abort. */
+static void ipath_teardown_finish(struct ipath *ip, const char *how)
+{
+    ip->td_state = TD_DONE;
+    ipath_disconnect_now(ip);
+    pthread_mutex_lock(&ip->lock);
+    if (!ip->dead)
+        ip->dead = -ENOTCONN;
+    pthread_mutex_unlock(&ip->lock);
     while (ip->inflight.next != &ip->inflight) {
         struct icmd *c = ip->inflight.next;
-        if (c->deadline_ns > now)
-            break;
-        c->timed_out = true;
-        log_err("%s: SCSI command 0x%02x timed out after %llu ms%s", ip->base.name,
-                c->task->cdb[0], (unsigned long long)((now - c->sent_ns) / 1000000),
-                c->deadline_ns < c->sent_ns + (uint64_t)ip->timeout_ms * 1000000ULL
-                    ? " (its I/O's deadline)"
-                    : "");
-        /* The cancel runs icmd_cb (which unlinks and frees c) unless
-         * libiscsi no longer knew the task: then finish it here. */
         iscsi_scsi_cancel_task(ip->iscsi, c->task);
         if (ip->inflight.next == c) {
             inflight_del(c);
-            icmd_complete(c, -ETIMEDOUT, 0, 0, 0);
+            icmd_complete(c, -ENOTCONN, 0, 0, 0);
+        }
+    }
+    log_info("%s: session torn down after %llu ms: %s", ip->base.name,
+             (unsigned long long)((ip->loop_now_ns - ip->closing_since_ns) / 1000000), how);
+    pthread_mutex_lock(&ip->lock);
+    ip->known = true;
+    pthread_cond_broadcast(&ip->known_cond);
+    pthread_mutex_unlock(&ip->lock);
+}
+
+/* Teardown with confirmation (loop thread, while closing). Before a
+ * write that timed out may be re-issued elsewhere, the target must be
+ * known to have dropped (or done) everything this session sent:
+ *  1. nothing new is queued (ipath_enqueue refuses), and the loop waits
+ *     until libiscsi's out-queue is empty: every PDU of ours is on the
+ *     wire, none is left behind to be sent after the next one;
+ *  2. ABORT TASK SET goes out on the session (through iscsi_task_mgmt_async,
+ *     which, unlike iscsi_task_mgmt_abort_task_set_async, cancels nothing
+ *     locally). It is the last PDU of the connection: the target answers it
+ *     after every command before it is done or aborted (RFC 7143 11.5.1;
+ *     tgt answers once aborted commands have finished);
+ *  3. the answer (FUNCTION COMPLETE), or an answer to every command, or
+ *     the target closing the connection, ends the teardown.
+ * A silent connection (a frozen link) stays open until one of these
+ * happens: closing it ourselves would not stop the target from executing
+ * what is still on its way (tgt does not reinstate sessions); the core
+ * keeps the path's writes back meanwhile. */
+static void ipath_teardown_run(struct ipath *ip, int dead)
+{
+    if (ip->td_state == TD_DONE)
+        return;
+    if (ip->td_state == TD_NONE) { /* started by ops->abort, not by a timeout */
+        ip->td_state = TD_DRAIN;
+        ip->closing_since_ns = ip->loop_now_ns;
+    }
+    if (ip->inflight.next == &ip->inflight) {
+        ipath_teardown_finish(ip, "every command answered");
+        return;
+    }
+    if (dead) {
+        /* The connection ended (reset or closed by the other end): the
+         * target's side of it is gone, and with it (ErrorRecoveryLevel 0)
+         * the session and its tasks; nothing more can arrive through it. */
+        ipath_teardown_finish(ip, "the connection ended");
+        return;
+    }
+    if (ip->td_confirmed) {
+        ipath_teardown_finish(ip, "ABORT TASK SET answered");
+        return;
+    }
+    pthread_mutex_lock(&ip->lock);
+    bool reinstated = ip->td_reinstated;
+    pthread_mutex_unlock(&ip->lock);
+    if (reinstated) {
+        ipath_teardown_finish(ip, "the target reinstated the session through another portal");
+        return;
+    }
+    if (ip->td_state == TD_DRAIN && iscsi_out_queue_length(ip->iscsi) == 0) {
+        if (iscsi_task_mgmt_async(ip->iscsi, ip->lun_nr, ISCSI_TM_ABORT_TASK_SET, 0xFFFFFFFFu, 0,
+                                  tmf_cb, ip) == 0) {
+            ip->td_state = TD_TMF_SENT;
+            log_info("%s: ABORT TASK SET sent before re-issuing the session's commands",
+                     ip->base.name);
         }
     }
 }
@@ -613,6 +842,9 @@ static void *ipath_loop(void *arg)
         struct icmd *q = ip->pend_head;
         ip->pend_head = ip->pend_tail = NULL;
         bool stopping = ip->stopping;
+        bool closing = ip->closing;
+        bool abort_writes = ip->abort_writes;
+        ip->abort_writes = false;
         int dead = ip->dead;
         lun_path_report_fn report = ip->report;
         void *report_opaque = ip->report_opaque;
@@ -624,23 +856,46 @@ static void *ipath_loop(void *arg)
             ipath_dispatch(ip, q);
             q = next;
         }
+        if (abort_writes && !closing && !dead) {
+            /* This host fenced itself: its writes in flight must not land
+             * later. No single task can be cancelled safely, so the session
+             * ends, with confirmation, if it carries a write. */
+            for (struct icmd *c = ip->inflight.next; c != &ip->inflight; c = c->next)
+                if (c->task->xfer_dir == SCSI_XFER_WRITE && c->kind != ICMD_SYNC) {
+                    ipath_closing_start(ip, report, report_opaque,
+                                        "this host fenced itself: ending the session that "
+                                        "carries its writes");
+                    closing = true;
+                    break;
+                }
+        }
+        if (stopping && closing && ip->td_state != TD_DONE)
+            ipath_teardown_finish(ip, "given up: the path is being closed");
         if (stopping && ip->inflight.next == &ip->inflight)
             break;
 
         int timeout = ISCSI_IDLE_POLL_MS;
-        if (ip->inflight.next != &ip->inflight) {
-            uint64_t now = now_ns(), dl = ip->inflight.next->deadline_ns;
-            timeout = dl <= now
-                          ? 0
-                          : (int)MIN((dl - now + 999999) / 1000000, (uint64_t)ISCSI_IDLE_POLL_MS);
+        if (closing) {
+            timeout = 50; /* the teardown polls the out-queue and the answers */
+        } else if (ip->inflight.next != &ip->inflight) {
+            /* The earliest deadline not yet handled. */
+            struct icmd *h = ip->inflight.next;
+            while (h != &ip->inflight && h->timed_out)
+                h = h->next;
+            if (h != &ip->inflight) {
+                uint64_t now = now_ns(), dl = h->deadline_ns;
+                timeout = dl <= now ? 0
+                                    : (int)MIN((dl - now + 999999) / 1000000,
+                                               (uint64_t)ISCSI_IDLE_POLL_MS);
+            }
         }
-        if (report && !dead && !stopping && ip->nop_interval_ms != LUN_NOP_OFF)
+        if (report && !dead && !stopping && !closing && ip->nop_interval_ms != LUN_NOP_OFF)
             timeout = ipath_nop_run(ip, report, report_opaque, timeout);
         struct pollfd pfd[2] = {{.fd = ip->efd, .events = POLLIN}, {.fd = -1}};
         if (!dead) {
             pfd[1].fd = iscsi_get_fd(ip->iscsi);
             pfd[1].events = (short)iscsi_which_events(ip->iscsi);
-            if (pfd[1].events == 0) {
+            if (pfd[1].events == 0 || pfd[1].fd < 0) {
                 pfd[1].fd = -1;
                 timeout = MIN(timeout, 100);
             }
@@ -678,19 +933,24 @@ static void *ipath_loop(void *arg)
         }
         pthread_mutex_lock(&ip->lock);
         dead = ip->dead;
+        closing = ip->closing;
         pthread_mutex_unlock(&ip->lock);
-        if (dead) {
+        if (closing) {
+            if (!dead) /* deadline I/Os and synchronous commands still complete on time */
+                ipath_expire(ip, ip->loop_now_ns, report, report_opaque);
+            ipath_teardown_run(ip, dead);
+        } else if (dead) {
             /* Nothing will answer: fail what libiscsi still holds. */
             while (ip->inflight.next != &ip->inflight) {
                 struct icmd *c = ip->inflight.next;
                 iscsi_scsi_cancel_task(ip->iscsi, c->task);
                 if (ip->inflight.next == c) {
                     inflight_del(c);
-                    icmd_complete(c, dead, 0, 0, 0);
+                    icmd_complete(c, c->timed_out ? -ETIMEDOUT : dead, 0, 0, 0);
                 }
             }
         } else {
-            ipath_expire(ip, ip->loop_now_ns);
+            ipath_expire(ip, ip->loop_now_ns, report, report_opaque);
         }
     }
     return NULL;
@@ -700,19 +960,22 @@ static void *ipath_loop(void *arg)
 
 /* Run `task` through the loop and wait. On return the caller owns the task
  * (status, sense, datain) and must free it. */
-static int ipath_sync_task(struct ipath *ip, struct scsi_task *task, uint8_t *key, uint8_t *asc,
-                           uint8_t *ascq)
+static int ipath_sync_task(struct ipath *ip, struct scsi_task *task, void *owned, bool *orphaned,
+                           uint8_t *key, uint8_t *asc, uint8_t *ascq)
 {
     struct isync s = {.done = false};
+    *orphaned = false;
     pthread_mutex_init(&s.lock, NULL);
     pthread_cond_init(&s.cond, NULL);
     struct icmd *c = icmd_new(ip, ICMD_SYNC, task);
     int rc;
     if (!c) {
+        free(owned);
         rc = -ENOMEM;
         goto out;
     }
     c->sync = &s;
+    c->owned = owned;
     rc = ipath_enqueue(ip, c, c);
     if (rc < 0) {
         c->task = NULL;
@@ -723,12 +986,13 @@ static int ipath_sync_task(struct ipath *ip, struct scsi_task *task, uint8_t *ke
     while (!s.done)
         pthread_cond_wait(&s.cond, &s.lock);
     rc = s.result;
+    *orphaned = s.orphaned;
     pthread_mutex_unlock(&s.lock);
 out:
     pthread_mutex_destroy(&s.lock);
     pthread_cond_destroy(&s.cond);
     uint8_t k = 0, a = 0, q = 0;
-    if (rc < 0 && task->status == SCSI_STATUS_CHECK_CONDITION) {
+    if (rc < 0 && !*orphaned && task->status == SCSI_STATUS_CHECK_CONDITION) {
         k = (uint8_t)task->sense.key;
         a = (uint8_t)(task->sense.ascq >> 8);
         q = (uint8_t)task->sense.ascq;
@@ -745,23 +1009,63 @@ out:
 /* A synchronous command from a raw CDB. data_out (len out_len) is sent;
  * data in (up to in_len) is left in the returned task (*taskp, caller
  * frees) when taskp is not NULL. */
-static int ipath_sync_cdb(struct ipath *ip, const uint8_t *cdb, int cdb_len, int dir,
-                          void *data_out, int out_len, int in_len, struct scsi_task **taskp,
-                          uint8_t *key, uint8_t *asc, uint8_t *ascq)
+static int ipath_sync_cdb_once(struct ipath *ip, const uint8_t *cdb, int cdb_len, int dir,
+                               void *data_out, int out_len, int in_len, struct scsi_task **taskp,
+                               uint8_t *key, uint8_t *asc, uint8_t *ascq)
 {
     struct scsi_task *t = scsi_create_task(cdb_len, (unsigned char *)cdb, dir,
                                            dir == SCSI_XFER_WRITE ? out_len : in_len);
     if (!t)
         return -ENOMEM;
-    if (data_out && scsi_task_add_data_out_buffer(t, out_len, data_out) != 0) {
-        scsi_free_scsi_task(t);
-        return -ENOMEM;
+    /* The command's own copy of its data-out: a timed-out command may
+     * outlive the caller's frame (icmd_detach). */
+    void *copy = NULL;
+    if (data_out) {
+        copy = malloc((size_t)out_len);
+        if (!copy || scsi_task_add_data_out_buffer(t, out_len, copy) != 0) {
+            free(copy);
+            scsi_free_scsi_task(t);
+            return -ENOMEM;
+        }
+        memcpy(copy, data_out, (size_t)out_len);
     }
-    int rc = ipath_sync_task(ip, t, key, asc, ascq);
+    bool orphaned;
+    int rc = ipath_sync_task(ip, t, copy, &orphaned, key, asc, ascq);
+    if (orphaned)
+        return rc; /* the task lives on with the path */
     if (taskp && rc == 0)
         *taskp = t;
     else
         scsi_free_scsi_task(t);
+    return rc;
+}
+
+/* A synchronous command, retried while the target answers UNIT ATTENTION
+ * (power on / reset after another initiator's LUN RESET, REPORTED LUNS
+ * CHANGED, RESERVATIONS RELEASED, ...: the command was not executed), so
+ * the probe's VPD reads, PR IN / OUT and TEST UNIT READY do not fail, or
+ * yield a fallback identity, because of one. 2A/03 and 2A/05 (we were
+ * preempted) are answers, not retried. */
+static int ipath_sync_cdb(struct ipath *ip, const uint8_t *cdb, int cdb_len, int dir,
+                          void *data_out, int out_len, int in_len, struct scsi_task **taskp,
+                          uint8_t *key, uint8_t *asc, uint8_t *ascq)
+{
+    uint8_t k = 0, a = 0, q = 0;
+    int rc = 0;
+    for (int tries = 0; tries < ISCSI_MAX_UA_RETRIES; tries++) {
+        rc = ipath_sync_cdb_once(ip, cdb, cdb_len, dir, data_out, out_len, in_len, taskp, &k, &a,
+                                 &q);
+        if (rc == 0 || k != LUN_SK_UNIT_ATTENTION || (a == 0x2A && (q == 0x03 || q == 0x05)))
+            break;
+        log_debug("%s: SCSI command 0x%02x: UNIT ATTENTION %02x/%02x, retrying", ip->base.name,
+                  cdb[0], a, q);
+    }
+    if (key)
+        *key = k;
+    if (asc)
+        *asc = a;
+    if (ascq)
+        *ascq = q;
     return rc;
 }
 
@@ -944,6 +1248,7 @@ static void ipath_free(struct ipath *ip)
     if (ip->efd >= 0)
         close(ip->efd);
     pthread_mutex_destroy(&ip->lock);
+    pthread_cond_destroy(&ip->known_cond);
     free(ip->base.name);
     free(ip);
 }
@@ -964,6 +1269,12 @@ static void ipath_stop(struct ipath *ip)
 
 int lun_path_open_iscsi(const char *uri, const struct lun_options *opts, struct lun_path **out)
 {
+    return lun_path_open_iscsi_isid(uri, opts, 0, out);
+}
+
+int lun_path_open_iscsi_isid(const char *uri, const struct lun_options *opts, uint64_t isid_seed,
+                             struct lun_path **out)
+{
     struct lun_options defaults;
     if (!opts) {
         lun_options_init(&defaults);
@@ -977,6 +1288,11 @@ int lun_path_open_iscsi(const char *uri, const struct lun_options *opts, struct 
     ip->efd = -1;
     ip->cork = true;
     pthread_mutex_init(&ip->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ip->known_cond, &ca);
+    pthread_condattr_destroy(&ca);
     ip->inflight.next = ip->inflight.prev = &ip->inflight;
     ip->base.ops = &iscsi_path_ops;
     ip->base.priv = ip;
@@ -1045,14 +1361,20 @@ int lun_path_open_iscsi(const char *uri, const struct lun_options *opts, struct 
 
     uint64_t h = 0xcbf29ce484222325ULL;
     h = fnv1a(h, initiator, strlen(initiator));
-    h = fnv1a(h, ip->portal, strlen(ip->portal));
+    if (!isid_seed) /* a slot's ISID is the same through any portal (reinstatement) */
+        h = fnv1a(h, ip->portal, strlen(ip->portal));
     h = fnv1a(h, ip->target, strlen(ip->target));
     h = fnv1a(h, &ip->lun_nr, sizeof(ip->lun_nr));
-    static atomic_uint open_count;
-    unsigned nth = atomic_fetch_add(&open_count, 1);
-    pid_t pid = getpid();
-    h = fnv1a(h, &pid, sizeof(pid));
-    h = fnv1a(h, &nth, sizeof(nth));
+    if (isid_seed) {
+        /* The LUN's path slot: the same ISID at every reconnect. */
+        h = fnv1a(h, &isid_seed, sizeof(isid_seed));
+    } else {
+        static atomic_uint open_count;
+        unsigned nth = atomic_fetch_add(&open_count, 1);
+        pid_t pid = getpid();
+        h = fnv1a(h, &pid, sizeof(pid));
+        h = fnv1a(h, &nth, sizeof(nth));
+    }
     iscsi_set_isid_random(ip->iscsi, (uint32_t)(h & 0xffffff), (uint32_t)((h >> 24) & 0xffff));
 
     rc = ipath_login(ip, connect_ms);
@@ -1438,9 +1760,23 @@ static int build_rw(struct ipath *ip, struct lun_io *io, bool write, struct icmd
         else
             t = scsi_cdb_read16(lba, (uint32_t)len, (int)bs, 0, 0, 0, 0, 0);
         struct icmd *c = t ? icmd_new(ip, ICMD_IO, t) : NULL;
-        if (!c ||
-            (write ? scsi_task_add_data_out_buffer(t, (int)len, buf + (size_t)done * bs)
-                   : scsi_task_add_data_in_buffer(t, (int)len, buf + (size_t)done * bs)) != 0) {
+        uint8_t *data = buf + (size_t)done * bs;
+        if (c && io->deadline_ns && n == 1) {
+            /* An I/O with a deadline can be completed to its caller
+             * before libiscsi lets go of the command (ipath_expire): the
+             * command gets its own copy of the data. */
+            c->owned = malloc(len);
+            if (c->owned) {
+                if (write)
+                    memcpy(c->owned, data, len);
+                else
+                    c->bounce = c->owned, c->bounce_len = len;
+                data = c->owned;
+            }
+        }
+        if (!c || (io->deadline_ns && n == 1 && !c->owned) ||
+            (write ? scsi_task_add_data_out_buffer(t, (int)len, data)
+                   : scsi_task_add_data_in_buffer(t, (int)len, data)) != 0) {
             if (c)
                 icmd_free(c);
             else if (t)
@@ -1512,6 +1848,7 @@ static int iscsi_path_submit(struct lun_path *p, struct lun_io *io)
     struct icmd *first = NULL, *last = NULL;
     struct scsi_task *t = NULL;
     uint32_t bs = ip->block_size;
+    uint8_t *owned = NULL; /* a single command's own copy of the data (deadline I/O) */
     int rc;
 
     io->sense_key = io->asc = io->ascq = 0;
@@ -1547,8 +1884,15 @@ static int iscsi_path_submit(struct lun_path *p, struct lun_io *io)
         be64_put(cdb + 2, io->lba);
         be32_put(cdb + 10, io->nblocks);
         t = scsi_create_task(16, cdb, SCSI_XFER_WRITE, (int)bs);
-        if (t && scsi_task_add_data_out_buffer(t, (int)bs, io->buf) != 0) {
+        if (io->deadline_ns && t) {
+            owned = malloc(bs);
+            if (owned)
+                memcpy(owned, io->buf, bs);
+        }
+        if (t && ((io->deadline_ns && !owned) ||
+                  scsi_task_add_data_out_buffer(t, (int)bs, owned ? owned : io->buf) != 0)) {
             scsi_free_scsi_task(t);
+            free(owned);
             return -ENOMEM;
         }
         break;
@@ -1564,8 +1908,15 @@ static int iscsi_path_submit(struct lun_path *p, struct lun_io *io)
         be64_put(cdb + 2, io->lba);
         cdb[13] = 1;
         t = scsi_create_task(16, cdb, SCSI_XFER_WRITE, (int)(2 * bs));
-        if (t && scsi_task_add_data_out_buffer(t, (int)(2 * bs), io->buf) != 0) {
+        if (io->deadline_ns && t) {
+            owned = malloc(2 * (size_t)bs);
+            if (owned)
+                memcpy(owned, io->buf, 2 * (size_t)bs);
+        }
+        if (t && ((io->deadline_ns && !owned) ||
+                  scsi_task_add_data_out_buffer(t, (int)(2 * bs), owned ? owned : io->buf) != 0)) {
             scsi_free_scsi_task(t);
+            free(owned);
             return -ENOMEM;
         }
         break;
@@ -1579,8 +1930,10 @@ static int iscsi_path_submit(struct lun_path *p, struct lun_io *io)
         first = last = icmd_new(ip, ICMD_IO, t);
         if (!first) {
             scsi_free_scsi_task(t);
+            free(owned);
             return -ENOMEM;
         }
+        first->owned = owned;
         first->io = io;
         first->is_caw = io->op == LUN_OP_COMPARE_AND_WRITE;
     }
@@ -1691,20 +2044,67 @@ static int iscsi_path_test_unit_ready(struct lun_path *p)
     return ipath_sync_cdb(ip, cdb, 6, SCSI_XFER_NONE, NULL, 0, 0, NULL, NULL, NULL, NULL);
 }
 
-/* Multipath teardown (path.h ops->abort): mark the session dead, let the
- * loop fail everything it holds (-ENOTCONN), stop it, then close the
- * connection, so no command of this session can reach the target any more.
- * Never called on the loop thread. close() still frees the path. */
-static void iscsi_path_abort(struct lun_path *p)
+/* Multipath teardown (path.h ops->abort; the core's checker thread): stop
+ * taking commands and tear the session down with confirmation (see
+ * ipath_teardown_run). Returns 0 once nothing this session sent can still
+ * land (every command has completed, most with -ENOTCONN, and the
+ * connection is closed), -EINPROGRESS if that is not known within
+ * `wait_ms` (a silent link): the core calls again later. */
+static int iscsi_path_abort(struct lun_path *p, unsigned wait_ms)
 {
     struct ipath *ip = p->priv;
     pthread_mutex_lock(&ip->lock);
-    if (!ip->dead)
-        ip->dead = -ENOTCONN;
+    bool start = !ip->closing && !ip->known;
+    if (start)
+        ip->closing = true;
     pthread_mutex_unlock(&ip->lock);
+    uint64_t one = 1;
+    ssize_t n = write(ip->efd, &one, sizeof(one)); /* the loop starts the teardown */
+    (void)n;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += wait_ms / 1000;
+    ts.tv_nsec += (long)(wait_ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&ip->lock);
+    while (!ip->known && ip->thread_started &&
+           pthread_cond_timedwait(&ip->known_cond, &ip->lock, &ts) == 0)
+        ;
+    bool known = ip->known || !ip->thread_started;
+    pthread_mutex_unlock(&ip->lock);
+    if (!known)
+        return -EINPROGRESS;
     ipath_stop(ip);
-    if (iscsi_get_fd(ip->iscsi) >= 0)
-        iscsi_disconnect(ip->iscsi);
+    return 0;
+}
+
+/* path.h ops->abort_writes (lun_fence_self). */
+static void iscsi_path_abort_writes(struct lun_path *p)
+{
+    struct ipath *ip = p->priv;
+    pthread_mutex_lock(&ip->lock);
+    ip->abort_writes = true;
+    pthread_mutex_unlock(&ip->lock);
+    uint64_t one = 1;
+    ssize_t n = write(ip->efd, &one, sizeof(one));
+    (void)n;
+}
+
+/* path.h ops->reinstated: a login with this path's ISID through another
+ * portal succeeded on a target that reinstates sessions (RFC 7143): the
+ * target has closed this session and dropped its tasks. */
+static void iscsi_path_reinstated(struct lun_path *p)
+{
+    struct ipath *ip = p->priv;
+    pthread_mutex_lock(&ip->lock);
+    ip->td_reinstated = true;
+    pthread_mutex_unlock(&ip->lock);
+    uint64_t one = 1;
+    ssize_t n = write(ip->efd, &one, sizeof(one));
+    (void)n;
 }
 
 static void iscsi_path_set_report(struct lun_path *p, lun_path_report_fn fn, void *opaque)
@@ -1731,6 +2131,8 @@ static const struct lun_path_ops iscsi_path_ops = {
     .set_report = iscsi_path_set_report,
     .ping_stats = iscsi_path_ping_stats,
     .abort = iscsi_path_abort,
+    .reinstated = iscsi_path_reinstated,
+    .abort_writes = iscsi_path_abort_writes,
     .probe = iscsi_path_probe,
     .submit = iscsi_path_submit,
     .pr_out = iscsi_path_pr_out,

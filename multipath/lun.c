@@ -111,6 +111,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "path.h"
@@ -129,18 +130,21 @@ struct lun;
 
 /* One path of a LUN and its engine state. */
 struct mp_slot {
-    struct lun *lun;      /* immutable */
-    unsigned idx;         /* immutable */
-    char *uri;            /* immutable: reopen URI (password kept), NULL = cannot reopen */
-    char *name;           /* immutable: the path's name (URI without password) */
-    const char *kind;     /* immutable: "iscsi", "file", ... */
-    pthread_t checker;    /* immutable once started */
-    bool checker_started; /* immutable once started */
-    struct lun_path *p;   /* protected by lun->lock; replaced only by the checker */
-    bool failed;          /* protected by lun->lock */
-    bool torn_down;       /* protected by lun->lock: failed session aborted / drained */
-    bool aborting;        /* protected by lun->lock: the monitor is in ops->abort */
-    unsigned gen;         /* protected by lun->lock: teardown generation */
+    struct lun *lun;            /* immutable */
+    unsigned idx;               /* immutable */
+    char *uri;                  /* immutable: reopen URI (password kept), NULL = cannot reopen */
+    uint64_t isid_seed;         /* immutable: the slot's iSCSI ISID, the same at every reconnect */
+    char *name;                 /* immutable: the path's name (URI without password) */
+    const char *kind;           /* immutable: "iscsi", "file", ... */
+    pthread_t checker;          /* immutable once started */
+    bool checker_started;       /* immutable once started */
+    struct lun_path *p;         /* protected by lun->lock; replaced only by the checker */
+    bool failed;                /* protected by lun->lock */
+    bool torn_down;             /* protected by lun->lock: failed session aborted / drained */
+    bool aborting;              /* protected by lun->lock: the checker is in ops->abort */
+    bool teardown_waiting;      /* protected by lun->lock: abort said "not yet" (logged once) */
+    uint64_t reinstate_next_ns; /* checker thread only: next reinstatement attempt */
+    unsigned gen;               /* protected by lun->lock: teardown generation */
     /* Atomics: incremented only under lun->lock (together with the path
      * choice), decremented anywhere; so a reader holding lun->lock that
      * sees 0 knows no thread is about to use the path. */
@@ -152,6 +156,8 @@ struct mp_slot {
         _Atomic uint64_t lat_hist[LUN_LAT_BUCKETS];
     } ctr;
     uint64_t tur_started_ns;          /* protected by lun->lock: 0 = no TUR outstanding */
+    _Atomic uint32_t answered_us;     /* last command completion on the path (us since
+                                         epoch, mod 2^32): written without a lock */
     uint64_t hold_until_ns;           /* protected by lun->lock: flap hysteresis */
     uint64_t state_since_ns;          /* protected by lun->lock */
     uint64_t next_reopen_ns;          /* checker thread only */
@@ -179,14 +185,20 @@ struct lun {
     unsigned cur;                   /* protected by lock: current path (mru, fixed, rr) */
     unsigned rr_count, st_next;     /* protected by lock */
     struct lun_io *q_head, *q_tail; /* protected by lock: I/Os waiting for a path */
+    struct lun_io *retry_head;      /* protected by lock: I/Os waiting out a back-off
+                                       (priv[3] link, priv[4] due, ns since epoch) */
     unsigned nqueued;               /* protected by lock */
     bool stopping;                  /* protected by lock */
+    unsigned pdl_paths;             /* protected by lock: bit i: path i said LUN gone */
     bool pr_registered;             /* protected by lock: lun_pr_register(key != 0) succeeded */
     uint64_t pr_key;                /* protected by lock */
+    unsigned pr_gen;                /* protected by lock: +1 when lun_pr_register starts and
+                                       when it ends (odd: one is running) */
     bool fenced;                    /* protected by lock */
     _Atomic bool self_fenced;       /* lun_fence_self(); cleared by lun_pr_register(key != 0) */
     lun_register_check_fn check_fn; /* protected by lock */
     void *check_opaque;             /* protected by lock */
+    int reinstates;                 /* protected by lock: target reinstates sessions? -1 unknown */
     pthread_t monitor;              /* immutable once started */
     bool monitor_started;           /* immutable once started */
 };
@@ -212,7 +224,15 @@ char *lun_uri_redact(const char *uri)
         return s;
     char *auth = scheme + 3;
     size_t authlen = strcspn(auth, "/");
-    char *at = memrchr(auth, '@', authlen);
+    char *at;
+    if (strncasecmp(s, "iscsi://", 8) == 0) {
+        /* A CHAP password may hold '/' and '@': the user part ends at the
+         * last '@' of the URI (no '@' can follow it in a portal, a target
+         * IQN or a LUN number). */
+        at = strrchr(auth, '@');
+    } else {
+        at = memrchr(auth, '@', authlen);
+    }
     if (!at)
         return s;
     /* userinfo is auth..at; libiscsi separates the password with '%', RFC
@@ -228,13 +248,19 @@ char *lun_uri_redact(const char *uri)
 
 int lun_path_open_uri(const char *uri, const struct lun_options *opts, struct lun_path **out)
 {
+    return lun_path_open_uri_isid(uri, opts, 0, out);
+}
+
+int lun_path_open_uri_isid(const char *uri, const struct lun_options *opts, uint64_t isid_seed,
+                           struct lun_path **out)
+{
     *out = NULL;
     if (!uri || !*uri) {
         log_err("empty LUN URI");
         return -EINVAL;
     }
     if (lun_uri_is_iscsi(uri))
-        return lun_path_open_iscsi(uri, opts, out);
+        return lun_path_open_iscsi_isid(uri, opts, isid_seed, out);
     const char *colon = strstr(uri, "://");
     if (colon && strncasecmp(uri, "file://", 7) != 0 && !memchr(uri, '/', (size_t)(colon - uri))) {
         char *name = lun_uri_redact(uri);
@@ -486,7 +512,7 @@ static void *mp_monitor_thread(void *arg);
 static void *mp_checker_thread(void *arg);
 static void mp_path_report(void *opaque, struct lun_path *p, const char *why);
 
-static int lun_open_engine(struct lun_path **paths, char **uris, unsigned n,
+static int lun_open_engine(struct lun_path **paths, char **uris, const uint64_t *seeds, unsigned n,
                            const struct lun_options *opts, struct lun **out)
 {
     struct lun_options defaults;
@@ -513,6 +539,7 @@ static int lun_open_engine(struct lun_path **paths, char **uris, unsigned n,
     pthread_cond_init(&lun->cond, &ca);
     pthread_condattr_destroy(&ca);
     lun->epoch_ns = now_ns();
+    lun->reinstates = -1;
     lun->opts = *opts;
     lun->host_name = opts->host_name ? strdup(opts->host_name) : NULL;
     lun->initiator_name = opts->initiator_name ? strdup(opts->initiator_name) : NULL;
@@ -560,6 +587,7 @@ static int lun_open_engine(struct lun_path **paths, char **uris, unsigned n,
         s->idx = i;
         s->p = paths[i];
         s->uri = uris ? uris[i] : NULL;
+        s->isid_seed = seeds ? seeds[i] : 0;
         if (uris)
             uris[i] = NULL;
         s->state_since_ns = now_ns();
@@ -632,13 +660,14 @@ static int lun_open_engine(struct lun_path **paths, char **uris, unsigned n,
         rc = -ENOMEM;
         goto fail;
     }
+    /* The monitor also runs the back-off retries of a plain path. */
+    rc = -pthread_create(&lun->monitor, NULL, mp_monitor_thread, lun);
+    if (rc < 0) {
+        log_err("%s: cannot start the LUN monitor thread: %s", lun->name, strerror(-rc));
+        goto fail;
+    }
+    lun->monitor_started = true;
     if (lun->mp) {
-        rc = -pthread_create(&lun->monitor, NULL, mp_monitor_thread, lun);
-        if (rc < 0) {
-            log_err("%s: cannot start the multipath monitor thread: %s", lun->name, strerror(-rc));
-            goto fail;
-        }
-        lun->monitor_started = true;
         for (unsigned i = 0; i < n; i++) {
             if (paths[i] && paths[i]->ops->set_report)
                 paths[i]->ops->set_report(paths[i], mp_path_report, &lun->slots[i]);
@@ -665,7 +694,7 @@ fail_paths:
 int lun_open_with_paths(struct lun_path **paths, unsigned n, const struct lun_options *opts,
                         struct lun **out)
 {
-    return lun_open_engine(paths, NULL, n, opts, out);
+    return lun_open_engine(paths, NULL, NULL, n, opts, out);
 }
 
 int lun_open(const char *uri, const struct lun_options *opts, struct lun **out)
@@ -688,7 +717,12 @@ int lun_open_paths(const char *const *uris, unsigned n, const struct lun_options
     }
     struct lun_path *paths[LUN_MAX_PATHS];
     char *copies[LUN_MAX_PATHS];
+    uint64_t seeds[LUN_MAX_PATHS];
     int rc = 0, first_err = 0;
+    /* One ISID per path slot, kept across its reconnects: this process,
+     * this open, this slot. */
+    static _Atomic uint64_t opens;
+    uint64_t base = ((uint64_t)getpid() << 32) ^ (++opens << 8) ^ boottime_ns();
     unsigned opened = 0, up = 0;
     for (; opened < n; opened++) {
         copies[opened] = strdup(uris[opened] ? uris[opened] : "");
@@ -696,7 +730,8 @@ int lun_open_paths(const char *const *uris, unsigned n, const struct lun_options
             rc = -ENOMEM;
             break;
         }
-        rc = lun_path_open_uri(uris[opened], opts, &paths[opened]);
+        seeds[opened] = ((base + opened) << 1) | 1; /* never 0, distinct per slot */
+        rc = lun_path_open_uri_isid(uris[opened], opts, seeds[opened], &paths[opened]);
         /* With several paths, a portal that cannot be reached now is a
          * failed path, not a failed open (the checker keeps trying it);
          * configuration errors (bad URI, no such target, CHAP) still fail. */
@@ -729,13 +764,14 @@ int lun_open_paths(const char *const *uris, unsigned n, const struct lun_options
         }
         return rc;
     }
-    rc = lun_open_engine(paths, copies, n, opts, out);
+    rc = lun_open_engine(paths, copies, seeds, n, opts, out);
     for (unsigned i = 0; i < n; i++)
         free(copies[i]); /* those not taken over (NULL when taken) */
     return rc;
 }
 
 static void lun_io_finish(struct lun_io *io, int result);
+static unsigned mp_backoff_ms(unsigned retries);
 
 void lun_close(struct lun *lun)
 {
@@ -755,6 +791,8 @@ void lun_close(struct lun *lun)
     struct lun_io *q = lun->q_head;
     lun->q_head = lun->q_tail = NULL;
     lun->nqueued = 0;
+    struct lun_io *rq = lun->retry_head;
+    lun->retry_head = NULL;
     pthread_mutex_unlock(&lun->lock);
     while (q) {
         struct lun_io *next = q->priv[3];
@@ -762,6 +800,13 @@ void lun_close(struct lun *lun)
                 lun_op_name(q->op), (unsigned long long)q->lba);
         lun_io_finish(q, -EIO);
         q = next;
+    }
+    while (rq) {
+        struct lun_io *next = rq->priv[3];
+        log_err("%s: %s at lba %llu failed: LUN closed while waiting to retry", lun->name,
+                lun_op_name(rq->op), (unsigned long long)rq->lba);
+        lun_io_finish(rq, -EIO);
+        rq = next;
     }
     for (unsigned i = 0; i < lun->npaths; i++) {
         lun_path_close(lun->slots[i].p);
@@ -865,6 +910,18 @@ void lun_fence_self(struct lun *lun)
     lun->q_head = keep;
     lun->q_tail = keep_tail;
     lun->nqueued -= nfail;
+    for (struct lun_io **pp = &lun->retry_head; *pp;) {
+        struct lun_io *io = *pp;
+        if (lun_op_modifies(io->op)) {
+            *pp = io->priv[3];
+            io->priv[3] = NULL;
+            *fail_tail = io;
+            fail_tail = (struct lun_io **)&io->priv[3];
+            nfail++;
+        } else {
+            pp = (struct lun_io **)&io->priv[3];
+        }
+    }
     struct lun_path *abort_on[LUN_MAX_PATHS];
     unsigned nabort = 0;
     for (unsigned i = 0; i < lun->npaths; i++) {
@@ -901,15 +958,20 @@ void lun_fence_self(struct lun *lun)
 
 unsigned lun_max_io_time_ms(const struct lun *lun)
 {
-    /* A write without a deadline: up to 1 + LUN_RETRY_SAME_MAX tries on
-     * its first path, each bounded by the command timeout (and, once it
-     * timed out, by the time to learn the target dropped it: another
-     * timeout for ABORT TASK / LOGICAL UNIT RESET); with the engine, it
+    /* A write without a deadline, on one path ("a stint"): its tries share
+     * one retry counter, so there are at most 1 + max(LUN_RETRY_SAME_MAX,
+     * the back-off retries whose delays fit in timeout_ms) of them, each
+     * bounded by the command timeout; plus the back-offs themselves (at most
+     * timeout_ms); plus, once a command timed out, one more timeout to
+     * learn that the target dropped it (ABORT TASK SET). With the engine it
      * then waits in the queue at most queue_ms from the moment it first
-     * failed over, and the last dispatch from there may take as long as
-     * the first. */
+     * failed over, and the last dispatch from there is another stint. */
     uint64_t t = lun->opts.timeout_ms ? lun->opts.timeout_ms : 5000;
-    uint64_t stint = (uint64_t)(1 + LUN_RETRY_SAME_MAX) * t + t;
+    unsigned later = 0;
+    for (uint64_t spent = 0; later < 250 && spent + mp_backoff_ms(later) <= t; later++)
+        spent += mp_backoff_ms(later);
+    unsigned tries = 1 + (later > LUN_RETRY_SAME_MAX ? later : LUN_RETRY_SAME_MAX);
+    uint64_t stint = (uint64_t)tries * t + t + t;
     uint64_t total = stint;
     if (lun->mp)
         total += (uint64_t)lun->opts.queue_ms + stint;
@@ -1274,6 +1336,18 @@ static int mp_dispatch(struct lun *lun, struct lun_io *io, unsigned retries, int
             lun_io_finish(io, -EIO);
             return 0;
         }
+        if (lun->npaths < 32 && lun->pdl_paths == (1u << lun->npaths) - 1) {
+            /* Every path said the LUN is gone (05/25/00): not "all paths
+             * down", nothing to wait for. */
+            pthread_mutex_unlock(&lun->lock);
+            log_err("%s: %s at lba %llu: the LUN is gone on every path (05/25/00)", lun->name,
+                    lun_op_name(io->op), (unsigned long long)io->lba);
+            io->sense_key = LUN_SK_ILLEGAL_REQUEST;
+            io->asc = 0x25;
+            io->ascq = 0;
+            lun_io_finish(io, -ENODEV);
+            return 0;
+        }
         mp_queue_locked(lun, io, 0);
         pthread_mutex_unlock(&lun->lock);
         return 0;
@@ -1353,6 +1427,53 @@ static void mp_failover(struct lun *lun, struct lun_io *io, unsigned pidx, int r
     mp_dispatch(lun, io, 0, -1);
 }
 
+static unsigned mp_backoff_ms(unsigned retries)
+{
+    return retries < 7 ? 10u << retries : 1000u;
+}
+
+/* Retry io on path pidx in `ms` (the monitor dispatches it). */
+static void mp_retry_later(struct lun *lun, struct lun_io *io, unsigned retries, unsigned pidx,
+                           unsigned ms)
+{
+    uintptr_t st = (uintptr_t)io->priv[2];
+    io->priv[2] = (void *)LUN_PRIV_MAKE(retries, pidx, LUN_PRIV_QUEUED(st), 0u);
+    io->priv[4] = (void *)(uintptr_t)(lun_since_epoch_ns(lun) + (uint64_t)ms * 1000000);
+    pthread_mutex_lock(&lun->lock);
+    io->priv[3] = lun->retry_head;
+    lun->retry_head = io;
+    pthread_cond_broadcast(&lun->cond); /* a plain LUN's monitor sleeps until now */
+    pthread_mutex_unlock(&lun->lock);
+}
+
+/* Dispatch the back-off retries that are due (monitor). */
+static void mp_retry_run(struct lun *lun)
+{
+    uint64_t now = lun_since_epoch_ns(lun);
+    struct lun_io *due = NULL;
+    pthread_mutex_lock(&lun->lock);
+    for (struct lun_io **pp = &lun->retry_head; *pp;) {
+        struct lun_io *io = *pp;
+        if ((uint64_t)(uintptr_t)io->priv[4] <= now || lun->stopping) {
+            *pp = io->priv[3];
+            io->priv[3] = due;
+            due = io;
+        } else {
+            pp = (struct lun_io **)&io->priv[3];
+        }
+    }
+    pthread_mutex_unlock(&lun->lock);
+    while (due) {
+        struct lun_io *next = due->priv[3];
+        uintptr_t st = (uintptr_t)due->priv[2];
+        due->priv[3] = due->priv[4] = NULL;
+        int rc = mp_dispatch(lun, due, LUN_PRIV_RETRIES(st), (int)LUN_PRIV_PATH(st));
+        if (rc < 0) /* a plain path refused it */
+            lun_io_finish(due, rc);
+        due = next;
+    }
+}
+
 static void lun_io_done(struct lun_io *io, int result)
 {
     struct lun *lun = io->priv[1];
@@ -1363,6 +1484,7 @@ static void lun_io_done(struct lun_io *io, int result)
 
     /* No lock on the hot path: counters are atomics. */
     struct mp_slot *s = &lun->slots[pidx];
+    s->answered_us = now_us; /* the path is alive (the TUR watchdog asks) */
     s->inflight--;
     s->inflight_cost -= lun_io_cost(lun, io);
     s->ctr.lat_hist[lun_lat_bucket(lat)]++;
@@ -1396,6 +1518,43 @@ static void lun_io_done(struct lun_io *io, int result)
     if (io->sense_key || io->asc || io->ascq)
         lun_sense_str(io->sense_key, io->asc, io->ascq, sbuf, sizeof sbuf);
     const char *pname = s->name;
+    if (cls == LUN_SENSE_RETRY_LATER) {
+        /* Busy or not ready for now: back off on the same path (10 ms,
+         * doubling to 1 s), until the I/O's deadline (the gate stops it),
+         * or without one while the back-offs add up to at most timeout_ms. */
+        unsigned delay = mp_backoff_ms(retries);
+        uint64_t spent = 0;
+        for (unsigned k = 0; k < retries; k++)
+            spent += mp_backoff_ms(k);
+        if (retries < 250 && (io->deadline_ns || spent + delay <= lun->opts.timeout_ms)) {
+            log_debug("%s: %s at lba %llu: %s, retrying on %s in %u ms (%u)", lun->name,
+                      lun_op_name(io->op), (unsigned long long)io->lba, sbuf, pname, delay,
+                      retries + 1);
+            mp_retry_later(lun, io, retries + 1, pidx, delay);
+            return;
+        }
+        log_err("%s: %s at lba %llu: %s for %llu ms on %s, giving up", lun->name,
+                lun_op_name(io->op), (unsigned long long)io->lba, sbuf, (unsigned long long)spent,
+                pname);
+    }
+    if (result == -ENODEV && lun->mp) {
+        /* Permanent device loss reported by one path: that path's death,
+         * unless every path says so (then the LUN's). */
+        pthread_mutex_lock(&lun->lock);
+        lun->pdl_paths |= 1u << pidx;
+        bool all = true;
+        for (unsigned k = 0; k < lun->npaths; k++)
+            if (!(lun->pdl_paths & (1u << k)))
+                all = false;
+        pthread_mutex_unlock(&lun->lock);
+        if (!all) {
+            char why[160];
+            snprintf(why, sizeof why, "%s at lba %llu: %s (LUN gone on this path)",
+                     lun_op_name(io->op), (unsigned long long)io->lba, sbuf);
+            mp_failover(lun, io, pidx, result, why);
+            return;
+        }
+    }
     if (cls == LUN_SENSE_RETRY_SAME && retries < LUN_RETRY_SAME_MAX) {
         log_debug("%s: %s at lba %llu: %s, retrying on %s (%u)", lun->name, lun_op_name(io->op),
                   (unsigned long long)io->lba, sbuf, pname, retries + 1);
@@ -1540,6 +1699,8 @@ static void mp_cond_wait_ms(struct lun *lun, unsigned ms)
     pthread_cond_timedwait(&lun->cond, &lun->lock, &ts);
 }
 
+static void mp_path_teardown(struct lun *lun, unsigned i, unsigned wait_ms);
+
 static void *mp_monitor_thread(void *arg)
 {
     struct lun *lun = arg;
@@ -1548,8 +1709,14 @@ static void *mp_monitor_thread(void *arg)
         uint64_t now = now_ns();
         for (unsigned i = 0; i < lun->npaths; i++) {
             struct mp_slot *s = &lun->slots[i];
-            if (!s->failed && s->tur_started_ns &&
-                now - s->tur_started_ns > (uint64_t)lun->opts.check_timeout_ms * 1000000) {
+            uint64_t limit = (uint64_t)lun->opts.check_timeout_ms * 1000000;
+            /* A TEST UNIT READY stuck behind a deep queue on a loaded
+             * machine is not a dead path while the path keeps answering
+             * commands: only fail it once it answered nothing for the
+             * whole check_timeout_ms either. */
+            uint32_t since_us = (uint32_t)((now - lun->epoch_ns) / 1000) - (uint32_t)s->answered_us;
+            bool answering = (uint64_t)since_us * 1000 < limit;
+            if (!s->failed && s->tur_started_ns && now - s->tur_started_ns > limit && !answering) {
                 char why[96];
                 snprintf(why, sizeof why, "TEST UNIT READY not answered in %u ms",
                          lun->opts.check_timeout_ms);
@@ -1558,31 +1725,30 @@ static void *mp_monitor_thread(void *arg)
             if (!s->failed || s->torn_down || s->aborting)
                 continue;
             if (s->p && s->p->ops->abort) {
-                struct lun_path *p = s->p;
-                s->aborting = true;
-                s->submitting++; /* keeps p alive */
-                pthread_mutex_unlock(&lun->lock);
-                p->ops->abort(p);
-                pthread_mutex_lock(&lun->lock);
-                s->submitting--;
-                s->aborting = false;
-                s->torn_down = true;
-                s->gen++;
-                log_debug("%s: path %s torn down", lun->name, s->name);
-                pthread_cond_broadcast(&lun->cond); /* its checker may reopen it now */
+                /* Its checker tears it down (mp_path_teardown), unless the
+                 * checker is stuck in a TEST UNIT READY on the dead link:
+                 * then start the teardown from here, without waiting (it
+                 * releases the TUR). */
+                if (s->tur_started_ns)
+                    mp_path_teardown(lun, i, 0);
+                continue;
             } else if (s->inflight == 0 && s->submitting == 0) {
                 s->torn_down = true;
                 s->gen++;
                 pthread_cond_broadcast(&lun->cond);
             }
         }
-        bool work = lun->q_head != NULL;
+        bool work = lun->q_head != NULL, retries = lun->retry_head != NULL;
         pthread_mutex_unlock(&lun->lock);
         if (work)
             mp_queue_run(lun);
+        if (retries)
+            mp_retry_run(lun);
         pthread_mutex_lock(&lun->lock);
+        /* A plain path has nothing to watch but back-off retries: no
+         * 20 ms tick while there are none (woken by mp_retry_later). */
         if (!lun->stopping)
-            mp_cond_wait_ms(lun, MP_MONITOR_TICK_MS);
+            mp_cond_wait_ms(lun, lun->mp || lun->retry_head ? MP_MONITOR_TICK_MS : 60000);
     }
     pthread_mutex_unlock(&lun->lock);
     return NULL;
@@ -1595,10 +1761,127 @@ static int mp_tur(struct lun_path *p)
     int rc = 0;
     for (int k = 0; k < 5; k++) {
         rc = p->ops->test_unit_ready(p);
-        if (rc >= 0 || lun_result_classify(rc, 0, 0, 0) != LUN_SENSE_RETRY_SAME)
+        enum lun_sense_class c = lun_result_classify(rc, 0, 0, 0);
+        if (rc >= 0 || (c != LUN_SENSE_RETRY_SAME && c != LUN_SENSE_RETRY_LATER))
             break;
+        if (c == LUN_SENSE_RETRY_LATER)
+            usleep(50000); /* becoming ready, busy: not a dead path */
     }
     return rc;
+}
+
+/* Tear failed path i's session down (checker thread, lun->lock held;
+ * dropped while the path works). Its writes that failed over wait in the
+ * queue behind the barrier (i, gen) until the path says nothing of the old
+ * session can still land (ops->abort returns 0): then the generation moves
+ * and they are re-issued. A silent link keeps them waiting (the path
+ * keeps trying to confirm); reads were re-issued at once. */
+static void mp_path_teardown(struct lun *lun, unsigned i, unsigned wait_ms)
+{
+    struct mp_slot *s = &lun->slots[i];
+    struct lun_path *p = s->p;
+    s->aborting = true;
+    s->submitting++; /* keeps p alive */
+    pthread_mutex_unlock(&lun->lock);
+    int rc = p->ops->abort(p, wait_ms);
+    pthread_mutex_lock(&lun->lock);
+    s->submitting--;
+    s->aborting = false;
+    if (rc == 0) {
+        s->torn_down = true;
+        s->gen++;
+        log_debug("%s: path %s torn down", lun->name, s->name);
+        pthread_cond_broadcast(&lun->cond); /* queued writes may go now */
+    } else if (!s->teardown_waiting) {
+        s->teardown_waiting = true;
+        log_err("%s: path %s: cannot yet tell whether the target dropped the commands of the "
+                "failed session; its writes are held until it can",
+                lun->name, s->name);
+    }
+    if (rc == 0)
+        s->teardown_waiting = false;
+}
+
+/* Does the target reinstate sessions (RFC 7143), judged through `uri`:
+ * two logins with one ISID, then a TEST UNIT READY on the first. 1 yes,
+ * 0 no, -errno cannot tell. Checker thread, no lock. */
+static int mp_probe_reinstatement(struct lun *lun, const char *uri)
+{
+    uint64_t seed = (boottime_ns() << 1) | 1;
+    struct lun_path *a = NULL, *b = NULL;
+    int rc = lun_path_open_uri_isid(uri, &lun->opts, seed, &a);
+    if (rc == 0)
+        rc = lun_path_open_uri_isid(uri, &lun->opts, seed, &b);
+    if (rc == 0) {
+        int t = a->ops->test_unit_ready(a);
+        rc = (t == -ENOTCONN || t == -ECONNRESET || t == -EPIPE) ? 1 : 0;
+    }
+    lun_path_close(b);
+    lun_path_close(a);
+    return rc;
+}
+
+/* A failed path whose teardown cannot be confirmed (a silent link): if
+ * the target reinstates sessions, log in with the path's ISID through the
+ * portal of a path that is up. The target then closes the old session and
+ * drops its tasks, so its writes may be re-issued now instead of when the
+ * link comes back. Checker thread, no lock held. */
+static void mp_try_reinstate(struct lun *lun, unsigned i)
+{
+    struct mp_slot *s = &lun->slots[i];
+    uint64_t now = now_ns();
+    if (!s->isid_seed || now < s->reinstate_next_ns)
+        return;
+    s->reinstate_next_ns = now + 1000000000ull;
+    const char *via = NULL;
+    pthread_mutex_lock(&lun->lock);
+    int known = lun->reinstates;
+    /* Another portal: preferably one whose path is up; a failed one may
+     * still take logins (its target may be stuck behind the frozen
+     * session, which the reinstatement ends). */
+    for (int pass = 0; pass < 2 && !via; pass++)
+        for (unsigned k = 0; k < lun->npaths && !via; k++) {
+            struct mp_slot *o = &lun->slots[k];
+            if (k != i && (pass || mp_usable(lun, k)) && o->uri && lun_uri_is_iscsi(o->uri))
+                via = o->uri; /* immutable string */
+        }
+    pthread_mutex_unlock(&lun->lock);
+    if (!via || known == 0 || !lun_uri_is_iscsi(s->uri))
+        return;
+    if (known < 0) {
+        int r = mp_probe_reinstatement(lun, via);
+        if (r < 0) {
+            log_err("%s: cannot tell whether the target reinstates sessions: %s", lun->name,
+                    strerror(-r));
+            return;
+        }
+        pthread_mutex_lock(&lun->lock);
+        lun->reinstates = r;
+        pthread_mutex_unlock(&lun->lock);
+        log_info("%s: the target %s sessions (two logins with one ISID)", lun->name,
+                 r ? "reinstates" : "does not reinstate");
+        if (!r)
+            return;
+    }
+    struct lun_path *tmp = NULL;
+    if (lun_path_open_uri_isid(via, &lun->opts, s->isid_seed, &tmp) < 0)
+        return;
+    lun_path_close(tmp);
+    pthread_mutex_lock(&lun->lock);
+    struct lun_path *p = s->failed && !s->torn_down ? s->p : NULL;
+    if (p)
+        s->submitting++;
+    pthread_mutex_unlock(&lun->lock);
+    if (!p)
+        return;
+    log_err("%s: path %s: logged in with its ISID through another portal: the target "
+            "reinstated (ended) the old session, its writes can be re-issued",
+            lun->name, s->name);
+    if (p->ops->reinstated)
+        p->ops->reinstated(p);
+    pthread_mutex_lock(&lun->lock);
+    s->submitting--;
+    pthread_mutex_unlock(&lun->lock);
 }
 
 /* Bring failed, torn-down path i back (checker thread). 0 when it is up. */
@@ -1630,12 +1913,11 @@ static int mp_path_recover(struct lun *lun, unsigned i)
         }
         lun_path_close(old);
         struct lun_path *np = NULL;
-        rc = lun_path_open_uri(s->uri, &lun->opts, &np);
+        rc = lun_path_open_uri_isid(s->uri, &lun->opts, s->isid_seed, &np);
         if (rc < 0) {
             s->reopen_fails++;
             return rc;
         }
-        s->reopen_fails = 0;
         struct lun_info pi;
         memset(&pi, 0, sizeof pi);
         rc = np->ops->probe(np, &pi);
@@ -1690,41 +1972,64 @@ static int mp_path_recover(struct lun *lun, unsigned i)
         return -ENOTCONN;
     }
     s->submitting++;
-    bool reg = lun->pr_registered && !lun->fenced;
-    uint64_t key = lun->pr_key;
-    lun_register_check_fn fn = lun->check_fn;
-    void *opaque = lun->check_opaque;
     pthread_mutex_unlock(&lun->lock);
 
     rc = mp_tur(p);
-    if (rc == 0 && reg) {
-        rc = p->ops->pr_out(p, LUN_PR_ACT_REGISTER_IGNORE, 0, key, LUN_PR_NONE);
-        bool fenced_now = false;
-        if (rc == -EBADE) {
-            fenced_now = true;
-            rc = 0;
-        } else if (rc == 0 && fn) {
-            int c = fn(opaque);
-            if (c == 0) {
+    /* Register (and check) with the key the LUN has now; if the owner
+     * called lun_pr_register meanwhile (it skips this path, which is not
+     * up yet), do it again with the new key before the path comes up:
+     * otherwise it would come up unregistered and its first write would
+     * look like a fence. */
+    for (unsigned round = 0; rc == 0; round++) {
+        pthread_mutex_lock(&lun->lock);
+        bool reg = lun->pr_registered && !lun->fenced;
+        uint64_t key = lun->pr_key;
+        unsigned pr_gen = lun->pr_gen;
+        lun_register_check_fn fn = lun->check_fn;
+        void *opaque = lun->check_opaque;
+        pthread_mutex_unlock(&lun->lock);
+        if (pr_gen & 1) { /* a lun_pr_register is running: let it finish */
+            usleep(10000);
+            continue;
+        }
+        if (rc == 0 && reg) {
+            rc = p->ops->pr_out(p, LUN_PR_ACT_REGISTER_IGNORE, 0, key, LUN_PR_NONE);
+            bool fenced_now = false;
+            if (rc == -EBADE) {
                 fenced_now = true;
-                /* Take back the registration we just made. */
-                (void)p->ops->pr_out(p, LUN_PR_ACT_REGISTER_IGNORE, 0, 0, LUN_PR_NONE);
-            } else if (c < 0) {
-                rc = c;
+                rc = 0;
+            } else if (rc == 0 && fn) {
+                int c = fn(opaque);
+                if (c == 0) {
+                    fenced_now = true;
+                    /* Take back the registration we just made. */
+                    (void)p->ops->pr_out(p, LUN_PR_ACT_REGISTER_IGNORE, 0, 0, LUN_PR_NONE);
+                } else if (c < 0) {
+                    rc = c;
+                }
+            }
+            if (fenced_now) {
+                pthread_mutex_lock(&lun->lock);
+                lun->fenced = true;
+                pthread_mutex_unlock(&lun->lock);
+                log_err("%s: this host is fenced (the register check on path %s says our heartbeat "
+                        "generation was taken over): the path carries no writes of ours",
+                        lun->name, p->name);
             }
         }
-        if (fenced_now) {
-            pthread_mutex_lock(&lun->lock);
-            lun->fenced = true;
-            pthread_mutex_unlock(&lun->lock);
-            log_err("%s: this host is fenced (the register check on path %s says our heartbeat "
-                    "generation was taken over): the path carries no writes of ours",
-                    lun->name, p->name);
-        }
+        pthread_mutex_lock(&lun->lock);
+        bool again = rc == 0 && lun->pr_gen != pr_gen && round < 100 && !lun->stopping;
+        pthread_mutex_unlock(&lun->lock);
+        if (!again)
+            break;
     }
+    if (rc < 0)
+        s->reopen_fails++; /* logs in but is not usable: keep backing off */
     pthread_mutex_lock(&lun->lock);
     s->submitting--;
     if (rc == 0 && !lun->stopping) {
+        s->reopen_fails = 0;
+        lun->pdl_paths &= ~(1u << i);
         s->failed = false;
         s->torn_down = false;
         s->hold_until_ns = 0;
@@ -1747,6 +2052,16 @@ static void *mp_checker_thread(void *arg)
     uint64_t next = now_ns() + (uint64_t)lun->opts.check_interval_ms * 1000000;
     while (!lun->stopping) {
         uint64_t now = now_ns();
+        if (s->failed && !s->torn_down && !s->aborting && s->p && s->p->ops->abort) {
+            mp_path_teardown(lun, i, 250);
+            if (s->failed && !s->torn_down && s->teardown_waiting && s->p &&
+                s->p->ops->reinstated) {
+                pthread_mutex_unlock(&lun->lock);
+                mp_try_reinstate(lun, i);
+                pthread_mutex_lock(&lun->lock);
+            }
+            continue;
+        }
         /* Up paths are checked every check_interval_ms; a torn-down path
          * that can be reopened is retried on its own back-off schedule
          * (next_reopen_ns), whatever the TUR interval. */
@@ -1769,7 +2084,14 @@ static void *mp_checker_thread(void *arg)
             pthread_mutex_lock(&lun->lock);
             s->submitting--;
             s->tur_started_ns = 0;
-            if (rc < 0 && lun_result_classify(rc, 0, 0, 0) == LUN_SENSE_FAILOVER) {
+            if (rc == -ENODEV) {
+                /* 05/25/00 on this path: the LUN is gone here (PDL on one
+                 * path is that path's death; on all, the LUN's). */
+                lun->pdl_paths |= 1u << i;
+                mp_path_fail_locked(lun, i,
+                                    "TEST UNIT READY: logical unit not supported on this path "
+                                    "(05/25/00)");
+            } else if (rc < 0 && lun_result_classify(rc, 0, 0, 0) == LUN_SENSE_FAILOVER) {
                 char why[96];
                 snprintf(why, sizeof why, "TEST UNIT READY: %s", strerror(-rc));
                 mp_path_fail_locked(lun, i, why);
@@ -2044,7 +2366,23 @@ static int lun_pr_out_current(struct lun *lun, enum lun_pr_action action, uint64
     return rc;
 }
 
+static int lun_pr_register_paths(struct lun *lun, uint64_t key);
+
 int lun_pr_register(struct lun *lun, uint64_t key)
+{
+    /* pr_gen odd while this runs: a path coming back meanwhile (which this
+     * loop skips) registers again with the new key (mp_path_recover). */
+    pthread_mutex_lock(&lun->lock);
+    lun->pr_gen++;
+    pthread_mutex_unlock(&lun->lock);
+    int rc = lun_pr_register_paths(lun, key);
+    pthread_mutex_lock(&lun->lock);
+    lun->pr_gen++;
+    pthread_mutex_unlock(&lun->lock);
+    return rc;
+}
+
+static int lun_pr_register_paths(struct lun *lun, uint64_t key)
 {
     /* Every I_T nexus registers: a reservation of type 7 then covers all
      * our paths, and a PREEMPT of our key fences all of them. Paths that are

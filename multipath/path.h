@@ -42,23 +42,35 @@ struct lun_path_ops {
     int (*pr_in)(struct lun_path *p, struct lun_pr_state *out);
     int (*test_unit_ready)(struct lun_path *p);
     void (*close)(struct lun_path *p);
-    /* Optional (multipath): tear the session down now. Every queued and
-     * in-flight command completes with an error (-ENOTCONN) before abort
-     * returns, and none of them can reach the target afterwards (the
-     * connection is closed); later commands fail at once. The path object
-     * stays valid until close. NULL: the kind cannot do it (then the core
-     * waits until every command issued on the path has completed). */
-    void (*abort)(struct lun_path *p);
+    /* Optional (multipath): tear the session down, with confirmation.
+     * Later commands fail at once (-ENOTCONN). Returns 0 once nothing the
+     * session sent can still reach the medium: every queued and in-flight
+     * command has completed (with its result, or -ENOTCONN if the target
+     * dropped it or may have done it unheard) and the connection is
+     * closed. Returns -EINPROGRESS if that is not known within wait_ms
+     * (iSCSI: a silent link; the target may still execute what is on its
+     * way): the core calls again later, and keeps the path's writes from
+     * being re-issued meanwhile. The path object stays valid until close.
+     * NULL: the kind cannot do it (then the core waits until every command
+     * issued on the path has completed). */
+    int (*abort)(struct lun_path *p, unsigned wait_ms);
+    /* Optional (multipath): while abort says -EINPROGRESS, the core logged
+     * in with this path's ISID through another portal of the target, and
+     * the target is one that reinstates sessions (RFC 7143): it has closed
+     * this session and dropped its tasks. The next abort returns 0. */
+    void (*reinstated)(struct lun_path *p);
     /* Optional (multipath): the core installs `fn`, through which the path
      * reports a failure it detects by itself while no command need be
      * failing (iSCSI: NOP-Out pings unanswered). `fn` runs on the path's own
      * thread, may be called more than once, takes the core's lock and must
      * not call back into the path. fn NULL: stop reporting. */
     void (*set_report)(struct lun_path *p, lun_path_report_fn fn, void *opaque);
-    /* Optional (lun_fence_self): abort every write command in flight on
-     * the path (iSCSI: ABORT TASK for each); each completes with an error
-     * (or its success, if the target finished it first). Never called on
-     * the path's own thread; may return before the completions arrive. */
+    /* Optional (lun_fence_self): make sure no write in flight on the path
+     * can land later. iSCSI: a session that carries a write is torn down
+     * with confirmation (as after a timeout; ABORT TASK SET), and its
+     * commands complete with -ENOTCONN (or their success, if the target
+     * finished them first). Never called on the path's own thread; returns
+     * before the completions arrive. */
     void (*abort_writes)(struct lun_path *p);
     /* Optional: liveness pings answered and intervals missed so far. */
     void (*ping_stats)(const struct lun_path *p, uint64_t *answered, uint64_t *missed);
@@ -72,6 +84,11 @@ struct lun_path {
 
 int lun_path_open_file(const char *uri, const struct lun_options *opts, struct lun_path **out);
 int lun_path_open_iscsi(const char *uri, const struct lun_options *opts, struct lun_path **out);
+/* The same with the ISID derived from `isid_seed` (0 = a fresh one): the
+ * multipath core reopens a path slot with the slot's seed, so the target
+ * sees the same I_T nexus (and reinstates the old session). */
+int lun_path_open_iscsi_isid(const char *uri, const struct lun_options *opts, uint64_t isid_seed,
+                             struct lun_path **out);
 
 /* True if uri names an iSCSI LUN (starts with "iscsi://"). */
 bool lun_uri_is_iscsi(const char *uri);
@@ -80,6 +97,9 @@ bool lun_uri_is_iscsi(const char *uri);
 
 /* Open one path of the kind `uri` names (iscsi:// or a file). */
 int lun_path_open_uri(const char *uri, const struct lun_options *opts, struct lun_path **out);
+/* ... with an ISID seed for iSCSI (see lun_path_open_iscsi_isid). */
+int lun_path_open_uri_isid(const char *uri, const struct lun_options *opts, uint64_t isid_seed,
+                           struct lun_path **out);
 
 /* Close a path: ops->close (which frees the path and its name). */
 void lun_path_close(struct lun_path *p);

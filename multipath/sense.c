@@ -8,16 +8,21 @@
  *
  * - UNIT ATTENTION tells us something changed on the target (power on,
  *   reset, parameters changed, reservations released); the command was not
- *   executed and can be retried where it failed. The one exception is
- *   2A/03 RESERVATIONS PREEMPTED: our key was removed, we are fenced, and a
- *   retry must not silently succeed elsewhere -- it fails up as -EBADE.
- * - NOT READY 04/01 "becoming ready" is transient on this path; any other
- *   NOT READY (04/03 manual intervention, 04/0A ALUA transition, ...) means
- *   this path cannot serve the LUN now: fail over.
+ *   executed and can be retried where it failed. The exceptions are 2A/03
+ *   RESERVATIONS PREEMPTED and 2A/05 REGISTRATIONS PREEMPTED (SPC-4, what a
+ *   PREEMPT raises): our key was removed, we are fenced, and a retry must
+ *   not silently succeed elsewhere -- they fail up as -EBADE.
+ * - BUSY, TASK SET FULL, NOT READY 04/01 "becoming ready" and 04/0A
+ *   "asymmetric access state transition" are transient: retried on the same
+ *   path after a back-off, up to the command's deadline (RETRY_LATER); any
+ *   other NOT READY (04/03 manual intervention, 04/0B standby, 04/0C
+ *   unavailable, ...) means this path cannot serve the LUN now: fail over.
+ * - TASK ABORTED status and ABORTED COMMAND: the command was aborted, most
+ *   often by a task management function of another initiator (a LOGICAL
+ *   UNIT RESET with TAS=1); the path is fine: retry at once on the same
+ *   path, as dm-multipath does, and never fail the path for it.
  * - ILLEGAL REQUEST 25/00 "logical unit not supported" is permanent device
  *   loss (PDL): -ENODEV, no failover (every path to this target will say so).
- * - ABORTED COMMAND is a transport-ish hiccup (e.g. 47/xx CRC error, 4B/xx
- *   data phase error): retry on another path.
  * - Everything else reported by the device (MEDIUM, HARDWARE, ILLEGAL
  *   REQUEST, DATA PROTECT, MISCOMPARE) is the device's final word.
  */
@@ -33,17 +38,17 @@ enum lun_sense_class lun_sense_classify(uint8_t key, uint8_t asc, uint8_t ascq)
     case LUN_SK_RECOVERED_ERROR:
         return LUN_SENSE_OK;
     case LUN_SK_UNIT_ATTENTION:
-        if (asc == 0x2A && ascq == 0x03)
-            return LUN_SENSE_FAIL_UP; /* RESERVATIONS PREEMPTED: fenced */
+        if (asc == 0x2A && (ascq == 0x03 || ascq == 0x05))
+            return LUN_SENSE_FAIL_UP; /* RESERVATIONS / REGISTRATIONS PREEMPTED: fenced */
         return LUN_SENSE_RETRY_SAME;
     case LUN_SK_NOT_READY:
-        if (asc == 0x04 && ascq == 0x01)
-            return LUN_SENSE_RETRY_SAME; /* becoming ready */
+        if (asc == 0x04 && (ascq == 0x01 || ascq == 0x0A))
+            return LUN_SENSE_RETRY_LATER; /* becoming ready, ALUA transition */
         if (asc == 0x3A)
             return LUN_SENSE_FAIL_UP; /* medium not present */
         return LUN_SENSE_FAILOVER;
     case LUN_SK_ABORTED_COMMAND:
-        return LUN_SENSE_FAILOVER;
+        return LUN_SENSE_RETRY_SAME;
     case LUN_SK_MEDIUM_ERROR:
     case LUN_SK_HARDWARE_ERROR:
     case LUN_SK_ILLEGAL_REQUEST:
@@ -66,11 +71,11 @@ enum lun_sense_class lun_status_classify(uint8_t status, uint8_t key, uint8_t as
         return lun_sense_classify(key, asc, ascq);
     case LUN_STATUS_BUSY:
     case LUN_STATUS_TASK_SET_FULL:
-        return LUN_SENSE_RETRY_SAME;
+        return LUN_SENSE_RETRY_LATER;
     case LUN_STATUS_RESERVATION_CONFLICT:
         return LUN_SENSE_FAIL_UP;
     case LUN_STATUS_TASK_ABORTED:
-        return LUN_SENSE_FAILOVER;
+        return LUN_SENSE_RETRY_SAME;
     case LUN_STATUS_ACA_ACTIVE:
     default:
         return LUN_SENSE_FAIL_UP;
@@ -82,7 +87,6 @@ static int lun_errno_is_transport(int err)
     switch (err) {
     case ENOTCONN:
     case ETIMEDOUT:
-    case ECANCELED:
     case ECONNRESET:
     case ECONNABORTED:
     case EPIPE:
@@ -109,7 +113,9 @@ enum lun_sense_class lun_result_classify(int result, uint8_t key, uint8_t asc, u
     }
     if (lun_errno_is_transport(-result))
         return LUN_SENSE_FAILOVER;
-    if (result == -EBUSY || result == -EAGAIN)
+    if (result == -EBUSY)
+        return LUN_SENSE_RETRY_LATER;
+    if (result == -EAGAIN || result == -ECANCELED)
         return LUN_SENSE_RETRY_SAME;
     return LUN_SENSE_FAIL_UP;
 }
@@ -121,10 +127,12 @@ int lun_sense_errno(uint8_t key, uint8_t asc, uint8_t ascq)
     case LUN_SK_RECOVERED_ERROR:
         return 0;
     case LUN_SK_UNIT_ATTENTION:
-        if (asc == 0x2A && ascq == 0x03)
+        if (asc == 0x2A && (ascq == 0x03 || ascq == 0x05))
             return -EBADE;
         return -EAGAIN;
     case LUN_SK_NOT_READY:
+        if (asc == 0x04 && (ascq == 0x01 || ascq == 0x0A))
+            return -EBUSY; /* not yet: retried later */
         return -EIO;
     case LUN_SK_ILLEGAL_REQUEST:
         if (asc == 0x25 && ascq == 0x00)
@@ -180,6 +188,8 @@ const char *lun_sense_class_name(enum lun_sense_class c)
         return "failover";
     case LUN_SENSE_FAIL_UP:
         return "fail-up";
+    case LUN_SENSE_RETRY_LATER:
+        return "retry-later";
     }
     return "?";
 }

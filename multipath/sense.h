@@ -7,14 +7,20 @@
  * classifier answers one question: what does the LUN core do next?
  *
  *   LUN_SENSE_OK          the command succeeded
- *   LUN_SENSE_RETRY_SAME  transient: retry the command on the same path
- *                         (UNIT ATTENTION except 2A/03, BUSY, TASK SET FULL,
- *                         NOT READY 04/01 "becoming ready")
+ *   LUN_SENSE_RETRY_SAME  retry the command at once on the same path, the
+ *                         path is fine (UNIT ATTENTION except 2A/03 and
+ *                         2A/05; TASK ABORTED status and ABORTED COMMAND,
+ *                         e.g. another initiator's LOGICAL UNIT RESET)
+ *   LUN_SENSE_RETRY_LATER busy or not ready for now: retry on the same path
+ *                         after a back-off, up to the command's deadline
+ *                         (BUSY, TASK SET FULL, NOT READY 04/01 "becoming
+ *                         ready", 04/0A "asymmetric access state transition")
  *   LUN_SENSE_FAILOVER    the path is suspect: retry on another path
- *                         (transport loss, timeout, cancelled, NOT READY 04/xx)
+ *                         (transport loss, timeout, other NOT READY 04/xx)
  *   LUN_SENSE_FAIL_UP     the answer is final for this LUN, whatever the path:
  *                         report it to the caller (MEDIUM ERROR, RESERVATION
- *                         CONFLICT, 2A/03 RESERVATIONS PREEMPTED = fenced,
+ *                         CONFLICT, 2A/03 RESERVATIONS PREEMPTED and 2A/05
+ *                         REGISTRATIONS PREEMPTED = fenced,
  *                         MISCOMPARE, ILLEGAL REQUEST, 05/25/00 LUN not
  *                         supported = PDL, DATA PROTECT)
  *
@@ -30,6 +36,7 @@ enum lun_sense_class {
     LUN_SENSE_OK = 0,
     LUN_SENSE_RETRY_SAME,
     LUN_SENSE_FAILOVER,
+    LUN_SENSE_RETRY_LATER,
     LUN_SENSE_FAIL_UP,
 };
 
@@ -71,10 +78,11 @@ enum lun_sense_class lun_status_classify(uint8_t status, uint8_t key, uint8_t as
 
 /* Classify a path's completion: `result` is 0 or -errno as a path reports
  * it (lun.h codes), with the sense it recorded in the lun_io (0/0/0 if
- * none). Transport errnos (-ENOTCONN, -ETIMEDOUT, -ECANCELED, -ECONNRESET,
- * -EPIPE, -EHOSTUNREACH, -ECONNREFUSED, -ESHUTDOWN) fail over; -EBUSY and
- * -EAGAIN (BUSY / TASK SET FULL without sense) retry on the same path; a
- * sense triple, when present, decides; anything else fails up. */
+ * none). Transport errnos (-ENOTCONN, -ETIMEDOUT, -ECONNRESET, -EPIPE,
+ * -EHOSTUNREACH, -ECONNREFUSED, -ESHUTDOWN) fail over; -EBUSY (BUSY / TASK
+ * SET FULL) retries later, -EAGAIN (UNIT ATTENTION) and -ECANCELED (TASK
+ * ABORTED, ABORTED COMMAND) at once, on the same path; a sense triple,
+ * when present, decides; anything else fails up. */
 enum lun_sense_class lun_result_classify(int result, uint8_t key, uint8_t asc, uint8_t ascq);
 
 /* The lun.h errno for a failure with this sense triple (0 for NO SENSE /

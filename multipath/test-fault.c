@@ -396,8 +396,9 @@ static void test_fence_self_refuses_writes_until_register(void **state)
 static void test_max_io_time_follows_options(void **state)
 {
     struct fixture *fx = *state;
-    /* One plain path, defaults: (1 + 5 tries + 1 abort) x 5000 ms. */
-    assert_int_equal(lun_max_io_time_ms(fx->lun), 35000);
+    /* One plain path, defaults: 11 tries (10 back-offs of 10 ms doubling
+     * to 1 s fit in 5 s) x 5000 ms, + 5 s of back-offs + 5 s for the abort. */
+    assert_int_equal(lun_max_io_time_ms(fx->lun), 65000);
     struct lun_options o;
     lun_options_init(&o);
     o.timeout_ms = 1000;
@@ -406,8 +407,9 @@ static void test_max_io_time_follows_options(void **state)
     struct lun *l2;
     struct lun_fault *f2;
     assert_int_equal(lun_open_fault(fx->path, &o, &l2, &f2), 0);
-    /* Two stints of 7 s around a 2 s queue. */
-    assert_int_equal(lun_max_io_time_ms(l2), 7000 + 2000 + 7000);
+    /* Two stints of (1 + 6) x 1 s + 1 s + 1 s around a 2 s queue (6
+     * back-offs fit in 1 s: 10..320 ms). */
+    assert_int_equal(lun_max_io_time_ms(l2), 9000 + 2000 + 9000);
     lun_close(l2);
 }
 

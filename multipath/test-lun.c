@@ -114,6 +114,16 @@ static void test_uri_redact_drops_password(void **state)
     s = lun_uri_redact("/plain/path@x");
     assert_string_equal(s, "/plain/path@x");
     free(s);
+    /* '/' and '@' in a CHAP password (issue 15: they defeated redaction). */
+    s = lun_uri_redact("iscsi://alice%pa/ss@10.0.0.1:3260/iqn.x:t/0");
+    assert_string_equal(s, "iscsi://alice@10.0.0.1:3260/iqn.x:t/0");
+    free(s);
+    s = lun_uri_redact("iscsi://alice%p@ss/w@rd@10.0.0.1/iqn.x:t/0");
+    assert_string_equal(s, "iscsi://alice@10.0.0.1/iqn.x:t/0");
+    free(s);
+    s = lun_uri_redact("ISCSI://bob:s/e@c@h/iqn.x:t/1");
+    assert_string_equal(s, "ISCSI://bob@h/iqn.x:t/1");
+    free(s);
 }
 
 static void test_open_missing_file_is_enoent(void **state)

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -26,7 +27,11 @@
 #define BS 512
 #define NBLOCKS 4096
 
-enum tmode { T_UP, T_CUT, T_TIMEOUT, T_CONFLICT, T_HANG };
+/* T_FREEZE: a frozen link that keeps the target's session: commands are
+ * held (not applied), TEST UNIT READY times out, and abort cannot confirm
+ * (-EINPROGRESS) until tp_thaw() applies the held writes to the medium
+ * (late, as the target would) and completes them with -ENOTCONN. */
+enum tmode { T_UP, T_CUT, T_TIMEOUT, T_CONFLICT, T_HANG, T_FREEZE };
 
 struct tpath {
     struct lun_path base;
@@ -39,6 +44,14 @@ struct tpath {
     _Atomic unsigned registers;
     struct tpath *peer;
     _Atomic uint64_t timed_out_lba; /* lba of the last write that timed out, +1 */
+    /* Any sense on this path: the next s_count commands (-1: all) fail with
+     * s_err and the sense triple; with s_tur, TEST UNIT READY too. */
+    _Atomic int s_count, s_err;
+    _Atomic uint8_t s_key, s_asc, s_ascq;
+    _Atomic bool s_tur;
+    /* tur_gate: TEST UNIT READY waits (tur_waiting counts) until cleared. */
+    _Atomic bool tur_gate;
+    _Atomic unsigned tur_waiting;
     /* T_HANG: a silently dead link. Commands and TUR never answer until
      * the path is aborted. */
     pthread_mutex_t hm;
@@ -58,11 +71,41 @@ static int tp_probe(struct lun_path *p, struct lun_info *info)
 
 /* The inner file path completes into the tpath's own wrapper: the core's
  * done is kept in priv[5] (file.c uses priv[3]). */
+static bool tp_sense_take(struct tpath *t)
+{
+    int c = t->s_count;
+    while (c != 0) {
+        if (c < 0 || atomic_compare_exchange_weak(&t->s_count, &c, c - 1))
+            return true;
+    }
+    return false;
+}
+
+static void tp_sense(struct tpath *t, int n, int err, uint8_t key, uint8_t asc, uint8_t ascq,
+                     bool tur)
+{
+    t->s_err = err;
+    t->s_key = key;
+    t->s_asc = asc;
+    t->s_ascq = ascq;
+    t->s_tur = tur;
+    t->s_count = n;
+}
+
 static int tp_submit(struct lun_path *p, struct lun_io *io)
 {
     struct tpath *t = p->priv;
     t->submitted++;
     int mode = t->mode;
+    if (tp_sense_take(t)) {
+        if (io->op == LUN_OP_WRITE)
+            t->writes++;
+        io->sense_key = t->s_key;
+        io->asc = t->s_asc;
+        io->ascq = t->s_ascq;
+        io->done(io, t->s_err);
+        return 0;
+    }
     if (io->op == LUN_OP_WRITE) {
         t->writes++;
         /* A write the peer timed out on must not arrive here before the
@@ -82,7 +125,7 @@ static int tp_submit(struct lun_path *p, struct lun_io *io)
         io->done(io, -ETIMEDOUT);
         return 0;
     }
-    if (mode == T_HANG) {
+    if (mode == T_HANG || mode == T_FREEZE) {
         pthread_mutex_lock(&t->hm);
         assert_true(t->nheld < 64);
         t->held[t->nheld++] = io;
@@ -135,6 +178,15 @@ static int tp_tur(struct lun_path *p)
     struct tpath *t = p->priv;
     t->tur++;
     int mode = t->mode;
+    if (t->s_tur && t->s_count)
+        return t->s_err;
+    if (mode == T_FREEZE)
+        return -ETIMEDOUT;
+    if (t->tur_gate) {
+        t->tur_waiting++;
+        while (t->tur_gate)
+            usleep(1000);
+    }
     if (mode == T_CUT)
         return -ENOTCONN;
     /* T_TIMEOUT: TEST UNIT READY still answers (only data commands time
@@ -150,10 +202,13 @@ static int tp_tur(struct lun_path *p)
     return t->inner->ops->test_unit_ready(t->inner);
 }
 
-static void tp_abort(struct lun_path *p)
+static int tp_abort(struct lun_path *p, unsigned wait_ms)
 {
+    (void)wait_ms;
     struct tpath *t = p->priv;
     t->aborts++;
+    if (t->mode == T_FREEZE)
+        return -EINPROGRESS; /* cannot tell what the target will still do */
     t->aborted_since_timeout = true;
     pthread_mutex_lock(&t->hm);
     unsigned n = t->nheld;
@@ -163,6 +218,31 @@ static void tp_abort(struct lun_path *p)
     t->abort_gen++;
     pthread_cond_broadcast(&t->hc);
     pthread_mutex_unlock(&t->hm);
+    for (unsigned i = 0; i < n; i++)
+        h[i]->done(h[i], -ENOTCONN);
+    return 0;
+}
+
+/* The frozen link comes back: the target executes the held writes now
+ * (after whatever the LUN did meanwhile), then the session's teardown is
+ * confirmed: they complete with -ENOTCONN. */
+static void tp_thaw(struct tpath *t, const char *file)
+{
+    pthread_mutex_lock(&t->hm);
+    unsigned n = t->nheld;
+    struct lun_io *h[64];
+    memcpy(h, t->held, n * sizeof h[0]);
+    t->nheld = 0;
+    pthread_mutex_unlock(&t->hm);
+    int fd = open(file, O_WRONLY);
+    assert_true(fd >= 0);
+    for (unsigned i = 0; i < n; i++)
+        if (h[i]->op == LUN_OP_WRITE)
+            assert_int_equal(
+                pwrite(fd, h[i]->buf, (size_t)h[i]->nblocks * BS, (off_t)(h[i]->lba * BS)),
+                (ssize_t)h[i]->nblocks * BS);
+    close(fd);
+    t->mode = T_UP;
     for (unsigned i = 0; i < n; i++)
         h[i]->done(h[i], -ENOTCONN);
 }
@@ -879,6 +959,241 @@ static void test_fence_self_fails_queued_writes_keeps_reads(void **state)
     fixture_close(&fx);
 }
 
+/* ---- Real targets' errors (issue 15 item 3, 4, 5) --------------------- */
+
+/* BUSY / TASK SET FULL: retried on the same path after a back-off (10 ms
+ * doubling), not 5 times at once and then an error; the path stays up and
+ * nothing goes to the other path. */
+static void test_busy_is_retried_with_backoff_on_the_same_path(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    uint8_t b[BS], r[BS];
+    fill(b, 3, 77);
+    tp_sense(fx.tp[0], 7, -EBUSY, 0, 0, 0, false); /* BUSY status: no sense */
+    uint64_t t0 = now_ns();
+    assert_int_equal(lun_write(fx.lun, 3, 1, b, 0), 0);
+    uint64_t ms = (now_ns() - t0) / 1000000;
+    assert_true(ms >= 1200); /* 10+20+...+640 ms of back-off, not 7 tries at once */
+    assert_int_equal(fx.tp[0]->writes, 8);
+    assert_int_equal(fx.tp[1]->writes, 0);
+    assert_int_equal(state_of(fx.lun, 0), LUN_PATH_ACTIVE);
+    assert_int_equal(lun_read(fx.lun, 3, 1, r), 0);
+    assert_memory_equal(b, r, BS);
+    /* NOT READY 04/0A (ALUA transition) is transient too. */
+    tp_sense(fx.tp[0], 3, -EBUSY, 0x2, 0x04, 0x0A, false);
+    assert_int_equal(lun_write(fx.lun, 3, 1, b, 0), 0);
+    assert_int_equal(state_of(fx.lun, 0), LUN_PATH_ACTIVE);
+    fixture_close(&fx);
+}
+
+/* A BUSY that never ends stops at the I/O's deadline. */
+static void test_busy_retries_stop_at_the_deadline(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    uint8_t b[BS];
+    fill(b, 4, 1);
+    tp_sense(fx.tp[0], -1, -EBUSY, 0, 0, 0, false);
+    assert_int_equal(lun_write_dl(fx.lun, 4, 1, b, 0, lun_now_ns() + 300000000ull), -ETIMEDOUT);
+    assert_int_equal(fx.tp[1]->writes, 0);
+    tp_sense(fx.tp[0], 0, 0, 0, 0, 0, false);
+    fixture_close(&fx);
+}
+
+/* TASK ABORTED / ABORTED COMMAND (another host's LOGICAL UNIT RESET): the
+ * command is retried where it was, the path is not failed. */
+static void test_task_aborted_is_retried_without_failing_the_path(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    uint8_t b[BS];
+    fill(b, 5, 1);
+    tp_sense(fx.tp[0], 2, -ECANCELED, 0, 0, 0, false); /* TASK ABORTED status */
+    assert_int_equal(lun_write(fx.lun, 5, 1, b, 0), 0);
+    tp_sense(fx.tp[0], 1, -ECANCELED, 0xB, 0x00, 0x00, false); /* ABORTED COMMAND */
+    assert_int_equal(lun_write(fx.lun, 5, 1, b, 0), 0);
+    struct lun_path_stats st;
+    lun_path_get_stats(fx.lun, 0, &st);
+    assert_int_equal(st.failures, 0);
+    assert_int_equal(st.state, LUN_PATH_ACTIVE);
+    assert_int_equal(fx.tp[1]->writes, 0);
+    assert_int_equal(fx.tp[0]->aborts, 0);
+    fixture_close(&fx);
+}
+
+/* 05/25/00 on one path only: that path is failed (by I/O and by its TEST
+ * UNIT READY) and the I/O goes on through the other; on every path the
+ * LUN is gone: -ENODEV. */
+static void test_pdl_on_one_path_fails_that_path_only(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_ROUND_ROBIN);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    uint8_t b[BS];
+    tp_sense(fx.tp[0], -1, -ENODEV, 0x5, 0x25, 0x00, true);
+    for (unsigned i = 0; i < 20; i++) {
+        fill(b, i, 9);
+        assert_int_equal(lun_write(fx.lun, i, 1, b, 0), 0);
+    }
+    assert_int_equal(state_of(fx.lun, 0), LUN_PATH_FAILED);
+    struct lun_path_stats st;
+    lun_path_get_stats(fx.lun, 0, &st);
+    assert_non_null(strstr(st.last_error, "05/25/00"));
+    assert_int_equal(state_of(fx.lun, 1), LUN_PATH_ACTIVE);
+    /* Now the other path too: the LUN is gone, at once (not queued). */
+    tp_sense(fx.tp[1], -1, -ENODEV, 0x5, 0x25, 0x00, true);
+    uint64_t t0 = now_ns();
+    assert_int_equal(lun_write(fx.lun, 1, 1, b, 0), -ENODEV);
+    assert_true((now_ns() - t0) / 1000000 < o.queue_ms);
+    /* Both paths failed by it: new I/O fails at once, it is not queued
+     * as if all paths were down. */
+    assert_true(wait_state(fx.lun, 1, LUN_PATH_FAILED, 5000));
+    t0 = now_ns();
+    assert_int_equal(lun_write(fx.lun, 2, 1, b, 0), -ENODEV);
+    assert_true((now_ns() - t0) / 1000000 < o.queue_ms);
+    assert_int_equal(lun_queued_ios(fx.lun), 0);
+    fixture_close(&fx);
+}
+
+/* PREEMPT raises 2A/05 REGISTRATIONS PREEMPTED (SPC-4): fenced, -EBADE,
+ * not retried until it succeeds. */
+static void test_registrations_preempted_fences(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    assert_int_equal(lun_pr_register(fx.lun, 0x42), 0);
+    uint8_t b[BS];
+    fill(b, 6, 1);
+    tp_sense(fx.tp[0], 1, -EBADE, 0x6, 0x2A, 0x05, false); /* iscsi.c: sense -> -EBADE */
+    assert_int_equal(lun_write(fx.lun, 6, 1, b, 0), -EBADE);
+    assert_true(lun_is_fenced(fx.lun));
+    fixture_close(&fx);
+}
+
+/* The owner registers its key while a path is coming back (after its
+ * login, before it is up): the path must come up registered with that key,
+ * not unregistered (its first write would then look like a fence). */
+static void test_register_during_recovery_registers_the_returning_path(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    fx.tp[1]->mode = T_CUT;
+    assert_true(wait_state(fx.lun, 1, LUN_PATH_FAILED, 5000));
+    fx.tp[1]->tur_gate = true;
+    fx.tp[1]->mode = T_UP;
+    for (int k = 0; k < 1000 && fx.tp[1]->tur_waiting == 0; k++)
+        usleep(5000);
+    assert_true(fx.tp[1]->tur_waiting > 0); /* its recovery is in TEST UNIT READY */
+    assert_int_equal(lun_pr_register(fx.lun, 0x77), 0);
+    assert_int_equal(fx.tp[0]->reg_key, 0x77);
+    assert_int_equal(fx.tp[1]->reg_key, 0); /* not up: skipped */
+    fx.tp[1]->tur_gate = false;
+    assert_true(wait_state(fx.lun, 1, LUN_PATH_STANDBY, 5000));
+    assert_int_equal(fx.tp[1]->reg_key, 0x77);
+    fixture_close(&fx);
+}
+
+/* Abort before re-issue (issue 15 item 1, 6): a write in flight on a
+ * frozen path that still holds the target's session is not re-issued
+ * elsewhere while the path cannot confirm its teardown; writes to other
+ * blocks go on through the other path; when the link comes back the
+ * target applies the held (stale) write, only then is it re-issued, and a
+ * newer write after it wins. */
+static void test_frozen_path_write_held_until_teardown_confirmed(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    uint8_t v1[BS], v2[BS], v3[BS], r[BS];
+    fill(v1, 10, 1);
+    fill(v2, 10, 2);
+    fill(v3, 10, 3);
+    assert_int_equal(lun_write(fx.lun, 10, 1, v1, 0), 0);
+    fx.tp[0]->mode = T_FREEZE;
+    struct async_one a = {.done = false};
+    pthread_mutex_init(&a.m, NULL);
+    pthread_cond_init(&a.c, NULL);
+    struct lun_io io = {
+        .op = LUN_OP_WRITE, .lba = 10, .nblocks = 1, .buf = v2, .done = async_done, .opaque = &a};
+    assert_int_equal(lun_submit(fx.lun, &io), 0);
+    assert_true(wait_state(fx.lun, 0, LUN_PATH_FAILED, 5000));
+    for (int k = 0; k < 500 && fx.tp[0]->aborts < 3; k++)
+        usleep(2000);
+    assert_true(fx.tp[0]->aborts >= 3); /* asked again and again: "not yet" */
+    /* Other blocks go on through path 1. */
+    uint8_t w[BS];
+    fill(w, 20, 1);
+    unsigned w1 = fx.tp[1]->writes;
+    assert_int_equal(lun_write(fx.lun, 20, 1, w, 0), 0);
+    assert_int_equal(fx.tp[1]->writes, w1 + 1);
+    /* The held write was not re-issued, and is not done. */
+    unsigned total = fx.tp[0]->writes + fx.tp[1]->writes;
+    assert_false(async_wait(&a, 50));
+    assert_int_equal(fx.tp[1]->writes, w1 + 1);
+    assert_int_equal(fx.tp[0]->writes + fx.tp[1]->writes, total);
+    /* Thaw: the target applies v2 now; then it may be re-issued (on
+     * either path: path 0 comes back at once and is preferred). */
+    tp_thaw(fx.tp[0], fx.file);
+    assert_true(async_wait(&a, 5000));
+    assert_int_equal(a.result, 0);
+    assert_int_equal(fx.tp[0]->writes + fx.tp[1]->writes, total + 1); /* once, after the thaw */
+    assert_int_equal(lun_write(fx.lun, 10, 1, v3, 0), 0);
+    assert_int_equal(lun_read(fx.lun, 10, 1, r), 0);
+    assert_memory_equal(r, v3, BS);
+    pthread_cond_destroy(&a.c);
+    pthread_mutex_destroy(&a.m);
+    fixture_close(&fx);
+}
+
+/* The TUR watchdog does not fail a path whose TEST UNIT READY is slow (a
+ * deep queue on a loaded machine) while the path keeps answering I/O
+ * (issue 15 item 4); a path that answers nothing is still failed. */
+static void test_slow_tur_on_a_busy_answering_path_is_not_failed(void **state)
+{
+    (void)state;
+    struct lun_options o;
+    opts_fast(&o, LUN_POLICY_FIXED);
+    o.check_timeout_ms = 1000;
+    struct fixture fx = {0};
+    fixture_open(&fx, &o);
+    struct stream st = {.lun = fx.lun, .stamp = 4};
+    pthread_t th;
+    pthread_create(&th, NULL, stream_thread, &st);
+    fx.tp[0]->tur_gate = true; /* its TEST UNIT READY hangs ... */
+    usleep(3000000);           /* ... 3 times the watchdog's limit, I/O flowing */
+    struct lun_path_stats s0;
+    lun_path_get_stats(fx.lun, 0, &s0);
+    assert_int_equal(s0.failures, 0);
+    assert_int_equal(s0.state, LUN_PATH_ACTIVE);
+    st.stop = true;
+    pthread_join(th, NULL);
+    assert_int_equal(st.errors, 0);
+    /* Idle now: nothing answers, the hung TUR fails the path. */
+    assert_true(wait_state(fx.lun, 0, LUN_PATH_FAILED, 5000));
+    fx.tp[0]->tur_gate = false;
+    fixture_close(&fx);
+}
+
 static void test_flush_and_reads_fail_over_too(void **state)
 {
     (void)state;
@@ -1007,6 +1322,14 @@ int main(void)
         cmocka_unit_test(test_all_paths_down_longer_than_queue_time_fails_eio),
         cmocka_unit_test(test_queued_write_fails_at_deadline_not_drained),
         cmocka_unit_test(test_fence_self_fails_queued_writes_keeps_reads),
+        cmocka_unit_test(test_busy_is_retried_with_backoff_on_the_same_path),
+        cmocka_unit_test(test_busy_retries_stop_at_the_deadline),
+        cmocka_unit_test(test_task_aborted_is_retried_without_failing_the_path),
+        cmocka_unit_test(test_pdl_on_one_path_fails_that_path_only),
+        cmocka_unit_test(test_registrations_preempted_fences),
+        cmocka_unit_test(test_register_during_recovery_registers_the_returning_path),
+        cmocka_unit_test(test_frozen_path_write_held_until_teardown_confirmed),
+        cmocka_unit_test(test_slow_tur_on_a_busy_answering_path_is_not_failed),
         cmocka_unit_test(test_flush_and_reads_fail_over_too),
         cmocka_unit_test(test_reconnect_reregisters_key_after_check),
         cmocka_unit_test(test_reservation_conflict_reports_fenced_and_stops_reregistering),

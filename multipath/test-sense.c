@@ -18,18 +18,22 @@ struct sense_case {
 
 static const struct sense_case sense_cases[] = {
     /* retry on the same path */
-    {0x6, 0x29, 0x00, LUN_SENSE_RETRY_SAME, -EAGAIN}, /* power on / reset */
-    {0x6, 0x2A, 0x01, LUN_SENSE_RETRY_SAME, -EAGAIN}, /* mode parameters changed */
-    {0x6, 0x2A, 0x04, LUN_SENSE_RETRY_SAME, -EAGAIN}, /* reservations released */
-    {0x6, 0x3F, 0x0E, LUN_SENSE_RETRY_SAME, -EAGAIN}, /* reported luns changed */
-    {0x2, 0x04, 0x01, LUN_SENSE_RETRY_SAME, -EIO},    /* becoming ready */
+    {0x6, 0x29, 0x00, LUN_SENSE_RETRY_SAME, -EAGAIN},    /* power on / reset */
+    {0x6, 0x2A, 0x01, LUN_SENSE_RETRY_SAME, -EAGAIN},    /* mode parameters changed */
+    {0x6, 0x2A, 0x04, LUN_SENSE_RETRY_SAME, -EAGAIN},    /* reservations released */
+    {0x6, 0x3F, 0x0E, LUN_SENSE_RETRY_SAME, -EAGAIN},    /* reported luns changed */
+    {0xB, 0x47, 0x03, LUN_SENSE_RETRY_SAME, -ECANCELED}, /* aborted: CRC error */
+    {0xB, 0x00, 0x00, LUN_SENSE_RETRY_SAME, -ECANCELED}, /* aborted (another's LUN RESET) */
+    /* retry on the same path after a back-off */
+    {0x2, 0x04, 0x01, LUN_SENSE_RETRY_LATER, -EBUSY}, /* becoming ready */
+    {0x2, 0x04, 0x0A, LUN_SENSE_RETRY_LATER, -EBUSY}, /* ALUA transition */
     /* fail over */
-    {0x2, 0x04, 0x03, LUN_SENSE_FAILOVER, -EIO},       /* manual intervention */
-    {0x2, 0x04, 0x0A, LUN_SENSE_FAILOVER, -EIO},       /* ALUA transition */
-    {0x2, 0x04, 0x0B, LUN_SENSE_FAILOVER, -EIO},       /* standby port */
-    {0xB, 0x47, 0x03, LUN_SENSE_FAILOVER, -ECANCELED}, /* aborted: CRC error */
+    {0x2, 0x04, 0x03, LUN_SENSE_FAILOVER, -EIO}, /* manual intervention */
+    {0x2, 0x04, 0x0B, LUN_SENSE_FAILOVER, -EIO}, /* standby port */
+    {0x2, 0x04, 0x0C, LUN_SENSE_FAILOVER, -EIO}, /* unavailable port */
     /* fail up */
     {0x6, 0x2A, 0x03, LUN_SENSE_FAIL_UP, -EBADE},      /* reservations preempted: fenced */
+    {0x6, 0x2A, 0x05, LUN_SENSE_FAIL_UP, -EBADE},      /* registrations preempted: fenced */
     {0x3, 0x11, 0x00, LUN_SENSE_FAIL_UP, -EIO},        /* unrecovered read error */
     {0x3, 0x0C, 0x00, LUN_SENSE_FAIL_UP, -EIO},        /* write error */
     {0x4, 0x44, 0x00, LUN_SENSE_FAIL_UP, -EIO},        /* hardware error */
@@ -65,10 +69,11 @@ static void test_sense_table_classification_and_errno(void **state)
 static void test_status_byte_classification(void **state)
 {
     assert_int_equal(lun_status_classify(0x00, 0, 0, 0), LUN_SENSE_OK);
-    assert_int_equal(lun_status_classify(0x08, 0, 0, 0), LUN_SENSE_RETRY_SAME);
-    assert_int_equal(lun_status_classify(0x28, 0, 0, 0), LUN_SENSE_RETRY_SAME);
+    assert_int_equal(lun_status_classify(0x08, 0, 0, 0), LUN_SENSE_RETRY_LATER);
+    assert_int_equal(lun_status_classify(0x28, 0, 0, 0), LUN_SENSE_RETRY_LATER);
     assert_int_equal(lun_status_classify(0x18, 0, 0, 0), LUN_SENSE_FAIL_UP);
-    assert_int_equal(lun_status_classify(0x40, 0, 0, 0), LUN_SENSE_FAILOVER);
+    assert_int_equal(lun_status_classify(0x40, 0, 0, 0), LUN_SENSE_RETRY_SAME); /* TASK ABORTED */
+    assert_int_equal(lun_status_errno(0x40, 0, 0, 0), -ECANCELED);
     assert_int_equal(lun_status_errno(0x00, 0, 0, 0), 0);
     assert_int_equal(lun_status_errno(0x18, 0, 0, 0), -EBADE);
     assert_int_equal(lun_status_errno(0x08, 0, 0, 0), -EBUSY);
@@ -85,9 +90,10 @@ static void test_result_classification_of_transport_errors(void **state)
     assert_int_equal(lun_result_classify(0, 0, 0, 0), LUN_SENSE_OK);
     assert_int_equal(lun_result_classify(-ENOTCONN, 0, 0, 0), LUN_SENSE_FAILOVER);
     assert_int_equal(lun_result_classify(-ETIMEDOUT, 0, 0, 0), LUN_SENSE_FAILOVER);
-    assert_int_equal(lun_result_classify(-ECANCELED, 0, 0, 0), LUN_SENSE_FAILOVER);
+    assert_int_equal(lun_result_classify(-ECANCELED, 0, 0, 0), LUN_SENSE_RETRY_SAME);
     assert_int_equal(lun_result_classify(-ECONNRESET, 0, 0, 0), LUN_SENSE_FAILOVER);
-    assert_int_equal(lun_result_classify(-EBUSY, 0, 0, 0), LUN_SENSE_RETRY_SAME);
+    assert_int_equal(lun_result_classify(-EBUSY, 0, 0, 0), LUN_SENSE_RETRY_LATER);
+    assert_int_equal(lun_result_classify(-EAGAIN, 0, 0, 0), LUN_SENSE_RETRY_SAME);
     assert_int_equal(lun_result_classify(-EIO, 0, 0, 0), LUN_SENSE_FAIL_UP);
     assert_int_equal(lun_result_classify(-EBADE, 0, 0, 0), LUN_SENSE_FAIL_UP);
     /* The sense decides when present. */

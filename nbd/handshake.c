@@ -1,7 +1,10 @@
 /* Fixed newstyle handshake: greeting, client flags and option haggling
- * (LIST, INFO, GO, EXPORT_NAME, STRUCTURED_REPLY, meta contexts), as the
- * NBD spec's "Option haggling" describes. Runs on the connection's reader
- * thread before transmission; nothing here touches a backend except
+ * (LIST, INFO, GO, EXPORT_NAME, STRUCTURED_REPLY, meta contexts, STARTTLS
+ * with the TLS handshake itself in tls.c), as the NBD spec's "Option
+ * haggling" describes. With TLS required, nothing but STARTTLS and ABORT
+ * is served before TLS: no export name, size or description leaks. Runs
+ * on the connection's reader thread before transmission, within the
+ * handshake deadline (conn.c); nothing here touches a backend except
  * through the export's size and flags fixed at nbd_server_add_export.
  */
 #include <errno.h>

@@ -39,12 +39,21 @@
  * most NBD_MAX_REQUEST (32 MiB). Request buffers are charged to one pool
  * (default 256 MiB, --pool is not exposed) before they are allocated; a
  * reader waits for room, so memory for payloads never exceeds the pool
- * whatever the number of clients. A client that does not read its replies
- * for send_timeout_ms is dropped (SO_SNDTIMEO), which returns its buffers.
- * At most max_conns clients at once: beyond that the listener is not polled
- * and new clients wait in the kernel's backlog (qemu-nbd --shared does the
- * same). The handshake has a receive timeout so idle or trickling clients
- * cannot hold a slot forever.
+ * whatever the number of clients. One connection's requests hold at most
+ * conn_pool_bytes of it (default max(32 MiB, pool / 4)): a client that
+ * stops reading its replies stops being read at its share instead of
+ * taking the whole pool from the others, and after send_timeout_ms without
+ * progress it is dropped (SO_SNDTIMEO; TLS: poll), which returns its
+ * buffers. At most max_conns clients at once: beyond that the listener is
+ * not polled and new clients wait in the kernel's backlog (qemu-nbd
+ * --shared does the same). The whole handshake, TLS included, must end
+ * within handshake_timeout_ms of the accept (a deadline every receive and
+ * send waits against, conn.c), so idle or trickling clients cannot hold a
+ * slot.
+ *
+ * TLS. After NBD_OPT_STARTTLS the connection's bytes go through OpenSSL
+ * (tls.c, which has its own design notes on threads); everything above the
+ * byte stream is the same code for TLS and plaintext connections.
  *
  * Hostile input. Anything the spec lets a server answer with an error gets
  * an error (unknown option: NBD_REP_ERR_UNSUP; bad option data:
@@ -62,10 +71,11 @@
  * because every connection to an export shares one backend object in this
  * process: a FLUSH on one connection flushes what every connection wrote.
  *
- * Lock order: srv->lock, then conn->lock. srv->pool_lock and
- * srv->queue_lock are leaves. No lock of ours is held across ops->submit
- * (its completion may run inside it). A connection is freed by its reader
- * once inflight == 0 and no thread holds its sender role.
+ * Lock order: srv->lock, then conn->lock. srv->pool_lock, srv->queue_lock
+ * and conn->ssl_lock are leaves (a reader takes its connection's share
+ * under conn->lock and then, with it released, the pool's room). No lock of ours is held across
+ * ops->submit (its completion may run inside it). A connection is freed by its reader once inflight
+ * == 0 and no thread holds its sender role.
  */
 #include <errno.h>
 #include <fcntl.h>

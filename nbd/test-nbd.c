@@ -3,6 +3,7 @@
  * export is a failure even if nothing else notices). */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -24,7 +26,6 @@
 #include "util.h"
 #include "vdisk.h"
 #include "test-nowait.h"
-#include "vdisk_internal.h"
 
 #define MEM_SIZE (1u << 20)
 #define GUARD 4096
@@ -222,7 +223,17 @@ static struct fixture *fx_new(bool ro)
     return fx_new_be(ro, &mem_ops, NULL);
 }
 
+static struct fixture *fx_new_cfg(bool ro, const struct nbd_export_ops *ops, struct mem_be *be,
+                                  const struct nbd_server_config *cfg);
+
 static struct fixture *fx_new_be(bool ro, const struct nbd_export_ops *ops, struct mem_be *be)
+{
+    struct nbd_server_config cfg = {.max_conns = 4, .workers = 4, .pool_bytes = 64u << 20};
+    return fx_new_cfg(ro, ops, be, &cfg);
+}
+
+static struct fixture *fx_new_cfg(bool ro, const struct nbd_export_ops *ops, struct mem_be *be,
+                                  const struct nbd_server_config *cfg)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     assert_non_null(f);
@@ -236,8 +247,7 @@ static struct fixture *fx_new_be(bool ro, const struct nbd_export_ops *ops, stru
     memset(be->data + MEM_SIZE, GUARD_BYTE, GUARD);
     pthread_mutex_init(&be->lock, NULL);
     be->ro = ro;
-    struct nbd_server_config cfg = {.max_conns = 4, .workers = 4, .pool_bytes = 64u << 20};
-    assert_int_equal(nbd_server_new(&cfg, &f->srv), 0);
+    assert_int_equal(nbd_server_new(cfg, &f->srv), 0);
     assert_int_equal(nbd_server_add_export(f->srv, "mem", "test", ops, be, false), 0);
     assert_int_equal(nbd_server_add_export(f->srv, "mem", NULL, ops, be, false), -EEXIST);
     int sv[2];
@@ -692,6 +702,118 @@ static void test_nbd_async_disconnect_in_flight(void **state)
  * first 24 declined through the test hook, then a write (worker) and a read
  * of it, then reads after the file was dropped from the page cache. Every
  * reply carries the right bytes; the hook reaching 0 proves submit ran. */
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Another client of f's server; returns its end of a socketpair. */
+static int fx_connect(struct fixture *f)
+{
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(nbd_server_serve_fd(f->srv, sv[0]), 0);
+    return sv[1];
+}
+
+/* The handshake timeout bounds the whole handshake: a client that sends
+ * one byte of option every 100 ms (each receive well inside a 500 ms
+ * timeout) is still dropped once 500 ms have passed since it connected,
+ * and its slot is free again. A per-receive timeout never drops it. */
+static void test_nbd_handshake_deadline_whole(void **state)
+{
+    struct nbd_server_config cfg = {
+        .max_conns = 1, .workers = 2, .pool_bytes = 64u << 20, .handshake_timeout_ms = 500};
+    struct fixture *f = fx_new_cfg(false, &mem_ops, NULL, &cfg);
+    uint64_t t0 = now_ms();
+    uint8_t g[18];
+    assert_int_equal(xrecv(f->fd, g, sizeof(g)), 0);
+    uint8_t cf[4];
+    be32_put(cf, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+    xsend(f->fd, cf, 4);
+    uint8_t list[NBD_OPT_HDR_SIZE]; /* NBD_OPT_LIST, again and again */
+    be64_put(list, NBD_IHAVEOPT);
+    be32_put(list + 8, NBD_OPT_LIST);
+    be32_put(list + 12, 0);
+    bool closed = false;
+    uint64_t closed_at = 0;
+    for (unsigned i = 0; !closed && now_ms() - t0 < 5000; i++) {
+        if (send(f->fd, &list[i % sizeof(list)], 1, MSG_NOSIGNAL) != 1) {
+            closed = true;
+            break;
+        }
+        usleep(100 * 1000);
+        uint8_t junk[4096]; /* the LIST replies; EOF when the server closed */
+        ssize_t r;
+        while ((r = recv(f->fd, junk, sizeof(junk), MSG_DONTWAIT)) > 0)
+            ;
+        if (r == 0)
+            closed = true;
+    }
+    closed_at = now_ms() - t0;
+    assert_true(closed); /* a per-receive timeout: still open after 5 s */
+    assert_true(closed_at >= 500);
+    /* the slot is free again */
+    struct nbd_server_stats st;
+    for (unsigned i = 0; i < 500; i++) {
+        nbd_server_get_stats(f->srv, &st);
+        if (st.conns == 0)
+            break;
+        usleep(10 * 1000);
+    }
+    assert_int_equal(st.conns, 0);
+    fx_free(f);
+}
+
+/* A client that sends READs and never reads the replies cannot take the
+ * whole buffer pool: its reader stops at the connection's share, and
+ * another client's READ is answered at once. Without the share, the first
+ * client's 64 x 1 MiB READs fill the 64 MiB pool and the second client
+ * waits for the send timeout (60 s here). */
+static void test_nbd_stalled_client_cannot_take_pool(void **state)
+{
+    struct nbd_server_config cfg = {
+        .max_conns = 4, .workers = 4, .pool_bytes = 64u << 20, .send_timeout_ms = 60000};
+    struct fixture *f = fx_new_cfg(false, &mem_ops, NULL, &cfg);
+    handshake(f->fd); /* client A */
+    for (unsigned i = 0; i < NBD_MAX_INFLIGHT; i++)
+        req_send(f->fd, NBD_CMD_READ, 0, i, 0, MEM_SIZE, NULL);
+    /* wait until A's reader is stopped: at its share (fixed) or with the
+     * pool full (before the fix) */
+    struct nbd_server_stats st;
+    for (unsigned i = 0; i < 1000; i++) {
+        nbd_server_get_stats(f->srv, &st);
+        if (st.conn_cap_waits > 0 || st.pool_used >= cfg.pool_bytes)
+            break;
+        usleep(10 * 1000);
+    }
+    assert_true(st.conn_cap_waits > 0 || st.pool_used >= cfg.pool_bytes);
+    assert_true(st.pool_used <= cfg.pool_bytes);
+
+    int b = fx_connect(f); /* client B: a 4 KiB READ, answered within 5 s */
+    handshake(b);
+    req_send(b, NBD_CMD_READ, 0, 7, 4096, 4096, NULL);
+    struct pollfd p = {.fd = b, .events = POLLIN};
+    int r = poll(&p, 1, 5000);
+    assert_int_equal(r, 1);
+    uint8_t data[4096];
+    uint64_t cookie = 0;
+    assert_int_equal(reply_recv(b, &cookie, data, sizeof(data), NULL), 0);
+    assert_true(cookie == 7);
+    assert_memory_equal(data, f->be.data + 4096, 4096);
+    nbd_server_get_stats(f->srv, &st);
+    /* A holds at most the default share, max(NBD_MAX_REQUEST, pool / 4);
+     * B's 4 KiB may not be given back yet (freed after its send) */
+    assert_true(st.pool_used <= MAX((size_t)NBD_MAX_REQUEST, cfg.pool_bytes / 4) + 4096);
+    close(b);
+    /* A goes away without reading: its replies fail, its buffers return */
+    close(f->fd);
+    f->fd = -1;
+    fx_free(f);
+}
+
 static void test_nbd_vd_inline_read_and_fallback(void **state)
 {
     char dir[] = "/tmp/test-nbd-vd.XXXXXX";
@@ -767,6 +889,8 @@ int main(void)
         cmocka_unit_test(test_nbd_async_submit_out_of_order),
         cmocka_unit_test(test_nbd_async_completion_never_blocks),
         cmocka_unit_test(test_nbd_async_disconnect_in_flight),
+        cmocka_unit_test(test_nbd_handshake_deadline_whole),
+        cmocka_unit_test(test_nbd_stalled_client_cannot_take_pool),
         cmocka_unit_test(test_nbd_vd_inline_read_and_fallback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

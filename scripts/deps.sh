@@ -6,7 +6,8 @@ PKGS=(
   meson ninja-build pkg-config gcc
   libfuse3-dev fuse3 libiscsi-dev libiscsi-bin libssl-dev liblz4-dev libzstd-dev
   libcmocka-dev zlib1g-dev
-  tgt istgt qemu-utils fio libnbd-bin nbdkit sg3-utils iproute2 jq python3 procps psmisc bc
+  tgt istgt qemu-utils fio libnbd-bin python3-libnbd nbdkit sg3-utils iproute2 jq python3 procps psmisc bc
+  openssl libnbd-dev groff-base bsdextrautils
 )
 missing=()
 for p in "${PKGS[@]}"; do

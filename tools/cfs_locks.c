@@ -128,6 +128,12 @@ static void print_text(struct lun *lun, uint64_t offset, const struct ls_status 
            "%s\n",
            lun_name(lun), offset, st->timeouts.io_timeout_ms, st->timeouts.dead_ms, st->max_hosts,
            st->caw ? "compare-and-write" : "paxos fallback (no COMPARE AND WRITE)");
+    if (st->pr_fencing)
+        printf("  fencing: persistent reservations (a dead host's key is preempted before its "
+               "recovery)\n");
+    else
+        printf("  fencing: none -- the LUN has no persistent reservations: a dead or paused "
+               "host is not cut off, safety rests on timing alone\n");
     if (lun_num_paths(lun) > 1)
         printf("  paths: %u (%s)\n", lun_num_paths(lun), lun_policy_name(lun_get_policy(lun)));
     printf("  %-5s %-20s %-10s %-10s %-10s %s\n", "SLOT", "HOST", "STATE", "GEN", "COUNTER",
@@ -180,6 +186,7 @@ static void print_json(struct json *j, struct lun *lun, uint64_t offset, const s
     json_u64(j, "dead_ms", st->timeouts.dead_ms);
     json_u64(j, "max_hosts", st->max_hosts);
     json_str(j, "atomic", st->caw ? "compare-and-write" : "paxos");
+    json_str(j, "fencing", st->pr_fencing ? "persistent-reservations" : "none");
     json_arr_begin(j, "hosts");
     for (unsigned i = 0; i < st->nhosts; i++) {
         const struct ls_status_host *h = &st->hosts[i];

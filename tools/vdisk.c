@@ -18,13 +18,15 @@
 #include "tools.h"
 #include "util.h"
 #include "vdisk.h"
-#include "vdisk_internal.h"
+#include "version.h"
+
+unsigned vdisk_open_fmt;
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: vdisk COMMAND [options] ...\n"
-            "  create [--type thin|thick|eager-zeroed] [--adapter ide|lsilogic|buslogic|pvscsi]\n"
+            "  create [--type thin|thick|eager-zeroed] [--adapter ide|lsilogic|buslogic|legacyESX]\n"
             "         [--format vmdk|raw] FILE SIZE\n"
             "  info [--json] FILE\n"
             "  check [--repair] [--json] [--progress] FILE\n"
@@ -34,7 +36,13 @@ static void usage(FILE *f)
             "  resize [--shrink] FILE SIZE\n"
             "  snapshot ... / clone ...   (see vdisk snapshot --help)\n"
             "  serve ...                  (see vdisk serve --help)\n"
-            "SIZE accepts suffixes K, M, G, T (binary).\n");
+            "Every command takes --allow-root DIR (repeatable): extent files and parents\n"
+            "named by an image may lie in DIR too (default: only the image's own folder);\n"
+            "and --format raw|vmdk for the image it opens (convert: the source). Without\n"
+            "it raw is never guessed: a file without a VMDK header is raw only when its\n"
+            "name says so (.raw, .img, .bin, .iso, .dd) or it is a block device.\n"
+            "SIZE accepts suffixes K, M, G, T (binary). 'man vdisk' for the manual,\n"
+            "'vdisk --version' for the version.\n");
 }
 
 static int parse_type(const char *s, enum vd_type *t)
@@ -97,7 +105,7 @@ static int cmd_create(int argc, char **argv)
     if (strcmp(fmt, "raw") == 0)
         rc = vd_create_raw(argv[optind], o.size);
     else if (strcmp(fmt, "vmdk") == 0)
-        rc = vmdk_create(argv[optind], &o);
+        rc = vd_create(argv[optind], &o);
     else {
         log_err("unknown --format \"%s\" (vmdk, raw)", fmt);
         return 2;
@@ -114,29 +122,6 @@ static int cmd_create(int argc, char **argv)
         printf("%s: %s VMDK, %s, adapter %s\n", argv[optind],
                (unsigned)o.type < 3 ? tnames[o.type] : "?", sz, o.adapter ? o.adapter : "lsilogic");
     return 0;
-}
-
-static uint64_t file_alloc(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
-}
-
-static const char *ext_type_name(enum vmdk_ext_type t)
-{
-    switch (t) {
-    case VMDK_EXT_SPARSE:
-        return "SPARSE";
-    case VMDK_EXT_FLAT:
-        return "FLAT";
-    case VMDK_EXT_VMFS:
-        return "VMFS";
-    case VMDK_EXT_VMFSSPARSE:
-        return "VMFSSPARSE";
-    case VMDK_EXT_ZERO:
-        return "ZERO";
-    }
-    return "?";
 }
 
 /* Options of the commands that take [--json] FILE: returns -1 to go on (FILE
@@ -173,35 +158,34 @@ static int cmd_info(int argc, char **argv)
     if (prc >= 0)
         return prc;
     struct vd_image *img;
-    if (vd_open(argv[optind], VD_OPEN_SHARED, &img) < 0) /* as qemu-img -U: works on a disk in use */
+    if (vd_open(argv[optind], VD_OPEN_SHARED | vdisk_open_fmt, &img) < 0) /* as qemu-img -U: works on a disk in use */
         return 1;
-    bool vmdk = img->kind == VD_KIND_VMDK;
-    uint64_t alloc = img->desc_embedded ? 0 : file_alloc(img->path);
-    for (int i = 0; i < img->n_ext; i++)
-        if (img->ext[i].path)
-            alloc += file_alloc(img->ext[i].path);
-    const char *adapter = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.adapterType") : NULL;
-    const char *cyl = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.geometry.cylinders") : NULL;
-    const char *heads = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.geometry.heads") : NULL;
-    const char *secs = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.geometry.sectors") : NULL;
-    const char *uuid = vmdk ? vmdk_desc_ddb_get(&img->desc, "ddb.uuid.image") : NULL;
+    bool vmdk = vd_is_vmdk(img);
+    uint64_t alloc = vd_allocated_bytes(img);
+    const char *adapter = vd_desc_key(img, "ddb.adapterType");
+    const char *cyl = vd_desc_key(img, "ddb.geometry.cylinders");
+    const char *heads = vd_desc_key(img, "ddb.geometry.heads");
+    const char *secs = vd_desc_key(img, "ddb.geometry.sectors");
+    const char *uuid = vd_desc_key(img, "ddb.uuid");
+    if (!uuid) /* images made by VirtualBox */
+        uuid = vd_desc_key(img, "ddb.uuid.image");
     if (js) {
         struct json j;
         json_init(&j, stdout);
         json_obj_begin(&j, NULL);
-        json_str(&j, "file", img->path);
+        json_str(&j, "file", vd_path(img));
         json_str(&j, "format", vmdk ? "vmdk" : "raw");
-        json_str(&j, "type", vmdk ? img->desc.create_type : "raw");
-        json_u64(&j, "virtual_size", img->size);
+        json_str(&j, "type", vd_create_type(img));
+        json_u64(&j, "virtual_size", vd_size(img));
         json_u64(&j, "allocated_size", alloc);
-        json_u64(&j, "granularity", img->gran);
+        json_u64(&j, "granularity", vd_granularity(img));
         if (vmdk) {
             char b[16];
-            snprintf(b, sizeof(b), "%08x", img->desc.cid);
+            snprintf(b, sizeof(b), "%08x", vd_cid(img));
             json_str(&j, "cid", b);
-            snprintf(b, sizeof(b), "%08x", img->desc.parent_cid);
+            snprintf(b, sizeof(b), "%08x", vd_parent_cid(img));
             json_str(&j, "parent_cid", b);
-            json_str(&j, "parent_hint", img->desc.parent_hint);
+            json_str(&j, "parent_hint", vd_parent_hint(img));
             json_str(&j, "adapter", adapter);
             json_obj_begin(&j, "geometry");
             json_u64(&j, "cylinders", cyl ? strtoull(cyl, NULL, 10) : 0);
@@ -210,32 +194,34 @@ static int cmd_info(int argc, char **argv)
             json_obj_end(&j);
             json_str(&j, "uuid", uuid);
             json_arr_begin(&j, "extents");
-            for (int i = 0; i < img->n_ext; i++) {
-                struct vmdk_extent *e = &img->ext[i];
+            for (int i = 0; i < vd_extent_count(img); i++) {
+                struct vd_extent_info e;
+                if (vd_extent_get(img, i, &e) < 0)
+                    continue;
                 json_obj_begin(&j, NULL);
-                json_str(&j, "file", e->path);
-                json_str(&j, "type", ext_type_name(e->type));
-                json_u64(&j, "start", e->start);
-                json_u64(&j, "length", e->len);
-                if (e->sp) {
-                    json_u64(&j, "grain_size", e->sp->grain_bytes);
-                    json_bool(&j, "compressed", e->sp->compressed);
-                    json_bool(&j, "zeroed_grain", e->sp->zero_grain);
-                    json_bool(&j, "cowd", e->sp->cowd);
-                    json_u64(&j, "version", e->sp->h.version);
+                json_str(&j, "file", e.path);
+                json_str(&j, "type", e.type);
+                json_u64(&j, "start", e.start);
+                json_u64(&j, "length", e.len);
+                if (e.sparse) {
+                    json_u64(&j, "grain_size", e.grain_size);
+                    json_bool(&j, "compressed", e.compressed);
+                    json_bool(&j, "zeroed_grain", e.zeroed_grain);
+                    json_bool(&j, "cowd", e.cowd);
+                    json_u64(&j, "version", e.version);
                 }
                 json_obj_end(&j);
             }
             json_arr_end(&j);
         }
         json_arr_begin(&j, "chain");
-        for (struct vd_image *p = img->parent; p; p = p->parent) {
+        for (struct vd_image *p = vd_parent(img); p; p = vd_parent(p)) {
             json_obj_begin(&j, NULL);
-            json_str(&j, "file", p->path);
+            json_str(&j, "file", vd_path(p));
             char b[16];
-            snprintf(b, sizeof(b), "%08x", p->desc.cid);
+            snprintf(b, sizeof(b), "%08x", vd_cid(p));
             json_str(&j, "cid", b);
-            json_u64(&j, "virtual_size", p->size);
+            json_u64(&j, "virtual_size", vd_size(p));
             json_obj_end(&j);
         }
         json_arr_end(&j);
@@ -243,27 +229,29 @@ static int cmd_info(int argc, char **argv)
         json_finish(&j);
     } else {
         char s1[32], s2[32];
-        printf("file: %s\nformat: %s\n", img->path, vmdk ? "vmdk" : "raw");
+        printf("file: %s\nformat: %s\n", vd_path(img), vmdk ? "vmdk" : "raw");
         if (vmdk)
-            printf("type: %s\n", img->desc.create_type);
+            printf("type: %s\n", vd_create_type(img));
         printf("virtual size: %s (%" PRIu64 " bytes)\nallocated size: %s\n",
-               format_size(img->size, s1, sizeof(s1)), img->size,
+               format_size(vd_size(img), s1, sizeof(s1)), vd_size(img),
                format_size(alloc, s2, sizeof(s2)));
         if (vmdk) {
-            printf("CID: %08x\nparentCID: %08x\n", img->desc.cid, img->desc.parent_cid);
+            printf("CID: %08x\nparentCID: %08x\n", vd_cid(img), vd_parent_cid(img));
             printf("adapter: %s\n", adapter ? adapter : "-");
             printf("geometry: %s/%s/%s (C/H/S)\n", cyl ? cyl : "-", heads ? heads : "-",
                    secs ? secs : "-");
             printf("UUID: %s\n", uuid ? uuid : "-");
-            printf("granularity: %u\n", img->gran);
-            for (int i = 0; i < img->n_ext; i++)
-                printf("extent %d: %s %s, %" PRIu64 " bytes at %" PRIu64 "\n", i,
-                       ext_type_name(img->ext[i].type), img->ext[i].path ? img->ext[i].path : "-",
-                       img->ext[i].len, img->ext[i].start);
+            printf("granularity: %u\n", vd_granularity(img));
+            for (int i = 0; i < vd_extent_count(img); i++) {
+                struct vd_extent_info e;
+                if (vd_extent_get(img, i, &e) == 0)
+                    printf("extent %d: %s %s, %" PRIu64 " bytes at %" PRIu64 "\n", i, e.type,
+                           e.path ? e.path : "-", e.len, e.start);
+            }
         }
         int depth = 1;
-        for (struct vd_image *p = img->parent; p; p = p->parent, depth++)
-            printf("parent %d: %s (CID %08x)\n", depth, p->path, p->desc.cid);
+        for (struct vd_image *p = vd_parent(img); p; p = vd_parent(p), depth++)
+            printf("parent %d: %s (CID %08x)\n", depth, vd_path(p), vd_cid(p));
     }
     vd_close(img);
     return 0;
@@ -276,7 +264,7 @@ static int cmd_map(int argc, char **argv)
     if (prc >= 0)
         return prc;
     struct vd_image *img;
-    if (vd_open(argv[optind], VD_OPEN_SHARED, &img) < 0) /* as qemu-img -U: works on a disk in use */
+    if (vd_open(argv[optind], VD_OPEN_SHARED | vdisk_open_fmt, &img) < 0) /* as qemu-img -U: works on a disk in use */
         return 1;
     struct json j;
     if (js) {
@@ -287,10 +275,10 @@ static int cmd_map(int argc, char **argv)
     }
     int rc = 0;
     uint64_t off = 0;
-    while (off < img->size) {
+    while (off < vd_size(img)) {
         uint64_t n;
         unsigned st;
-        rc = vd_block_status(img, off, img->size - off, &n, &st);
+        rc = vd_block_status(img, off, vd_size(img) - off, &n, &st);
         if (rc < 0)
             break;
         if (js) {
@@ -355,22 +343,22 @@ static int cmd_convert(int argc, char **argv)
     }
     const char *src_path = argv[optind], *dst_path = argv[optind + 1];
     struct vd_image *src, *dst = NULL;
-    if (vd_open(src_path, VD_OPEN_RDONLY, &src) < 0)
+    if (vd_open(src_path, VD_OPEN_RDONLY | vdisk_open_fmt, &src) < 0)
         return 1;
     o.size = vd_size(src);
     int rc;
     bool raw = strcmp(fmt, "raw") == 0;
     if (!raw && o.type == VD_TYPE_STREAM) {
-        rc = vmdk_stream_write(src, dst_path, o.adapter, force_progress);
+        rc = vd_stream_write(src, dst_path, o.adapter, force_progress);
         vd_close(src);
         return rc < 0 ? 1 : 0;
     }
-    rc = raw ? vd_create_raw(dst_path, o.size) : vmdk_create(dst_path, &o);
+    rc = raw ? vd_create_raw(dst_path, o.size) : vd_create(dst_path, &o);
     if (rc < 0) {
         vd_close(src);
         return 1;
     }
-    rc = vd_open(dst_path, raw ? VD_OPEN_RAW : 0, &dst);
+    rc = vd_open(dst_path, raw ? VD_OPEN_RAW : VD_OPEN_VMDK, &dst);
     if (rc < 0)
         goto out;
     rc = vd_copy_sparse(src, dst, 65536, "convert", force_progress);
@@ -414,7 +402,8 @@ static int cmd_resize(int argc, char **argv)
         log_err("bad SIZE \"%s\"", argv[optind + 1]);
         return 2;
     }
-    return vd_resize(argv[optind], size, shrink) < 0 ? 1 : 0;
+    return vd_resize(argv[optind], size, (shrink ? VD_RESIZE_SHRINK : 0) | vdisk_open_fmt) < 0 ? 1
+                                                                                            : 0;
 }
 
 static int cmd_check(int argc, char **argv)
@@ -450,7 +439,11 @@ static int cmd_check(int argc, char **argv)
     if (js)
         json_init(&j, stdout);
     struct vd_check_report r = {0};
-    int rc = vd_check(argv[optind], (repair ? VD_CHECK_REPAIR : 0) | (prog ? VD_CHECK_PROGRESS : 0),
+    unsigned cf = (repair ? VD_CHECK_REPAIR : 0) | (prog ? VD_CHECK_PROGRESS : 0) |
+                  (vdisk_open_fmt == VD_OPEN_RAW    ? VD_CHECK_RAW
+                   : vdisk_open_fmt == VD_OPEN_VMDK ? VD_CHECK_VMDK
+                                                    : 0);
+    int rc = vd_check(argv[optind], cf,
                       js ? &j : NULL, &r);
     if (js)
         json_finish(&j);
@@ -473,9 +466,54 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* --allow-root DIR anywhere after the command: every command opens
+     * chains through vd_open, which takes the roots from vd_allow_root();
+     * --format FMT too, except for create (its own option: the new file) */
+    bool fmt_opt = strcmp(argv[1], "create") != 0;
+    int n = 2;
+    for (int i = 2; i < argc; i++) {
+        const char *dir = NULL;
+        if (fmt_opt && (strcmp(argv[i], "--format") == 0 || strncmp(argv[i], "--format=", 9) == 0)) {
+            const char *f = argv[i][8] == '=' ? argv[i] + 9 : (i + 1 < argc ? argv[++i] : "");
+            if (strcmp(f, "raw") == 0)
+                vdisk_open_fmt = VD_OPEN_RAW;
+            else if (strcmp(f, "vmdk") == 0)
+                vdisk_open_fmt = VD_OPEN_VMDK;
+            else {
+                log_err("--format \"%s\": expected raw or vmdk", f);
+                return 2;
+            }
+            continue;
+        }
+        if (strcmp(argv[i], "--") == 0) {
+            while (i < argc)
+                argv[n++] = argv[i++];
+            break;
+        }
+        if (strcmp(argv[i], "--allow-root") == 0) {
+            if (i + 1 >= argc) {
+                log_err("--allow-root needs a folder");
+                return 2;
+            }
+            dir = argv[++i];
+        } else if (strncmp(argv[i], "--allow-root=", 13) == 0) {
+            dir = argv[i] + 13;
+        } else {
+            argv[n++] = argv[i];
+            continue;
+        }
+        if (vd_allow_root(dir) < 0)
+            return 2;
+    }
+    argv[n] = NULL;
+    argc = n;
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0) {
+        printf("vdisk version %s (clusterfs)\n", CLUSTERFS_VERSION);
         return 0;
     }
     static const struct {

@@ -41,7 +41,7 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "snapshot.h"
+#include "vdisk.h"
 #include "vdisk_ctl.h"
 
 #define CTL_MAX 64

@@ -347,7 +347,7 @@ int cmd_serve(int argc, char **argv)
     }
     for (unsigned i = 0; i < nfiles; i++) {
         const char *path = argv[optind + (int)i];
-        rc = vd_open(path, ro ? VD_OPEN_RDONLY : 0, &imgs[i]);
+        rc = vd_open(path, (ro ? VD_OPEN_RDONLY : 0) | vdisk_open_fmt, &imgs[i]);
         if (rc < 0) {
             log_err("serve: %s: cannot open: %s", path, strerror(-rc));
             goto out;

@@ -1,5 +1,5 @@
 /* vdisk snapshot create|list|revert|delete, vdisk clone: thin wrappers over
- * vdisk/snapshot.h. Exit status: 0 success, 1 failure, 2 usage error. */
+ * vdisk/vdisk.h. Exit status: 0 success, 1 failure, 2 usage error. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -10,7 +10,7 @@
 
 #include "json.h"
 #include "log.h"
-#include "snapshot.h"
+#include "vdisk.h"
 #include "tools.h"
 #include "vdisk_ctl.h"
 #include "util.h"

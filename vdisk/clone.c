@@ -50,13 +50,9 @@ static const char *cl_basename(const char *p)
 
 static const char *cl_adapter(const struct vd_image *img)
 {
-    static const char *const known[] = {"ide", "lsilogic", "buslogic", "pvscsi", "legacyESX"};
     const char *a =
         img->kind == VD_KIND_VMDK ? vmdk_desc_ddb_get(&img->desc, "ddb.adapterType") : NULL;
-    for (size_t i = 0; a && i < ARRAY_SIZE(known); i++)
-        if (strcmp(a, known[i]) == 0)
-            return a;
-    return NULL;
+    return vmdk_adapter_known(a) ? a : NULL;
 }
 
 /* The flat extent vmdk_create makes beside a thick descriptor. */
@@ -125,7 +121,7 @@ static void cl_remove_tmp(const char *tmp)
 /* Give the finished image made at tmp its final name dst: the extent names
  * in its descriptor first (a flat extent file is renamed too), then the
  * descriptor file itself, so dst never names a half-made image. */
-static int cl_publish(const char *tmp, const char *dst)
+static int cl_publish(const char *tmp, const char *dst, bool *flat_moved)
 {
     struct vd_image *img;
     int rc = vd_open(tmp, 0, &img);
@@ -141,8 +137,10 @@ static int cl_publish(const char *tmp, const char *dst)
     } else if (img->desc.n_ext == 1 && img->desc.ext[0].fname &&
                strcmp(img->desc.ext[0].fname, cl_basename(tflat)) == 0) {
         rc = cl_rename_noreplace(tflat, dflat);
-        if (rc == 0)
+        if (rc == 0) {
+            *flat_moved = true;
             rc = vmdk_desc_set_str(&img->desc.ext[0].fname, cl_basename(dflat));
+        }
     }
     if (rc == 0)
         rc = vmdk_desc_write(img);
@@ -171,6 +169,14 @@ static int cl_full(const char *src_path, const char *dst_path, const struct vd_c
         rc = -ENOMEM;
         goto out;
     }
+    struct stat st;
+    if (flat && lstat(flat, &st) == 0 && lstat(tmp, &st) == 0) {
+        /* DST-flat.vmdk beside our temporary descriptor (and no DST): a
+         * crash between the two renames of a publish left it; it was never
+         * part of a visible image */
+        log_info("%s: removing %s, left by an interrupted clone to this name", dst_path, flat);
+        (void)unlink(flat);
+    }
     if (flat && (rc = cl_refuse_existing(flat)) < 0)
         goto out;
     cl_remove_tmp(tmp); /* left by a crash: never visible as dst */
@@ -189,13 +195,16 @@ static int cl_full(const char *src_path, const char *dst_path, const struct vd_c
         rc = vd_close(dst);
         dst = NULL;
     }
+    bool flat_moved = false;
     if (rc == 0)
-        rc = cl_publish(tmp, dst_path);
+        rc = cl_publish(tmp, dst_path, &flat_moved);
 out_unlink:
     if (rc < 0) {
         vd_close(dst);
         dst = NULL;
         log_err("clone %s -> %s failed: %s", src_path, dst_path, strerror(-rc));
+        if (flat_moved && lstat(dst_path, &st) < 0)
+            (void)unlink(flat); /* ours, and no descriptor names it */
         cl_remove_tmp(tmp);
     }
 out:
@@ -272,6 +281,10 @@ static int cl_linked(const char *src_path, const char *dst_path)
         log_err("%s: a linked clone needs a VMDK source (this is raw)", src_path);
         return -ENOTSUP;
     }
+    /* the clone must be able to open its parent: refuse before freezing */
+    rc = vd_chain_path_allowed(dst_path, src_path);
+    if (rc < 0)
+        return rc;
     char *fpath = NULL, *hint = NULL;
     if (frozen) {
         fpath = strdup(src_path);
@@ -308,7 +321,7 @@ static int cl_linked(const char *src_path, const char *dst_path)
     cl_remove_tmp(tmp);
     rc = vmdk_create(tmp, &co);
     if (rc == 0)
-        rc = cl_publish(tmp, dst_path); /* opens the new chain: proves it works */
+        rc = cl_publish(tmp, dst_path, &(bool){false}); /* opens the new chain: proves it works */
     if (rc < 0)
         cl_remove_tmp(tmp);
     free(tmp);

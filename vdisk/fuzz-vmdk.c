@@ -193,7 +193,7 @@ int main(int argc, char **argv)
     snprintf(p, sizeof(p), "%s/seed0.vmdk", fuzz_dir);
     if (vd_open(p, VD_OPEN_RDONLY, &img) == 0) {
         snprintf(p, sizeof(p), "%s/seed5.vmdk", fuzz_dir);
-        if (vmdk_stream_write(img, p, NULL, false) == 0)
+        if (vd_stream_write(img, p, NULL, false) == 0)
             seeds[5].b = fuzz_slurp(p, &seeds[5].n);
         vd_close(img);
     }

@@ -46,10 +46,11 @@
  *   anyone has it open), and opens its own files without locks. A process
  *   serving the disk runs the operation itself between two requests
  *   (vd_snapshot_*_open -> vd_image_switch: flush, operate with the lock it
- *   already holds, reopen the path in place).
- * - Limits: the tree must fit the 10 KiB embedded descriptor and
- *   VD_MAX_DDB keys (49 snapshots), the chain VD_MAX_CHAIN images; both
- *   fail cleanly.
+ *   already holds, reopen the path in place through the chain opener).
+ * - Limits: the descriptor with the tree must fit half of the 10 KiB
+ *   embedded area (the other half holds the journal copy that makes every
+ *   rewrite crash-safe, vmdk_open.c): about 26 snapshots with short names;
+ *   the chain VD_MAX_CHAIN images; both fail cleanly.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -220,6 +221,12 @@ static int sn_meta_load(const struct vmdk_desc *d, struct vd_snap_list *l, const
             l->current = (int)id;
             continue;
         }
+        if (strcmp(k, "lastId") == 0) {
+            if (sn_parse_int(d->ddb[i].val, &id) < 0 || id < 0 || id > INT_MAX)
+                goto bad;
+            l->last_id = (int)id;
+            continue;
+        }
         if (sscanf(k, "%lld.%15s", &id, field) != 2 || id <= 0 || id > INT_MAX)
             continue; /* someone else's key: keep it, ignore it */
         if (sn_find_id(l, (int)id))
@@ -309,6 +316,13 @@ static int sn_meta_store(struct vmdk_desc *d, const struct vd_snap_list *l)
     if (rc == 0 && l->n) {
         snprintf(val, sizeof(val), "%d", l->current);
         rc = vmdk_desc_ddb_set(d, SN_PREFIX "current", val);
+    }
+    int last = l->last_id; /* ids are never reused, even after deletes */
+    for (int i = 0; i < l->n; i++)
+        last = MAX(last, l->s[i].id);
+    if (rc == 0 && last) {
+        snprintf(val, sizeof(val), "%d", last);
+        rc = vmdk_desc_ddb_set(d, SN_PREFIX "lastId", val);
     }
     return rc;
 }
@@ -474,12 +488,8 @@ int vd_snapshot_list(const char *path, struct vd_snap_list *out)
 
 static const char *sn_adapter(const struct vd_image *img)
 {
-    static const char *const known[] = {"ide", "lsilogic", "buslogic", "pvscsi", "legacyESX"};
     const char *a = vmdk_desc_ddb_get(&img->desc, "ddb.adapterType");
-    for (size_t i = 0; a && i < ARRAY_SIZE(known); i++)
-        if (strcmp(a, known[i]) == 0)
-            return a;
-    return NULL;
+    return vmdk_adapter_known(a) ? a : NULL;
 }
 
 static char *sn_tmp_path(const char *path)
@@ -519,11 +529,21 @@ static int sn_new_delta(const char *path, const struct vd_image *ref, uint64_t s
             rc = vmdk_desc_set_str(&t->desc.ext[0].fname, sn_basename(path));
         if (rc == 0)
             rc = sn_meta_store(&t->desc, l);
+        if (rc == 0) { /* the text must fit half of the area: every later
+                          rewrite of it is then crash-safe (journal) */
+            char *text = vmdk_desc_emit_sealed(&t->desc);
+            if (!text)
+                rc = -ENOMEM;
+            else if (t->desc_embedded && strlen(text) + 1 + 16 > t->desc_cap / 2)
+                rc = -ENOSPC;
+            free(text);
+        }
         if (rc == 0)
             rc = vmdk_desc_write(t);
         if (rc == -ENOSPC || rc == -E2BIG)
             log_err("%s: the snapshot tree (%d snapshots) no longer fits the descriptor "
-                    "(at most %d keys, %u bytes); delete some snapshots first",
+                    "(at most %d keys, and half of its %u bytes so that every rewrite is "
+                    "crash-safe: about 26 snapshots); delete some snapshots first",
                     path, l->n, VD_MAX_DDB, 20 * VD_SECTOR);
         int rc2 = vd_close(t);
         if (rc == 0)
@@ -603,7 +623,7 @@ int vd_snap_freeze(const char *path, const char *name, char **frozen_path, uint3
         rc = -EEXIST;
         goto out;
     }
-    int id = 1;
+    int id = l.last_id + 1; /* never reused: lastId survives deletes */
     for (int i = 0; i < l.n; i++)
         if (l.s[i].id >= id)
             id = l.s[i].id + 1;
@@ -795,7 +815,14 @@ static int sn_chain_has(const char *path, const char *real)
 {
     struct vd_image *img;
     log_clear_last_error();
-    int rc = sn_vd_open(path, VD_OPEN_RDONLY, &img);
+    /* the clone may sit in another folder: allow the frozen file's */
+    char *fdir = strdup(real), *s = fdir ? strrchr(fdir, '/') : NULL;
+    if (s)
+        *s = 0;
+    const char *roots[] = {fdir && *fdir ? fdir : "/"};
+    struct vd_open_opts o = {.roots = roots, .n_roots = 1};
+    int rc = vd_open_ex(path, VD_OPEN_RDONLY | VD_OPEN_NOLOCK, &o, &img);
+    free(fdir);
     if (rc < 0)
         return 1; /* cannot tell: keep it */
     int found = 0;
@@ -1036,6 +1063,22 @@ static int sn_consolidate_into(const char *cpath, const char *fpath, const char 
     }
     rc = vd_alloc_iterate(c->parent, sn_merge_cb, &m);
     free(m.buf);
+    /* A frozen file smaller than the child: past its end the child read
+     * zeroes; after the re-pointing it would read the grandparent there.
+     * Zero what the child does not hold itself (zeroed-grain entries, and
+     * the grain at the old end written with its bytes and zeroes). */
+    struct vd_image *gp = c->parent->parent;
+    uint64_t fend = c->parent->size;
+    if (rc == 0 && phint && gp && fend < c->size && gp->size > fend) {
+        uint64_t end = MIN(c->size, gp->size);
+        for (uint64_t off = fend; off < end && rc == 0;) {
+            struct vd_map cm;
+            rc = vd_map_local(c, off, end - off, &cm);
+            if (rc == 0 && cm.state == VD_MAP_UNALLOC)
+                rc = vd_write_zeroes(c, off, cm.len, 0);
+            off += cm.len;
+        }
+    }
     if (rc == 0)
         rc = vd_flush(c);
     if (rc == 0) {

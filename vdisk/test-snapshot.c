@@ -556,6 +556,30 @@ static void test_snapshot_open_switches_under_concurrent_io(void **state)
     free(b);
 }
 
+/* The header says ids are never reused: deleting the newest snapshot used
+ * to give its id (and its file name) to the next one. */
+static void test_snapshot_ids_never_reused(void **state)
+{
+    const char *disk = tpath("ids.vmdk");
+    struct vd_create_opts o = {.size = 1 << 20, .type = VD_TYPE_THIN};
+    assert_int_equal(vmdk_create(disk, &o), 0);
+    int id;
+    assert_int_equal(vd_snapshot_create(disk, "a", &id), 0);
+    assert_int_equal(id, 1);
+    assert_int_equal(vd_snapshot_create(disk, "b", &id), 0);
+    assert_int_equal(id, 2);
+    assert_int_equal(vd_snapshot_delete(disk, "b"), 0);
+    assert_int_equal(vd_snapshot_create(disk, "c", &id), 0);
+    assert_int_equal(id, 3);
+    struct stat st;
+    assert_int_equal(stat(tpath("ids-000003.vmdk"), &st), 0);
+    /* all deleted: still not reused */
+    assert_int_equal(vd_snapshot_delete(disk, "c"), 0);
+    assert_int_equal(vd_snapshot_delete(disk, "a"), 0);
+    assert_int_equal(vd_snapshot_create(disk, "d", &id), 0);
+    assert_int_equal(id, 4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -563,6 +587,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_snapshot_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_open_switches_under_concurrent_io, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_ids_never_reused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_linked_clone_blocks_delete_until_removed, setup,
                                         teardown),
     };

@@ -146,7 +146,7 @@ static void test_pread_nowait_serves_cached_declines_cold(void **state)
 
     /* a compressed grain (streamOptimized) is always declined */
     const char *sp = tpath("nowait-stream.vmdk");
-    assert_int_equal(vmdk_stream_write(img, sp, "lsilogic", false), 0);
+    assert_int_equal(vd_stream_write(img, sp, "lsilogic", false), 0);
     vd_close(img);
     assert_int_equal(vd_open(sp, VD_OPEN_RDONLY, &img), 0);
     assert_int_equal(vd_pread_nowait(img, b, 4096, 65536), -EAGAIN);
@@ -498,16 +498,16 @@ static void test_resize_sparse_grow_and_shrink_keep_data(void **state)
     assert_int_equal(vd_open(p, 0, &img), 0);
     assert_int_equal(vd_pwrite(img, w, sizeof(w), 1000000, 0), 0);
     vd_close(img);
-    assert_int_equal(vd_resize(p, 100 << 20, false), 0);
+    assert_int_equal(vd_resize(p, 100 << 20, 0), 0);
     assert_int_equal(vd_open(p, 0, &img), 0);
     assert_int_equal(vd_size(img), 100 << 20);
     assert_int_equal(vd_pread(img, r, sizeof(r), 1000000), 0);
     assert_memory_equal(w, r, sizeof(w));
     assert_int_equal(vd_pwrite(img, w, sizeof(w), 90 << 20, 0), 0);
     vd_close(img);
-    assert_int_equal(vd_resize(p, 1 << 20, false), -EINVAL);
-    assert_int_equal(vd_resize(p, 1960 * 512, true), 0);
-    assert_int_equal(vd_resize(p, 200 << 20, false), 0);
+    assert_int_equal(vd_resize(p, 1 << 20, 0), -EINVAL);
+    assert_int_equal(vd_resize(p, 1960 * 512, VD_RESIZE_SHRINK), 0);
+    assert_int_equal(vd_resize(p, 200 << 20, 0), 0);
     assert_int_equal(vd_open(p, VD_OPEN_RDONLY, &img), 0);
     assert_int_equal(vd_pread(img, r, sizeof(r), 1000000), 0);
     assert_memory_equal(w, r, 3520);

@@ -47,7 +47,9 @@ struct vd_image *vd_image_alloc(const char *path, unsigned flags)
     }
     img->flags = flags;
     img->ro = (flags & VD_OPEN_RDONLY) != 0;
+    img->io = &vd_io_posix;
     img->fd = -1;
+    img->dirh = -1;
     img->gran = 4096;
     pthread_mutex_init(&img->cid_lock, NULL);
     pthread_rwlockattr_t ra;
@@ -65,7 +67,9 @@ void vd_image_free(struct vd_image *img)
     if (img->kind == VD_KIND_VMDK)
         vmdk_close(img);
     if (img->fd >= 0)
-        close(img->fd);
+        VD_IO(img->io, close, img->fd);
+    if (img->dirh >= 0)
+        VD_IO(img->io, close, img->dirh);
     if (img->parent) {
         vd_image_free(img->parent);
         img->parent = NULL;
@@ -74,12 +78,91 @@ void vd_image_free(struct vd_image *img)
     pthread_rwlock_destroy(&img->io_lock);
     free(img->path);
     free(img->dir);
+    free(img->real_dir);
+    for (int i = 0; i < img->n_open_roots; i++)
+        free(img->open_roots[i]);
+    free(img->open_roots);
     free(img);
 }
 
 struct vd_image *vd_parent(const struct vd_image *img)
 {
     return img->parent;
+}
+
+bool vd_is_vmdk(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK;
+}
+
+const char *vd_create_type(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK && img->desc.create_type ? img->desc.create_type : "raw";
+}
+
+uint32_t vd_cid(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK ? img->desc.cid : 0;
+}
+
+uint32_t vd_parent_cid(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK ? img->desc.parent_cid : 0xffffffffu;
+}
+
+const char *vd_parent_hint(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK ? img->desc.parent_hint : NULL;
+}
+
+const char *vd_desc_key(const struct vd_image *img, const char *key)
+{
+    return img->kind == VD_KIND_VMDK ? vmdk_desc_ddb_get(&img->desc, key) : NULL;
+}
+
+uint64_t vd_allocated_bytes(const struct vd_image *img)
+{
+    struct vd_io_stat st;
+    uint64_t n = 0;
+    if (!img->desc_embedded && img->fd >= 0 && VD_IO(img->io, stat, img->fd, &st) == 0)
+        n += st.blocks;
+    for (int i = 0; i < img->n_ext; i++)
+        if (img->ext[i].fd >= 0 && img->ext[i].fd != img->fd &&
+            VD_IO(img->io, stat, img->ext[i].fd, &st) == 0)
+            n += st.blocks;
+    if (img->desc_embedded && img->fd >= 0 && VD_IO(img->io, stat, img->fd, &st) == 0)
+        n += st.blocks;
+    return n;
+}
+
+int vd_extent_count(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK ? img->n_ext : 0;
+}
+
+int vd_extent_get(const struct vd_image *img, int i, struct vd_extent_info *out)
+{
+    static const char *const names[] = {[VMDK_EXT_FLAT] = "FLAT", [VMDK_EXT_SPARSE] = "SPARSE",
+                                        [VMDK_EXT_ZERO] = "ZERO", [VMDK_EXT_VMFS] = "VMFS",
+                                        [VMDK_EXT_VMFSSPARSE] = "VMFSSPARSE",
+                                        [VMDK_EXT_SESPARSE] = "SESPARSE"};
+    if (i < 0 || i >= vd_extent_count(img))
+        return -EINVAL;
+    const struct vmdk_extent *e = &img->ext[i];
+    memset(out, 0, sizeof(*out));
+    out->path = e->path;
+    out->type = names[e->type];
+    out->start = e->start;
+    out->len = e->len;
+    if (e->sp) {
+        out->sparse = true;
+        out->grain_size = e->sp->grain_bytes;
+        out->compressed = e->sp->compressed;
+        out->zeroed_grain = e->sp->zero_grain;
+        out->cowd = e->sp->cowd;
+        out->version = e->sp->h.version;
+    }
+    return 0;
 }
 
 bool vd_buf_is_zero(const void *buf, size_t len)
@@ -101,17 +184,6 @@ bool vd_buf_is_zero(const void *buf, size_t len)
     return true;
 }
 
-/* A text descriptor: starts with the usual comment or has createType near
- * the top, and has no NUL byte in the part we looked at. */
-static bool vd_probe_text_desc(const uint8_t *b, size_t n)
-{
-    if (n >= 21 && memcmp(b, "# Disk DescriptorFile", 21) == 0)
-        return true;
-    if (memchr(b, 0, n))
-        return false;
-    return memmem(b, n, "createType", 10) != NULL && memmem(b, n, "version", 7) != NULL;
-}
-
 enum vd_lock_mode vd_lock_mode_for(unsigned flags, bool rw)
 {
     if (flags & VD_OPEN_NOLOCK)
@@ -119,74 +191,6 @@ enum vd_lock_mode vd_lock_mode_for(unsigned flags, bool rw)
     if (flags & VD_OPEN_SHARED)
         return VD_LOCK_SHARED;
     return rw ? VD_LOCK_WRITE : VD_LOCK_READ;
-}
-
-int vd_open_chain(const char *path, unsigned flags, int depth, char **seen, struct vd_image **out)
-{
-    *out = NULL;
-    if (flags & VD_OPEN_SHARED)
-        flags |= VD_OPEN_RDONLY;
-    struct vd_image *img = vd_image_alloc(path, flags);
-    if (!img)
-        return -ENOMEM;
-    int rc;
-    img->fd = open(path, (img->ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-    if (img->fd < 0) {
-        rc = -errno;
-        log_err("%s: cannot open: %s", path, strerror(-rc));
-        goto fail;
-    }
-    struct stat st;
-    if (fstat(img->fd, &st) < 0) {
-        rc = -errno;
-        log_err("%s: stat: %s", path, strerror(-rc));
-        goto fail;
-    }
-    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-        log_err("%s: not a regular file or block device", path);
-        rc = -EINVAL;
-        goto fail;
-    }
-    rc = vd_imagelock_take(img->fd, path, vd_lock_mode_for(flags, !img->ro));
-    if (rc < 0)
-        goto fail;
-    if (!(flags & VD_OPEN_RAW)) {
-        uint8_t first[512];
-        ssize_t n = pread(img->fd, first, sizeof(first), 0);
-        if (n < 0) {
-            rc = -errno;
-            log_err("%s: read of first sector: %s", path, strerror(-rc));
-            goto fail;
-        }
-        if ((n >= 4 && le32_get(first) == VMDK4_MAGIC) ||
-            (n >= 4 && memcmp(first, VMDK3_MAGIC_BYTES, 4) == 0) ||
-            vd_probe_text_desc(first, (size_t)n)) {
-            img->kind = VD_KIND_VMDK;
-            rc = vmdk_open(img, first, (size_t)n, depth, seen);
-            if (rc < 0)
-                goto fail;
-            *out = img;
-            return 0;
-        }
-    }
-    img->kind = VD_KIND_RAW;
-    if (S_ISBLK(st.st_mode)) {
-        off_t end = lseek(img->fd, 0, SEEK_END);
-        img->size = end > 0 ? (uint64_t)end : 0;
-    } else {
-        img->size = (uint64_t)st.st_size;
-    }
-    img->gran = 4096;
-    *out = img;
-    return 0;
-fail:
-    vd_image_free(img);
-    return rc;
-}
-
-int vd_open(const char *path, unsigned flags, struct vd_image **out)
-{
-    return vd_open_chain(path, flags, 0, NULL, out);
 }
 
 int vd_close(struct vd_image *img)
@@ -269,6 +273,7 @@ int vd_map_local(struct vd_image *img, uint64_t off, uint64_t len, struct vd_map
         m->len = n;
         return 0;
     case VMDK_EXT_VMFSSPARSE: /* not at run time */
+    case VMDK_EXT_SESPARSE:
     case VMDK_EXT_SPARSE:
         return vmdk_sparse_map(e, in, n, m);
     }
@@ -280,7 +285,7 @@ static int vd_read_mapped(struct vd_image *img, uint8_t *buf, uint64_t off, stru
 {
     switch (m->state) {
     case VD_MAP_DATA: {
-        int rc = pread_full(m->fd, buf, m->len, m->file_off);
+        int rc = VD_IO(img->io, pread, m->fd, buf, m->len, m->file_off);
         if (rc < 0)
             log_err("%s: read of %llu bytes at file offset %llu: %s",
                     m->ext ? m->ext->path : img->path, (unsigned long long)m->len,
@@ -350,24 +355,6 @@ static int vd_pread_common(struct vd_image *img, void *buf, size_t len, uint64_t
  * Tests make preadv2 miss through a link-time seam (test-nowait.h), not a
  * hook here. */
 
-static int vd_pread_nowait_fd(int fd, void *buf, size_t len, uint64_t off)
-{
-    uint8_t *p = buf;
-    while (len > 0) {
-        struct iovec iov = {.iov_base = p, .iov_len = len};
-        ssize_t n = preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT);
-        if (n <= 0) {
-            if (n < 0 && errno == EINTR)
-                continue;
-            return -EAGAIN; /* miss, EOF, EOPNOTSUPP, EIO: the caller retries blocking */
-        }
-        p += n;
-        off += (uint64_t)n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 static int vd_pread_nowait_common(struct vd_image *img, uint8_t *p, size_t len, uint64_t off)
 {
     if (off > img->size || len > img->size - off)
@@ -379,7 +366,11 @@ static int vd_pread_nowait_common(struct vd_image *img, uint8_t *p, size_t len, 
             return -EAGAIN;
         switch (m.state) {
         case VD_MAP_DATA:
-            rc = vd_pread_nowait_fd(m.fd, p, m.len, m.file_off);
+            rc = img->io->ops->pread_nowait
+                     ? VD_IO(img->io, pread_nowait, m.fd, p, m.len, m.file_off)
+                     : -EAGAIN;
+            if (rc < 0)
+                rc = -EAGAIN;
             break;
         case VD_MAP_ZERO:
             memset(p, 0, m.len);
@@ -440,10 +431,8 @@ int vd_sync_fd(struct vd_image *img, int fd, const char *path)
     int rc = vd_sync_failed(img);
     if (rc < 0)
         return rc;
-    if (fdatasync(fd) == 0)
-        return 0;
-    rc = -errno;
-    if (rc == -EINVAL || rc == -EROFS)
+    rc = VD_IO(img->io, flush, fd); /* special files (EINVAL, EROFS): 0 */
+    if (rc == 0)
         return 0;
     int zero = 0;
     __atomic_compare_exchange_n(&img->sync_err, &zero, rc, false, __ATOMIC_ACQ_REL,
@@ -485,6 +474,12 @@ static int vd_writable_extent(struct vd_image *img, struct vmdk_extent *e)
                 (unsigned long long)e->start);
         return -EROFS;
     }
+    if (e->type == VMDK_EXT_SPARSE && e->sp->sesparse) {
+        log_err("%s: %s: writing into seSparse extents is not supported (they are read as "
+                "parents; write to a delta above)",
+                img->path, e->path);
+        return -ENOTSUP;
+    }
     if (e->type == VMDK_EXT_SPARSE && e->sp->cowd) {
         log_err("%s: %s: writing into vmfsSparse (COWD) extents is not supported", img->path,
                 e->path);
@@ -513,6 +508,28 @@ static int vd_writable_range(struct vd_image *img, uint64_t off, uint64_t len)
     return 0;
 }
 
+/* A raw image whose format was probed (not given): refuse a write that
+ * would make sector 0 probe as a VMDK on the next open, where the guest
+ * would choose the parent and the extents (QEMU refuses the same). */
+static int vd_raw_guard_sector0(struct vd_image *img, const void *buf, size_t len, uint64_t off)
+{
+    uint8_t s0[VD_SECTOR];
+    size_t n = (size_t)MIN(img->size, VD_SECTOR);
+    int rc = VD_IO(img->io, pread, img->fd, s0, n, 0);
+    if (rc < 0) {
+        log_err("%s: read of sector 0: %s", img->path, strerror(-rc));
+        return rc;
+    }
+    memcpy(s0 + off, buf, MIN(len, n - off));
+    if (vd_probe_is_vmdk(s0, n)) {
+        log_err("%s: write to sector 0 refused: it would make this raw image (format probed, "
+                "not given) look like a VMDK; open it with --format raw to allow it",
+                img->path);
+        return -EPERM;
+    }
+    return 0;
+}
+
 static int vd_pwrite_unlocked(struct vd_image *img, const void *buf, size_t len, uint64_t off, unsigned flags)
 {
     if (img->ro) {
@@ -523,7 +540,9 @@ static int vd_pwrite_unlocked(struct vd_image *img, const void *buf, size_t len,
     if (rc < 0)
         return rc;
     if (img->kind == VD_KIND_RAW) {
-        rc = pwrite_full(img->fd, buf, len, off);
+        if (img->probed_raw && off < VD_SECTOR && (rc = vd_raw_guard_sector0(img, buf, len, off)) < 0)
+            return rc;
+        rc = VD_IO(img->io, pwrite, img->fd, buf, len, off);
         if (rc < 0) {
             log_err("%s: write of %zu bytes at offset %llu: %s", img->path, len,
                     (unsigned long long)off, strerror(-rc));
@@ -547,7 +566,7 @@ static int vd_pwrite_unlocked(struct vd_image *img, const void *buf, size_t len,
         if (e->type == VMDK_EXT_SPARSE) {
             rc = vmdk_sparse_write(img, e, p, n, in, flags);
         } else {
-            rc = pwrite_full(e->fd, p, n, e->file_off + in);
+            rc = VD_IO(img->io, pwrite, e->fd, p, n, e->file_off + in);
             if (rc < 0)
                 log_err("%s: write of %llu bytes at file offset %llu: %s", e->path,
                         (unsigned long long)n, (unsigned long long)(e->file_off + in),
@@ -567,14 +586,13 @@ static int vd_pwrite_unlocked(struct vd_image *img, const void *buf, size_t len,
 /* Zero a range of a plain file: punch (or ZERO_RANGE when keep_alloc),
  * falling back to writing zeroes, 1 MiB at a time; with `fast` (FAST_ZERO)
  * -ENOTSUP instead of the fallback. */
-static int vd_fd_zero(int fd, const char *path, uint64_t off, uint64_t len, bool keep_alloc,
-                      bool fast)
+static int vd_fd_zero(const struct vd_io *io, int fd, const char *path, uint64_t off,
+                      uint64_t len, bool keep_alloc, bool fast)
 {
-    int mode = FALLOC_FL_KEEP_SIZE | (keep_alloc ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE);
-    if (fallocate(fd, mode, (off_t)off, (off_t)len) == 0)
+    int rc = VD_IO(io, punch, fd, off, len, keep_alloc);
+    if (rc == 0)
         return 0;
-    if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL && errno != ENODEV) {
-        int rc = -errno;
+    if (rc != -EOPNOTSUPP) {
         log_err("%s: fallocate of %llu bytes at %llu: %s", path, (unsigned long long)len,
                 (unsigned long long)off, strerror(-rc));
         return rc;
@@ -584,7 +602,7 @@ static int vd_fd_zero(int fd, const char *path, uint64_t off, uint64_t len, bool
     static const uint8_t zero[1 << 20];
     while (len > 0) {
         size_t n = (size_t)MIN(len, sizeof(zero));
-        int rc = pwrite_full(fd, zero, n, off);
+        rc = VD_IO(io, pwrite, fd, zero, n, off);
         if (rc < 0) {
             log_err("%s: write of zeroes at %llu: %s", path, (unsigned long long)off,
                     strerror(-rc));
@@ -606,7 +624,7 @@ static int vd_write_zeroes_unlocked(struct vd_image *img, uint64_t off, uint64_t
     if (rc < 0 || len == 0)
         return rc;
     if (img->kind == VD_KIND_RAW) {
-        rc = vd_fd_zero(img->fd, img->path, off, len, (flags & VD_NO_HOLE) != 0,
+        rc = vd_fd_zero(img->io, img->fd, img->path, off, len, (flags & VD_NO_HOLE) != 0,
                         (flags & VD_ZERO_FAST) != 0);
         return (rc == 0 && (flags & VD_FUA)) ? vd_fd_sync(img, img->fd, img->path) : rc;
     }
@@ -626,7 +644,8 @@ static int vd_write_zeroes_unlocked(struct vd_image *img, uint64_t off, uint64_t
             rc = vmdk_sparse_zero(img, e, in, n, flags);
         } else {
             /* flat stays allocated */
-            rc = vd_fd_zero(e->fd, e->path, e->file_off + in, n, true, (flags & VD_ZERO_FAST) != 0);
+            rc = vd_fd_zero(img->io, e->fd, e->path, e->file_off + in, n, true,
+                            (flags & VD_ZERO_FAST) != 0);
             if (rc == 0 && (flags & VD_FUA))
                 rc = vd_fd_sync(img, e->fd, e->path);
         }
@@ -655,7 +674,7 @@ static int vd_discard_unlocked(struct vd_image *img, uint64_t off, uint64_t len)
         if (e->type == VMDK_EXT_SPARSE)
             rc = vmdk_sparse_discard(img, e, in, n);
         else /* flat stays allocated */
-            rc = vd_fd_zero(e->fd, e->path, e->file_off + in, n, true, false);
+            rc = vd_fd_zero(img->io, e->fd, e->path, e->file_off + in, n, true, false);
         off += n;
         len -= n;
     }
@@ -663,11 +682,13 @@ static int vd_discard_unlocked(struct vd_image *img, uint64_t off, uint64_t len)
 }
 
 /* Status of a prefix of [off, off+len) of a plain file: data or hole. */
-static int vd_fd_status(int fd, uint64_t off, uint64_t len, uint64_t *n, unsigned *status)
+static int vd_fd_status(const struct vd_io *io, int fd, uint64_t off, uint64_t len, uint64_t *n,
+                        unsigned *status)
 {
-    off_t d = lseek(fd, (off_t)off, SEEK_DATA);
-    if (d < 0) {
-        if (errno == ENXIO) { /* hole to EOF */
+    uint64_t d, h;
+    int rc = VD_IO(io, seek, fd, off, true, &d);
+    if (rc < 0) {
+        if (rc == -ENXIO) { /* hole to EOF */
             *n = len;
             *status = VD_STATUS_HOLE | VD_STATUS_ZERO;
             return 0;
@@ -676,16 +697,15 @@ static int vd_fd_status(int fd, uint64_t off, uint64_t len, uint64_t *n, unsigne
         *status = 0;
         return 0;
     }
-    if ((uint64_t)d > off) {
-        *n = MIN(len, (uint64_t)d - off);
+    if (d > off) {
+        *n = MIN(len, d - off);
         *status = VD_STATUS_HOLE | VD_STATUS_ZERO;
         return 0;
     }
-    off_t h = lseek(fd, (off_t)off, SEEK_HOLE);
-    if (h < 0 || (uint64_t)h <= off)
+    if (VD_IO(io, seek, fd, off, false, &h) < 0 || h <= off)
         *n = len;
     else
-        *n = MIN(len, (uint64_t)h - off);
+        *n = MIN(len, h - off);
     *status = 0;
     return 0;
 }
@@ -702,7 +722,7 @@ static int vd_status_step(struct vd_image *img, uint64_t off, uint64_t len, uint
     switch (m.state) {
     case VD_MAP_DATA:
         if (img->kind == VD_KIND_RAW || (m.ext && m.ext->type != VMDK_EXT_SPARSE)) {
-            rc = vd_fd_status(m.fd, m.file_off, m.len, n, status);
+            rc = vd_fd_status(img->io, m.fd, m.file_off, m.len, n, status);
             if (rc == 0 && (*status & VD_STATUS_HOLE) && img->kind != VD_KIND_RAW)
                 *status = VD_STATUS_ZERO; /* a flat extent is allocated to the guest */
             return rc;
@@ -865,12 +885,12 @@ int vd_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *
  * new image was opened without them, while the old one held its own). */
 static int vd_image_lock_chain(struct vd_image *img, unsigned flags)
 {
-    int rc = vd_imagelock_take(img->fd, img->path, vd_lock_mode_for(flags, !img->ro));
+    int rc = vd_image_lock_file(img->io, img->fd, img->path, vd_lock_mode_for(flags, !img->ro));
     for (int i = 0; i < img->n_ext && rc == 0; i++) {
         struct vmdk_extent *e = &img->ext[i];
-        if (e->fd >= 0 && strcmp(e->path, img->path) != 0)
-            rc = vd_imagelock_take(e->fd, e->path,
-                                   vd_lock_mode_for(flags, !img->ro && e->access == VMDK_ACC_RW));
+        if (e->fd >= 0 && e->fd != img->fd) /* an embedded extent shares the top's file */
+            rc = vd_image_lock_file(img->io, e->fd, e->path,
+                                    vd_lock_mode_for(flags, !img->ro && e->access == VMDK_ACC_RW));
     }
     if (rc == 0 && img->parent)
         rc = vd_image_lock_chain(img->parent, (flags & ~VD_OPEN_NOLOCK) | VD_OPEN_RDONLY);
@@ -915,7 +935,12 @@ int vd_image_switch(struct vd_image *img, int (*op)(const char *path, void *arg)
      * the live delta's grains through another open), the disk is what the
      * path holds now: reopen it. */
     struct vd_image *n = NULL;
-    int orc = vd_open(img->path, flags | VD_OPEN_NOLOCK, &n);
+    /* through the chain opener, as the first open: the same backend and
+     * the same allowed roots (a changed chain is confined like any other) */
+    struct vd_open_opts oo = {.io = img->io,
+                              .roots = (const char *const *)img->open_roots,
+                              .n_roots = img->n_open_roots};
+    int orc = vd_open_ex(img->path, flags | VD_OPEN_NOLOCK, &oo, &n);
     if (orc == 0 && n->size != img->size) {
         log_err("%s: the disk is %llu bytes after the snapshot operation, %llu before: an "
                 "export cannot change size; restart the server",

@@ -1,5 +1,6 @@
-/* vdisk internals: shared by the engine files (vdisk.c, vmdk_*.c) and by the
- * snapshot/clone code and the `vdisk` tool. Not a stable API.
+/* vdisk internals: shared by the engine files (vdisk.c, vd_*.c, vmdk_*.c), the
+ * snapshot/clone code and the unit tests in vdisk/. Nothing outside vdisk/
+ * includes it: tools and tests use vdisk.h. Not a stable API.
  *
  * Object model
  *   struct vd_image   one opened image file (raw, or a VMDK descriptor with
@@ -32,6 +33,9 @@
 #define VD_MAX_CHAIN 64        /* deepest parent chain we follow */
 #define VD_MAX_DESC (1u << 20) /* largest descriptor we parse (bytes) */
 #define VD_MAX_EXTENTS 4096
+/* grain tables cached by one whole chain (every sparse extent of every
+ * image): a hostile chain of huge sparse extents fails the open instead */
+#define VD_MAX_CHAIN_GT_BYTES (2ull << 30)
 #define VD_MAX_DDB 256
 /* vd_open flag for snapshot.c only: open a frozen image (ddb.frozen) for
  * writing; without it such an image opens read-only or not at all. */
@@ -112,7 +116,8 @@ enum vmdk_ext_type {
     VMDK_EXT_SPARSE,
     VMDK_EXT_ZERO,
     VMDK_EXT_VMFS,
-    VMDK_EXT_VMFSSPARSE
+    VMDK_EXT_VMFSSPARSE,
+    VMDK_EXT_SESPARSE /* ESXi seSparse delta extent (read-only) */
 };
 enum vmdk_access { VMDK_ACC_RW, VMDK_ACC_RDONLY, VMDK_ACC_NOACCESS };
 
@@ -167,6 +172,9 @@ struct vmdk_sparse {
     bool compressed;      /* streamOptimized: grains are deflate + marker */
     bool zero_grain;      /* GTE 1 means zeroed grain */
     bool cowd;            /* ESX COWD extent: read-only here */
+    bool sesparse;        /* ESXi seSparse extent: read-only here; its 64-bit
+                             tables are translated into gt[] at open */
+    uint64_t file_size;   /* bytes, at open */
     uint64_t file_end;    /* bytes; next grain goes here; under alloc_lock */
     uint64_t durable_end; /* bytes: the file was extended (and fdatasync'ed)
                              ahead of new grains up to here in this session,
@@ -204,7 +212,8 @@ struct vmdk_extent {
     uint64_t start;         /* bytes into the virtual disk */
     uint64_t len;           /* bytes */
     char *path;             /* file path (resolved beside the descriptor) */
-    int fd;                 /* -1 for ZERO */
+    const struct vd_io *io; /* the backend fd belongs to */
+    int fd;                 /* backend handle; -1 for ZERO */
     uint64_t file_off;      /* FLAT: byte offset of the extent in the file */
     struct vmdk_sparse *sp; /* SPARSE only */
 };
@@ -232,7 +241,13 @@ struct vd_image {
      * switch (vd_image_switch) exchanges it, in place, with a freshly opened
      * image's, so pointers to this struct (an NBD export's) stay valid. */
     char *path;
-    char *dir; /* folder holding the descriptor */
+    char *dir;      /* folder holding the descriptor, as named ("" or ".../") */
+    char *real_dir; /* the same folder, absolute and normalised (no '/' at the end) */
+    const struct vd_io *io;
+    int dirh; /* backend handle of that folder, -1 if none */
+    bool has_desc; /* a real descriptor (not a bare extent): its CID means something */
+    bool desc_torn;  /* embedded descriptor read from its journal copy (vmdk_open.c) */
+    bool probed_raw; /* raw by probe and name, not by the caller's word: sector 0 guarded */
     unsigned flags;
     bool ro;
     enum vd_kind kind;
@@ -252,6 +267,9 @@ struct vd_image {
      * writeback error once per open file, so a later sync that succeeds
      * proves nothing about the writes before the failure (vd_sync_fd). */
     int sync_err;
+    /* the roots the caller gave vd_open_ex (vd_open_opts), for a reopen */
+    char **open_roots;
+    int n_open_roots;
     /* ---- not exchanged by a live switch (add state fields above) ---- */
     pthread_mutex_t cid_lock;
     /* Held shared by every I/O call (vd_pread, vd_pwrite, vd_flush, ...),
@@ -285,9 +303,38 @@ int vd_sync_fd(struct vd_image *img, int fd, const char *path);
 int vd_sync_failed(struct vd_image *img);
 struct vd_image *vd_image_alloc(const char *path, unsigned flags);
 void vd_image_free(struct vd_image *img);
-struct vd_image *vd_parent(const struct vd_image *img);
-/* Open with a list of ancestor real paths for loop detection. */
-int vd_open_chain(const char *path, unsigned flags, int depth, char **seen, struct vd_image **out);
+
+/* vd_chain.c: state of one vd_open_ex() while it opens a chain. */
+struct vd_chain {
+    const struct vd_io *io;
+    char **roots; /* normalised absolute folders; roots[0] is the top image's */
+    int n_roots;
+    struct {
+        uint64_t dev, ino;
+    } *files; /* every file opened so far */
+    int n_files, cap_files;
+    int depth;         /* of the image being opened; 0 = top */
+    uint64_t gt_bytes; /* grain tables cached so far */
+};
+/* Open `name` (relative to the absolute folder from_dir, or absolute) for a
+ * chain: confined to c->roots, no symbolic links, regular files only, each
+ * file once. `what` prefixes messages. Optional outs: the normalised path,
+ * its folder, and a handle of that folder. */
+int vd_chain_open_file(struct vd_chain *c, const char *what, const char *from_dir,
+                       const char *name, bool rw, int *h, char **path_out, char **dir_out,
+                       int *dirh_out);
+/* 0 if an image at image_path may name target (an existing file) as its
+ * parent under the process-wide roots, else -EPERM with a message. */
+int vd_chain_path_allowed(const char *image_path, const char *target);
+/* Take QEMU's image locks (`mode`) on the open file h of a chain through
+ * the backend's imagelock op (none: 0); -EBUSY naming the holder. */
+int vd_image_lock_file(const struct vd_io *io, int h, const char *path, enum vd_lock_mode mode);
+/* Would this first sector make the probe say VMDK? */
+bool vd_probe_is_vmdk(const uint8_t *first, size_t n);
+/* Does the file name say raw (.raw, .img, ...)? */
+bool vd_name_says_raw(const char *path);
+/* Open img's parent (parentFileNameHint), checking its CID. */
+int vd_chain_open_parent(struct vd_chain *c, struct vd_image *img);
 
 /* Map [off, off+len) of THIS image only (no chain). len > 0; returns 0 and
  * m->len in (0, len]. */
@@ -304,9 +351,17 @@ int vd_copy_range(struct vd_image *src, struct vd_image *dst, uint64_t off, uint
 bool vd_buf_is_zero(const void *buf, size_t len);
 
 /* vmdk_open.c: open a VMDK (header/descriptor already probed). */
-int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, int depth, char **seen);
+int vmdk_open(struct vd_image *img, const uint8_t *first, size_t first_len, struct vd_chain *c);
 void vmdk_close(struct vd_image *img);
-/* Rewrite the descriptor (embedded or separate file) from img->desc. */
+/* An embedded descriptor area of `cap` bytes (NUL-padded): text and len get
+ * the text to parse: the area's own (0), or its journal copy when the text
+ * was torn by a crash (1, logged); -EUCLEAN when neither is whole. */
+int vmdk_desc_recover(const char *area, size_t cap, size_t *len, const char **text,
+                      const char *what);
+/* Emit d with its checksum key (ddb.vdisk.descriptorCRC) set. */
+char *vmdk_desc_emit_sealed(struct vmdk_desc *d);
+/* Rewrite the descriptor (embedded or separate file) from img->desc, never
+ * leaving a torn one after a crash (vmdk_open.c "descriptor rewrite"). */
 int vmdk_desc_write(struct vd_image *img);
 /* Update CID once per open, before the first write (as QEMU does). */
 int vmdk_cid_touch(struct vd_image *img);
@@ -315,7 +370,8 @@ int vmdk_cid_touch(struct vd_image *img);
 int vmdk_sparse_open(struct vmdk_extent *e, const char *what);
 void vmdk_sparse_free(struct vmdk_sparse *sp);
 /* streamOptimized: decode the footer header (at end - 1024) into h. */
-int vmdk_sparse_read_footer(int fd, uint64_t fsize, struct vmdk4_header *h, const char *what);
+int vmdk_sparse_read_footer(const struct vd_io *io, int fd, uint64_t fsize, struct vmdk4_header *h,
+                            const char *what);
 int vmdk_sparse_map(struct vmdk_extent *e, uint64_t off, uint64_t len, struct vd_map *m);
 int vmdk_sparse_read_compressed(struct vmdk_extent *e, uint64_t file_off, uint64_t grain,
                                 uint8_t *out);
@@ -339,44 +395,16 @@ int vmdk_sparse_flush(struct vmdk_extent *e);
  * extent meanwhile. */
 int vmdk_sparse_trim_ahead(struct vmdk_extent *e);
 
-/* vmdk_create.c */
-enum vd_type { VD_TYPE_THIN, VD_TYPE_THICK, VD_TYPE_EAGER, VD_TYPE_STREAM /* convert only */ };
-struct vd_create_opts {
-    uint64_t size; /* bytes, rounded up to 512 */
-    enum vd_type type;
-    const char *adapter;     /* "ide", "lsilogic", "buslogic", "pvscsi"; NULL: lsilogic */
-    const char *parent_hint; /* delta disk: parentFileNameHint (thin only) */
-    uint32_t parent_cid;     /* with parent_hint */
-    bool no_zero_grain;      /* do not set the zeroed-grain flag (version 1) */
-};
-/* Create an image file (never overwrites: -EEXIST). */
+/* vmdk_create.c (enum vd_type, struct vd_create_opts: vdisk.h) */
+/* Create a VMDK image file (never overwrites: -EEXIST); vd_create is the
+ * public name. */
 int vmdk_create(const char *path, const struct vd_create_opts *o);
-int vd_create_raw(const char *path, uint64_t size);
-/* Grow (or shrink with allow_shrink) an image; not concurrent with I/O. */
-int vd_resize(const char *path, uint64_t size, bool allow_shrink);
 uint32_t vmdk_random_cid(void);
+/* ddb.adapterType values QEMU and the VMDK specification know. */
+bool vmdk_adapter_known(const char *adapter);
+/* ddb.geometry.cylinders for `sectors` with `heads` heads and 63 sectors
+ * per track; IDE (16 heads) capped at 16383. */
+uint64_t vmdk_geometry_cylinders(uint64_t sectors, unsigned heads);
 
-/* vmdk_stream.c: write src as a new streamOptimized image (one pass). */
-int vmdk_stream_write(struct vd_image *src, const char *path, const char *adapter, bool progress);
-
-/* vmdk_check.c */
-struct vd_check_report {
-    unsigned errors;     /* problems found */
-    unsigned repaired;   /* fixed by --repair */
-    unsigned repairable; /* of the errors: --repair knows the fix (crash
-                            leftovers: primary vs redundant, uncleanShutdown) */
-    unsigned leaks;      /* informational */
-};
-/* json may be NULL; messages go through log_err / the report callback. */
-struct json;
-/* Copy every byte of src that does not read as zeroes into dst (a fresh image
- * that reads as zeroes), in pieces of gs bytes, skipping all-zero pieces so they
- * stay unallocated; a progress meter named `what`. */
-int vd_copy_sparse(struct vd_image *src, struct vd_image *dst, uint64_t gs, const char *what,
-                   bool progress);
-
-#define VD_CHECK_REPAIR 1u   /* fix what is safe (true works too) */
-#define VD_CHECK_PROGRESS 2u /* draw the progress meter even when stderr is not a terminal */
-int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_report *r);
 
 #endif

@@ -44,6 +44,12 @@
 #include "util.h"
 #include "vdisk_internal.h"
 
+/* bounds for a hostile header: what one check may allocate, and how many
+ * grain tables (each is one read) it may walk; a 2 TiB disk of 64 KiB
+ * grains and 512-entry tables has 65536 tables and needs 264 MiB */
+#define VD_CHECK_MAX_BYTES (2ull << 30)
+#define VD_CHECK_MAX_GTS (1u << 22)
+
 struct vd_checker {
     struct json *j;
     struct vd_check_report *r;
@@ -151,13 +157,19 @@ static int vd_wr_entry(int fd, uint64_t sector, uint64_t idx, uint32_t v)
 
 static int vd_check_sparse(struct vd_checker *c, const char *path)
 {
-    int fd = open(path, (c->repair ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    /* never hang on a FIFO, never follow a link an extent name made */
+    int fd = open(path, (c->repair ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
     if (fd < 0) {
-        vd_problem(c, false, path, "cannot open: %s", strerror(errno));
+        vd_problem(c, false, path, "cannot open: %s",
+                   errno == ELOOP ? "is a symbolic link" : strerror(errno));
         return 0;
     }
     struct stat st;
-    fstat(fd, &st);
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        vd_problem(c, false, path, "is not a regular file");
+        close(fd);
+        return 0;
+    }
     uint64_t fsize = (uint64_t)st.st_size;
     struct vmdk4_header_disk hd;
     struct vmdk4_header h;
@@ -177,7 +189,7 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
     if (h.gd_offset == VMDK4_GD_AT_END) {
         /* streamOptimized: the footer near the end holds the real header */
         log_clear_last_error();
-        if (vmdk_sparse_read_footer(fd, fsize, &h, path) < 0) {
+        if (vmdk_sparse_read_footer(&vd_io_posix, fd, fsize, &h, path) < 0) {
             vd_problem(c, false, path, "footer: %s", log_last_error());
             goto out;
         }
@@ -196,9 +208,15 @@ static int vd_check_sparse(struct vd_checker *c, const char *path)
     uint64_t ngt = DIV_ROUND_UP(grains, h.num_gtes_per_gt);
     uint64_t per = h.num_gtes_per_gt;
     uint64_t gt_sec = DIV_ROUND_UP(per * 4, VD_SECTOR);
-    if (ngt * per * 4 > (1ull << 30)) {
-        vd_problem(c, false, path, "header: capacity %" PRIu64 " needs too many grain tables",
-                   h.capacity);
+    /* memory: both directories, both table copies, two metadata ranges per
+     * table; tiny tables (numGTEsPerGT 1) mean one table per grain */
+    uint64_t need = ngt * (4 + 4 + 2 * sizeof(struct vd_range)) + ngt * per * 4 * 2;
+    if (ngt * per * 4 > (1ull << 30) || ngt > VD_CHECK_MAX_GTS || need > VD_CHECK_MAX_BYTES) {
+        vd_problem(c, false, path,
+                   "header: capacity %" PRIu64 " sectors in %" PRIu64 " grain tables of %" PRIu64
+                   " entries would take %" PRIu64 " MiB to check (more than %llu MiB, or more "
+                   "than %u tables)",
+                   h.capacity, ngt, per, need >> 20, VD_CHECK_MAX_BYTES >> 20, VD_CHECK_MAX_GTS);
         goto out;
     }
     gd = calloc(ngt, 4);
@@ -385,11 +403,17 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
                            .r = r,
                            .repair = (flags & VD_CHECK_REPAIR) != 0,
                            .progress = (flags & VD_CHECK_PROGRESS) != 0};
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         int rc = -errno;
         log_err("%s: cannot open: %s", path, strerror(-rc));
         return rc;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))) {
+        log_err("%s: not a regular file or block device", path);
+        close(fd);
+        return -EINVAL;
     }
     /* QEMU's image locks for the whole check: a reader's, a writer's for
      * --repair (an image in use is refused, as by qemu-img check) */
@@ -400,8 +424,6 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
     }
     uint8_t first[512];
     ssize_t n = pread(fd, first, sizeof(first), 0);
-    struct stat st;
-    fstat(fd, &st);
     if (j) {
         json_obj_begin(j, NULL);
         json_str(j, "file", path);
@@ -410,7 +432,16 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
     int rc = 0;
     bool sparse = n >= 4 && le32_get(first) == VMDK4_MAGIC;
     const char *fmt = "vmdk";
-    if (sparse) {
+    if (flags & VD_CHECK_RAW) {
+        fmt = "raw"; /* the user's word: nothing to check */
+    } else if (!vd_probe_is_vmdk(first, n > 0 ? (size_t)n : 0) &&
+               ((flags & VD_CHECK_VMDK) || !(S_ISBLK(st.st_mode) || vd_name_says_raw(path)))) {
+        /* never "0 problems" for a damaged VMDK taken for raw */
+        fmt = "unknown";
+        vd_problem(&c, false, path,
+                   "not a VMDK (no KDMV/COWD magic, no descriptor: magic damaged?) and the name "
+                   "does not say raw; give --format raw if it is a raw disk");
+    } else if (sparse) {
         rc = vd_check_sparse(&c, path);
     } else if (n >= 4 && memcmp(first, VMDK3_MAGIC_BYTES, 4) == 0) {
         ; /* ESX COWD extent: validated by the open below */
@@ -437,7 +468,8 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
                     struct stat es;
                     if (stat(ep, &es) < 0)
                         vd_problem(&c, false, ep, "extent %d: missing (%s)", i, strerror(errno));
-                    else if (d.ext[i].type == VMDK_EXT_VMFSSPARSE)
+                    else if (d.ext[i].type == VMDK_EXT_VMFSSPARSE ||
+                             d.ext[i].type == VMDK_EXT_SESPARSE)
                         ; /* COWD: checked by the open below */
                     else if (d.ext[i].type == VMDK_EXT_SPARSE)
                         rc = vd_check_sparse(&c, ep);
@@ -465,12 +497,26 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
         log_clear_last_error();
         enum log_level lv = log_get_level();
         log_set_level(LOG_LVL_ERR);
-        int orc = vd_open(path, VD_OPEN_RDONLY, &img);
+        int orc = vd_open(path, VD_OPEN_RDONLY | VD_OPEN_VMDK, &img);
         log_set_level(lv);
-        if (orc < 0)
+        if (orc < 0) {
             vd_problem(&c, false, path, "open: %s", log_last_error());
-        else
+        } else {
+            bool torn = img->desc_torn;
             vd_close(img);
+            bool fixed = false;
+            if (torn && c.repair) { /* a writable open writes the journal's text back */
+                log_set_level(LOG_LVL_ERR);
+                fixed = vd_open(path, VD_OPEN_VMDK, &img) == 0;
+                log_set_level(lv);
+                if (fixed)
+                    fixed = vd_close(img) == 0;
+            }
+            if (torn)
+                vd_fixable(&c, fixed, path,
+                           "descriptor: torn by a crash during a rewrite (its checksum does not "
+                           "match); the journal copy of the new text is whole and is used");
+        }
     }
     if (j) {
         json_arr_end(j);

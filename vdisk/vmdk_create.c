@@ -36,11 +36,19 @@ static const char *vd_basename(const char *p)
     return s ? s + 1 : p;
 }
 
+uint64_t vmdk_geometry_cylinders(uint64_t sectors, unsigned heads)
+{
+    uint64_t c = sectors / ((uint64_t)heads * 63);
+    /* ATA CHS addresses at most 16383 cylinders (16 heads, 63 sectors):
+     * larger IDE disks report that and are addressed by LBA */
+    return heads == 16 ? MIN(c, 16383) : c;
+}
+
 static int vd_desc_geometry(struct vmdk_desc *d, uint64_t sectors, const char *adapter)
 {
     unsigned heads = strcmp(adapter, "ide") == 0 ? 16 : 255;
     char buf[32];
-    snprintf(buf, sizeof(buf), "%" PRIu64, sectors / (heads * 63));
+    snprintf(buf, sizeof(buf), "%" PRIu64, vmdk_geometry_cylinders(sectors, heads));
     int rc = vmdk_desc_ddb_set(d, "ddb.geometry.cylinders", buf);
     snprintf(buf, sizeof(buf), "%u", heads);
     if (rc == 0)
@@ -67,7 +75,8 @@ static int vd_desc_init(struct vmdk_desc *d, const struct vd_create_opts *o, uin
         rc = vd_desc_geometry(d, sectors, adapter);
     if (rc == 0)
         rc = vmdk_desc_ddb_set(d, "ddb.adapterType", adapter);
-    if (rc == 0) { /* random (version 4) UUID, as VMware records for each disk */
+    if (rc == 0) { /* random UUID in VMware's own key and layout (ddb.uuid.image
+                      is VirtualBox's): 16 hex bytes, a dash after the 8th */
         uint8_t u[16];
         for (int i = 0; i < 16; i += 4) {
             uint32_t r = vmdk_random_cid();
@@ -75,12 +84,12 @@ static int vd_desc_init(struct vmdk_desc *d, const struct vd_create_opts *o, uin
         }
         u[6] = (uint8_t)((u[6] & 0x0f) | 0x40);
         u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
-        char buf[40];
+        char buf[64];
         snprintf(buf, sizeof(buf),
-                 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
-                 u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
-                 u[15]);
-        rc = vmdk_desc_ddb_set(d, "ddb.uuid.image", buf);
+                 "%02x %02x %02x %02x %02x %02x %02x %02x-%02x %02x %02x %02x %02x %02x %02x %02x",
+                 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12],
+                 u[13], u[14], u[15]);
+        rc = vmdk_desc_ddb_set(d, "ddb.uuid", buf);
     }
     return rc;
 }
@@ -100,11 +109,14 @@ static int vd_add_extent(struct vmdk_desc *d, enum vmdk_ext_type t, uint64_t sec
     return 0;
 }
 
+/* New files are made through the POSIX backend (the user's paths). */
+static const struct vd_io *const vc_io = &vd_io_posix;
+
 static int vd_create_file(const char *path, int *fd)
 {
-    *fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (*fd < 0) {
-        int rc = -errno;
+    int rc = VD_IO(vc_io, open, VD_IO_CWD, path, VD_IO_RDWR | VD_IO_CREATE, fd);
+    if (rc < 0) {
+        *fd = -1;
         log_err("%s: cannot create: %s", path, strerror(-rc));
         return rc;
     }
@@ -116,11 +128,10 @@ int vd_create_raw(const char *path, uint64_t size)
     int fd, rc = vd_create_file(path, &fd);
     if (rc < 0)
         return rc;
-    if (ftruncate(fd, (off_t)size) < 0) {
-        rc = -errno;
+    rc = VD_IO(vc_io, truncate, fd, size);
+    if (rc < 0)
         log_err("%s: truncate to %" PRIu64 " bytes: %s", path, size, strerror(-rc));
-    }
-    close(fd);
+    VD_IO(vc_io, close, fd);
     if (rc < 0)
         unlink(path);
     return rc;
@@ -146,7 +157,8 @@ static void vd_sparse_layout(uint64_t cap, uint64_t at, struct vd_sparse_layout 
 
 /* Write both directories (pointing at their tables) and optionally both
  * table sets from `gt` (gt_count * 512 entries, host order). */
-static int vd_sparse_write_tables(int fd, const struct vd_sparse_layout *l, const uint32_t *gt)
+static int vd_sparse_write_tables(const struct vd_io *io, int fd, const struct vd_sparse_layout *l,
+                                  const uint32_t *gt)
 {
     size_t gdb = (size_t)(l->gd_sectors * VD_SECTOR);
     uint8_t *gd = calloc(1, gdb), *rgd = calloc(1, gdb);
@@ -159,9 +171,9 @@ static int vd_sparse_write_tables(int fd, const struct vd_sparse_layout *l, cons
         le32_put(rgd + i * 4, (uint32_t)(l->rgt + i * 4));
         le32_put(gd + i * 4, (uint32_t)(l->gt + i * 4));
     }
-    rc = pwrite_full(fd, rgd, gdb, l->rgd * VD_SECTOR);
+    rc = VD_IO(io, pwrite, fd, rgd, gdb, l->rgd * VD_SECTOR);
     if (rc == 0)
-        rc = pwrite_full(fd, gd, gdb, l->gd * VD_SECTOR);
+        rc = VD_IO(io, pwrite, fd, gd, gdb, l->gd * VD_SECTOR);
     if (rc == 0 && gt) {
         size_t n = (size_t)(l->gt_count * 512);
         uint8_t *t = malloc(n * 4);
@@ -171,9 +183,9 @@ static int vd_sparse_write_tables(int fd, const struct vd_sparse_layout *l, cons
         }
         for (size_t i = 0; i < n; i++)
             le32_put(t + i * 4, gt[i]);
-        rc = pwrite_full(fd, t, n * 4, l->rgt * VD_SECTOR);
+        rc = VD_IO(io, pwrite, fd, t, n * 4, l->rgt * VD_SECTOR);
         if (rc == 0)
-            rc = pwrite_full(fd, t, n * 4, l->gt * VD_SECTOR);
+            rc = VD_IO(io, pwrite, fd, t, n * 4, l->gt * VD_SECTOR);
         free(t);
     }
 out:
@@ -207,7 +219,7 @@ static int vd_create_sparse(const char *path, const struct vd_create_opts *o, ui
     int rc = vd_desc_init(&d, o, cap, "monolithicSparse");
     if (rc == 0)
         rc = vd_add_extent(&d, VMDK_EXT_SPARSE, cap, vd_basename(path));
-    char *text = rc == 0 ? vmdk_desc_emit(&d) : NULL;
+    char *text = rc == 0 ? vmdk_desc_emit_sealed(&d) : NULL;
     vmdk_desc_free(&d);
     if (!text)
         return rc < 0 ? rc : -ENOMEM;
@@ -227,16 +239,16 @@ static int vd_create_sparse(const char *path, const struct vd_create_opts *o, ui
     uint8_t area[20 * VD_SECTOR] = {0};
     memcpy(area, text, strlen(text));
     free(text);
-    rc = pwrite_full(fd, &hd, sizeof(hd), 0);
+    rc = VD_IO(vc_io, pwrite, fd, &hd, sizeof(hd), 0);
     if (rc == 0)
-        rc = pwrite_full(fd, area, sizeof(area), VD_SECTOR);
+        rc = VD_IO(vc_io, pwrite, fd, area, sizeof(area), VD_SECTOR);
     if (rc == 0)
-        rc = vd_sparse_write_tables(fd, &l, NULL);
-    if (rc == 0 && ftruncate(fd, (off_t)(h.overhead * VD_SECTOR)) < 0)
-        rc = -errno;
-    if (rc == 0 && fsync(fd) < 0)
-        rc = -errno;
-    close(fd);
+        rc = vd_sparse_write_tables(vc_io, fd, &l, NULL);
+    if (rc == 0)
+        rc = VD_IO(vc_io, truncate, fd, h.overhead * VD_SECTOR);
+    if (rc == 0)
+        rc = VD_IO(vc_io, flush, fd);
+    VD_IO(vc_io, close, fd);
     if (rc < 0) {
         log_err("%s: writing the new image: %s", path, strerror(-rc));
         unlink(path);
@@ -252,7 +264,7 @@ static int vd_fill_zero(int fd, uint64_t size, const char *path)
         return -ENOMEM;
     int rc = 0;
     for (uint64_t off = 0; off < size && rc == 0; off += bs)
-        rc = pwrite_full(fd, z, (size_t)MIN(bs, size - off), off);
+        rc = VD_IO(vc_io, pwrite, fd, z, (size_t)MIN(bs, size - off), off);
     free(z);
     if (rc < 0)
         log_err("%s: writing zeroes: %s", path, strerror(-rc));
@@ -276,7 +288,7 @@ static int vd_create_flat(const char *path, const struct vd_create_opts *o, uint
     int rc = vd_desc_init(&d, o, cap, "monolithicFlat");
     if (rc == 0)
         rc = vd_add_extent(&d, VMDK_EXT_FLAT, cap, flatname);
-    char *text = rc == 0 ? vmdk_desc_emit(&d) : NULL;
+    char *text = rc == 0 ? vmdk_desc_emit_sealed(&d) : NULL;
     vmdk_desc_free(&d);
     int dfd = -1, ffd = -1;
     bool made_desc = false, made_flat = false;
@@ -293,23 +305,27 @@ static int vd_create_flat(const char *path, const struct vd_create_opts *o, uint
         goto out;
     made_flat = true;
     uint64_t size = cap * VD_SECTOR;
-    if (fallocate(ffd, 0, 0, (off_t)size) < 0 && ftruncate(ffd, (off_t)size) < 0) {
-        rc = -errno;
+    rc = VD_IO(vc_io, allocate, ffd, 0, size);
+    if (rc < 0)
+        rc = VD_IO(vc_io, truncate, ffd, size);
+    if (rc < 0) {
         log_err("%s: allocating %" PRIu64 " bytes: %s", flatpath, size, strerror(-rc));
         goto out;
     }
     if (o->type == VD_TYPE_EAGER && (rc = vd_fill_zero(ffd, size, flatpath)) < 0)
         goto out;
-    rc = pwrite_full(dfd, text, strlen(text), 0);
-    if (rc == 0 && (fsync(ffd) < 0 || fsync(dfd) < 0))
-        rc = -errno;
+    rc = VD_IO(vc_io, pwrite, dfd, text, strlen(text), 0);
+    if (rc == 0)
+        rc = VD_IO(vc_io, flush, ffd);
+    if (rc == 0)
+        rc = VD_IO(vc_io, flush, dfd);
     if (rc < 0)
         log_err("%s: writing the descriptor: %s", path, strerror(-rc));
 out:
     if (dfd >= 0)
-        close(dfd);
+        VD_IO(vc_io, close, dfd);
     if (ffd >= 0)
-        close(ffd);
+        VD_IO(vc_io, close, ffd);
     if (rc < 0) {
         if (made_desc)
             unlink(path);
@@ -322,6 +338,15 @@ out:
     return rc;
 }
 
+bool vmdk_adapter_known(const char *a)
+{
+    static const char *const known[] = {"ide", "lsilogic", "buslogic", "legacyESX"};
+    for (size_t i = 0; a && i < ARRAY_SIZE(known); i++)
+        if (strcmp(a, known[i]) == 0)
+            return true;
+    return false;
+}
+
 int vmdk_create(const char *path, const struct vd_create_opts *o)
 {
     if (o->size == 0 || o->size > (1ull << 50)) {
@@ -329,9 +354,11 @@ int vmdk_create(const char *path, const struct vd_create_opts *o)
         return -EINVAL;
     }
     const char *ad = o->adapter ? o->adapter : "lsilogic";
-    if (strcmp(ad, "ide") && strcmp(ad, "lsilogic") && strcmp(ad, "buslogic") &&
-        strcmp(ad, "pvscsi") && strcmp(ad, "legacyESX")) {
-        log_err("%s: adapter type \"%s\" unknown (ide, lsilogic, buslogic, pvscsi)", path, ad);
+    if (!vmdk_adapter_known(ad)) {
+        log_err("%s: adapter type \"%s\" unknown (ide, lsilogic, buslogic, legacyESX: the "
+                "values QEMU and the VMDK specification know; a PVSCSI controller takes a "
+                "lsilogic disk)",
+                path, ad);
         return -EINVAL;
     }
     if (o->type == VD_TYPE_STREAM) {
@@ -346,6 +373,11 @@ int vmdk_create(const char *path, const struct vd_create_opts *o)
     if (o->type == VD_TYPE_THIN)
         return vd_create_sparse(path, o, cap);
     return vd_create_flat(path, o, cap);
+}
+
+int vd_create(const char *path, const struct vd_create_opts *o)
+{
+    return vmdk_create(path, o);
 }
 
 /* ---------------------------------------------------------------- resize */
@@ -369,11 +401,43 @@ static int vd_resize_sparse(struct vd_image *img, uint64_t cap)
             uint8_t *z = calloc(1, n);
             if (!z)
                 return -ENOMEM;
-            int rc = pwrite_full(e->fd, z, n, (uint64_t)v * VD_SECTOR + (tail % sp->grain_bytes));
+            int rc = VD_IO(e->io, pwrite, e->fd, z, n,
+                           (uint64_t)v * VD_SECTOR + (tail % sp->grain_bytes));
             free(z);
             if (rc < 0)
                 return rc;
         }
+    }
+    /* Grow a delta: the new area must read zeroes, not the parent's bytes
+     * (after a shrink the parent still holds data there). The grain at the
+     * old end is allocated with its own bytes and zeroes past the old end;
+     * whole grains past it that the parent covers become zeroed-grain
+     * entries in the new tables, so the header switch publishes both. */
+    uint64_t gb = sp->grain_bytes, old_bytes = sp->h.capacity * VD_SECTOR;
+    struct vd_image *par = img->parent;
+    bool hide = cap > sp->h.capacity && par && par->size > old_bytes;
+    if (hide && !sp->zero_grain) {
+        log_err("%s: growing a delta whose grain tables have no zeroed-grain entries (version 1) "
+                "would show the parent's data past the old end; convert it first",
+                img->path);
+        return -ENOTSUP;
+    }
+    if (hide && old_bytes % gb && sp->gt[old_bytes / gb] == 0) {
+        uint64_t g0 = old_bytes / gb * gb;
+        uint8_t *b = malloc(gb);
+        if (!b)
+            return -ENOMEM;
+        int rc = vd_pread(img, b, old_bytes - g0, g0);
+        if (rc == 0)
+            rc = vd_pwrite(img, b, old_bytes - g0, g0, 0);
+        free(b);
+        if (rc < 0)
+            return rc;
+    }
+    if (hide) {
+        int rc = vd_flush(img);
+        if (rc < 0)
+            return rc;
     }
     struct vd_sparse_layout l;
     vd_sparse_layout(cap, DIV_ROUND_UP(sp->file_end, VD_SECTOR), &l);
@@ -385,10 +449,16 @@ static int vd_resize_sparse(struct vd_image *img, uint64_t cap)
     if (!gt)
         return -ENOMEM;
     memcpy(gt, sp->gt, MIN(old_grains, new_grains) * 4);
-    int rc = vd_sparse_write_tables(e->fd, &l, gt);
+    for (uint64_t g = DIV_ROUND_UP(old_bytes, gb); hide && g < new_grains && g * gb < par->size; g++)
+        gt[g] = VMDK_GTE_ZEROED;
+    int rc = vd_sparse_write_tables(e->io, e->fd, &l, gt);
     free(gt);
-    if (rc == 0 && fdatasync(e->fd) < 0)
-        rc = -errno;
+    /* the tables sit past the grains: the close must not cut them off */
+    pthread_mutex_lock(&sp->alloc_lock);
+    sp->file_end = MAX(sp->file_end, l.end * VD_SECTOR);
+    pthread_mutex_unlock(&sp->alloc_lock);
+    if (rc == 0)
+        rc = VD_IO(e->io, flush, e->fd);
     if (rc < 0) {
         log_err("%s: writing new grain tables: %s", img->path, strerror(-rc));
         return rc;
@@ -400,18 +470,19 @@ static int vd_resize_sparse(struct vd_image *img, uint64_t cap)
     h.flags |= VMDK4_FLAG_RGD;
     struct vmdk4_header_disk hd;
     vmdk4_header_encode(&h, &hd);
-    rc = pwrite_full(e->fd, &hd, sizeof(hd), 0);
-    if (rc == 0 && fdatasync(e->fd) < 0)
-        rc = -errno;
+    rc = VD_IO(e->io, pwrite, e->fd, &hd, sizeof(hd), 0);
+    if (rc == 0)
+        rc = VD_IO(e->io, flush, e->fd);
     if (rc < 0)
         log_err("%s: writing the header: %s", img->path, strerror(-rc));
     return rc;
 }
 
-int vd_resize(const char *path, uint64_t size, bool allow_shrink)
+int vd_resize(const char *path, uint64_t size, unsigned flags)
 {
     struct vd_image *img;
-    int rc = vd_open(path, 0, &img);
+    bool allow_shrink = (flags & VD_RESIZE_SHRINK) != 0;
+    int rc = vd_open(path, flags & (VD_OPEN_RAW | VD_OPEN_VMDK), &img);
     if (rc < 0)
         return rc;
     uint64_t cap = DIV_ROUND_UP(size, VD_SECTOR);
@@ -430,8 +501,7 @@ int vd_resize(const char *path, uint64_t size, bool allow_shrink)
         goto out;
     }
     if (img->kind == VD_KIND_RAW) {
-        if (ftruncate(img->fd, (off_t)size) < 0) {
-            rc = -errno;
+        if ((rc = VD_IO(img->io, truncate, img->fd, size)) < 0) {
             log_err("%s: truncate: %s", path, strerror(-rc));
         }
         goto out;
@@ -447,11 +517,10 @@ int vd_resize(const char *path, uint64_t size, bool allow_shrink)
         rc = vd_resize_sparse(img, cap);
     } else if (e->type == VMDK_EXT_FLAT || e->type == VMDK_EXT_VMFS) {
         uint64_t end = e->file_off + size;
-        if (size > e->len && fallocate(e->fd, 0, (off_t)e->file_off, (off_t)size) < 0 &&
-            ftruncate(e->fd, (off_t)end) < 0)
-            rc = -errno;
-        if (rc == 0 && size < e->len && ftruncate(e->fd, (off_t)end) < 0)
-            rc = -errno;
+        if (size > e->len && VD_IO(img->io, allocate, e->fd, e->file_off, size) < 0)
+            rc = VD_IO(img->io, truncate, e->fd, end);
+        if (rc == 0 && size < e->len)
+            rc = VD_IO(img->io, truncate, e->fd, end);
         if (rc < 0)
             log_err("%s: resizing %s: %s", path, e->path, strerror(-rc));
     } else {
@@ -465,7 +534,8 @@ int vd_resize(const char *path, uint64_t size, bool allow_shrink)
     if (heads && vmdk_desc_ddb_get(&img->desc, "ddb.geometry.cylinders")) {
         unsigned long hn = strtoul(heads, NULL, 10);
         char buf[32];
-        snprintf(buf, sizeof(buf), "%" PRIu64, cap / ((hn ? hn : 255) * 63));
+        snprintf(buf, sizeof(buf), "%" PRIu64,
+                 vmdk_geometry_cylinders(cap, hn && hn <= 255 ? (unsigned)hn : 255));
         rc = vmdk_desc_ddb_set(&img->desc, "ddb.geometry.cylinders", buf);
     }
     if (rc == 0)

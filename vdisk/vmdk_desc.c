@@ -175,11 +175,13 @@ static int vd_parse_extent_line(char *line, struct vmdk_desc *d, const char *wha
         e.type = VMDK_EXT_VMFS;
     else if (strcmp(tok, "VMFSSPARSE") == 0)
         e.type = VMDK_EXT_VMFSSPARSE;
+    else if (strcmp(tok, "SESPARSE") == 0)
+        e.type = VMDK_EXT_SESPARSE;
     else if (strcmp(tok, "ZERO") == 0)
         e.type = VMDK_EXT_ZERO;
     else {
         log_err("%s: descriptor line %d: extent type '%s' is not supported (SPARSE, FLAT, "
-                "VMFS, VMFSSPARSE, ZERO)",
+                "VMFS, VMFSSPARSE, SESPARSE, ZERO)",
                 what, lineno, tok);
         return -EUCLEAN;
     }
@@ -400,6 +402,8 @@ static const char *vd_ext_type_name(enum vmdk_ext_type t)
         return "VMFS";
     case VMDK_EXT_VMFSSPARSE:
         return "VMFSSPARSE";
+    case VMDK_EXT_SESPARSE:
+        return "SESPARSE";
     case VMDK_EXT_ZERO:
         return "ZERO";
     }

@@ -78,6 +78,8 @@
  * a time (one ftruncate + fdatasync per step; cut back at close). */
 #define VMDK_GROW_AHEAD (16ull << 20)
 #define VMDK_GTES_PER_SECTOR (VD_SECTOR / 4)
+#define SESPARSE_CONST_MAGIC 0xcafebabeull
+#define SESPARSE_VOLATILE_MAGIC 0xcafecafeull
 
 void vmdk4_header_encode(const struct vmdk4_header *h, struct vmdk4_header_disk *d)
 {
@@ -229,7 +231,8 @@ void vmdk_sparse_free(struct vmdk_sparse *sp)
 }
 
 /* streamOptimized: the real header is the footer at end - 1024. */
-int vmdk_sparse_read_footer(int fd, uint64_t fsize, struct vmdk4_header *h, const char *what)
+int vmdk_sparse_read_footer(const struct vd_io *io, int fd, uint64_t fsize, struct vmdk4_header *h,
+                            const char *what)
 {
     uint8_t buf[1536];
     if (fsize < 1536 + 512) {
@@ -237,7 +240,7 @@ int vmdk_sparse_read_footer(int fd, uint64_t fsize, struct vmdk4_header *h, cons
                 fsize);
         return -EUCLEAN;
     }
-    int rc = pread_full(fd, buf, sizeof(buf), fsize - 1536);
+    int rc = VD_IO(io, pread, fd, buf, sizeof(buf), fsize - 1536);
     if (rc < 0) {
         log_err("%s: read of the footer: %s", what, strerror(-rc));
         return rc;
@@ -258,7 +261,7 @@ int vmdk_sparse_read_footer(int fd, uint64_t fsize, struct vmdk4_header *h, cons
     return rc;
 }
 
-static int vmdk_sparse_read_table(int fd, uint32_t *out, uint64_t n, uint64_t sector,
+static int vmdk_sparse_read_table(const struct vd_io *io, int fd, uint32_t *out, uint64_t n, uint64_t sector,
                                   uint64_t fsize, const char *what, const char *name)
 {
     uint64_t bytes = n * 4;
@@ -268,7 +271,7 @@ static int vmdk_sparse_read_table(int fd, uint32_t *out, uint64_t n, uint64_t se
                 what, name, sector, bytes, fsize);
         return -EUCLEAN;
     }
-    int rc = pread_full(fd, out, bytes, sector * VD_SECTOR);
+    int rc = VD_IO(io, pread, fd, out, bytes, sector * VD_SECTOR);
     if (rc < 0) {
         log_err("%s: read of %s: %s", what, name, strerror(-rc));
         return rc;
@@ -276,6 +279,143 @@ static int vmdk_sparse_read_table(int fd, uint32_t *out, uint64_t n, uint64_t se
     for (uint64_t i = 0; i < n; i++)
         out[i] = le32_get(&out[i]);
     return 0;
+}
+
+/* ---------------------------------------------------------------- seSparse
+ * ESXi's snapshot delta format on VMFS-6 (read-only here, as in QEMU; the
+ * format is not publicly documented, these are the facts QEMU's reader
+ * relies on). Sector 0: the const header, 64-bit LE fields: magic
+ * 0xcafebabe, version 0x200000001, capacity, grainSize (8 sectors),
+ * grainTableSize (64 sectors = 4096 entries), flags (0), 4 reserved (0),
+ * then (offset, size) in sectors of: volatile header, journal header,
+ * journal, grain directory, grain tables, free bitmap, back map, grains;
+ * the rest zero. The volatile header (magic 0xcafecafe, free GT number,
+ * next transaction, replayJournal) must not ask for a journal replay.
+ * Grain directory entries: 0 (no table) or 0x10000000_xxxxxxxx, table
+ * xxxxxxxx at grainTablesOffset + xxxxxxxx * 64. Grain table entries, by
+ * their top nibble: 0 unallocated (whole entry 0), 1 unmapped and 2 zero
+ * (read zeroes), 3 allocated: grain index ((e >> 48) & 0xfff) |
+ * ((e & 0xffffffffffff) << 12), data at grainsOffset + index * 8. The
+ * tables are translated at open into the engine's 32-bit table: sector of
+ * the grain, VMDK_GTE_ZEROED, or 0; grains past 2 TiB are refused. */
+static int vmdk_sesparse_open(struct vmdk_extent *e, struct vmdk_sparse *sp, const uint8_t *c,
+                              uint64_t fsize, const char *what)
+{
+    uint64_t version = le64_get(c + 8), cap = le64_get(c + 16), gs = le64_get(c + 24);
+    uint64_t gts = le64_get(c + 32), flags = le64_get(c + 40);
+    uint64_t voff = le64_get(c + 80), gd_off = le64_get(c + 128), gd_size = le64_get(c + 136);
+    uint64_t gt_off = le64_get(c + 144), gr_off = le64_get(c + 192);
+    if (version != 0x200000001ull || gs != 8 || gts != 64 || flags != 0) {
+        log_err("%s: seSparse header: version %" PRIx64 ", grain %" PRIu64 ", table %" PRIu64
+                " sectors, flags %" PRIx64 " not supported (200000001, 8, 64, 0)",
+                what, version, gs, gts, flags);
+        return -ENOTSUP;
+    }
+    uint64_t fsec = fsize / VD_SECTOR;
+    if (cap == 0 || cap > (1ull << 50) / VD_SECTOR || voff == 0 || voff >= fsec ||
+        gd_off == 0 || gd_off + gd_size > fsec || gt_off == 0 || gt_off > fsec ||
+        gr_off == 0 || gr_off > UINT32_MAX) {
+        log_err("%s: seSparse header: capacity or offsets out of range (file %" PRIu64
+                " sectors)",
+                what, fsec);
+        return -EUCLEAN;
+    }
+    uint8_t v[512];
+    int rc = VD_IO(e->io, pread, e->fd, v, sizeof(v), voff * VD_SECTOR);
+    if (rc < 0)
+        return rc;
+    if (le64_get(v) != SESPARSE_VOLATILE_MAGIC) {
+        log_err("%s: seSparse volatile header magic %" PRIx64 ", expected cafecafe", what,
+                le64_get(v));
+        return -EUCLEAN;
+    }
+    if (le64_get(v + 24)) {
+        log_err("%s: seSparse image is dirty (its journal needs a replay, which we do not do); "
+                "consolidate it on the ESXi host first",
+                what);
+        return -ENOTSUP;
+    }
+    struct vmdk4_header *h = &sp->h;
+    memset(h, 0, sizeof(*h));
+    h->capacity = cap;
+    h->grain_size = 8;
+    h->num_gtes_per_gt = 4096;
+    h->overhead = gr_off;
+    sp->sesparse = true;
+    sp->zero_grain = true;
+    sp->grain_bytes = 8 * VD_SECTOR;
+    uint64_t grains = DIV_ROUND_UP(cap, 8), ngt = DIV_ROUND_UP(grains, 4096);
+    if (ngt * 4096 * 4 > VD_MAX_GT_BYTES) {
+        log_err("%s: seSparse capacity %" PRIu64 " sectors needs more than %llu MiB of tables",
+                what, cap, VD_MAX_GT_BYTES >> 20);
+        return -EUCLEAN;
+    }
+    if (ngt > gd_size * VD_SECTOR / 8) {
+        log_err("%s: seSparse grain directory of %" PRIu64 " sectors is too small for %" PRIu64
+                " tables",
+                what, gd_size, ngt);
+        return -EUCLEAN;
+    }
+    sp->num_gts = (uint32_t)ngt;
+    sp->gd = calloc(ngt, 4);
+    sp->gt = calloc(ngt * 4096, 4);
+    uint64_t *gd = malloc(ngt * 8), *t = malloc(4096 * 8);
+    if (!sp->gd || !sp->gt || !gd || !t) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    rc = VD_IO(e->io, pread, e->fd, gd, ngt * 8, gd_off * VD_SECTOR);
+    for (uint64_t i = 0; i < ngt && rc == 0; i++) {
+        uint64_t de = le64_get((const uint8_t *)&gd[i]);
+        if (de == 0)
+            continue;
+        uint64_t tsec = gt_off + (de & 0xffffffffull) * 64;
+        if ((de >> 32) != 0x10000000ull || tsec + 64 > fsec) {
+            log_err("%s: seSparse grain directory entry %" PRIu64 " = %016" PRIx64 " is invalid",
+                    what, i, de);
+            rc = -EUCLEAN;
+            break;
+        }
+        sp->gd[i] = (uint32_t)MIN(tsec, UINT32_MAX);
+        rc = VD_IO(e->io, pread, e->fd, t, 4096 * 8, tsec * VD_SECTOR);
+        for (uint64_t k = 0; k < 4096 && rc == 0; k++) {
+            uint64_t te = le64_get((const uint8_t *)&t[k]), g = i * 4096 + k, sec;
+            switch (te >> 60) {
+            case 0:
+                if (te) {
+                    rc = -EUCLEAN;
+                    break;
+                }
+                continue;
+            case 1: /* unmapped (SCSI UNMAP): reads zeroes */
+            case 2: /* zero */
+                sp->gt[g] = VMDK_GTE_ZEROED;
+                continue;
+            case 3:
+                sec = gr_off + ((((te >> 48) & 0xfff) | ((te & 0xffffffffffffull) << 12)) * 8);
+                if (sec + 8 > fsec || sec > UINT32_MAX - 8) {
+                    rc = -EUCLEAN;
+                    break;
+                }
+                sp->gt[g] = (uint32_t)sec;
+                continue;
+            default:
+                rc = -EUCLEAN;
+            }
+            if (rc < 0)
+                log_err("%s: seSparse grain table %" PRIu64 " entry %" PRIu64 " = %016" PRIx64
+                        " is invalid (or its grain is outside the file)",
+                        what, i, k, te);
+        }
+    }
+    if (rc == 0) {
+        sp->file_end = ROUND_UP(fsize, VD_SECTOR);
+        sp->defer_ok = false;
+    }
+out:
+    free(gd);
+    free(t);
+    return rc;
 }
 
 int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
@@ -289,22 +429,29 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
     for (int i = 0; i < VMDK_STRIPES; i++)
         pthread_mutex_init(&sp->stripe[i], NULL);
     int rc;
-    struct stat st;
-    if (fstat(e->fd, &st) < 0) {
-        rc = -errno;
+    struct vd_io_stat st;
+    rc = VD_IO(e->io, stat, e->fd, &st);
+    if (rc < 0)
         goto fail;
-    }
-    uint64_t fsize = (uint64_t)st.st_size;
+    uint64_t fsize = st.size;
+    sp->file_size = fsize;
     struct vmdk4_header_disk d;
     if (fsize < 512) {
         log_err("%s: truncated: %" PRIu64 " bytes, less than one header sector", what, fsize);
         rc = -EUCLEAN;
         goto fail;
     }
-    rc = pread_full(e->fd, &d, sizeof(d), 0);
+    rc = VD_IO(e->io, pread, e->fd, &d, sizeof(d), 0);
     if (rc < 0) {
         log_err("%s: read of the header: %s", what, strerror(-rc));
         goto fail;
+    }
+    if (le64_get((const uint8_t *)&d) == SESPARSE_CONST_MAGIC) {
+        rc = vmdk_sesparse_open(e, sp, (const uint8_t *)&d, fsize, what);
+        if (rc < 0)
+            goto fail;
+        e->sp = sp;
+        return 0;
     }
     if (memcmp(d.magic, VMDK3_MAGIC_BYTES, 4) == 0)
         rc = vmdk3_header_decode((const uint8_t *)&d, &sp->h, what);
@@ -316,7 +463,7 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
         goto fail;
     sp->cowd = memcmp(d.magic, VMDK3_MAGIC_BYTES, 4) == 0;
     if (sp->h.gd_offset == VMDK4_GD_AT_END) {
-        rc = vmdk_sparse_read_footer(e->fd, fsize, &sp->h, what);
+        rc = vmdk_sparse_read_footer(e->io, e->fd, fsize, &sp->h, what);
         if (rc < 0)
             goto fail;
     }
@@ -327,6 +474,12 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
     uint64_t grains = DIV_ROUND_UP(h->capacity, h->grain_size);
     uint64_t ngt = DIV_ROUND_UP(grains, h->num_gtes_per_gt);
     uint64_t total = ngt * h->num_gtes_per_gt;
+    if (ngt > (1u << 22)) { /* tiny tables: one read and one GD entry per grain */
+        log_err("%s: %" PRIu64 " grain tables of %u entries: more than the %u we read", what, ngt,
+                h->num_gtes_per_gt, 1u << 22);
+        rc = -EUCLEAN;
+        goto fail;
+    }
     if (total * 4 > VD_MAX_GT_BYTES) {
         log_err("%s: capacity %" PRIu64 " sectors needs %" PRIu64 " MiB of grain tables, more "
                 "than the %llu MiB we cache",
@@ -350,7 +503,7 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
     uint64_t gd_sector = h->gd_offset;
     if (gd_sector == 0) /* only a redundant directory: use it */
         gd_sector = h->rgd_offset;
-    rc = vmdk_sparse_read_table(e->fd, sp->gd, ngt, gd_sector, fsize, what,
+    rc = vmdk_sparse_read_table(e->io, e->fd, sp->gd, ngt, gd_sector, fsize, what,
                                 "grain directory (header gdOffset)");
     if (rc < 0)
         goto fail;
@@ -360,7 +513,7 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
             rc = -ENOMEM;
             goto fail;
         }
-        rc = vmdk_sparse_read_table(e->fd, sp->rgd, ngt, h->rgd_offset, fsize, what,
+        rc = vmdk_sparse_read_table(e->io, e->fd, sp->rgd, ngt, h->rgd_offset, fsize, what,
                                     "redundant grain directory");
         if (rc < 0)
             goto fail;
@@ -380,7 +533,7 @@ int vmdk_sparse_open(struct vmdk_extent *e, const char *what)
             j++;
         char name[64];
         snprintf(name, sizeof(name), "grain table %" PRIu64, i);
-        rc = vmdk_sparse_read_table(e->fd, sp->gt + i * h->num_gtes_per_gt,
+        rc = vmdk_sparse_read_table(e->io, e->fd, sp->gt + i * h->num_gtes_per_gt,
                                     (j - i) * h->num_gtes_per_gt, sp->gd[i], fsize, what, name);
         if (rc < 0)
             goto fail;
@@ -470,9 +623,9 @@ int vmdk_sparse_read_compressed(struct vmdk_extent *e, uint64_t file_off, uint64
     if (!buf)
         return -ENOMEM;
     int rc;
-    ssize_t n = pread(e->fd, buf, cap, (off_t)file_off);
-    if (n < 0) {
-        rc = -errno;
+    size_t n = file_off < sp->file_size ? (size_t)MIN(cap, sp->file_size - file_off) : 0;
+    rc = VD_IO(e->io, pread, e->fd, buf, n, file_off);
+    if (rc < 0) {
         log_err("%s: read of compressed grain %" PRIu64 " at %" PRIu64 ": %s", e->path, grain,
                 file_off, strerror(-rc));
         goto out;
@@ -537,9 +690,9 @@ static int vmdk_gte_store(struct vmdk_extent *e, uint64_t grain, uint32_t val)
     /* meta_lock: a flush writing this entry's sector must not overwrite
      * the new value with the one it read before */
     pthread_mutex_lock(&sp->meta_lock);
-    int rc = pwrite_full(e->fd, b, 4, (uint64_t)sp->gd[gti] * VD_SECTOR + idx * 4);
+    int rc = VD_IO(e->io, pwrite, e->fd, b, 4, (uint64_t)sp->gd[gti] * VD_SECTOR + idx * 4);
     if (rc == 0 && sp->rgd && sp->rgd[gti])
-        rc = pwrite_full(e->fd, b, 4, (uint64_t)sp->rgd[gti] * VD_SECTOR + idx * 4);
+        rc = VD_IO(e->io, pwrite, e->fd, b, 4, (uint64_t)sp->rgd[gti] * VD_SECTOR + idx * 4);
     if (rc == 0) {
         if (sp->gts) { /* the file has the entry now: nothing left to defer */
             struct vmdk_gt_sector *t = &sp->gts[grain / VMDK_GTES_PER_SECTOR];
@@ -622,9 +775,9 @@ static int vmdk_gt_sector_write(struct vmdk_extent *e, uint64_t sec)
         bool pend = (t->pend[i / 64] >> (i % 64)) & 1;
         le32_put(b + i * 4, pend ? 0 : vmdk_gte_load(sp, first + i));
     }
-    int rc = pwrite_full(e->fd, b, sizeof(b), (uint64_t)sp->gd[gti] * VD_SECTOR + in);
+    int rc = VD_IO(e->io, pwrite, e->fd, b, sizeof(b), (uint64_t)sp->gd[gti] * VD_SECTOR + in);
     if (rc == 0 && sp->rgd && sp->rgd[gti])
-        rc = pwrite_full(e->fd, b, sizeof(b), (uint64_t)sp->rgd[gti] * VD_SECTOR + in);
+        rc = VD_IO(e->io, pwrite, e->fd, b, sizeof(b), (uint64_t)sp->rgd[gti] * VD_SECTOR + in);
     if (rc < 0)
         log_err("%s: write of grain table %" PRIu64 " entries %" PRIu64 " to %" PRIu64 ": %s",
                 e->path, gti, first % per, first % per + VMDK_GTES_PER_SECTOR - 1, strerror(-rc));
@@ -717,9 +870,8 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
          * points into the new space. A lost grain then reads as zeroes, what
          * an unallocated grain of a disk without a parent read before. */
         uint64_t end = ROUND_UP(at + sp->grain_bytes, VMDK_GROW_AHEAD);
-        if (ftruncate(e->fd, (off_t)end) < 0)
-            rc = -errno;
-        else
+        rc = VD_IO(e->io, truncate, e->fd, end);
+        if (rc == 0)
             rc = vmdk_fdatasync(e);
         if (rc < 0) {
             sp->file_end -= sp->grain_bytes; /* nothing points there yet */
@@ -731,7 +883,7 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
         sp->durable_end = end;
     }
     pthread_mutex_unlock(&sp->alloc_lock);
-    rc = pwrite_full(e->fd, data, sp->grain_bytes, at);
+    rc = VD_IO(e->io, pwrite, e->fd, data, sp->grain_bytes, at);
     if (rc < 0) {
         log_err("%s: write of new grain %" PRIu64 " at file offset %" PRIu64 ": %s", e->path, grain,
                 at, strerror(-rc));
@@ -744,11 +896,8 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
         if (rc != -ENOMEM)
             return rc;
     }
-    if ((flags & VD_FUA) || shadows) {
-        rc = vmdk_fdatasync(e);
-        if (rc < 0)
-            return rc;
-    }
+    if (((flags & VD_FUA) || shadows) && (rc = vmdk_fdatasync(e)) < 0)
+        return rc;
     return vmdk_gte_store(e, grain, (uint32_t)(at / VD_SECTOR));
 }
 
@@ -811,7 +960,7 @@ int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t
             }
             pthread_mutex_unlock(mx);
         }
-        rc = pwrite_full(e->fd, buf, n, (uint64_t)v * VD_SECTOR + in);
+        rc = VD_IO(e->io, pwrite, e->fd, buf, n, (uint64_t)v * VD_SECTOR + in);
         if (rc < 0) {
             log_err("%s: write of grain %" PRIu64 " at file offset %" PRIu64 ": %s", e->path, grain,
                     (uint64_t)v * VD_SECTOR + in, strerror(-rc));
@@ -839,12 +988,9 @@ int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t
 static int vmdk_grain_fallocate(struct vmdk_extent *e, uint32_t v, uint64_t in, uint64_t n,
                                 bool keep)
 {
-    int mode = FALLOC_FL_KEEP_SIZE | (keep ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE);
-    if (fallocate(e->fd, mode, (off_t)((uint64_t)v * VD_SECTOR + in), (off_t)n) == 0)
-        return 0;
-    int rc = -errno;
-    if (rc == -EOPNOTSUPP || rc == -ENOSYS || rc == -EINVAL || rc == -ENODEV)
-        return -EOPNOTSUPP;
+    int rc = VD_IO(e->io, punch, e->fd, (uint64_t)v * VD_SECTOR + in, n, keep);
+    if (rc == 0 || rc == -EOPNOTSUPP)
+        return rc;
     log_err("%s: fallocate of %" PRIu64 " bytes in the grain at sector %u: %s", e->path, n, v,
             strerror(-rc));
     return rc;
@@ -862,8 +1008,7 @@ static int vmdk_grain_zero_entry(struct vmdk_extent *e, uint64_t grain)
     if (vmdk_gte_state(sp, v) != VD_MAP_ZERO) {
         rc = vmdk_gte_store(e, grain, VMDK_GTE_ZEROED);
         if (rc == 0 && vmdk_gte_state(sp, v) == VD_MAP_DATA)
-            (void)fallocate(e->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                            (off_t)v * VD_SECTOR, (off_t)sp->grain_bytes);
+            (void)VD_IO(e->io, punch, e->fd, (uint64_t)v * VD_SECTOR, sp->grain_bytes, false);
     }
     pthread_mutex_unlock(mx);
     return rc;
@@ -973,8 +1118,8 @@ int vmdk_sparse_trim_ahead(struct vmdk_extent *e)
     int rc = 0;
     pthread_mutex_lock(&sp->alloc_lock);
     if (sp->durable_end > sp->file_end) {
-        if (ftruncate(e->fd, (off_t)sp->file_end) < 0) {
-            rc = -errno;
+        rc = VD_IO(e->io, truncate, e->fd, sp->file_end);
+        if (rc < 0) {
             log_err("%s: cutting the space grown ahead of new grains: %s", e->path,
                     strerror(-rc));
         } else {

@@ -44,7 +44,7 @@ static int vd_stream_meta_marker(int fd, uint64_t *pos, uint64_t sectors, uint32
     return rc;
 }
 
-int vmdk_stream_write(struct vd_image *src, const char *path, const char *adapter, bool progress)
+int vd_stream_write(struct vd_image *src, const char *path, const char *adapter, bool progress)
 {
     const uint64_t gs = 128, gb = gs * VD_SECTOR, per = 512;
     uint64_t cap = DIV_ROUND_UP(vd_size(src), VD_SECTOR);

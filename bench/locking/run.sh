@@ -1,7 +1,8 @@
 #!/bin/bash
 # Lock benchmark: uncontended acquire+release latency and I/Os per operation
 # for each atomic method (COMPARE AND WRITE on a file LUN, the paxos
-# fallback on the same file LUN, the paxos fallback on tgt), and the time
+# fallback on the same file LUN, the paxos fallback on tgt, COMPARE AND
+# WRITE (ATS) on istgt), and the time
 # from kill -9 of a holder to the lock being taken by another host at the
 # default io_timeout (2 s). Prints ratios against the CAW run.
 #   bench/locking/run.sh [BUILDDIR]     (needs root for tgtd; skips tgt otherwise)
@@ -22,7 +23,7 @@ field() { sed -n "s/.* $1 \([0-9.]*\).*/\1/p"; }
 run_bench() { # LABEL ROUNDS URI [--paxos]
     local label=$1 rounds=$2 uri=$3
     shift 3
-    "$LOCKHOST" prep --io-timeout 2000 "$uri" >/dev/null
+    "$LOCKHOST" prep --io-timeout 2000 "$@" "$uri" >/dev/null
     local out
     out=$("$LOCKHOST" bench --name bench --io-timeout 2000 --rounds "$rounds" "$@" "$uri" 2>/dev/null |
         grep RESULT)
@@ -49,6 +50,15 @@ if [ "$(id -u)" = 0 ] && command -v tgtd >/dev/null; then
     tgt_add_lun 1 1 64M
     run_bench "tgt-paxos" 200 "$(tgt_uri 1 1)"
     printf "ratio tgt-paxos/file-caw: %.1fx\n" "$(echo "$US_tgt_paxos / $US_file_caw" | bc -l)"
+fi
+if command -v istgt >/dev/null; then
+    (
+        . "$SRCDIR/tests/lib/istgt.sh"
+        istgt_init
+        istgt_add_lun b1 64M
+        istgt_start
+        run_bench "istgt-caw" 1000 "$(istgt_uri b1)"
+    )
 fi
 
 echo "== kill -9 of the holder -> lock taken by another host (defaults: io_timeout 2 s, dead 12 s)"

@@ -6,7 +6,7 @@
 # after:
 #
 #   istgt_require                        # exit 77 unless istgt exists
-#   istgt_init                           # temp dir, cleanup on EXIT
+#   istgt_init                           # temp dir, cleanup at exit (common.sh)
 #   istgt_add_lun disk1 64M              # target iqn.2026-11.org.clusterfs.istgt:disk1,
 #                                        # LUN 0, a sparse file in $ISTGT_DIR
 #   istgt_add_lun disk2 16M 4096         # 4096-byte logical blocks
@@ -27,11 +27,12 @@
 # NodeBase), maps a portal group to an initiator group and lists
 # "LUNn Storage FILE SIZE".
 
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
 ISTGT_PID=
 ISTGT_DIR=
 ISTGT_PORT=
 ISTGT_NODEBASE=iqn.2026-11.org.clusterfs.istgt
-ISTGT_CLEANUP=()
 ISTGT_UNITS=()
 
 istgt_log() { echo "istgt.sh: $*" >&2; }
@@ -43,23 +44,11 @@ istgt_require() {
     fi
 }
 
-istgt_port_free() {
-    ! ss -Htan "( sport = :$1 )" 2>/dev/null | grep -q .
-}
+istgt_port_free() { port_free "$1"; }
 
-istgt_cleanup() {
-    local rc=$?
-    local c
-    for c in "${ISTGT_CLEANUP[@]}"; do
-        eval "$c" >/dev/null 2>&1 || true
-    done
-    ISTGT_CLEANUP=()
-    istgt_stop
-    return $rc
-}
-
+# More cleanup, run at exit before istgt is stopped (on_exit, quietly).
 istgt_on_exit() {
-    ISTGT_CLEANUP+=("$1")
+    on_exit "{ $1; } >/dev/null 2>&1"
 }
 
 istgt_stop() {
@@ -80,8 +69,7 @@ istgt_stop() {
 
 istgt_init() {
     ISTGT_DIR=$(mktemp -d /tmp/clusterfs-istgt.XXXXXX) || return 1
-    trap istgt_cleanup EXIT
-    trap 'exit 130' INT TERM
+    on_exit istgt_stop
 }
 
 # istgt_add_lun NAME SIZE [BLOCKSIZE]: target $ISTGT_NODEBASE:NAME with

@@ -16,16 +16,17 @@
 #
 # Everything lives in $TGT_DIR (mktemp -d; backing files go to
 # $TGT_BACKING_DIR, default $TGT_DIR). tgt_stop kills tgtd by its pid and
-# removes its files; tgt_start installs it as an EXIT trap, so nothing is
-# left behind even when the test fails. Tests using this run in parallel:
+# removes its files; tgt_start registers it with common.sh's on_exit, so
+# nothing is left behind even when the test fails. Tests using this run in parallel:
 # the control port and the iSCSI port are chosen at random and checked free,
 # and start is retried on a collision.
+
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 TGT_PID=
 TGT_DIR=
 TGT_CTL=
 TGT_PORT=
-TGT_CLEANUP=()
 declare -A TGT_IQN
 
 tgt_log() { echo "tgt.sh: $*" >&2; }
@@ -44,27 +45,15 @@ tgt_require() {
 }
 
 # Is TCP port $1 free on 127.0.0.1 and 127.0.0.2?
-tgt_port_free() {
-    ! ss -Htan "( sport = :$1 )" 2>/dev/null | grep -q .
-}
+tgt_port_free() { port_free "$1"; }
 
 tgt_adm() {
     tgtadm -C "$TGT_CTL" --lld iscsi "$@"
 }
 
-tgt_cleanup() {
-    local rc=$?
-    local c
-    for c in "${TGT_CLEANUP[@]}"; do
-        eval "$c" >/dev/null 2>&1 || true
-    done
-    TGT_CLEANUP=()
-    tgt_stop
-    return $rc
-}
-
+# More cleanup, run at exit before tgtd is stopped (on_exit, quietly).
 tgt_on_exit() {
-    TGT_CLEANUP+=("$1")
+    on_exit "{ $1; } >/dev/null 2>&1"
 }
 
 tgt_stop() {
@@ -93,8 +82,7 @@ tgt_stop() {
 
 tgt_start() {
     TGT_DIR=$(mktemp -d /tmp/clusterfs-tgt.XXXXXX) || return 1
-    trap tgt_cleanup EXIT
-    trap 'exit 130' INT TERM
+    on_exit tgt_stop
     local attempt
     for attempt in 1 2 3 4 5 6 7 8; do
         local ctl=$((2000 + (RANDOM * 7 + $$ + attempt * 131) % 28000))
@@ -192,9 +180,7 @@ tgt_closed_port() {
 # listens again.
 tgt_cut_portal() {
     tgt_adm --op delete --mode portal --param "portal=$1:$TGT_PORT" || return 1
-    ss -K dst "$1" dport = ":$TGT_PORT" >/dev/null 2>&1
-    ss -K src "$1" sport = ":$TGT_PORT" >/dev/null 2>&1
-    return 0
+    cut_connections "$1" "$TGT_PORT"
 }
 
 tgt_restore_portal() {

@@ -1,7 +1,10 @@
 # Helpers for the locking tests: start lockhost processes, wait for a line
 # of their output, clean them up by pid. Source after setting LOCKHOST.
+# The temp dir and the lockhost processes go at exit (tests/lib/common.sh).
+. "$SRCDIR/tests/lib/common.sh"
 LH_PIDS=()
-LH_DIR=$(mktemp -d /tmp/clusterfs-locking.XXXXXX)
+tmpdir LH_DIR
+on_exit lh_reap
 
 # Our background jobs still running (bash reports the parent's jobs here).
 lh_running() { echo " $(jobs -p | tr '\n' ' ') "; }
@@ -24,10 +27,8 @@ lh_reap() {
     LH_PIDS=()
 }
 
-lh_cleanup() {
-    lh_reap
-    rm -rf "$LH_DIR"
-}
+# The lockhosts first, then tgtd: tgt tests register this with tgt_on_exit.
+lh_cleanup() { lh_reap; }
 
 fail() {
     echo "FAIL: $*" >&2
@@ -56,7 +57,6 @@ lh_wait() {
     fail "$1: no '$2' within $3 s"
 }
 
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 # stop_clean PID URI: SIGSTOP a host at a point where it holds none of the
 # file LUN's OFD byte-range locks (its CAW emulation). A paused process

@@ -11,8 +11,6 @@ set -euo pipefail
 BS=${1:-512}
 LOCKHOST=${LOCKHOST:?}
 . "$SRCDIR/tests/locking/lib.sh"
-trap lh_cleanup EXIT
-trap 'exit 130' INT TERM
 IMG="$LH_DIR/lun.img"
 truncate -s 64M "$IMG"
 URI="file://$IMG?block_size=$BS"
@@ -21,7 +19,7 @@ IO=500
 mutex() { # METHOD ROUNDS
     local extra=() i
     [ "$1" = paxos ] && extra=(--paxos)
-    "$LOCKHOST" prep --io-timeout $IO "$URI" || fail "prep"
+    "$LOCKHOST" prep "${extra[@]}" --io-timeout $IO "$URI" || fail "prep"
     for i in 1 2 3 4; do
         lh_start "m$1$i" hammer "${extra[@]}" --io-timeout $IO --rounds "$2" "$URI"
     done
@@ -49,18 +47,36 @@ grep -q "RESULT data intact" "$LH_DIR/taker.out" || fail "taker data"
 echo "ok: kill -9 holder -> lock taken elsewhere after $((t1 - t0)) ms (dead time $((6 * IO)) ms)"
 lh_reap
 
-# SIGSTOP the holder past its lease, break, SIGCONT: the paused host must not write
+# The holder stops itself (SIGSTOP) exactly between its fence check and its
+# data write (--pause-at-write, a test hook in the lockspace's I/O gate);
+# another host breaks the lock and writes; after SIGCONT the paused write
+# must not land: it carries the holder's self-fence deadline, which passed
+# (a file LUN has no reservations: that deadline is all there is).
 "$LOCKHOST" prep --io-timeout $IO "$URI" || fail prep
-lh_start holder2 hold --io-timeout $IO "$URI"
-lh_wait holder2 ACQUIRED 10
-stop_clean "$PID_holder2" "$URI"
+lh_start holder2 hold --pause-at-write --io-timeout $IO "$URI"
+lh_wait holder2 PAUSED-AT-WRITE 10
+timeout 3 "$CLUSTERFS" locks --offset 8 --samples 1 "$URI" >/dev/null 2>&1 ||
+    fail "holder2 stopped inside a file-LUN byte-range lock (test artefact, rerun)"
 lh_start taker2 take --io-timeout $IO --linger 1500 "$URI"
 lh_wait taker2 WROTE 20
 kill -CONT "$PID_holder2"
-wait "$PID_taker2" || fail "taker2: the paused holder wrote after being broken"
+lh_wait holder2 "WRITE-REFUSED" 5
+wait "$PID_taker2" || fail "taker2: the paused holder's write landed after the break"
 grep -q "RESULT data intact" "$LH_DIR/taker2.out" || fail "taker2 data"
-lh_wait holder2 "FENCED" 5
-echo "ok: SIGSTOP holder broken; after SIGCONT it fenced itself and wrote nothing"
+echo "ok: holder paused between its fence check and its write; after the break and SIGCONT the write was refused ($(grep -o 'WRITE-REFUSED [0-9]*' "$LH_DIR/holder2.out"))"
+lh_reap
+
+# The no-reservations warning, at join and in `clusterfs locks`
+"$LOCKHOST" prep --io-timeout $IO "$URI" || fail prep
+lh_start warn join --io-timeout $IO --linger 2000 "$URI"
+lh_wait warn JOINED 10
+grep -q "NO FENCING" "$LH_DIR/warn.out" || fail "no warning at join on a LUN without reservations"
+out=$("$CLUSTERFS" locks --offset 8 --samples 1 "$URI" 2>&1) || fail "clusterfs locks: $out"
+echo "$out" | grep -q "fencing: none" || fail "clusterfs locks does not say there is no fencing: $out"
+js=$("$CLUSTERFS" locks --json --offset 8 --samples 1 "$URI") || fail "clusterfs locks --json"
+echo "$js" | jq -e '.[0].fencing == "none" and .[0].atomic == "compare-and-write"' >/dev/null ||
+    fail "clusterfs locks --json fencing/atomic: $js"
+echo "ok: no persistent reservations said at join and by clusterfs locks"
 lh_reap
 
 # A corrupt heartbeat slot is reported, and never taken for a free or dead host

@@ -29,8 +29,6 @@ if [ "$MODE" = tgt ]; then
     BSOPT=()
 else
     . "$SRCDIR/tests/locking/lib.sh"
-    trap lh_cleanup EXIT
-    trap 'exit 130' INT TERM
     BS=${2:-512}
     IMG="$LH_DIR/lun.img"
     truncate -s 16M "$IMG"
@@ -48,12 +46,15 @@ key_of() { sed -n 's/^JOINED .* key \(0x[0-9a-f]*\)$/\1/p' "$LH_DIR/$1.out"; }
 locks_json() { "$CLUSTERFS" locks --json --offset 8 "${BSOPT[@]}" "$@" "${URI[0]}"; }
 
 # fill N: prep N slots, start N hosts h1..hN that stay joined
+# (FILL_EXTRA: --paxos for a paxos lockspace)
+FILL_EXTRA=()
 fill() {
     local i
     new_lun
-    "$LOCKHOST" prep --io-timeout $IO --hosts "$1" "${URI[@]}" || fail "prep --hosts $1"
+    "$LOCKHOST" prep "${FILL_EXTRA[@]}" --io-timeout $IO --hosts "$1" "${URI[@]}" ||
+        fail "prep --hosts $1"
     for i in $(seq 1 "$1"); do
-        lh_start "h$i" join --io-timeout $IO --linger 600000 "${URI[@]}"
+        lh_start "h$i" join "${FILL_EXTRA[@]}" --io-timeout $IO --linger 600000 "${URI[@]}"
     done
     for i in $(seq 1 "$1"); do lh_wait "h$i" JOINED 20; done
 }
@@ -84,14 +85,16 @@ t1=$(now_ms)
 [ "$(slot_of j1)" = "$dslot" ] || fail "j1 took slot $(slot_of j1), not the dead host's $dslot"
 grep -q "^JOINED slot $dslot .* gen 2 " "$LH_DIR/j1.out" || fail "j1: slot not at generation 2"
 [ "$(grep -c '^RECOVERED' "$LH_DIR/j1.out")" = 1 ] || fail "j1: recovery hook not called once"
-grep -q "^RECOVERED h2 slot $dslot gen 1$" "$LH_DIR/j1.out" || fail "j1: hook got the wrong host"
+grep -q "^RECOVERED h2 slot $dslot gen 1 key " "$LH_DIR/j1.out" || fail "j1: hook got the wrong host"
 [ $((t1 - t0)) -ge $DEAD ] || fail "j1 took the slot after $((t1 - t0)) ms < dead time $DEAD ms"
 [ $((t1 - t0)) -le $((BOUND + 4 * IO + 2000)) ] || fail "j1 took $((t1 - t0)) ms"
 if [ "$MODE" = tgt ]; then
     keys=$("$LOCKHOST" prkeys "${URI[0]}") || fail "prkeys"
     echo "$keys" | grep -q "$dkey" && fail "the dead host's key $dkey is still registered: $keys"
     echo "$keys" | grep -q "$(key_of h1)" || fail "h1's key is gone: $keys"
-    echo "ok: dead host's PR key $dkey preempted"
+    grep -q "^RECOVERED h2 .* registered 0$" "$LH_DIR/j1.out" ||
+        fail "j1: the recovery hook ran before the dead host's key was gone"
+    echo "ok: dead host's PR key $dkey preempted before the joiner's recovery hook"
 fi
 grep -q FENCED "$LH_DIR/h1.out" && fail "h1 fenced"
 echo "ok: dead host's slot $dslot taken by a new host after $((t1 - t0)) ms (dead ${DEAD} ms), hook once"
@@ -118,7 +121,9 @@ lh_reap
 race() { # caw|paxos
     local extra=() n=0 w l
     [ "$1" = paxos ] && extra=(--paxos)
+    FILL_EXTRA=("${extra[@]}")
     fill 3
+    FILL_EXTRA=()
     local dslot
     dslot=$(slot_of h3)
     kill -KILL "$PID_h3"

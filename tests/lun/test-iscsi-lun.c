@@ -8,6 +8,9 @@
  *   test-iscsi-lun stall URI TGTD_PID      SIGSTOP the target: I/O fails with
  *                                          -ETIMEDOUT within the timeout
  *   test-iscsi-lun lost URI TGTD_PID       SIGKILL the target: I/O fails with -ENOTCONN
+ *   test-iscsi-lun ua URI CMD              run CMD (which makes the target raise a
+ *                                          UNIT ATTENTION, e.g. a LUN added), then
+ *                                          READ KEYS, REGISTER, TEST UNIT READY succeed
  *   test-iscsi-lun caw URI [URI2]          COMPARE AND WRITE on a target that has it
  *                                          (istgt): match, miscompare (found = current),
  *                                          through one or both paths, with a deadline
@@ -513,6 +516,32 @@ static int cmd_target_fault(const char *uri, pid_t tgtd, bool kill_it)
     return failures ? 1 : 0;
 }
 
+/* ---- ua ------------------------------------------------------------------ */
+
+static int cmd_ua(const char *uri, const char *cmd)
+{
+    struct lun *l = open_or_die(uri, NULL);
+    struct lun_pr_state *st = calloc(1, sizeof *st);
+    CHECK(lun_pr_read(l, st) == 0, "READ KEYS before: %s", log_last_error());
+    /* Each step after its own unit attention (REPORTED LUNS DATA HAS
+     * CHANGED on tgt when a LUN is added or removed). */
+    CHECK(system(cmd) == 0, "command failed: %s", cmd);
+    int rc = lun_pr_read(l, st);
+    CHECK(rc == 0, "READ KEYS after a unit attention: %d (%s)", rc, log_last_error());
+    CHECK(system(cmd) == 0, "command failed: %s", cmd);
+    rc = lun_pr_register(l, 0x5A5A0001ULL);
+    CHECK(rc == 0, "REGISTER after a unit attention: %d (%s)", rc, log_last_error());
+    CHECK(system(cmd) == 0, "command failed: %s", cmd);
+    rc = lun_test_unit_ready(l);
+    CHECK(rc == 0, "TEST UNIT READY after a unit attention: %d (%s)", rc, log_last_error());
+    lun_pr_register(l, 0);
+    free(st);
+    lun_close(l);
+    printf("ua: READ KEYS, REGISTER, TEST UNIT READY after unit attentions: %s\n",
+           failures ? "FAILED" : "ok");
+    return failures ? 1 : 0;
+}
+
 /* ---- caw ----------------------------------------------------------------- */
 
 static void caw_fill(uint8_t *b, uint32_t bs, unsigned v)
@@ -550,10 +579,14 @@ static int cmd_caw(const char *uri, const char *uri2)
               "lba %" PRIu64 " does not hold b after a matching CAW", lba);
         memset(f, 0, bs);
         rc = lun_compare_and_write(l, lba, a, c, f);
-        CHECK(rc == -EILSEQ, "CAW with a stale expect at lba %" PRIu64 " returned %d, expected "
-              "-EILSEQ (miscompare)", lba, rc);
-        CHECK(memcmp(f, b, bs) == 0, "miscompare at lba %" PRIu64 " did not return the current "
-              "block", lba);
+        CHECK(rc == -EILSEQ,
+              "CAW with a stale expect at lba %" PRIu64 " returned %d, expected "
+              "-EILSEQ (miscompare)",
+              lba, rc);
+        CHECK(memcmp(f, b, bs) == 0,
+              "miscompare at lba %" PRIu64 " did not return the current "
+              "block",
+              lba);
         CHECK(lun_read(l, lba, 1, r) == 0 && memcmp(r, b, bs) == 0,
               "lba %" PRIu64 " changed by a miscompared CAW", lba);
         rc = lun_compare_and_write_dl(l, lba, b, a, NULL, lun_now_ns() + 5000000000ull);
@@ -593,6 +626,8 @@ int main(int argc, char **argv)
         return cmd_rw(uri);
     if (strcmp(cmd, "pr") == 0)
         return cmd_pr(uri);
+    if (strcmp(cmd, "ua") == 0 && argc > 3)
+        return cmd_ua(uri, argv[3]);
     if (strcmp(cmd, "caw") == 0)
         return cmd_caw(uri, argc > 3 ? argv[3] : NULL);
     if ((strcmp(cmd, "stall") == 0 || strcmp(cmd, "lost") == 0) && argc > 3)

@@ -16,16 +16,10 @@ tgt_add_target 1 iqn.2026-11.org.clusterfs.test:nop
 tgt_add_lun 1 1 16M
 
 pport=$(tgt_closed_port)
-python3 "$SRCDIR/tests/mpath/tcp-proxy.py" 127.0.0.2 "$pport" 127.0.0.2 "$TGT_PORT" \
-    >"$TGT_DIR/proxy.out" 2>&1 &
-ppid=$!
-tgt_on_exit "kill -CONT $ppid; kill $ppid; wait $ppid"
-for _ in $(seq 1 100); do
-    grep -q ready "$TGT_DIR/proxy.out" && break
-    kill -0 $ppid || { cat "$TGT_DIR/proxy.out"; exit 1; }
-    sleep 0.05
-done
-grep -q ready "$TGT_DIR/proxy.out"
+start_server ppid "$TGT_DIR/proxy.out" log:ready \
+    python3 "$SRCDIR/tests/mpath/tcp-proxy.py" 127.0.0.2 "$pport" 127.0.0.2 "$TGT_PORT" ||
+    fail "the TCP relay did not start"
+tgt_on_exit "kill -CONT $ppid"
 
 u0=$(tgt_uri 1 1 127.0.0.1)
 u1="iscsi://127.0.0.2:$pport/${TGT_IQN[1]}/1"

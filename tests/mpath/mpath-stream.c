@@ -15,6 +15,11 @@
  *     --no-verify     skip the final read-back
  *     --check-timeout-ms MS  fail a path whose TEST UNIT READY hangs this long
  *     --stop-file FILE  stop early once FILE exists
+ *     --timeout-ms MS   per-command timeout (lun_options.timeout_ms)
+ *     --verify-wait-file FILE  after the stream stopped, verify only once FILE
+ *                     exists, and --settle-ms later (a frozen path thawed: would
+ *                     a stale write land now?)
+ *     --settle-ms MS  (default 1500)
  *
  * Every write carries (lba, pass) in each block; at the end every block of
  * the region is read back and compared with the last pass written there.
@@ -172,6 +177,9 @@ int main(int argc, char **argv)
         {"no-verify", no_argument, NULL, 'N'},
         {"check-timeout-ms", required_argument, NULL, 'T'},
         {"stop-file", required_argument, NULL, 'F'},
+        {"timeout-ms", required_argument, NULL, 't'},
+        {"verify-wait-file", required_argument, NULL, 'W'},
+        {"settle-ms", required_argument, NULL, 'L'},
         {NULL, 0, NULL, 0},
     };
     log_set_program("mpath-stream");
@@ -180,7 +188,8 @@ int main(int argc, char **argv)
     double seconds = 10;
     uint64_t bsz = 65536, region = 16 << 20;
     unsigned qd = 1;
-    const char *state = NULL, *stop_file = NULL;
+    const char *state = NULL, *stop_file = NULL, *verify_wait = NULL;
+    unsigned settle_ms = 1500;
     bool expect_eio = false, verify = true;
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -226,6 +235,15 @@ int main(int argc, char **argv)
             break;
         case 'F':
             stop_file = optarg;
+            break;
+        case 't':
+            o.timeout_ms = (unsigned)atoi(optarg);
+            break;
+        case 'W':
+            verify_wait = optarg;
+            break;
+        case 'L':
+            settle_ms = (unsigned)atoi(optarg);
             break;
         default:
             return 2;
@@ -286,6 +304,13 @@ int main(int argc, char **argv)
         write_state(lun, state);
 
     uint64_t bad = 0;
+    if (verify && !expect_eio && verify_wait) {
+        fprintf(stderr, "mpath-stream: stopped after %llu writes; waiting for %s\n",
+                (unsigned long long)s.ops, verify_wait);
+        while (access(verify_wait, F_OK) != 0)
+            usleep(20000);
+        usleep(settle_ms * 1000u);
+    }
     if (verify && !expect_eio) {
         uint8_t *r = malloc((size_t)s.chunk_blocks * s.bs),
                 *e = malloc((size_t)s.chunk_blocks * s.bs);

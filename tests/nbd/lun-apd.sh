@@ -24,7 +24,7 @@ u1=$(tgt_uri 1 1 127.0.0.1)
 u2=$(tgt_uri 1 1 127.0.0.2)
 LUNF=$(tgt_lun_file 1 1)
 
-D=$(mktemp -d /tmp/nbd-apd.XXXXXX)
+tmpdir D
 SPID=
 CPIDS=()
 stop_all() {
@@ -32,7 +32,7 @@ stop_all() {
     [ -n "$SPID" ] && kill -KILL "$SPID" 2>/dev/null
     return 0
 }
-tgt_on_exit 'stop_all; rm -rf "$D"'
+on_exit stop_all
 fail() {
     echo "FAIL: $*" >&2
     echo "--- server log ---" >&2
@@ -42,14 +42,9 @@ fail() {
 
 head -c $((8 << 20)) /dev/zero | tr '\0' '\063' >"$D/img.raw" # 0x33
 SOCK=$D/s.sock
-"$VDISK" serve --socket "$SOCK" --workers 2 --shared 8 --name img --name lun "$D/img.raw" \
-    --lun "$u1" --lun "$u2" >"$D/server.log" 2>&1 &
-SPID=$!
-for _ in $(seq 200); do
-    [ -S "$SOCK" ] && break
-    kill -0 $SPID 2>/dev/null || fail "server died at start"
-    sleep 0.05
-done
+start_server SPID "$D/server.log" "unix:$SOCK" \
+    "$VDISK" serve --socket "$SOCK" --workers 2 --shared 8 --name img --name lun "$D/img.raw" \
+    --lun "$u1" --lun "$u2" || fail "server died at start"
 [ -S "$SOCK" ] || fail "server did not create $SOCK"
 IMG="nbd+unix:///img?socket=$SOCK"
 LUN="nbd+unix:///lun?socket=$SOCK"

@@ -38,7 +38,7 @@ LUNF=$(tgt_lun_file 1 1)
 OFF_M=16 SIZE_M=8 LUN_M=1024
 MAX_RUNS=$(((LUN_M - OFF_M) / SIZE_M))
 
-D=$(mktemp -d /tmp/nbd-mpath.XXXXXX)
+tmpdir D
 cd "$D" # fio leaves verify state files in the current directory
 SPID= DPID=
 stop_all() {
@@ -48,7 +48,7 @@ stop_all() {
     [ -n "$SPID" ] && kill -KILL "$SPID" 2>/dev/null
     return 0
 }
-tgt_on_exit 'stop_all; rm -rf "$D"'
+on_exit stop_all
 fail() {
     echo "FAIL: $*" >&2
     echo "--- server log ---" >&2
@@ -62,13 +62,8 @@ else
     LUNS=(--lun "$u1" --lun "$u2")
 fi
 SOCK=$D/s.sock
-"$VDISK" serve --socket "$SOCK" "${LUNS[@]}" >"$D/server.log" 2>&1 &
-SPID=$!
-for _ in $(seq 200); do
-    [ -S "$SOCK" ] && break
-    kill -0 $SPID 2>/dev/null || fail "server died at start"
-    sleep 0.05
-done
+start_server SPID "$D/server.log" "unix:$SOCK" \
+    "$VDISK" serve --socket "$SOCK" "${LUNS[@]}" || fail "server died at start"
 [ -S "$SOCK" ] || fail "server did not create $SOCK"
 [ "${NBD_MPATH_ONE_PATH:-0}" = 1 ] ||
     grep -q 'serve: LUN naa\.[0-9a-f]*: 2 paths, policy service-time' "$D/server.log" ||

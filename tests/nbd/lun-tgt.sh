@@ -7,33 +7,25 @@ set -euo pipefail
 : "${VDISK:?}"
 . "$SRCDIR/tests/lib/tgt.sh"
 tgt_require
-for p in qemu-io qemu-img fio; do
-    command -v $p >/dev/null || { echo "SKIP: $p not installed"; exit 77; }
-done
+need qemu-io qemu-img fio
 tgt_start
 tgt_add_target 1 iqn.2026-11.org.clusterfs.test:nbd
 tgt_add_lun 1 1 32M
 tgt_thin 1 1
 tgt_add_lun 1 2 32M 4096
 
-D=$(mktemp -d /tmp/nbd-tgt.XXXXXX)
+tmpdir D
 cd "$D" # fio leaves verify state files in the current directory
-SPID=
-tgt_on_exit 'if [ -n "$SPID" ]; then kill -KILL $SPID; fi; rm -rf "$D"'
-fail() { echo "FAIL: $*" >&2; tail -20 "$D/server.log" >&2 || true; exit 1; }
+on_failure 'tail -20 "$D/server.log" >&2'
 
 OPS=(-c 'write -P 0x11 0 4k' -c 'write -P 0x22 513 1000' -c 'aio_write -P 0x44 1M 1M'
      -c 'aio_write -P 0x45 3M 7' -c 'aio_flush' -c 'write -z 1200k 100k' -c 'flush')
 
 for l in 1 2; do
     SOCK=$D/l$l.sock
-    "$VDISK" serve --socket "$SOCK" --shared 4 --lun "$(tgt_uri 1 $l)" >>"$D/server.log" 2>&1 &
-    SPID=$!
-    for _ in $(seq 200); do
-        [ -S "$SOCK" ] && break
-        kill -0 $SPID 2>/dev/null || fail "server died at start (LUN $l)"
-        sleep 0.05
-    done
+    start_server SPID "$D/server.log" "unix:$SOCK" \
+        "$VDISK" serve --socket "$SOCK" --shared 4 --lun "$(tgt_uri 1 $l)" ||
+        fail "server did not start (LUN $l)"
     URL="nbd+unix:///?socket=$SOCK"
     cp --sparse=always "$(tgt_lun_file 1 $l)" "$D/exp.raw"
     qemu-io -f raw "${OPS[@]}" "$URL" >/dev/null || fail "qemu-io over the iSCSI LUN $l"
@@ -44,10 +36,8 @@ for l in 1 2; do
         --output="$D/fio$l" >/dev/null 2>&1 || fail "fio verify over the iSCSI LUN $l"
     dd if="$(tgt_lun_file 1 $l)" of="$D/exp.raw" bs=1M skip=16 seek=16 count=8 conv=notrunc \
         status=none
-    kill -TERM $SPID
     rc=0
-    wait $SPID || rc=$?
-    SPID=
+    reap $SPID TERM || rc=$?
     [ $rc -eq 0 ] || fail "server exit $rc (LUN $l)"
     cmp "$(tgt_lun_file 1 $l)" "$D/exp.raw" || fail "LUN $l backing file differs"
     [ "$(stat -c %s "$(tgt_lun_file 1 $l)")" = $((32 << 20)) ] || fail "LUN $l file grew"

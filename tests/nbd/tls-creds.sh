@@ -9,7 +9,9 @@
 #   DIR/evil/    ca-cert.pem (the real CA, to trust the server) and a client
 #                certificate CN=client1 signed by another CA
 #   DIR/noclient/ ca-cert.pem only (a client without a certificate)
-#   DIR/keys.psk    alice:<random 32 bytes>   (nbdkit / libnbd / psktool format)
+#   DIR/keys.psk    alice:<random 32 bytes> and bob:<another>  (nbdkit / libnbd /
+#                   psktool format)
+#   DIR/bob.psk     bob's line alone (a client's copy)
 #   DIR/wrong.psk   alice:<another key>
 #   DIR/unknown.psk mallory:<a key>
 #   DIR/qpsk-*/keys.psk  the same files where qemu's tls-creds-psk dir= wants them
@@ -45,6 +47,8 @@ leaf ca client2/client-key.pem client2/client-cert.pem "/O=clusterfs test/CN=cli
 leaf evilca evil/client-key.pem evil/client-cert.pem "/O=clusterfs test/CN=client1" "$CEXT"
 for d in server client client2 evil noclient; do cp ca/ca-cert.pem $d/; done
 printf 'alice:%s\n' "$(openssl rand -hex 32)" >keys.psk
+printf 'bob:%s\n' "$(openssl rand -hex 32)" >bob.psk
+cat bob.psk >>keys.psk
 printf 'alice:%s\n' "$(openssl rand -hex 32)" >wrong.psk
 printf 'mallory:%s\n' "$(openssl rand -hex 32)" >unknown.psk
 cp keys.psk qpsk-ok/keys.psk

@@ -5,9 +5,9 @@
 # of one LUN are one LUN for `clusterfs locks` as for `lun info`.
 set -euo pipefail
 : "${CLUSTERFS:?}" "${VDISK:?}"
-T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+. "$SRCDIR/tests/lib/common.sh"
+tmpdir T
 cd "$T"
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # bad CMD...: exit 2, and stderr names the option ($opt) and the value ($val).
 bad() {

@@ -38,7 +38,6 @@
 #include "log.h"
 #include "util.h"
 #include "vdisk.h"
-#include "vdisk_internal.h"
 
 #define SEC 512u
 #define GRAIN (64u * 1024)
@@ -204,6 +203,14 @@ static int do_run(const char *img_path, const char *log_path, unsigned seed, int
     return rc < 0 || crc < 0 ? 1 : 0;
 }
 
+static bool buf_is_zero(const uint8_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (b[i])
+            return false;
+    return true;
+}
+
 static int do_verify(const char *img_path, const char *log_path, unsigned seed, int first, int last,
                      bool power, bool grain_lost_ok, const char *out_path)
 {
@@ -339,7 +346,7 @@ static int do_verify(const char *img_path, const char *log_path, unsigned seed, 
                     snprintf(found, sizeof(found), "op %u's data for sector %" PRIu64, fo, fs);
                 else
                     snprintf(found, sizeof(found), "%s",
-                             vd_buf_is_zero(g, SEC) ? "zeroes" : "other bytes");
+                             buf_is_zero(g, SEC) ? "zeroes" : "other bytes");
                 fprintf(stderr,
                         "crash-workload: %s: sector %" PRIu64 " reads %s; expected "
                         "%s%d (crash in op %d, last flush op %d)\n",

@@ -5,9 +5,9 @@
 set -euo pipefail
 for p in qemu-img qemu-io; do command -v $p >/dev/null || exit 77; done
 : "${VDISK:?}" "${VDISK_IO:?}"
-T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+. "$SRCDIR/tests/lib/common.sh"
+tmpdir T
 cd "$T"
-fail() { echo "FAIL: $*" >&2; exit 1; }
 cid() { "$VDISK" info --json "$1" | jq -r .cid; }
 
 "$VDISK" create base.vmdk 64M

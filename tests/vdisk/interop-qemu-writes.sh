@@ -4,9 +4,9 @@
 set -euo pipefail
 for p in qemu-img qemu-io; do command -v $p >/dev/null || exit 77; done
 : "${VDISK:?}" "${VDISK_IO:?}"
-T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+. "$SRCDIR/tests/lib/common.sh"
+tmpdir T
 cd "$T"
-fail() { echo "FAIL: $*" >&2; exit 1; }
 # $1 = mono: monolithic subformats + streamOptimized, vmfs, vmfsSparse;
 # $1 = twogb: the split (2 GiB per extent) subformats. Two test runs, so each
 # stays short.

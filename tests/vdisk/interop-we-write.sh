@@ -5,9 +5,9 @@
 set -euo pipefail
 for p in qemu-img; do command -v $p >/dev/null || exit 77; done
 : "${VDISK:?}" "${VDISK_IO:?}"
-T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+. "$SRCDIR/tests/lib/common.sh"
+tmpdir T
 cd "$T"
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 for type in thin thick eager-zeroed; do
     "$VDISK" create --type $type d-$type.vmdk 67M
@@ -21,12 +21,23 @@ for type in thin thick eager-zeroed; do
 done
 # thick is allocated, eager-zeroed too; thin is not
 [ "$(stat -c %b d-thick-flat.vmdk)" -ge $((67 * 2048)) ] || fail "thick flat file not allocated"
-jq -e '.type == "monolithicFlat" and .adapter == "lsilogic" and (.uuid | test("^[0-9a-f]{8}-[0-9a-f]{4}-4"))' <("$VDISK" info --json d-thick.vmdk) >/dev/null || fail "info thick"
+jq -e '.type == "monolithicFlat" and .adapter == "lsilogic" and (.uuid | test("^([0-9a-f]{2} ){7}[0-9a-f]{2}-([0-9a-f]{2} ){7}[0-9a-f]{2}$"))' <("$VDISK" info --json d-thick.vmdk) >/dev/null || fail "info thick"
+# VMware's key (ddb.uuid), not VirtualBox's (ddb.uuid.image)
+grep -q '^ddb.uuid = ' d-thick.vmdk || fail "no ddb.uuid"
+! grep -q 'ddb.uuid.image' d-thick.vmdk || fail "ddb.uuid.image written"
 
 # adapters and geometry reach the descriptor
 "$VDISK" create --adapter ide a-ide.vmdk 100M
 jq -e '.adapter == "ide" and .geometry.heads == 16 and .geometry.sectors == 63' <("$VDISK" info --json a-ide.vmdk) >/dev/null || fail "ide adapter"
 grep -a -q 'ddb.adapterType = "ide"' a-ide.vmdk || fail "adapter not in descriptor"
+# IDE CHS: at most 16383 cylinders (100 GiB would be 208050)
+"$VDISK" create --adapter ide a-big.vmdk 100G
+jq -e '.geometry.cylinders == 16383' <("$VDISK" info --json a-big.vmdk) >/dev/null || fail "ide cylinders not capped"
+"$VDISK" resize a-ide.vmdk 200G
+jq -e '.geometry.cylinders == 16383' <("$VDISK" info --json a-ide.vmdk) >/dev/null || fail "ide cylinders after resize"
+# pvscsi is not an adapter type QEMU or the VMDK specification knows
+"$VDISK" create --adapter pvscsi a-pv.vmdk 10M 2>err && fail "pvscsi accepted"
+grep -q "lsilogic" err || fail "pvscsi refusal: $(cat err)"
 
 # convert: raw -> thin vmdk (sparse: zero grains stay unallocated) -> raw
 truncate -s 256M big.raw

@@ -8,9 +8,9 @@
 set -euo pipefail
 for p in qemu-img qemu-io jq; do command -v $p >/dev/null || exit 77; done
 : "${VDISK:?}" "${VDISK_IO:?}"
-T=$(mktemp -d); trap 'chmod -R u+w "$T"; rm -rf "$T"' EXIT
+. "$SRCDIR/tests/lib/common.sh"
+tmpdir T
 cd "$T"
-fail() { echo "FAIL: $*" >&2; exit 1; }
 check_all() { # every image in the folder passes qemu-img check
     for f in *.vmdk vm2/*.vmdk; do
         [ -e "$f" ] || continue
@@ -85,7 +85,10 @@ check_all "after delete s3"
 # linked clones, in the same folder and in another one
 "$VDISK" clone --linked disk.vmdk lc.vmdk >/dev/null
 mkdir vm2
-"$VDISK" clone --linked disk.vmdk vm2/far.vmdk >/dev/null
+# the clone's parent is outside its folder: refused unless that folder is allowed
+if "$VDISK" clone --linked disk.vmdk vm2/far.vmdk 2>err; then fail "far clone without --allow-root"; fi
+grep -q "outside the folders" err || fail "far clone refusal: $(cat err)"
+"$VDISK" clone --allow-root "$PWD" --linked disk.vmdk vm2/far.vmdk >/dev/null
 check_all "after linked clones"
 same lc.vmdk m.raw "linked clone"
 same vm2/far.vmdk m.raw "linked clone in another folder"

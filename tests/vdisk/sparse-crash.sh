@@ -24,9 +24,9 @@
 set -euo pipefail
 for p in qemu-img jq cmp; do command -v $p >/dev/null || exit 77; done
 : "${VDISK:?}" "${CRASH_WORKLOAD:?}" "${SPARSE_CRASH_SHIM:?}"
-T=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d); trap 'rm -rf "$T"' EXIT
+. "$SRCDIR/tests/lib/common.sh"
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then tmpdir T /dev/shm; else tmpdir T; fi
 cd "$T"
-fail() { echo "FAIL: $*" >&2; exit 1; }
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
 W=$CRASH_WORKLOAD
 SEED=${SPARSE_CRASH_SEED:-7} PRE=34 LAST=84 MAX=${SPARSE_CRASH_POINTS:-24}
