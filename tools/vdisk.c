@@ -158,7 +158,7 @@ static int cmd_info(int argc, char **argv)
     if (prc >= 0)
         return prc;
     struct vd_image *img;
-    if (vd_open(argv[optind], VD_OPEN_RDONLY | vdisk_open_fmt, &img) < 0)
+    if (vd_open(argv[optind], VD_OPEN_SHARED | vdisk_open_fmt, &img) < 0) /* as qemu-img -U: works on a disk in use */
         return 1;
     bool vmdk = vd_is_vmdk(img);
     uint64_t alloc = vd_allocated_bytes(img);
@@ -264,7 +264,7 @@ static int cmd_map(int argc, char **argv)
     if (prc >= 0)
         return prc;
     struct vd_image *img;
-    if (vd_open(argv[optind], VD_OPEN_RDONLY | vdisk_open_fmt, &img) < 0)
+    if (vd_open(argv[optind], VD_OPEN_SHARED | vdisk_open_fmt, &img) < 0) /* as qemu-img -U: works on a disk in use */
         return 1;
     struct json j;
     if (js) {

@@ -17,7 +17,10 @@
  * between them, invisibly to the NBD clients; paths reaching different LUNs
  * are refused), exported as "lun" (or the next --name). SIGTERM/SIGINT
  * drain the connections, flush and exit 0; a multipath LUN's per-path
- * counters are logged at exit.
+ * counters are logged at exit. Each image is held with QEMU's image locks (a
+ * disk in use elsewhere is refused at open), and each VMDK export gets a
+ * snapshot control socket (vdisk_ctl.c): `vdisk snapshot` of a served disk
+ * is run by this server, between two requests.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -41,6 +44,7 @@
 #include "tls.h"
 #include "tools.h"
 #include "vdisk.h"
+#include "vdisk_ctl.h"
 
 #define SERVE_MAX_EXPORTS 64
 
@@ -333,6 +337,7 @@ int cmd_serve(int argc, char **argv)
     struct lun *lun = NULL;
     struct nbd_lun_backend *lbe = NULL;
     struct nbd_server *srv = NULL;
+    struct ctl_server *ctl = NULL;
     char *bases[SERVE_MAX_EXPORTS] = {0};
 
     rc = nbd_server_new(&cfg, &srv);
@@ -397,10 +402,15 @@ int cmd_serve(int argc, char **argv)
              : tls_mode == NBD_TLS_ON ? "on"
                                       : "required",
              tls ? (tlso.psk_file ? " (PSK)" : " (X.509)") : "");
+    /* snapshots of the served disks go through us (vdisk_ctl.c) */
+    if (nfiles && ctl_server_start(imgs, argv + optind, nfiles, &ctl) < 0)
+        log_warn("serve: no snapshot control socket: snapshots of the served disks are refused "
+                 "while this server runs");
     rc = nbd_server_run(srv, sfd);
     ret = rc < 0 ? 1 : 0;
 
 out:
+    ctl_server_stop(ctl); /* waits for a snapshot operation in progress */
     nbd_server_free(srv);
     for (unsigned i = 0; i < nfiles && i < SERVE_MAX_EXPORTS; i++) {
         if (imgs[i]) {

@@ -12,6 +12,7 @@
 #include "log.h"
 #include "vdisk.h"
 #include "tools.h"
+#include "vdisk_ctl.h"
 #include "util.h"
 
 static void snap_usage(FILE *f)
@@ -146,22 +147,35 @@ int cmd_snapshot(int argc, char **argv)
         snap_usage(stderr);
         return 2;
     }
-    if (strcmp(sub, "create") == 0) {
-        int id = 0;
-        rc = vd_snapshot_create(a[0], a[1], &id);
-        if (rc == 0)
-            printf("%s: snapshot \"%s\" (id %d) created\n", a[0], a[1], id);
-    } else if (strcmp(sub, "revert") == 0) {
-        rc = vd_snapshot_revert(a[0], a[1]);
-        if (rc == 0)
-            printf("%s: reverted to snapshot \"%s\"\n", a[0], a[1]);
-    } else if (strcmp(sub, "delete") == 0) {
-        rc = vd_snapshot_delete(a[0], a[1]);
-        if (rc == 0)
-            printf("%s: snapshot \"%s\" deleted\n", a[0], a[1]);
-    } else {
+    bool known = strcmp(sub, "create") == 0 || strcmp(sub, "revert") == 0 ||
+                 strcmp(sub, "delete") == 0;
+    if (!known) {
         log_err("snapshot: unknown subcommand \"%s\" (create, list, revert, delete)", sub);
         return 2;
+    }
+    /* A disk that a vdisk server holds: the server does it, between two
+     * requests. Otherwise here, under the disk's image lock (refused while
+     * anyone else has the disk open). Never both. */
+    int id = 0;
+    int served = ctl_snapshot_request(a[0], sub, a[1], &rc, &id);
+    if (served < 0)
+        return 1;
+    const char *how = served ? " (live, by the server holding it)" : "";
+    if (strcmp(sub, "create") == 0) {
+        if (!served)
+            rc = vd_snapshot_create(a[0], a[1], &id);
+        if (rc == 0)
+            printf("%s: snapshot \"%s\" (id %d) created%s\n", a[0], a[1], id, how);
+    } else if (strcmp(sub, "revert") == 0) {
+        if (!served)
+            rc = vd_snapshot_revert(a[0], a[1]);
+        if (rc == 0)
+            printf("%s: reverted to snapshot \"%s\"%s\n", a[0], a[1], how);
+    } else {
+        if (!served)
+            rc = vd_snapshot_delete(a[0], a[1]);
+        if (rc == 0)
+            printf("%s: snapshot \"%s\" deleted%s\n", a[0], a[1], how);
     }
     return rc < 0 ? 1 : 0;
 }

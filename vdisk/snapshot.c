@@ -40,8 +40,13 @@
  * - A snapshot whose frozen file has live linked clones (ddb.dependents,
  *   see clone.c) is not deleted: the clones are named in the message.
  * - Tree changes in one folder are serialised between processes by flock on
- *   the folder (skipped where unsupported). None of this is safe against a
- *   VMM writing the disk at the same time: snapshot operations are offline.
+ *   the folder (skipped where unsupported). A VMM writing the disk at the
+ *   same time would write the frozen file, so every operation holds QEMU's
+ *   writer image lock on the disk for its run (sn_hold_disk: refused while
+ *   anyone has it open), and opens its own files without locks. A process
+ *   serving the disk runs the operation itself between two requests
+ *   (vd_snapshot_*_open -> vd_image_switch: flush, operate with the lock it
+ *   already holds, reopen the path in place through the chain opener).
  * - Limits: the descriptor with the tree must fit half of the 10 KiB
  *   embedded area (the other half holds the journal copy that makes every
  *   rewrite crash-safe, vmdk_open.c): about 26 snapshots with short names;
@@ -64,6 +69,46 @@
 #include "util.h"
 
 #define SN_PREFIX "ddb.snapshot."
+
+/* Every image the snapshot code opens is opened without image locks: the
+ * operation holds the disk's writer lock itself for its whole run
+ * (sn_hold_disk), or runs inside the server that holds it (vd_snapshot_*_open),
+ * and its own opens of the same files must not conflict with it. */
+static int sn_vd_open(const char *path, unsigned flags, struct vd_image **out)
+{
+    return vd_open(path, flags | VD_OPEN_NOLOCK, out);
+}
+
+/* Take QEMU's writer image lock on the disk for the operation: refused
+ * (-EBUSY, naming the holder) while a VM, qemu-io, qemu-nbd or a vdisk
+ * server has it open. *fd_out: close it to release. */
+int vd_snap_check_writable(const char *path);
+static int sn_hold_disk(const char *path, int *fd_out)
+{
+    *fd_out = -1;
+    int rc = vd_snap_check_writable(path);
+    if (rc < 0)
+        return rc;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        rc = -errno;
+        log_err("%s: %s", path, strerror(-rc));
+        return rc;
+    }
+    rc = vd_imagelock_take(fd, path, VD_LOCK_WRITE);
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+static void sn_release_disk(int fd)
+{
+    if (fd >= 0)
+        close(fd); /* drops the image lock */
+}
 
 static const char *sn_basename(const char *p)
 {
@@ -332,36 +377,53 @@ int vd_snap_check_writable(const char *path)
     return 0;
 }
 
+/* Set by the vd_snapshot_*_open calls (live.c path) around an operation
+ * on a disk their caller has open and locked: the operation must not take
+ * the disk's image lock again (its own lock would conflict with it). */
+static __thread bool sn_disk_held;
+
+struct sn_lock {
+    int dirfd;  /* flock on the folder */
+    int holdfd; /* the disk's writer image lock (sn_hold_disk), -1 if held by the caller */
+};
+
 /* Serialise tree changes of disks in one folder between processes: flock
  * on the folder (the disk's inode is replaced by each change, so it cannot
- * carry the lock). Where flock is not supported, go on unlocked. */
-static int sn_lock_folder(const char *path, int *fd_out)
+ * carry the lock). Where flock is not supported, go on unlocked. Then take
+ * the disk's writer image lock, unless the caller holds it. */
+static int sn_lock_folder(const char *path, struct sn_lock *lk)
 {
-    *fd_out = -1;
+    lk->dirfd = lk->holdfd = -1;
     char *dir = sn_dirname(path);
     if (!dir)
         return -ENOMEM;
     int fd = open(*dir ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     free(dir);
-    if (fd < 0)
-        return 0;
-    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-        if (errno == EWOULDBLOCK) {
-            log_err("%s: another snapshot or clone operation is running in this folder; try "
-                    "again when it has finished",
-                    path);
-            close(fd);
-            return -EBUSY;
+    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK) {
+        log_err("%s: another snapshot or clone operation is running in this folder; try "
+                "again when it has finished",
+                path);
+        close(fd);
+        return -EBUSY;
+    }
+    lk->dirfd = fd;
+    if (!sn_disk_held) {
+        int rc = sn_hold_disk(path, &lk->holdfd);
+        if (rc < 0) {
+            if (fd >= 0)
+                close(fd);
+            lk->dirfd = -1;
+            return rc;
         }
     }
-    *fd_out = fd;
     return 0;
 }
 
-static void sn_unlock_folder(int fd)
+static void sn_unlock_folder(struct sn_lock lk)
 {
-    if (fd >= 0)
-        close(fd); /* drops the flock */
+    sn_release_disk(lk.holdfd);
+    if (lk.dirfd >= 0)
+        close(lk.dirfd); /* drops the flock */
 }
 
 static int sn_mark_frozen(const char *fpath);
@@ -373,7 +435,7 @@ static int sn_open_disk(const char *path, struct vd_image **img, struct vd_snap_
     int rc = vd_snap_check_writable(path);
     if (rc < 0)
         return rc;
-    rc = vd_open(path, VD_OPEN_RDONLY, img);
+    rc = sn_vd_open(path, VD_OPEN_RDONLY, img);
     if (rc < 0)
         return rc;
     if ((*img)->kind != VD_KIND_VMDK) {
@@ -409,7 +471,7 @@ static int sn_open_disk(const char *path, struct vd_image **img, struct vd_snap_
 int vd_snapshot_list(const char *path, struct vd_snap_list *out)
 {
     struct vd_image *img;
-    int rc = vd_open(path, VD_OPEN_RDONLY, &img);
+    int rc = sn_vd_open(path, VD_OPEN_RDONLY, &img);
     if (rc < 0)
         return rc;
     if (img->kind != VD_KIND_VMDK) {
@@ -461,7 +523,7 @@ static int sn_new_delta(const char *path, const struct vd_image *ref, uint64_t s
         return rc;
     }
     struct vd_image *t;
-    rc = vd_open(tmp, 0, &t);
+    rc = sn_vd_open(tmp, 0, &t);
     if (rc == 0) {
         if (t->desc.n_ext == 1)
             rc = vmdk_desc_set_str(&t->desc.ext[0].fname, sn_basename(path));
@@ -511,7 +573,7 @@ static void sn_chmod_ro(const char *path)
 static int sn_mark_frozen(const char *fpath)
 {
     struct vd_image *f;
-    int rc = vd_open(fpath, VD_OPEN_FROZEN_OK, &f);
+    int rc = sn_vd_open(fpath, VD_OPEN_FROZEN_OK, &f);
     if (rc < 0)
         return rc;
     sn_ddb_del_prefix(&f->desc, SN_PREFIX);
@@ -540,7 +602,7 @@ int vd_snap_freeze(const char *path, const char *name, char **frozen_path, uint3
     }
     struct vd_image *top;
     struct vd_snap_list l;
-    int lockfd;
+    struct sn_lock lockfd;
     int rc = sn_lock_folder(path, &lockfd);
     if (rc < 0)
         return rc;
@@ -689,7 +751,7 @@ int vd_snapshot_revert(const char *path, const char *name)
 {
     struct vd_image *top, *snap = NULL;
     struct vd_snap_list l;
-    int lockfd;
+    struct sn_lock lockfd;
     int rc = sn_lock_folder(path, &lockfd);
     if (rc < 0)
         return rc;
@@ -713,7 +775,7 @@ int vd_snapshot_revert(const char *path, const char *name)
         rc = -ENOMEM;
         goto out;
     }
-    rc = vd_open(fpath, VD_OPEN_RDONLY, &snap);
+    rc = sn_vd_open(fpath, VD_OPEN_RDONLY, &snap);
     if (rc < 0)
         goto out;
     if (snap->kind != VD_KIND_VMDK || snap->desc.cid != s->cid) {
@@ -759,7 +821,7 @@ static int sn_chain_has(const char *path, const char *real)
         *s = 0;
     const char *roots[] = {fdir && *fdir ? fdir : "/"};
     struct vd_open_opts o = {.roots = roots, .n_roots = 1};
-    int rc = vd_open_ex(path, VD_OPEN_RDONLY, &o, &img);
+    int rc = vd_open_ex(path, VD_OPEN_RDONLY | VD_OPEN_NOLOCK, &o, &img);
     free(fdir);
     if (rc < 0)
         return 1; /* cannot tell: keep it */
@@ -794,7 +856,7 @@ static int sn_set_dependents(const char *frozen_path, const char *val)
     if (ro)
         (void)chmod(frozen_path, st.st_mode | 0200);
     struct vd_image *f;
-    int rc = vd_open(frozen_path, VD_OPEN_FROZEN_OK, &f);
+    int rc = sn_vd_open(frozen_path, VD_OPEN_FROZEN_OK, &f);
     if (rc == 0) {
         if (val && *val) {
             rc = vmdk_desc_ddb_set(&f->desc, "ddb.dependents", val);
@@ -816,7 +878,7 @@ static int sn_get_dependents(const char *frozen_path, char **out)
 {
     struct vd_image *f;
     *out = NULL;
-    int rc = vd_open(frozen_path, VD_OPEN_RDONLY, &f);
+    int rc = sn_vd_open(frozen_path, VD_OPEN_RDONLY, &f);
     if (rc < 0)
         return rc;
     const char *v = f->kind == VD_KIND_VMDK ? vmdk_desc_ddb_get(&f->desc, "ddb.dependents") : NULL;
@@ -966,7 +1028,7 @@ static int sn_consolidate_into(const char *cpath, const char *fpath, const char 
     if (ro)
         (void)chmod(cpath, st.st_mode | 0200);
     struct vd_image *c;
-    int rc = vd_open(cpath, VD_OPEN_FROZEN_OK, &c);
+    int rc = sn_vd_open(cpath, VD_OPEN_FROZEN_OK, &c);
     if (rc < 0)
         goto out_mode;
     if (c->kind != VD_KIND_VMDK) {
@@ -1041,7 +1103,7 @@ int vd_snapshot_delete(const char *path, const char *name)
 {
     struct vd_image *top, *f = NULL;
     struct vd_snap_list l;
-    int lockfd;
+    struct sn_lock lockfd;
     int rc = sn_lock_folder(path, &lockfd);
     if (rc < 0)
         return rc;
@@ -1082,7 +1144,7 @@ int vd_snapshot_delete(const char *path, const char *name)
         rc = -EBUSY;
     if (rc < 0)
         goto out;
-    rc = vd_open(fpath, VD_OPEN_RDONLY, &f);
+    rc = sn_vd_open(fpath, VD_OPEN_RDONLY, &f);
     if (rc < 0)
         goto out;
     if (f->desc.parent_hint && !(phint = strdup(f->desc.parent_hint))) {
@@ -1138,7 +1200,7 @@ tree:
     free(s->file);
     memmove(s, s + 1, sizeof(*s) * (size_t)(l.n - (s - l.s) - 1));
     l.n--;
-    rc = vd_open(path, 0, &top);
+    rc = sn_vd_open(path, 0, &top);
     if (rc == 0) {
         __atomic_store_n(&top->cid_updated, 1, __ATOMIC_RELEASE);
         rc = sn_meta_store(&top->desc, &l);
@@ -1159,4 +1221,92 @@ out:
     free(phint);
     sn_unlock_folder(lockfd);
     return rc;
+}
+
+/* ------------------------------------------------------ on an open disk */
+
+enum sn_live_kind { SN_LIVE_CREATE, SN_LIVE_REVERT, SN_LIVE_DELETE };
+
+struct sn_live_op {
+    enum sn_live_kind kind;
+    const char *name;
+    int *id;
+    uint64_t size; /* the export's size */
+};
+
+/* A revert must not change the size of a disk that is served. */
+static int sn_revert_size_ok(const char *path, const char *name, uint64_t size)
+{
+    struct vd_snap_list l;
+    int rc = vd_snapshot_list(path, &l);
+    if (rc < 0)
+        return rc;
+    struct vd_snap *s = sn_find(&l, name);
+    char *dir = sn_dirname(path), *f = s && dir ? sn_join(dir, s->file) : NULL;
+    struct vd_image *img = NULL;
+    if (s && f && sn_vd_open(f, VD_OPEN_RDONLY, &img) == 0 && vd_size(img) != size) {
+        log_err("%s: snapshot \"%s\" is %llu bytes, the served disk %llu: a served disk cannot "
+                "change size; stop the server to revert to it",
+                path, name, (unsigned long long)vd_size(img), (unsigned long long)size);
+        rc = -EINVAL;
+    }
+    vd_close(img);
+    free(f);
+    free(dir);
+    vd_snap_list_free(&l);
+    return rc; /* a missing snapshot: the revert itself says so */
+}
+
+static int sn_live_run(const char *path, void *arg)
+{
+    struct sn_live_op *o = arg;
+    int rc = 0;
+    sn_disk_held = true; /* the caller's open image holds the disk's lock */
+    switch (o->kind) {
+    case SN_LIVE_CREATE:
+        rc = vd_snapshot_create(path, o->name, o->id);
+        break;
+    case SN_LIVE_REVERT:
+        rc = sn_revert_size_ok(path, o->name, o->size);
+        if (rc == 0)
+            rc = vd_snapshot_revert(path, o->name);
+        break;
+    case SN_LIVE_DELETE:
+        rc = vd_snapshot_delete(path, o->name);
+        break;
+    }
+    sn_disk_held = false;
+    return rc;
+}
+
+bool vd_snapshot_capable(const struct vd_image *img)
+{
+    return img->kind == VD_KIND_VMDK && !sn_is_frozen(img);
+}
+
+static int sn_live(struct vd_image *img, enum sn_live_kind kind, const char *name, int *id)
+{
+    if (!vd_snapshot_capable(img)) {
+        log_err("%s: %s", vd_path(img),
+                img->kind == VD_KIND_VMDK ? "is a frozen image: no snapshots"
+                                          : "snapshots need a VMDK image (this is raw)");
+        return img->kind == VD_KIND_VMDK ? -EROFS : -ENOTSUP;
+    }
+    struct sn_live_op o = {.kind = kind, .name = name, .id = id, .size = vd_size(img)};
+    return vd_image_switch(img, sn_live_run, &o);
+}
+
+int vd_snapshot_create_open(struct vd_image *img, const char *name, int *id)
+{
+    return sn_live(img, SN_LIVE_CREATE, name, id);
+}
+
+int vd_snapshot_revert_open(struct vd_image *img, const char *name)
+{
+    return sn_live(img, SN_LIVE_REVERT, name, NULL);
+}
+
+int vd_snapshot_delete_open(struct vd_image *img, const char *name)
+{
+    return sn_live(img, SN_LIVE_DELETE, name, NULL);
 }

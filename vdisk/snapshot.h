@@ -7,8 +7,11 @@
  * ddb.snapshot.* keys of PATH's own descriptor (QEMU ignores them); frozen
  * files carry ddb.frozen = "true" and, when linked clones use them,
  * ddb.dependents. See docs/snapshots.md for the layout and the crash-safe
- * order of every operation. None of these calls may run while the disk is
- * open for I/O elsewhere.
+ * order of every operation. The path calls take the disk's writer image
+ * lock (imagelock.h) for their run, so they are refused (-EBUSY, naming the
+ * holder) while anyone has the disk open; a process that has it open for
+ * I/O (vdisk serve) uses the *_open calls instead, which run between its
+ * requests and switch its open image to the new chain.
  */
 #ifndef VDISK_SNAPSHOT_H
 #define VDISK_SNAPSHOT_H

@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -440,6 +441,121 @@ static void test_linked_clone_blocks_delete_until_removed(void **state)
     assert_int_equal(vd_close(img), 0);
 }
 
+/* ------------------------------------------- snapshots of an open disk */
+
+#define LIVE_THREADS 4
+#define LIVE_REGION (1u << 20)
+
+struct live_worker {
+    struct vd_image *img;
+    int t;
+    uint8_t *shadow; /* what the region must read as */
+    int *stop;       /* atomic */
+    int err;
+    unsigned writes;
+};
+
+/* Write, read back, flush now and then, in its own region, until stopped:
+ * every call must succeed and every read must see the thread's own last
+ * write, across the switches the main thread makes meanwhile. */
+static void *live_worker_main(void *arg)
+{
+    struct live_worker *w = arg;
+    uint8_t buf[16384], got[16384];
+    unsigned seed = 1234u + (unsigned)w->t;
+    uint64_t base = (uint64_t)w->t * LIVE_REGION;
+    while (!__atomic_load_n(w->stop, __ATOMIC_ACQUIRE) && !w->err) {
+        uint64_t off = (uint64_t)(rand_r(&seed) % (LIVE_REGION / 512 - 32)) * 512;
+        size_t len = 512 * (1 + (size_t)rand_r(&seed) % 32);
+        for (size_t k = 0; k < len; k++)
+            buf[k] = (uint8_t)(w->writes * 31 + k + (size_t)w->t);
+        int rc = vd_pwrite(w->img, buf, len, base + off, w->writes % 5 == 0 ? VD_FUA : 0);
+        if (rc == 0)
+            memcpy(w->shadow + off, buf, len);
+        if (rc == 0)
+            rc = vd_pread(w->img, got, len, base + off);
+        if (rc == 0 && memcmp(got, buf, len) != 0)
+            rc = -EILSEQ;
+        if (rc == 0 && w->writes % 8 == 7)
+            rc = vd_flush(w->img);
+        w->err = rc;
+        w->writes++;
+    }
+    return NULL;
+}
+
+/* issue 13 item 1: vd_snapshot_*_open switch a disk that threads are
+ * reading and writing: no request fails, every thread reads its own last
+ * write throughout, and the chain is right afterwards */
+static void test_snapshot_open_switches_under_concurrent_io(void **state)
+{
+    const char *disk = tpath("live.vmdk");
+    struct vd_create_opts o = {.size = LIVE_THREADS * LIVE_REGION, .type = VD_TYPE_THIN};
+    assert_int_equal(vmdk_create(disk, &o), 0);
+    struct vd_image *img;
+    assert_int_equal(vd_open(disk, 0, &img), 0);
+    int stop = 0;
+    struct live_worker w[LIVE_THREADS];
+    pthread_t th[LIVE_THREADS];
+    for (int t = 0; t < LIVE_THREADS; t++) {
+        w[t] = (struct live_worker){.img = img, .t = t, .stop = &stop};
+        w[t].shadow = calloc(1, LIVE_REGION);
+        assert_non_null(w[t].shadow);
+        assert_int_equal(pthread_create(&th[t], NULL, live_worker_main, &w[t]), 0);
+    }
+    char name[32];
+    int id = 0, steps = getenv("LIVE_SNAP_STEPS") ? atoi(getenv("LIVE_SNAP_STEPS")) : 12;
+    for (int i = 1; i <= steps; i++) {
+        usleep(2000);
+        snprintf(name, sizeof(name), "s%d", i);
+        assert_int_equal(vd_snapshot_create_open(img, name, &id), 0);
+        assert_int_equal(id, i);
+        if (i % 4 == 0) { /* consolidate an older one into its child */
+            snprintf(name, sizeof(name), "s%d", i - 2);
+            assert_int_equal(vd_snapshot_delete_open(img, name), 0);
+        }
+    }
+    /* a revert drops the live delta: stop the writers first, then check it */
+    __atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
+    for (int t = 0; t < LIVE_THREADS; t++) {
+        assert_int_equal(pthread_join(th[t], NULL), 0);
+        assert_int_equal(w[t].err, 0);
+        assert_true(w[t].writes > 0);
+    }
+    uint8_t *b = malloc(LIVE_REGION);
+    assert_non_null(b);
+    for (int t = 0; t < LIVE_THREADS; t++) {
+        assert_int_equal(vd_pread(img, b, LIVE_REGION, (uint64_t)t * LIVE_REGION), 0);
+        assert_memory_equal(b, w[t].shadow, LIVE_REGION);
+    }
+    assert_int_equal(vd_snapshot_create_open(img, "last", &id), 0);
+    memset(b, 0x77, 4096);
+    assert_int_equal(vd_pwrite(img, b, 4096, 0, 0), 0);
+    assert_int_equal(vd_snapshot_revert_open(img, "last"), 0);
+    assert_int_equal(vd_pread(img, b, 4096, 0), 0);
+    assert_memory_equal(b, w[0].shadow, 4096); /* the write after "last" is gone */
+    assert_int_equal(vd_close(img), 0);
+    /* reopened from scratch (with image locks: none left behind) */
+    assert_int_equal(vd_open(disk, 0, &img), 0);
+    for (int t = 0; t < LIVE_THREADS; t++) {
+        assert_int_equal(vd_pread(img, b, LIVE_REGION, (uint64_t)t * LIVE_REGION), 0);
+        assert_memory_equal(b, w[t].shadow, LIVE_REGION);
+    }
+    assert_int_equal(vd_close(img), 0);
+    struct vd_snap_list l;
+    assert_int_equal(vd_snapshot_list(disk, &l), 0);
+    assert_int_equal(l.n, steps - steps / 4 + 1);
+    for (int i = 0; i < l.n; i++) {
+        struct vd_check_report r;
+        assert_int_equal(vd_check(tpath(l.s[i].file), 0, NULL, &r), 0);
+        assert_int_equal(r.errors, 0);
+    }
+    vd_snap_list_free(&l);
+    for (int t = 0; t < LIVE_THREADS; t++)
+        free(w[t].shadow);
+    free(b);
+}
+
 /* The header says ids are never reused: deleting the newest snapshot used
  * to give its id (and its file name) to the next one. */
 static void test_snapshot_ids_never_reused(void **state)
@@ -469,6 +585,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_snapshot_model_random_ops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_open_switches_under_concurrent_io, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_ids_never_reused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_linked_clone_blocks_delete_until_removed, setup,
                                         teardown),

@@ -355,6 +355,91 @@ static void test_chain_reads_parent_and_copies_on_write(void **state)
     vd_close(img);
 }
 
+/* A base full of 0x5a (2 grains) and an empty thin delta on it. */
+static void make_base_and_delta(const char *base, const char *child)
+{
+    struct vd_image *img;
+    uint8_t pat[65536 * 2];
+    memset(pat, 0x5a, sizeof(pat));
+    make_thin(base, 2 << 20, NULL, 0);
+    assert_int_equal(vd_open(base, 0, &img), 0);
+    assert_int_equal(vd_pwrite(img, pat, sizeof(pat), 0, 0), 0);
+    assert_int_equal(vd_close(img), 0);
+    make_thin(child, 2 << 20, strrchr(base, '/') + 1, image_cid(base));
+}
+
+static enum vd_map_state local_state(struct vd_image *img, uint64_t off)
+{
+    struct vd_map m;
+    assert_int_equal(vd_map_local(img, off, 512, &m), 0);
+    return m.state;
+}
+
+/* issue 13 item 8: a TRIM of 4 KiB in a delta gives back what it can
+ * (pieces of grains allocated here are punched) but never copies a whole
+ * grain up from the parent to do it */
+static void test_discard_piece_of_grain_in_delta_no_copy_up(void **state)
+{
+    const char *base = tpath("db.vmdk"), *child = tpath("dc.vmdk");
+    make_base_and_delta(base, child);
+    struct vd_image *img;
+    uint8_t b[65536], w[8192];
+    assert_int_equal(vd_open(child, 0, &img), 0);
+    assert_int_equal(vd_discard(img, 4096, 4096), 0);
+    assert_int_equal(local_state(img, 0), VD_MAP_UNALLOC); /* no copy-up */
+    assert_int_equal(vd_pread(img, b, 8192, 0), 0);
+    assert_int_equal(b[4096], 0x5a); /* advisory: still the parent's data */
+    /* a piece of a grain allocated here is punched: reads zeroes */
+    memset(w, 0x11, sizeof(w));
+    assert_int_equal(vd_pwrite(img, w, sizeof(w), 65536, 0), 0);
+    assert_int_equal(local_state(img, 65536), VD_MAP_DATA);
+    assert_int_equal(vd_discard(img, 65536 + 4096, 4096), 0);
+    assert_int_equal(vd_pread(img, b, sizeof(b), 65536), 0);
+    assert_int_equal(b[0], 0x11);
+    assert_int_equal(b[4095], 0x11);
+    assert_true(vd_buf_is_zero(b + 4096, 4096));
+    assert_int_equal(b[8192], 0x5a);
+    /* a whole grain still hides the parent */
+    assert_int_equal(vd_discard(img, 0, 65536), 0);
+    assert_int_equal(vd_pread(img, b, sizeof(b), 0), 0);
+    assert_true(vd_buf_is_zero(b, sizeof(b)));
+    assert_int_equal(vd_close(img), 0);
+}
+
+/* issue 13 item 8: FAST_ZERO is refused, with nothing changed, exactly when
+ * zero data would have to be written; NO_HOLE zeroes allocated grains in
+ * place */
+static void test_fast_zero_refused_only_when_it_would_write(void **state)
+{
+    const char *base = tpath("fb.vmdk"), *child = tpath("fc.vmdk");
+    make_base_and_delta(base, child);
+    struct vd_image *img;
+    uint8_t b[65536], w[65536];
+    assert_int_equal(vd_open(child, 0, &img), 0);
+    /* a piece of an unallocated grain over the parent: a copy-up: refused */
+    assert_int_equal(vd_write_zeroes(img, 4096, 4096, VD_ZERO_FAST), -ENOTSUP);
+    assert_int_equal(local_state(img, 0), VD_MAP_UNALLOC);
+    assert_int_equal(vd_write_zeroes(img, 4096, 4096, VD_ZERO_FAST | VD_NO_HOLE), -ENOTSUP);
+    assert_int_equal(local_state(img, 0), VD_MAP_UNALLOC);
+    /* a whole grain without NO_HOLE: a zeroed-grain entry: fast */
+    assert_int_equal(vd_write_zeroes(img, 0, 65536, VD_ZERO_FAST), 0);
+    assert_int_equal(local_state(img, 0), VD_MAP_ZERO);
+    /* an allocated grain, NO_HOLE: zeroed in place, stays allocated: fast */
+    memset(w, 0x22, sizeof(w));
+    assert_int_equal(vd_pwrite(img, w, sizeof(w), 65536, 0), 0);
+    assert_int_equal(vd_write_zeroes(img, 65536 + 512, 8192, VD_ZERO_FAST | VD_NO_HOLE), 0);
+    assert_int_equal(local_state(img, 65536), VD_MAP_DATA);
+    assert_int_equal(vd_pread(img, b, sizeof(b), 65536), 0);
+    assert_int_equal(b[511], 0x22);
+    assert_true(vd_buf_is_zero(b + 512, 8192));
+    assert_int_equal(b[512 + 8192], 0x22);
+    /* without FAST the same piece of an unallocated grain is written */
+    assert_int_equal(vd_write_zeroes(img, 2 * 65536 + 4096, 4096, 0), 0);
+    assert_int_equal(vd_pread(img, b, 4096, 2 * 65536 + 4096), 0);
+    assert_true(vd_buf_is_zero(b, 4096));
+    assert_int_equal(vd_close(img), 0);
+}
+
 static void test_chain_cid_mismatch_names_both_files(void **state)
 {
     const char *base = tpath("b2.vmdk"), *child = tpath("c2.vmdk");
@@ -872,6 +957,8 @@ int main(void)
         cmocka_unit_test(test_sparse_racing_writers_allocate_once),
         cmocka_unit_test(test_chain_reads_parent_and_copies_on_write),
         cmocka_unit_test(test_chain_cid_mismatch_names_both_files),
+        cmocka_unit_test(test_discard_piece_of_grain_in_delta_no_copy_up),
+        cmocka_unit_test(test_fast_zero_refused_only_when_it_would_write),
         cmocka_unit_test(test_chain_loop_and_missing_parent),
         cmocka_unit_test(test_cid_changes_on_first_write),
         cmocka_unit_test(test_resize_sparse_grow_and_shrink_keep_data),

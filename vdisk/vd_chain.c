@@ -142,6 +142,13 @@ static char *vd_path_normalize(const char *abs)
     return out;
 }
 
+int vd_image_lock_file(const struct vd_io *io, int h, const char *path, enum vd_lock_mode mode)
+{
+    if (mode == VD_LOCK_NONE || h < 0 || !io->ops->imagelock)
+        return 0;
+    return io->ops->imagelock(io->ctx, h, path, (int)mode, true);
+}
+
 /* Record a file of the chain; -ELOOP when it is there already. */
 static int vd_chain_note(struct vd_chain *c, const struct vd_io_stat *st)
 {
@@ -384,7 +391,8 @@ int vd_chain_open_parent(struct vd_chain *c, struct vd_image *img)
         log_err("%s: parent chain deeper than %d images", img->path, VD_MAX_CHAIN);
         return -ELOOP;
     }
-    struct vd_image *p = vd_image_alloc(d->parent_hint, VD_OPEN_RDONLY);
+    struct vd_image *p =
+        vd_image_alloc(d->parent_hint, VD_OPEN_RDONLY | (img->flags & (VD_OPEN_SHARED | VD_OPEN_NOLOCK)));
     if (!p)
         return -ENOMEM;
     p->io = c->io;
@@ -408,6 +416,9 @@ int vd_chain_open_parent(struct vd_chain *c, struct vd_image *img)
                 rc = -ENOMEM;
         }
     }
+    /* QEMU's image locks: a parent is read (shared with other readers) */
+    if (rc == 0)
+        rc = vd_image_lock_file(c->io, p->fd, p->path, vd_lock_mode_for(p->flags, false));
     if (rc == 0) {
         c->depth++;
         rc = vd_chain_open_image(c, p, &st);
@@ -467,12 +478,26 @@ int vd_open_ex(const char *path, unsigned flags, const struct vd_open_opts *o,
                struct vd_image **out)
 {
     *out = NULL;
+    if (flags & VD_OPEN_SHARED)
+        flags |= VD_OPEN_RDONLY;
     struct vd_chain c = {.io = o && o->io ? o->io : &vd_io_posix};
     struct vd_image *img = vd_image_alloc(path, flags);
     if (!img)
         return -ENOMEM;
     img->io = c.io;
     int rc;
+    /* kept for a reopen of the same chain (vd_image_switch) */
+    for (int i = 0; o && i < o->n_roots; i++) {
+        char **nr = realloc(img->open_roots, sizeof(*nr) * (size_t)(i + 1));
+        if (!nr || !(nr[i] = strdup(o->roots[i]))) {
+            if (nr)
+                img->open_roots = nr;
+            rc = -ENOMEM;
+            goto fail;
+        }
+        img->open_roots = nr;
+        img->n_open_roots = i + 1;
+    }
     /* the user's own path: links followed, a block device allowed */
     rc = VD_IO(c.io, open, VD_IO_CWD, path, (img->ro ? 0 : VD_IO_RDWR) | VD_IO_FOLLOW, &img->fd);
     if (rc < 0) {
@@ -486,6 +511,11 @@ int vd_open_ex(const char *path, unsigned flags, const struct vd_open_opts *o,
         log_err("%s: stat: %s", path, strerror(-rc));
         goto fail;
     }
+    /* QEMU's image locks on the top file (and, in vmdk_open_extents and
+     * vd_chain_open_parent, on every other file of the chain) */
+    rc = vd_image_lock_file(c.io, img->fd, path, vd_lock_mode_for(flags, !img->ro));
+    if (rc < 0)
+        goto fail;
     /* the disk's own folder is the first root; names in it resolve there */
     rc = vd_chain_add_root(&c, *img->dir ? img->dir : ".", c.io == &vd_io_posix);
     if (rc < 0)

@@ -71,6 +71,12 @@ struct vd_io_ops {
      * non-blocking: -EWOULDBLOCK when held elsewhere, -EOPNOTSUPP when the
      * file system has none */
     int (*lock)(void *ctx, int h, bool exclusive);
+    /* QEMU's image locks (imagelock.h) on an open file: take `mode` (enum
+     * vd_lock_mode; VD_LOCK_NONE drops them) and check for conflicting
+     * holders: -EBUSY, naming the holder. take=false only changes what is
+     * held, without the check. May be NULL: the backend's files cannot be
+     * reached by QEMU, nothing to lock. */
+    int (*imagelock)(void *ctx, int h, const char *path, int mode, bool take);
 };
 
 struct vd_io {

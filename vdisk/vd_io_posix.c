@@ -1,7 +1,7 @@
 /* vd_io_posix.c: the POSIX backend of the vdisk I/O seam (vd_io.h): file
  * descriptors as handles, openat(2) with O_NOFOLLOW | O_NONBLOCK and an
  * fstat check, pread/pwrite, fdatasync, fallocate, SEEK_DATA/SEEK_HOLE,
- * linkat/renameat2/unlinkat, flock.
+ * linkat/renameat2/unlinkat, flock, QEMU's OFD image locks (imagelock.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -12,6 +12,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "imagelock.h"
 #include "util.h"
 #include "vd_io.h"
 
@@ -194,6 +195,13 @@ static int px_lock(void *ctx, int h, bool exclusive)
     return -EOPNOTSUPP;
 }
 
+static int px_imagelock(void *ctx, int h, const char *path, int mode, bool take)
+{
+    (void)ctx;
+    return take ? vd_imagelock_take(h, path, (enum vd_lock_mode)mode)
+                : vd_imagelock_set(h, path, (enum vd_lock_mode)mode);
+}
+
 static const struct vd_io_ops vd_io_posix_ops = {
     .name = "posix",
     .open = px_open,
@@ -211,6 +219,7 @@ static const struct vd_io_ops vd_io_posix_ops = {
     .rename = px_rename,
     .unlink = px_unlink,
     .lock = px_lock,
+    .imagelock = px_imagelock,
 };
 
 const struct vd_io vd_io_posix = {.ops = &vd_io_posix_ops, .ctx = NULL};

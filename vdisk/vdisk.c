@@ -29,6 +29,8 @@
 #include "util.h"
 #include "vdisk_internal.h"
 
+static int vd_flush_unlocked(struct vd_image *img);
+
 struct vd_image *vd_image_alloc(const char *path, unsigned flags)
 {
     struct vd_image *img = calloc(1, sizeof(*img));
@@ -50,6 +52,11 @@ struct vd_image *vd_image_alloc(const char *path, unsigned flags)
     img->dirh = -1;
     img->gran = 4096;
     pthread_mutex_init(&img->cid_lock, NULL);
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&img->io_lock, &ra);
+    pthread_rwlockattr_destroy(&ra);
     return img;
 }
 
@@ -68,9 +75,13 @@ void vd_image_free(struct vd_image *img)
         img->parent = NULL;
     }
     pthread_mutex_destroy(&img->cid_lock);
+    pthread_rwlock_destroy(&img->io_lock);
     free(img->path);
     free(img->dir);
     free(img->real_dir);
+    for (int i = 0; i < img->n_open_roots; i++)
+        free(img->open_roots[i]);
+    free(img->open_roots);
     free(img);
 }
 
@@ -173,11 +184,20 @@ bool vd_buf_is_zero(const void *buf, size_t len)
     return true;
 }
 
+enum vd_lock_mode vd_lock_mode_for(unsigned flags, bool rw)
+{
+    if (flags & VD_OPEN_NOLOCK)
+        return VD_LOCK_NONE;
+    if (flags & VD_OPEN_SHARED)
+        return VD_LOCK_SHARED;
+    return rw ? VD_LOCK_WRITE : VD_LOCK_READ;
+}
+
 int vd_close(struct vd_image *img)
 {
     if (!img)
         return 0;
-    int rc = img->ro ? 0 : vd_flush(img);
+    int rc = img->ro ? 0 : vd_flush_unlocked(img);
     vd_image_free(img);
     return rc;
 }
@@ -378,12 +398,12 @@ static int vd_pread_nowait_common(struct vd_image *img, uint8_t *p, size_t len, 
     return 0;
 }
 
-int vd_pread_nowait(struct vd_image *img, void *buf, size_t len, uint64_t off)
+static int vd_pread_nowait_unlocked(struct vd_image *img, void *buf, size_t len, uint64_t off)
 {
     return vd_pread_nowait_common(img, buf, len, off);
 }
 
-int vd_pread(struct vd_image *img, void *buf, size_t len, uint64_t off)
+static int vd_pread_unlocked(struct vd_image *img, void *buf, size_t len, uint64_t off)
 {
     return vd_pread_common(img, buf, len, off, false);
 }
@@ -393,25 +413,51 @@ int vd_pread_local(struct vd_image *img, void *buf, size_t len, uint64_t off)
     return vd_pread_common(img, buf, len, off, true);
 }
 
-static int vd_fd_sync(const struct vd_io *io, int fd, const char *path)
+int vd_sync_failed(struct vd_image *img)
 {
-    int rc = fd >= 0 ? VD_IO(io, flush, fd) : 0;
+    int err = __atomic_load_n(&img->sync_err, __ATOMIC_ACQUIRE);
+    if (err == 0)
+        return 0;
+    log_err("%s: an earlier flush failed (%s): writes made before it may not be on disk, so "
+            "every flush fails until the image is closed, checked (vdisk check) and reopened",
+            img->path, strerror(-err));
+    return -EIO;
+}
+
+int vd_sync_fd(struct vd_image *img, int fd, const char *path)
+{
+    if (fd < 0)
+        return 0;
+    int rc = vd_sync_failed(img);
     if (rc < 0)
-        log_err("%s: fdatasync: %s", path, strerror(-rc));
+        return rc;
+    rc = VD_IO(img->io, flush, fd); /* special files (EINVAL, EROFS): 0 */
+    if (rc == 0)
+        return 0;
+    int zero = 0;
+    __atomic_compare_exchange_n(&img->sync_err, &zero, rc, false, __ATOMIC_ACQ_REL,
+                                __ATOMIC_ACQUIRE);
+    log_err("%s: fdatasync: %s (every later flush of %s fails until it is reopened)", path,
+            strerror(-rc), img->path);
     return rc;
 }
 
-int vd_flush(struct vd_image *img)
+static int vd_fd_sync(struct vd_image *img, int fd, const char *path)
+{
+    return vd_sync_fd(img, fd, path);
+}
+
+static int vd_flush_unlocked(struct vd_image *img)
 {
     if (img->ro)
         return 0;
-    int rc = vd_fd_sync(img->io, img->fd, img->path);
+    int rc = vd_fd_sync(img, img->fd, img->path);
     for (int i = 0; i < img->n_ext && rc == 0; i++) {
         struct vmdk_extent *e = &img->ext[i];
         if (e->type == VMDK_EXT_SPARSE && e->sp && e->fd >= 0)
             rc = vmdk_sparse_flush(e); /* data, then the deferred GT entries */
         else
-            rc = vd_fd_sync(img->io, e->fd, e->path);
+            rc = vd_fd_sync(img, e->fd, e->path);
     }
     return rc;
 }
@@ -484,7 +530,7 @@ static int vd_raw_guard_sector0(struct vd_image *img, const void *buf, size_t le
     return 0;
 }
 
-int vd_pwrite(struct vd_image *img, const void *buf, size_t len, uint64_t off, unsigned flags)
+static int vd_pwrite_unlocked(struct vd_image *img, const void *buf, size_t len, uint64_t off, unsigned flags)
 {
     if (img->ro) {
         log_err("%s: image is open read-only", img->path);
@@ -502,7 +548,7 @@ int vd_pwrite(struct vd_image *img, const void *buf, size_t len, uint64_t off, u
                     (unsigned long long)off, strerror(-rc));
             return rc;
         }
-        return (flags & VD_FUA) ? vd_fd_sync(img->io, img->fd, img->path) : 0;
+        return (flags & VD_FUA) ? vd_fd_sync(img, img->fd, img->path) : 0;
     }
     rc = vd_writable_range(img, off, len);
     if (rc == 0)
@@ -526,7 +572,7 @@ int vd_pwrite(struct vd_image *img, const void *buf, size_t len, uint64_t off, u
                         (unsigned long long)n, (unsigned long long)(e->file_off + in),
                         strerror(-rc));
             else if (flags & VD_FUA)
-                rc = vd_fd_sync(img->io, e->fd, e->path);
+                rc = vd_fd_sync(img, e->fd, e->path);
         }
         if (rc < 0)
             return rc;
@@ -538,9 +584,10 @@ int vd_pwrite(struct vd_image *img, const void *buf, size_t len, uint64_t off, u
 }
 
 /* Zero a range of a plain file: punch (or ZERO_RANGE when keep_alloc),
- * falling back to writing zeroes. */
+ * falling back to writing zeroes, 1 MiB at a time; with `fast` (FAST_ZERO)
+ * -ENOTSUP instead of the fallback. */
 static int vd_fd_zero(const struct vd_io *io, int fd, const char *path, uint64_t off,
-                      uint64_t len, bool keep_alloc)
+                      uint64_t len, bool keep_alloc, bool fast)
 {
     int rc = VD_IO(io, punch, fd, off, len, keep_alloc);
     if (rc == 0)
@@ -550,7 +597,9 @@ static int vd_fd_zero(const struct vd_io *io, int fd, const char *path, uint64_t
                 (unsigned long long)off, strerror(-rc));
         return rc;
     }
-    static const uint8_t zero[65536];
+    if (fast)
+        return -ENOTSUP;
+    static const uint8_t zero[1 << 20];
     while (len > 0) {
         size_t n = (size_t)MIN(len, sizeof(zero));
         rc = VD_IO(io, pwrite, fd, zero, n, off);
@@ -565,7 +614,7 @@ static int vd_fd_zero(const struct vd_io *io, int fd, const char *path, uint64_t
     return 0;
 }
 
-int vd_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags)
+static int vd_write_zeroes_unlocked(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags)
 {
     if (img->ro) {
         log_err("%s: image is open read-only", img->path);
@@ -575,8 +624,9 @@ int vd_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
     if (rc < 0 || len == 0)
         return rc;
     if (img->kind == VD_KIND_RAW) {
-        rc = vd_fd_zero(img->io, img->fd, img->path, off, len, (flags & VD_NO_HOLE) != 0);
-        return (rc == 0 && (flags & VD_FUA)) ? vd_fd_sync(img->io, img->fd, img->path) : rc;
+        rc = vd_fd_zero(img->io, img->fd, img->path, off, len, (flags & VD_NO_HOLE) != 0,
+                        (flags & VD_ZERO_FAST) != 0);
+        return (rc == 0 && (flags & VD_FUA)) ? vd_fd_sync(img, img->fd, img->path) : rc;
     }
     rc = vd_writable_range(img, off, len);
     if (rc == 0)
@@ -593,9 +643,11 @@ int vd_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
         if (e->type == VMDK_EXT_SPARSE) {
             rc = vmdk_sparse_zero(img, e, in, n, flags);
         } else {
-            rc = vd_fd_zero(img->io, e->fd, e->path, e->file_off + in, n, true); /* flat stays allocated */
+            /* flat stays allocated */
+            rc = vd_fd_zero(img->io, e->fd, e->path, e->file_off + in, n, true,
+                            (flags & VD_ZERO_FAST) != 0);
             if (rc == 0 && (flags & VD_FUA))
-                rc = vd_fd_sync(img->io, e->fd, e->path);
+                rc = vd_fd_sync(img, e->fd, e->path);
         }
         if (rc < 0)
             return rc;
@@ -605,9 +657,28 @@ int vd_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len, unsigned f
     return 0;
 }
 
-int vd_discard(struct vd_image *img, uint64_t off, uint64_t len)
+static int vd_discard_unlocked(struct vd_image *img, uint64_t off, uint64_t len)
 {
-    return vd_write_zeroes(img, off, len, 0);
+    if (img->kind == VD_KIND_RAW || img->ro)
+        return vd_write_zeroes_unlocked(img, off, len, 0);
+    int rc = vd_check_range(img, off, len, "discard");
+    if (rc < 0 || len == 0)
+        return rc;
+    rc = vd_writable_range(img, off, len);
+    if (rc == 0)
+        rc = vmdk_cid_touch(img);
+    while (len > 0 && rc == 0) {
+        struct vmdk_extent *e = vd_extent_find(img, off);
+        uint64_t in = off - e->start;
+        uint64_t n = MIN(len, e->len - in);
+        if (e->type == VMDK_EXT_SPARSE)
+            rc = vmdk_sparse_discard(img, e, in, n);
+        else /* flat stays allocated */
+            rc = vd_fd_zero(img->io, e->fd, e->path, e->file_off + in, n, true, false);
+        off += n;
+        len -= n;
+    }
+    return rc;
 }
 
 /* Status of a prefix of [off, off+len) of a plain file: data or hole. */
@@ -674,7 +745,7 @@ static int vd_status_step(struct vd_image *img, uint64_t off, uint64_t len, uint
     return -EINVAL;
 }
 
-int vd_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *ext_len,
+static int vd_block_status_unlocked(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *ext_len,
                     unsigned *status)
 {
     int rc = vd_check_range(img, off, len, "block status");
@@ -735,5 +806,168 @@ int vd_copy_range(struct vd_image *src, struct vd_image *dst, uint64_t off, uint
             rc = vd_pwrite(dst, buf, len, off, 0);
     }
     free(buf);
+    return rc;
+}
+
+/* ------------------------------------------------------------- I/O gate
+ * Every I/O call holds img->io_lock shared; vd_image_switch holds it
+ * exclusively. The non-blocking read only tries (a switch in progress is
+ * -EAGAIN: the caller retries with vd_pread, which waits). */
+static int vd_io_enter(struct vd_image *img)
+{
+    pthread_rwlock_rdlock(&img->io_lock);
+    int dead = __atomic_load_n(&img->dead, __ATOMIC_ACQUIRE);
+    if (dead) {
+        pthread_rwlock_unlock(&img->io_lock);
+        log_err("%s: the disk could not be reopened after a snapshot operation (%s); "
+                "restart the server",
+                img->path, strerror(-dead));
+        return -EIO;
+    }
+    return 0;
+}
+
+#define VD_IO_GATED(call)                                                                          \
+    do {                                                                                           \
+        int gate_rc_ = vd_io_enter(img);                                                           \
+        if (gate_rc_ < 0)                                                                          \
+            return gate_rc_;                                                                       \
+        int rc_ = (call);                                                                          \
+        pthread_rwlock_unlock(&img->io_lock);                                                      \
+        return rc_;                                                                                \
+    } while (0)
+
+int vd_pread(struct vd_image *img, void *buf, size_t len, uint64_t off)
+{
+    VD_IO_GATED(vd_pread_unlocked(img, buf, len, off));
+}
+
+int vd_pread_nowait(struct vd_image *img, void *buf, size_t len, uint64_t off)
+{
+    if (pthread_rwlock_tryrdlock(&img->io_lock) != 0)
+        return -EAGAIN;
+    int rc = __atomic_load_n(&img->dead, __ATOMIC_ACQUIRE)
+                 ? -EAGAIN
+                 : vd_pread_nowait_unlocked(img, buf, len, off);
+    pthread_rwlock_unlock(&img->io_lock);
+    return rc;
+}
+
+int vd_pwrite(struct vd_image *img, const void *buf, size_t len, uint64_t off, unsigned flags)
+{
+    VD_IO_GATED(vd_pwrite_unlocked(img, buf, len, off, flags));
+}
+
+int vd_flush(struct vd_image *img)
+{
+    VD_IO_GATED(vd_flush_unlocked(img));
+}
+
+int vd_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags)
+{
+    VD_IO_GATED(vd_write_zeroes_unlocked(img, off, len, flags));
+}
+
+int vd_discard(struct vd_image *img, uint64_t off, uint64_t len)
+{
+    VD_IO_GATED(vd_discard_unlocked(img, off, len));
+}
+
+int vd_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *ext_len,
+                    unsigned *status)
+{
+    VD_IO_GATED(vd_block_status_unlocked(img, off, len, ext_len, status));
+}
+
+/* ----------------------------------------------------------- live switch */
+
+/* Take the image locks of every file of img's chain (after a switch: the
+ * new image was opened without them, while the old one held its own). */
+static int vd_image_lock_chain(struct vd_image *img, unsigned flags)
+{
+    int rc = vd_image_lock_file(img->io, img->fd, img->path, vd_lock_mode_for(flags, !img->ro));
+    for (int i = 0; i < img->n_ext && rc == 0; i++) {
+        struct vmdk_extent *e = &img->ext[i];
+        if (e->fd >= 0 && e->fd != img->fd) /* an embedded extent shares the top's file */
+            rc = vd_image_lock_file(img->io, e->fd, e->path,
+                                    vd_lock_mode_for(flags, !img->ro && e->access == VMDK_ACC_RW));
+    }
+    if (rc == 0 && img->parent)
+        rc = vd_image_lock_chain(img->parent, (flags & ~VD_OPEN_NOLOCK) | VD_OPEN_RDONLY);
+    return rc;
+}
+
+/* Exchange the open-image state (everything above cid_lock) of a and b. */
+static void vd_image_exchange(struct vd_image *a, struct vd_image *b)
+{
+    size_t n = offsetof(struct vd_image, cid_lock);
+    unsigned char t[offsetof(struct vd_image, cid_lock)];
+    memcpy(t, a, n);
+    memcpy(a, b, n);
+    memcpy(b, t, n);
+    for (int i = 0; i < a->n_ext; i++)
+        a->ext[i].img = a;
+    for (int i = 0; i < b->n_ext; i++)
+        b->ext[i].img = b;
+}
+
+int vd_image_switch(struct vd_image *img, int (*op)(const char *path, void *arg), void *arg)
+{
+    pthread_rwlock_wrlock(&img->io_lock);
+    int rc = __atomic_load_n(&img->dead, __ATOMIC_ACQUIRE);
+    if (rc == 0)
+        rc = vd_flush_unlocked(img);
+    /* the file's real end for the operation's own opens (a frozen file
+     * keeps no grown-ahead tail; a consolidation appends after the last
+     * grain) */
+    for (int i = 0; i < img->n_ext && rc == 0 && !img->ro; i++)
+        if (img->ext[i].sp && img->ext[i].fd >= 0)
+            rc = vmdk_sparse_trim_ahead(&img->ext[i]);
+    if (rc < 0) {
+        log_err("%s: not flushed (%s): the snapshot operation was not started", img->path,
+                strerror(-rc));
+        pthread_rwlock_unlock(&img->io_lock);
+        return rc;
+    }
+    unsigned flags = img->flags & ~VD_OPEN_NOLOCK;
+    rc = op(img->path, arg);
+    /* Whatever op did (even a failed op may have committed, or changed
+     * the live delta's grains through another open), the disk is what the
+     * path holds now: reopen it. */
+    struct vd_image *n = NULL;
+    /* through the chain opener, as the first open: the same backend and
+     * the same allowed roots (a changed chain is confined like any other) */
+    struct vd_open_opts oo = {.io = img->io,
+                              .roots = (const char *const *)img->open_roots,
+                              .n_roots = img->n_open_roots};
+    int orc = vd_open_ex(img->path, flags | VD_OPEN_NOLOCK, &oo, &n);
+    if (orc == 0 && n->size != img->size) {
+        log_err("%s: the disk is %llu bytes after the snapshot operation, %llu before: an "
+                "export cannot change size; restart the server",
+                img->path, (unsigned long long)n->size, (unsigned long long)img->size);
+        vd_image_free(n);
+        orc = -EINVAL;
+    }
+    if (orc < 0) {
+        __atomic_store_n(&img->dead, orc, __ATOMIC_RELEASE);
+        pthread_rwlock_unlock(&img->io_lock);
+        return rc < 0 ? rc : orc;
+    }
+    vd_image_exchange(img, n);
+    img->flags = flags;
+    /* n now holds the old state: flushed above; its files stay as they are
+     * (no cut-back of space grown ahead: another open may have appended
+     * grains since, e.g. a delete consolidating into the live delta) */
+    for (int i = 0; i < n->n_ext; i++)
+        if (n->ext[i].sp)
+            n->ext[i].sp->durable_end = 0;
+    n->ro = true; /* vd_close: no flush, no write */
+    vd_image_free(n);
+    int lrc = vd_image_lock_chain(img, flags);
+    if (lrc < 0)
+        log_warn("%s: after the switch, the image locks of the new chain were not all taken: "
+                 "%s",
+                 img->path, strerror(-lrc));
+    pthread_rwlock_unlock(&img->io_lock);
     return rc;
 }

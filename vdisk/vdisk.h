@@ -6,8 +6,10 @@
  * Thread model: vd_pread / vd_pwrite / vd_discard / vd_write_zeroes /
  * vd_block_status / vd_flush may be called from many threads at once on one
  * open image; I/O on different grains runs in parallel, and a grain is
- * allocated once even when two writers race for it. Open, close, and the
- * chain operations (snapshot, clone, ...) are not concurrent with I/O.
+ * allocated once even when two writers race for it. Open and close are not
+ * concurrent with I/O; the chain operations (snapshot.h) run on an image in
+ * use only through vd_snapshot_*_open, which wait for the I/O in progress
+ * and hold new I/O back while they switch the image to the new chain.
  */
 #ifndef VDISK_VDISK_H
 #define VDISK_VDISK_H
@@ -31,6 +33,14 @@ struct vd_image;
  * nothing) is refused with the reason (-EMEDIUMTYPE), and so is a raw-named
  * file that holds a VMDK header. On an image probed as raw, a write that
  * would make sector 0 probe as a VMDK is refused (-EPERM), as QEMU does. */
+/* Read-only and force-share (qemu-img -U): take only QEMU's consistent-read
+ * image lock and share everything, so it opens while a writer holds the
+ * image (what it reads may change under it). Without it, vd_open takes
+ * QEMU's image locks (imagelock.h) on every file of the chain: a writable
+ * open those of a writer, a read-only one (and every parent) those of a
+ * reader; -EBUSY, naming the holder, when another process (QEMU's tools, a
+ * VM, another vdisk) holds a conflicting one. Readers share. */
+#define VD_OPEN_SHARED (1u << 3)
 
 int vd_open(const char *path, unsigned flags, struct vd_image **out);
 
@@ -60,6 +70,10 @@ uint32_t vd_granularity(const struct vd_image *img);
 /* I/O flags */
 #define VD_FUA (1u << 0)     /* write through to stable storage before returning */
 #define VD_NO_HOLE (1u << 1) /* write_zeroes: keep the range allocated */
+/* write_zeroes: fail with -ENOTSUP, before changing anything, unless the
+ * range can be zeroed without writing zero data (metadata, a hole punch,
+ * FALLOC_FL_ZERO_RANGE): NBD's FAST_ZERO. */
+#define VD_ZERO_FAST (1u << 2)
 
 /* Byte-addressed I/O; any alignment. Reads of unallocated areas return the
  * parent's data or zeroes. Out-of-range requests are -EINVAL. */
@@ -74,7 +88,11 @@ int vd_pread_nowait(struct vd_image *img, void *buf, size_t len, uint64_t off);
 int vd_pwrite(struct vd_image *img, const void *buf, size_t len, uint64_t off, unsigned flags);
 int vd_flush(struct vd_image *img);
 /* Deallocate where the whole grain is covered (reads then return zeroes,
- * not the parent's data); partial grains are zeroed. */
+ * not the parent's data). Advisory for pieces of grains (NBD TRIM, SCSI
+ * UNMAP): a piece of a grain allocated in this image is punched out (reads
+ * zeroes), a piece of one that is not is left as it is (it may go on
+ * reading the parent's data): never a copy-up of a whole grain. Raw and
+ * flat images: the range reads zeroes. */
 int vd_discard(struct vd_image *img, uint64_t off, uint64_t len);
 int vd_write_zeroes(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags);
 
@@ -154,8 +172,12 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
  * A disk at PATH keeps its path for the VMM. vd_snapshot_create freezes the
  * current contents into "<stem>-NNNNNN.vmdk" (read-only from then on) and
  * makes PATH a new empty delta on top of it; the tree lives in ddb.snapshot.*
- * keys of PATH's own descriptor (docs/snapshots.md). None of these calls may
- * run while the disk is open for I/O elsewhere. */
+ * keys of PATH's own descriptor (docs/snapshots.md). The path calls take
+ * the disk's writer image lock (QEMU's, see VD_OPEN_SHARED) for their run,
+ * so they are refused (-EBUSY, naming the holder) while anyone has the disk
+ * open; a process that has it open for I/O (vdisk serve) uses the *_open
+ * calls instead, which run between its requests and switch its open image
+ * to the new chain. */
 #define VD_SNAP_NAME_MAX 64
 
 struct vd_snap {
@@ -183,6 +205,18 @@ int vd_snapshot_create(const char *path, const char *name, int *id);
 int vd_snapshot_revert(const char *path, const char *name);
 /* -EBUSY: linked clones depend on the snapshot (they are named in the log). */
 int vd_snapshot_delete(const char *path, const char *name);
+
+/* The same on a disk this process has open for I/O (an NBD export): in-flight
+ * I/O completes, new I/O waits, the image is flushed (a failed flush refuses
+ * the operation), the operation runs, and img then reads and writes the
+ * disk's new live delta, reopened through the same chain opener (vd_open_ex:
+ * backend, allowed roots). A revert to a snapshot of another size is refused
+ * (-EINVAL: an export keeps its size). */
+int vd_snapshot_create_open(struct vd_image *img, const char *name, int *id);
+int vd_snapshot_revert_open(struct vd_image *img, const char *name);
+int vd_snapshot_delete_open(struct vd_image *img, const char *name);
+/* Can img have snapshots (a VMDK that is not frozen)? */
+bool vd_snapshot_capable(const struct vd_image *img);
 
 struct vd_clone_opts {
     bool linked;       /* delta on a frozen copy of src's current state */

@@ -40,6 +40,10 @@
 /* vd_open flag for snapshot.c only: open a frozen image (ddb.frozen) for
  * writing; without it such an image opens read-only or not at all. */
 #define VD_OPEN_FROZEN_OK (1u << 8)
+/* vd_open flag for the snapshot/clone code, which holds the disk's image
+ * lock itself for the whole operation (or runs inside the server holding
+ * it): take no image locks. Inherited by the parents. */
+#define VD_OPEN_NOLOCK (1u << 9)
 
 /* ---------------------------------------------------------------- header */
 /* Hosted sparse extent header ("KDMV", VMware Virtual Disk Format 1.1, and
@@ -202,6 +206,7 @@ struct vmdk_gt_sector {
 
 /* ---------------------------------------------------------------- extent */
 struct vmdk_extent {
+    struct vd_image *img; /* the image this extent belongs to */
     enum vmdk_ext_type type;
     enum vmdk_access access;
     uint64_t start;         /* bytes into the virtual disk */
@@ -232,6 +237,9 @@ struct vd_map {
 enum vd_kind { VD_KIND_RAW, VD_KIND_VMDK };
 
 struct vd_image {
+    /* Everything from here to `cid_lock` is the open image's state; a live
+     * switch (vd_image_switch) exchanges it, in place, with a freshly opened
+     * image's, so pointers to this struct (an NBD export's) stay valid. */
     char *path;
     char *dir;      /* folder holding the descriptor, as named ("" or ".../") */
     char *real_dir; /* the same folder, absolute and normalised (no '/' at the end) */
@@ -253,11 +261,46 @@ struct vd_image {
     struct vmdk_extent *ext;
     int n_ext;
     struct vd_image *parent; /* read-only, owned */
+    int cid_updated;         /* atomic; set after the first write rewrote CID */
+    /* atomic: -errno of the first failed fdatasync of any file of this
+     * image, 0 before. Sticky until the image is closed: Linux reports a
+     * writeback error once per open file, so a later sync that succeeds
+     * proves nothing about the writes before the failure (vd_sync_fd). */
+    int sync_err;
+    /* the roots the caller gave vd_open_ex (vd_open_opts), for a reopen */
+    char **open_roots;
+    int n_open_roots;
+    /* ---- not exchanged by a live switch (add state fields above) ---- */
     pthread_mutex_t cid_lock;
-    int cid_updated; /* atomic; set after the first write rewrote CID */
+    /* Held shared by every I/O call (vd_pread, vd_pwrite, vd_flush, ...),
+     * exclusively by vd_image_switch: a switch happens between requests.
+     * Writer-preferring, so a switch is not starved by a stream of I/O. */
+    pthread_rwlock_t io_lock;
+    int dead; /* atomic: -errno once a switch could not reopen the disk */
 };
 
 /* vdisk.c */
+#include "imagelock.h"
+/* Switch an image that is open for I/O (an NBD export's) to what its path
+ * holds after `op` changed the chain on disk (a snapshot create, revert or
+ * delete): waits for the I/O in progress and holds off new I/O, flushes
+ * (a failed flush: -errno, op is not run), runs op(path, arg), then reopens
+ * the path and exchanges the new image's state with img's in place, closes
+ * the old state and takes the image locks of the new chain. op runs while
+ * img's own image locks are held, so it must open files with
+ * VD_OPEN_NOLOCK. Returns op's result; if the reopen fails, every later
+ * I/O call on img fails with -EIO (the disk changed under it). */
+int vd_image_switch(struct vd_image *img, int (*op)(const char *path, void *arg), void *arg);
+/* The image lock mode for a file of an image opened with `flags`, written
+ * (rw) or only read. */
+enum vd_lock_mode vd_lock_mode_for(unsigned flags, bool rw);
+/* fdatasync one file of img (EINVAL/EROFS: nothing to sync, 0). The first
+ * failure is recorded in img->sync_err and returned; from then on every
+ * call fails with -EIO at once, without syncing (QEMU's file driver does
+ * the same): the image must be closed and reopened (and checked). */
+int vd_sync_fd(struct vd_image *img, int fd, const char *path);
+/* 0, or -EIO (logged) when an earlier sync of img failed. */
+int vd_sync_failed(struct vd_image *img);
 struct vd_image *vd_image_alloc(const char *path, unsigned flags);
 void vd_image_free(struct vd_image *img);
 
@@ -283,6 +326,9 @@ int vd_chain_open_file(struct vd_chain *c, const char *what, const char *from_di
 /* 0 if an image at image_path may name target (an existing file) as its
  * parent under the process-wide roots, else -EPERM with a message. */
 int vd_chain_path_allowed(const char *image_path, const char *target);
+/* Take QEMU's image locks (`mode`) on the open file h of a chain through
+ * the backend's imagelock op (none: 0); -EBUSY naming the holder. */
+int vd_image_lock_file(const struct vd_io *io, int h, const char *path, enum vd_lock_mode mode);
 /* Would this first sector make the probe say VMDK? */
 bool vd_probe_is_vmdk(const uint8_t *first, size_t n);
 /* Does the file name say raw (.raw, .img, ...)? */
@@ -335,10 +381,19 @@ int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t
  * (or unallocated when `unmap_to_parent`), partial grains are written. */
 int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, uint64_t len,
                      unsigned flags);
+/* Discard [off,off+len): whole grains become zeroed-grain entries, pieces
+ * of grains allocated here are punched out of the file (they read zeroes);
+ * pieces of grains not allocated here are left alone (TRIM is advisory: no
+ * copy-up of a whole grain to give back a piece of it). */
+int vmdk_sparse_discard(struct vd_image *img, struct vmdk_extent *e, uint64_t off, uint64_t len);
 /* Make every write that completed before the call durable: fdatasync the
  * data, write the GT sectors holding deferred entries (primary, then
  * redundant), fdatasync again. Thread-safe. */
 int vmdk_sparse_flush(struct vmdk_extent *e);
+/* Cut the space grown ahead of new grains back to the last grain (as close
+ * does), so that another open of the file sees its real end. No I/O on the
+ * extent meanwhile. */
+int vmdk_sparse_trim_ahead(struct vmdk_extent *e);
 
 /* vmdk_create.c (enum vd_type, struct vd_create_opts: vdisk.h) */
 /* Create a VMDK image file (never overwrites: -EEXIST); vd_create is the

@@ -415,6 +415,13 @@ int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_r
         close(fd);
         return -EINVAL;
     }
+    /* QEMU's image locks for the whole check: a reader's, a writer's for
+     * --repair (an image in use is refused, as by qemu-img check) */
+    int lrc = vd_imagelock_take(fd, path, c.repair ? VD_LOCK_WRITE : VD_LOCK_READ);
+    if (lrc < 0) {
+        close(fd);
+        return lrc;
+    }
     uint8_t first[512];
     ssize_t n = pread(fd, first, sizeof(first), 0);
     if (j) {

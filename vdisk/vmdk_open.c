@@ -48,7 +48,7 @@ void vmdk_close(struct vd_image *img)
         struct vmdk_extent *e = &img->ext[i];
         /* deferred GT entries left when the image is freed without
          * vd_close() (vd_close flushed them already) */
-        if (e->fd >= 0 && e->sp && !img->ro && e->sp->n_dirty)
+        if (e->fd >= 0 && e->sp && !img->ro && e->sp->n_dirty && !img->sync_err)
             (void)vmdk_sparse_flush(e);
         /* cut the space grown ahead of new grains (vmdk_grain_alloc) back
          * to the last grain; if this fails or is lost, the tail is holes
@@ -105,6 +105,7 @@ static int vmdk_open_extents(struct vd_image *img, bool embedded, struct vd_chai
     for (int i = 0; i < n; i++) {
         struct vmdk_extent *e = &img->ext[i];
         e->fd = -1;
+        e->img = img;
         e->io = img->io;
         img->n_ext = i + 1;
         const struct vmdk_desc_extent *de = embedded ? NULL : &d->ext[i];
@@ -131,6 +132,12 @@ static int vmdk_open_extents(struct vd_image *img, bool embedded, struct vd_chai
                 return rc;
             if (asprintf(&e->path, "%s%s", img->dir, de->fname) < 0)
                 e->path = NULL;
+            /* QEMU's image locks on every extent file, as on the descriptor */
+            if (e->path) {
+                rc = vd_image_lock_file(img->io, e->fd, e->path, vd_lock_mode_for(img->flags, rw));
+                if (rc < 0)
+                    return rc;
+            }
         }
         if (!e->path || e->fd < 0)
             return -ENOMEM;
@@ -444,6 +451,10 @@ static int vmdk_desc_write_file(struct vd_image *img, const char *text, size_t l
     }
     (void)VD_IO(io, unlink, img->dirh, tname); /* a crash's leftover */
     rc = VD_IO(io, open, img->dirh, tname, VD_IO_RDWR | VD_IO_CREATE, &tmp);
+    /* the new descriptor file takes over this open's image locks before
+     * its name is the disk's (a new file: nobody else can hold any) */
+    if (rc == 0)
+        rc = vd_image_lock_file(io, tmp, img->path, vd_lock_mode_for(img->flags, !img->ro));
     if (rc == 0)
         rc = VD_IO(io, pwrite, tmp, text, len, 0);
     if (rc == 0)

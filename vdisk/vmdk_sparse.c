@@ -40,7 +40,11 @@
  *   them), syncs, then writes each taken sector from gt[] with the entries
  *   still pend (published meanwhile, data maybe not durable) as 0, and
  *   clears the flush bits after the final fdatasync (on an error they go
- *   back to pend). One flush at a time (flush_lock); a sector is written
+ *   back to pend, and are never written: a failed fdatasync is sticky,
+ *   vd_sync_fd, so every later flush fails before it syncs or writes a GT
+ *   sector; Linux reports a writeback error once per open file, so a later
+ *   sync that succeeds says nothing about the data the failed one lost).
+ *   One flush at a time (flush_lock); a sector is written
  *   under meta_lock, and every entry written at once takes meta_lock too
  *   and clears its bits, so a flush never writes back a stale value over
  *   it. The per-sector list (`dirty`) keeps a flush's work proportional to
@@ -753,10 +757,7 @@ static int vmdk_gte_defer(struct vmdk_extent *e, uint64_t grain, uint32_t val)
 
 static int vmdk_fdatasync(struct vmdk_extent *e)
 {
-    int rc = VD_IO(e->io, flush, e->fd);
-    if (rc < 0)
-        log_err("%s: fdatasync: %s", e->path, strerror(-rc));
-    return rc;
+    return vd_sync_fd(e->img, e->fd, e->path);
 }
 
 /* Write GT sector `sec` (primary, then redundant) as the file must hold it
@@ -871,7 +872,7 @@ static int vmdk_grain_alloc(struct vmdk_extent *e, uint64_t grain, const uint8_t
         uint64_t end = ROUND_UP(at + sp->grain_bytes, VMDK_GROW_AHEAD);
         rc = VD_IO(e->io, truncate, e->fd, end);
         if (rc == 0)
-            rc = VD_IO(e->io, flush, e->fd);
+            rc = vmdk_fdatasync(e);
         if (rc < 0) {
             sp->file_end -= sp->grain_bytes; /* nothing points there yet */
             pthread_mutex_unlock(&sp->alloc_lock);
@@ -978,33 +979,97 @@ int vmdk_sparse_write(struct vd_image *img, struct vmdk_extent *e, const uint8_t
     return rc;
 }
 
+/* Make bytes [in, in+n) of the allocated grain at sector v read zeroes
+ * without writing zero data: punch them out of the file, or zero them in
+ * place (ZERO_RANGE) when `keep` (NO_HOLE). -EOPNOTSUPP where the file
+ * system cannot. The grain's entry does not change; a grain that is DATA
+ * stays at v (its space is never reused), so this is safe beside a
+ * concurrent whole-grain zeroing that punches the same bytes. */
+static int vmdk_grain_fallocate(struct vmdk_extent *e, uint32_t v, uint64_t in, uint64_t n,
+                                bool keep)
+{
+    int rc = VD_IO(e->io, punch, e->fd, (uint64_t)v * VD_SECTOR + in, n, keep);
+    if (rc == 0 || rc == -EOPNOTSUPP)
+        return rc;
+    log_err("%s: fallocate of %" PRIu64 " bytes in the grain at sector %u: %s", e->path, n, v,
+            strerror(-rc));
+    return rc;
+}
+
+/* Turn a whole grain into a zeroed-grain entry (hides the parent's data)
+ * and punch its old bytes out of the file. */
+static int vmdk_grain_zero_entry(struct vmdk_extent *e, uint64_t grain)
+{
+    struct vmdk_sparse *sp = e->sp;
+    int rc = 0;
+    pthread_mutex_t *mx = vmdk_stripe(sp, grain);
+    pthread_mutex_lock(mx);
+    uint32_t v = vmdk_gte_load(sp, grain);
+    if (vmdk_gte_state(sp, v) != VD_MAP_ZERO) {
+        rc = vmdk_gte_store(e, grain, VMDK_GTE_ZEROED);
+        if (rc == 0 && vmdk_gte_state(sp, v) == VD_MAP_DATA)
+            (void)VD_IO(e->io, punch, e->fd, (uint64_t)v * VD_SECTOR, sp->grain_bytes, false);
+    }
+    pthread_mutex_unlock(mx);
+    return rc;
+}
+
+/* What zeroing one grain piece takes. */
+enum vmdk_zero_how {
+    VMDK_ZERO_NOTHING, /* reads zeroes already and may stay a hole */
+    VMDK_ZERO_ENTRY,   /* whole grain: a zeroed-grain entry (metadata only) */
+    VMDK_ZERO_FALLOC,  /* allocated here: fallocate in place (no data written) */
+    VMDK_ZERO_WRITE,   /* allocation (and a copy-up of the parent's data) */
+};
+
+static enum vmdk_zero_how vmdk_zero_plan(struct vd_image *img, struct vmdk_extent *e,
+                                         uint64_t off, uint64_t n, unsigned flags)
+{
+    struct vmdk_sparse *sp = e->sp;
+    uint64_t gb = sp->grain_bytes, grain = off / gb, in = off % gb;
+    enum vd_map_state st = vmdk_gte_state(sp, vmdk_gte_load(sp, grain));
+    bool whole = n == gb || (in == 0 && off + n == e->len);
+    bool reads_zero = st == VD_MAP_ZERO || (st == VD_MAP_UNALLOC && !img->parent);
+    bool no_hole = flags & VD_NO_HOLE;
+    if (whole && sp->zero_grain && !no_hole)
+        return st == VD_MAP_ZERO ? VMDK_ZERO_NOTHING : VMDK_ZERO_ENTRY;
+    if (reads_zero && !no_hole)
+        return VMDK_ZERO_NOTHING;
+    if (st == VD_MAP_DATA)
+        return VMDK_ZERO_FALLOC;
+    return VMDK_ZERO_WRITE;
+}
+
 int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, uint64_t len,
                      unsigned flags)
 {
     struct vmdk_sparse *sp = e->sp;
     uint64_t gb = sp->grain_bytes;
+    if (flags & VD_ZERO_FAST) {
+        /* FAST_ZERO: refuse before changing anything if some piece would
+         * have to be written with zero data (an allocation, a copy-up) */
+        for (uint64_t o = off, l = len; l > 0;) {
+            uint64_t n = MIN(l, gb - o % gb);
+            if (vmdk_zero_plan(img, e, o, n, flags) == VMDK_ZERO_WRITE)
+                return -ENOTSUP;
+            o += n;
+            l -= n;
+        }
+    }
     uint8_t *z = NULL;
     int rc = 0;
     while (len > 0 && rc == 0) {
         uint64_t grain = off / gb, in = off % gb;
         uint64_t n = MIN(len, gb - in);
-        uint32_t v = vmdk_gte_load(sp, grain);
-        enum vd_map_state st = vmdk_gte_state(sp, v);
-        bool whole = n == gb || (in == 0 && off + n == e->len);
-        bool reads_zero = st == VD_MAP_ZERO || (st == VD_MAP_UNALLOC && !img->parent);
-        if (whole && sp->zero_grain && !(flags & VD_NO_HOLE)) {
-            if (st != VD_MAP_ZERO) {
-                pthread_mutex_t *mx = vmdk_stripe(sp, grain);
-                pthread_mutex_lock(mx);
-                v = vmdk_gte_load(sp, grain);
-                if (vmdk_gte_state(sp, v) != VD_MAP_ZERO) {
-                    rc = vmdk_gte_store(e, grain, VMDK_GTE_ZEROED);
-                    if (rc == 0 && vmdk_gte_state(sp, v) == VD_MAP_DATA)
-                        (void)VD_IO(e->io, punch, e->fd, (uint64_t)v * VD_SECTOR, gb, false);
-                }
-                pthread_mutex_unlock(mx);
-            }
-        } else if (!(reads_zero && !(flags & VD_NO_HOLE))) {
+        enum vmdk_zero_how how = vmdk_zero_plan(img, e, off, n, flags);
+        if (how == VMDK_ZERO_ENTRY) {
+            rc = vmdk_grain_zero_entry(e, grain);
+        } else if (how == VMDK_ZERO_FALLOC) {
+            rc = vmdk_grain_fallocate(e, vmdk_gte_load(sp, grain), in, n, true);
+            if (rc == -EOPNOTSUPP)
+                rc = (flags & VD_ZERO_FAST) ? -ENOTSUP : 1; /* 1: write the zeroes */
+        }
+        if (how == VMDK_ZERO_WRITE || rc == 1) {
             if (!z && !(z = calloc(1, gb))) {
                 rc = -ENOMEM;
                 break;
@@ -1017,5 +1082,51 @@ int vmdk_sparse_zero(struct vd_image *img, struct vmdk_extent *e, uint64_t off, 
     free(z);
     if (rc == 0 && (flags & VD_FUA))
         rc = vmdk_sparse_flush(e);
+    return rc;
+}
+
+int vmdk_sparse_discard(struct vd_image *img, struct vmdk_extent *e, uint64_t off, uint64_t len)
+{
+    struct vmdk_sparse *sp = e->sp;
+    uint64_t gb = sp->grain_bytes;
+    int rc = 0;
+    while (len > 0 && rc == 0) {
+        uint64_t grain = off / gb, in = off % gb;
+        uint64_t n = MIN(len, gb - in);
+        uint32_t v = vmdk_gte_load(sp, grain);
+        enum vd_map_state st = vmdk_gte_state(sp, v);
+        bool whole = n == gb || (in == 0 && off + n == e->len);
+        if (whole && sp->zero_grain) {
+            if (st != VD_MAP_ZERO)
+                rc = vmdk_grain_zero_entry(e, grain);
+        } else if (st == VD_MAP_DATA) {
+            rc = vmdk_grain_fallocate(e, v, in, n, false);
+            if (rc == -EOPNOTSUPP)
+                rc = 0; /* advisory */
+        }
+        /* else: not allocated here (or compressed): nothing to give back,
+         * and no copy-up of a whole grain for a piece of it */
+        off += n;
+        len -= n;
+    }
+    return rc;
+}
+
+int vmdk_sparse_trim_ahead(struct vmdk_extent *e)
+{
+    struct vmdk_sparse *sp = e->sp;
+    int rc = 0;
+    pthread_mutex_lock(&sp->alloc_lock);
+    if (sp->durable_end > sp->file_end) {
+        rc = VD_IO(e->io, truncate, e->fd, sp->file_end);
+        if (rc < 0) {
+            log_err("%s: cutting the space grown ahead of new grains: %s", e->path,
+                    strerror(-rc));
+        } else {
+            rc = vmdk_fdatasync(e);
+            sp->durable_end = 0; /* the next grain grows the file again */
+        }
+    }
+    pthread_mutex_unlock(&sp->alloc_lock);
     return rc;
 }

@@ -6,6 +6,10 @@
  *   vdisk-io compare IMG MIRROR            read IMG through the library and
  *                                          compare with MIRROR byte by byte
  *   vdisk-io child PARENT CHILD            create a thin delta of PARENT
+ *   vdisk-io syncfail IMG TRIGGER          write, touch TRIGGER (syncfail-shim
+ *                                          fails the next sync), then check
+ *                                          that this and every later flush,
+ *                                          FUA write and close fail
  *   vdisk-io mkse DESC PARENT MIRROR       make DESC an ESXi seSparse delta of
  *                                          PARENT (descriptor + DESC's stem
  *                                          "-sesparse.vmdk"), with allocated,
@@ -58,6 +62,18 @@ static int do_write(const char *img_path, const char *mirror, unsigned seed, int
             if (rc == 0)
                 rc = pwrite_full(mfd, buf, len, off);
         } else {
+            if (op < 9) {
+                /* a discard zeroes whole grains; pieces of grains are
+                 * advisory (may keep the parent's data): keep to grains */
+                uint64_t g = vd_granularity(img), a = ROUND_UP(off, g);
+                uint64_t z = (off + len) / g * g;
+                if (off + len == size)
+                    z = off + len;
+                if (a >= z)
+                    continue;
+                off = a;
+                len = (size_t)(z - a);
+            }
             rc = op < 9 ? vd_discard(img, off, len) : vd_write_zeroes(img, off, len, VD_NO_HOLE);
             if (rc == 0)
                 rc = pwrite_full(mfd, zero, len, off);
@@ -119,6 +135,40 @@ static int do_child(const char *parent, const char *child)
     int rc = vd_create(child, &o);
     vd_close(p);
     return rc < 0 ? 1 : 0;
+}
+
+static int syncfail_step(const char *what, int rc, bool want_fail)
+{
+    printf("vdisk-io: %s: %s\n", what, rc < 0 ? strerror(-rc) : "ok");
+    return (rc < 0) == want_fail ? 0 : 1;
+}
+
+static int do_syncfail(const char *img_path, const char *trigger)
+{
+    struct vd_image *img;
+    if (vd_open(img_path, 0, &img) < 0)
+        return 1;
+    size_t n = 65536;
+    uint8_t *buf = malloc(n);
+    if (!buf)
+        return 1;
+    memset(buf, 0x11, n);
+    int bad = syncfail_step("write 0x11 at 0", vd_pwrite(img, buf, n, 0, 0), false);
+    int fd = open(trigger, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        perror(trigger);
+        return 1;
+    }
+    close(fd);
+    bad |= syncfail_step("first flush (its fdatasync fails)", vd_flush(img), true);
+    bad |= syncfail_step("second flush", vd_flush(img), true);
+    memset(buf, 0x22, n);
+    bad |= syncfail_step("write 0x22 at 1 MiB", vd_pwrite(img, buf, n, 1 << 20, 0), false);
+    bad |= syncfail_step("third flush", vd_flush(img), true);
+    bad |= syncfail_step("FUA write", vd_pwrite(img, buf, n, 2 << 20, VD_FUA), true);
+    bad |= syncfail_step("close", vd_close(img), true);
+    free(buf);
+    return bad;
 }
 
 static void put64(uint8_t *p, uint64_t v)
@@ -229,11 +279,13 @@ int main(int argc, char **argv)
         return do_write(argv[2], argv[3], (unsigned)atoi(argv[4]), atoi(argv[5]));
     if (argc == 4 && strcmp(argv[1], "compare") == 0)
         return do_compare(argv[2], argv[3]);
+    if (argc == 4 && strcmp(argv[1], "syncfail") == 0)
+        return do_syncfail(argv[2], argv[3]);
     if (argc == 4 && strcmp(argv[1], "child") == 0)
         return do_child(argv[2], argv[3]);
     if (argc == 5 && strcmp(argv[1], "mkse") == 0)
         return do_mkse(argv[2], argv[3], argv[4]);
     fprintf(stderr, "usage: vdisk-io write IMG MIRROR SEED COUNT | compare IMG MIRROR | "
-                    "child PARENT CHILD | mkse DESC PARENT MIRROR\n");
+                    "child PARENT CHILD | syncfail IMG TRIGGER | mkse DESC PARENT MIRROR\n");
     return 2;
 }
