@@ -499,7 +499,8 @@ int cfs_dir_iterate(struct cfs_volume *v, struct cfs_inode *dp, uint64_t c, cfs_
         }
         if (r < 0)
             break;
-        qsort(list, n, sizeof(*list), cmp_sorted);
+        if (n) /* list is NULL when the bucket chain is empty */
+            qsort(list, n, sizeof(*list), cmp_sorted);
         for (size_t i = 0; i < n; i++) {
             /* Cookies 0..2 are the start, "." and ".."; an entry's cookie is r + 3. */
             if (fn(ctx, list[i].name, list[i].ino, list[i].type, list[i].r + 4)) {
