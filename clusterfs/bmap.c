@@ -39,8 +39,8 @@ static int node_get(struct cfs_volume *v, struct cfs_inode *ip, uint64_t p, unsi
     uint64_t a = cfs_ptr_addr(p);
     int r = cfs_buf_get(v, a, CFS_SMALL, CFS_BT_PTR, out);
     if (r == -ENODATA || r == -ESTALE) {
-        log_err("pointer block at byte %" PRIu64 " of inode %" PRIu64 ": never written",
-                a, (uint64_t)ip->d.ino);
+        log_err("pointer block at byte %" PRIu64 " of inode %" PRIu64 ": never written", a,
+                (uint64_t)ip->d.ino);
         return -EUCLEAN;
     }
     if (r < 0)

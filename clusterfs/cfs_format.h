@@ -21,28 +21,28 @@
 
 /* Feature flags. An unknown incompat bit refuses the mount; an unknown
  * ro_compat bit refuses a read-write mount; compat bits are ignored. */
-#define CFS_FEAT_INCOMPAT_INLINE (1u << 0) /* tiny files in the inode */
-#define CFS_FEAT_INCOMPAT_LAZY (1u << 1)   /* resource clusters laid out on demand */
+#define CFS_FEAT_INCOMPAT_INLINE (1u << 0)  /* tiny files in the inode */
+#define CFS_FEAT_INCOMPAT_LAZY (1u << 1)    /* resource clusters laid out on demand */
 #define CFS_FEAT_INCOMPAT_HASHDIR (1u << 2) /* linear-hashed directories */
-#define CFS_FEAT_INCOMPAT_SUPP                                                                      \
+#define CFS_FEAT_INCOMPAT_SUPP                                                                     \
     (CFS_FEAT_INCOMPAT_INLINE | CFS_FEAT_INCOMPAT_LAZY | CFS_FEAT_INCOMPAT_HASHDIR)
 #define CFS_FEAT_RO_COMPAT_SUPP 0u
 
 /* Sizes (bytes). */
-#define CFS_META 4096u        /* superblock, journal blocks, cluster header, inode */
-#define CFS_SMALL 8192u       /* small block: directory blocks, pointer blocks */
+#define CFS_META 4096u  /* superblock, journal blocks, cluster header, inode */
+#define CFS_SMALL 8192u /* small block: directory blocks, pointer blocks */
 #define CFS_SMALL_SHIFT 13
-#define CFS_INODE_SLOT 8192u  /* lock record area (4 KiB) + inode (4 KiB) */
-#define CFS_INLINE_MAX 1024u  /* file data kept in the inode */
-#define CFS_XATTR_MAX 2816u   /* xattr area of an inode */
+#define CFS_INODE_SLOT 8192u /* lock record area (4 KiB) + inode (4 KiB) */
+#define CFS_INLINE_MAX 1024u /* file data kept in the inode */
+#define CFS_XATTR_MAX 2816u  /* xattr area of an inode */
 #define CFS_NAME_MAX 255u
 #define CFS_CLUSTER_BLOCKS 128u /* file blocks per resource cluster (incl. its header block) */
 #define CFS_BLOCK_MIN (64u << 10)
 #define CFS_BLOCK_MAX (1u << 20) /* 128 sub-slots of 8 KiB at most per pool */
 #define CFS_BLOCK_DEFAULT (1u << 20)
-#define CFS_SUPER_B_OFF 4096u   /* second superblock copy */
-#define CFS_RMAP_OFF 8192u      /* resource map block */
-#define CFS_LS_OFF (64u << 10)  /* lockspace */
+#define CFS_SUPER_B_OFF 4096u  /* second superblock copy */
+#define CFS_RMAP_OFF 8192u     /* resource map block */
+#define CFS_LS_OFF (64u << 10) /* lockspace */
 #define CFS_JOURNAL_DEFAULT (8u << 20)
 #define CFS_JOURNAL_MIN (1u << 20)
 #define CFS_HOSTS_DEFAULT 64u
@@ -56,9 +56,9 @@ enum cfs_btype {
     CFS_BT_JCOMMIT = 4, /* journal commit: CRC of the transaction */
     CFS_BT_CLUSTER = 5, /* resource cluster header: bitmaps */
     CFS_BT_INODE = 6,
-    CFS_BT_DIR = 7,  /* directory block (8 KiB) */
-    CFS_BT_PTR = 8,  /* pointer block of a block map (8 KiB) */
-    CFS_BT_HOST = 9, /* per-host block: orphan list */
+    CFS_BT_DIR = 7,   /* directory block (8 KiB) */
+    CFS_BT_PTR = 8,   /* pointer block of a block map (8 KiB) */
+    CFS_BT_HOST = 9,  /* per-host block: orphan list */
     CFS_BT_RMAP = 10, /* resource map: how many clusters are laid out */
 };
 const char *cfs_btype_name(unsigned t);
@@ -72,8 +72,8 @@ struct cfs_mhdr_disk {
     uint32_t crc;  /* CRC32C of the whole block with this field zero */
     uint32_t size; /* bytes covered: 4096 or 8192 */
     uint8_t uuid[16];
-    uint64_t addr; /* byte address of this block on the LUN */
-    uint64_t seq;  /* journal transaction that wrote it last */
+    uint64_t addr;       /* byte address of this block on the LUN */
+    uint64_t seq;        /* journal transaction that wrote it last */
     uint32_t fence_slot; /* token of the lock it was written under: */
     uint32_t fence_gen;  /*   heartbeat slot, generation, */
     uint64_t fence_ver;  /*   lock record version */
@@ -244,8 +244,8 @@ struct cfs_cluster_disk {
     uint32_t free_small;  /* free slots in small-block pools */
     uint32_t free_inodes; /* free slots in inode pools */
     uint8_t reserved0[32];
-    uint8_t kind[CFS_CLUSTER_BLOCKS];      /* enum cfs_kind per file block */
-    uint8_t sub[CFS_CLUSTER_BLOCKS][16];  /* slot bitmap of a pool block */
+    uint8_t kind[CFS_CLUSTER_BLOCKS];    /* enum cfs_kind per file block */
+    uint8_t sub[CFS_CLUSTER_BLOCKS][16]; /* slot bitmap of a pool block */
     uint8_t reserved[1792];
 };
 _Static_assert(sizeof(struct cfs_cluster_disk) == CFS_META, "cluster size");
@@ -434,8 +434,7 @@ struct cfs_ptrblk {
     uint32_t level;
 };
 void cfs_ptrblk_init(void *buf, const struct cfs_ptrblk *p);
-int cfs_ptrblk_decode(const void *buf, const uint8_t uuid[16], uint64_t addr,
-                      struct cfs_ptrblk *p);
+int cfs_ptrblk_decode(const void *buf, const uint8_t uuid[16], uint64_t addr, struct cfs_ptrblk *p);
 uint64_t cfs_ptrblk_get(const void *buf, unsigned i);
 void cfs_ptrblk_set(void *buf, unsigned i, uint64_t ptr);
 
@@ -447,8 +446,7 @@ struct cfs_dirblk {
 void cfs_dirblk_put(void *buf, const struct cfs_dirblk *d); /* header fields only */
 /* Decode the header and check that the entries parse (lengths, padding,
  * count); -EUCLEAN with a message naming the block otherwise. */
-int cfs_dirblk_decode(const void *buf, const uint8_t uuid[16], uint64_t addr,
-                      struct cfs_dirblk *d);
+int cfs_dirblk_decode(const void *buf, const uint8_t uuid[16], uint64_t addr, struct cfs_dirblk *d);
 /* The same without the block check (a block already checked when read). */
 int cfs_dirblk_parse(const void *buf, uint64_t addr, struct cfs_dirblk *d);
 

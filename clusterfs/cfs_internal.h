@@ -72,11 +72,11 @@ struct cfs_volume {
     struct lun *lun;
     struct cfs_super sb;
     uint8_t uuid[16];
-    uint32_t lbs;       /* LUN logical block size */
-    uint32_t bs;        /* file block size */
-    unsigned bshift;    /* log2(bs) */
-    uint32_t spp;       /* slots (8 KiB) per pool block */
-    uint64_t cl_bytes;  /* bytes per cluster */
+    uint32_t lbs;      /* LUN logical block size */
+    uint32_t bs;       /* file block size */
+    unsigned bshift;   /* log2(bs) */
+    uint32_t spp;      /* slots (8 KiB) per pool block */
+    uint64_t cl_bytes; /* bytes per cluster */
     struct cfs_open_opts opts;
     bool ro;
     bool unmap; /* the LUN can deallocate */
@@ -106,12 +106,12 @@ struct cfs_volume {
 
     /* journal of this host */
     uint32_t slot;
-    uint64_t j_off;      /* byte address of the journal */
-    uint64_t j_ring;     /* ring size in 4 KiB blocks */
-    uint64_t j_head;     /* next ring position to write */
-    uint64_t j_seq;      /* sequence of the next transaction */
-    uint64_t j_used;     /* ring blocks since the on-disk tail */
-    uint64_t j_commits;  /* statistics */
+    uint64_t j_off;       /* byte address of the journal */
+    uint64_t j_ring;      /* ring size in 4 KiB blocks */
+    uint64_t j_head;      /* next ring position to write */
+    uint64_t j_seq;       /* sequence of the next transaction */
+    uint64_t j_used;      /* ring blocks since the on-disk tail */
+    uint64_t j_commits;   /* statistics */
     struct cfs_host host; /* orphan list (journal block 1) */
     bool host_dirty;
 
@@ -123,10 +123,10 @@ struct cfs_volume {
 
     /* several hosts (locks.c); NULL ls: a local open */
     struct lockspace *ls;
-    uint64_t gl_lba;       /* the volume metadata lock (lockspace table lock 0) */
-    pthread_mutex_t gl;    /* recursive: this host's operations, one at a time */
-    unsigned gl_depth;     /* protected by gl */
-    uint64_t gl_ver;       /* lock record version after our last acquire, 0 = unknown */
+    uint64_t gl_lba;    /* the volume metadata lock (lockspace table lock 0) */
+    pthread_mutex_t gl; /* recursive: this host's operations, one at a time */
+    unsigned gl_depth;  /* protected by gl */
+    uint64_t gl_ver;    /* lock record version after our last acquire, 0 = unknown */
     pthread_mutex_t rec_mtx;
     uint32_t rec_slots[64]; /* recovered by the hook, orphans still to free (rec_mtx) */
     unsigned nrec;
@@ -170,8 +170,7 @@ int cfs_journal_checkpoint(struct cfs_volume *v);
 int cfs_journal_replay(struct lun *lun, const struct cfs_super *sb, uint32_t slot, bool apply,
                        uint64_t *ntxn, uint64_t *end_pos, uint64_t *end_seq);
 /* Read-only scan: committed transactions pending replay. */
-int cfs_journal_pending(struct lun *lun, const struct cfs_super *sb, uint32_t slot,
-                        uint64_t *ntxn);
+int cfs_journal_pending(struct lun *lun, const struct cfs_super *sb, uint32_t slot, uint64_t *ntxn);
 int cfs_journal_format(struct lun *lun, const struct cfs_super *sb, uint32_t slot);
 void cfs_txn_stamp(struct cfs_volume *v, void *buf, uint32_t size);
 
@@ -233,8 +232,8 @@ int cfs_bmap_set(struct cfs_volume *v, struct cfs_inode *ip, uint64_t idx, uint6
 /* Visit the non-hole entries with index in [start, end); fn may change
  * *ptr (0 frees the entry's slot in the tree; emptied pointer blocks are
  * freed). fn returns 0 to go on, 1 to stop, -errno to fail. */
-typedef int (*cfs_bmap_fn)(struct cfs_volume *v, struct cfs_inode *ip, uint64_t idx,
-                           uint64_t *ptr, void *ctx);
+typedef int (*cfs_bmap_fn)(struct cfs_volume *v, struct cfs_inode *ip, uint64_t idx, uint64_t *ptr,
+                           void *ctx);
 int cfs_bmap_walk(struct cfs_volume *v, struct cfs_inode *ip, uint64_t start, uint64_t end,
                   cfs_bmap_fn fn, void *ctx);
 /* Free every data block with index >= start (budget: at most `max` blocks
@@ -242,8 +241,7 @@ int cfs_bmap_walk(struct cfs_volume *v, struct cfs_inode *ip, uint64_t start, ui
 int cfs_bmap_free_from(struct cfs_volume *v, struct cfs_inode *ip, uint64_t start, uint64_t max);
 /* Visit the pointer blocks (for check). */
 typedef int (*cfs_bmap_meta_fn)(struct cfs_volume *v, uint64_t addr, void *ctx);
-int cfs_bmap_walk_meta(struct cfs_volume *v, struct cfs_inode *ip, cfs_bmap_meta_fn fn,
-                       void *ctx);
+int cfs_bmap_walk_meta(struct cfs_volume *v, struct cfs_inode *ip, cfs_bmap_meta_fn fn, void *ctx);
 
 /* ---- dir.c -------------------------------------------------------------------- */
 int cfs_dir_lookup(struct cfs_volume *v, struct cfs_inode *dp, const char *name, cfs_ino_t *ino,
@@ -296,28 +294,28 @@ int cfsi_getattr(struct cfs_volume *v, cfs_ino_t ino, struct cfs_attr *out);
 int cfsi_lookup(struct cfs_volume *v, cfs_ino_t parent, const char *name, struct cfs_attr *out);
 void cfsi_forget(struct cfs_volume *v, cfs_ino_t ino, uint64_t nlookup);
 int cfsi_mknod(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, dev_t rdev,
-              uid_t uid, gid_t gid, struct cfs_attr *out);
+               uid_t uid, gid_t gid, struct cfs_attr *out);
 int cfsi_mkdir(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, uid_t uid,
-              gid_t gid, struct cfs_attr *out);
+               gid_t gid, struct cfs_attr *out);
 int cfsi_symlink(struct cfs_volume *v, cfs_ino_t parent, const char *name, const char *target,
-                uid_t uid, gid_t gid, struct cfs_attr *out);
+                 uid_t uid, gid_t gid, struct cfs_attr *out);
 ssize_t cfsi_readlink(struct cfs_volume *v, cfs_ino_t ino, char *buf, size_t size);
 int cfsi_create(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, int flags,
-               uid_t uid, gid_t gid, struct cfs_attr *out, struct cfs_file **fh);
+                uid_t uid, gid_t gid, struct cfs_attr *out, struct cfs_file **fh);
 int cfsi_link(struct cfs_volume *v, cfs_ino_t ino, cfs_ino_t newparent, const char *newname,
-             struct cfs_attr *out);
+              struct cfs_attr *out);
 int cfsi_unlink(struct cfs_volume *v, cfs_ino_t parent, const char *name);
 int cfsi_rmdir(struct cfs_volume *v, cfs_ino_t parent, const char *name);
 int cfsi_rename(struct cfs_volume *v, cfs_ino_t parent, const char *name, cfs_ino_t newparent,
-               const char *newname, unsigned flags);
+                const char *newname, unsigned flags);
 int cfsi_readdir(struct cfs_volume *v, cfs_ino_t dir, uint64_t off, cfs_readdir_fn fn, void *ctx);
 int cfsi_setattr(struct cfs_volume *v, cfs_ino_t ino, const struct cfs_attr *in, unsigned mask,
-                struct cfs_attr *out);
+                 struct cfs_attr *out);
 int cfsi_truncate(struct cfs_volume *v, cfs_ino_t ino, uint64_t size);
 int cfsi_setxattr(struct cfs_volume *v, cfs_ino_t ino, const char *name, const void *value,
-                 size_t size, int flags);
+                  size_t size, int flags);
 ssize_t cfsi_getxattr(struct cfs_volume *v, cfs_ino_t ino, const char *name, void *value,
-                     size_t size);
+                      size_t size);
 ssize_t cfsi_listxattr(struct cfs_volume *v, cfs_ino_t ino, char *list, size_t size);
 int cfsi_removexattr(struct cfs_volume *v, cfs_ino_t ino, const char *name);
 int cfsi_fallocate(struct cfs_file *f, int mode, uint64_t off, uint64_t len);
@@ -332,7 +330,7 @@ int cfsi_statfs(struct cfs_volume *v, struct statvfs *out);
 int cfsi_sync(struct cfs_volume *v);
 int cfsi_volume_recover_slot(struct cfs_volume *v, uint32_t slot, uint64_t *ntxn);
 int cfsi_check(struct cfs_volume *v, unsigned flags, cfs_check_msg_fn fn, void *ctx,
-              struct cfs_check_report *rep);
+               struct cfs_check_report *rep);
 
 /* ---- super.c ------------------------------------------------------------------- */
 int cfs_super_read(struct lun *lun, struct cfs_super *sb, int *which);

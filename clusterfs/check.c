@@ -195,8 +195,9 @@ static int ref(struct ck *c, uint64_t addr, uint8_t kind, const char *owner_fmt,
         snprintf(o, sizeof(o), owner_fmt, owner);
         report(c, false, "doubly allocated",
                "%s at byte %" PRIu64 " is referenced more than once (again by %s)",
-               kind == CFS_K_DATA ? "file block" : kind == CFS_K_INODE ? "inode slot"
-                                                                       : "small block",
+               kind == CFS_K_DATA    ? "file block"
+               : kind == CFS_K_INODE ? "inode slot"
+                                     : "small block",
                addr, o);
     } else {
         c->ref.kind[j] = kind;
@@ -319,13 +320,13 @@ static int collect_cb(void *ctx, const char *name, cfs_ino_t ino, unsigned dtype
 static int walk_dir(struct ck *c, uint64_t dino);
 
 /* Visit the inode an entry names. Under v->mtx. */
-static int visit(struct ck *c, struct cfs_inode *dp, const char *name, uint64_t ino,
-                 unsigned dtype, uint64_t *stack, size_t *nstack, size_t capstack)
+static int visit(struct ck *c, struct cfs_inode *dp, const char *name, uint64_t ino, unsigned dtype,
+                 uint64_t *stack, size_t *nstack, size_t capstack)
 {
     struct cfs_volume *v = c->v;
     size_t j;
-    bool allocated = um_find(&c->alloc, ino * CFS_INODE_SLOT, &j) &&
-                     c->alloc.kind[j] == CFS_K_INODE;
+    bool allocated =
+        um_find(&c->alloc, ino * CFS_INODE_SLOT, &j) && c->alloc.kind[j] == CFS_K_INODE;
     struct cfs_inode *ip = NULL;
     int r = allocated ? (log_clear_last_error(), cfs_inode_get(v, ino, &ip)) : -ENOENT;
     if (r < 0) {
@@ -336,8 +337,8 @@ static int visit(struct ck *c, struct cfs_inode *dp, const char *name, uint64_t 
                 cfs_inode_dirty(v, dp);
         }
         report(c, fixed, "dangling entry",
-               "directory %" PRIu64 ": entry '%s' names inode %" PRIu64 ", %s",
-               (uint64_t)dp->d.ino, name, ino,
+               "directory %" PRIu64 ": entry '%s' names inode %" PRIu64 ", %s", (uint64_t)dp->d.ino,
+               name, ino,
                !allocated ? "which is not allocated"
                           : (log_last_error()[0] ? log_last_error() : strerror(-r)));
         if (fixed) {
@@ -384,9 +385,10 @@ static int visit(struct ck *c, struct cfs_inode *dp, const char *name, uint64_t 
                     ip->d.parent = dp->d.ino;
                     cfs_inode_dirty(v, ip);
                 }
-                report(c, fixed, "parent", "directory %" PRIu64 ": parent says %" PRIu64
-                       ", found in directory %" PRIu64, ino, (uint64_t)ip->d.parent,
-                       (uint64_t)dp->d.ino);
+                report(c, fixed, "parent",
+                       "directory %" PRIu64 ": parent says %" PRIu64
+                       ", found in directory %" PRIu64,
+                       ino, (uint64_t)ip->d.parent, (uint64_t)dp->d.ino);
             }
             if (*nstack < capstack)
                 stack[(*nstack)++] = ino;
@@ -464,12 +466,12 @@ static int check_supers(struct ck *c)
             struct cfs_super g = v->sb;
             g.h.addr = a;
             cfs_super_encode(buf + k * CFS_META, &g);
-            fixed = cfs_dev_write(v, a, buf + k * CFS_META, CFS_META) == 0 &&
-                    lun_flush(v->lun) == 0;
+            fixed =
+                cfs_dev_write(v, a, buf + k * CFS_META, CFS_META) == 0 && lun_flush(v->lun) == 0;
         }
-        report(c, fixed, "superblock", "superblock %c at byte %" PRIu64 ": %s", k ? 'B' : 'A',
-               a, e == -ESTALE ? "differs from the other copy"
-                               : (log_last_error()[0] ? log_last_error() : strerror(-e)));
+        report(c, fixed, "superblock", "superblock %c at byte %" PRIu64 ": %s", k ? 'B' : 'A', a,
+               e == -ESTALE ? "differs from the other copy"
+                            : (log_last_error()[0] ? log_last_error() : strerror(-e)));
     }
     free(buf);
     return 0;
@@ -517,7 +519,7 @@ static bool on_orphan_list(const struct ck *c, uint64_t ino)
 }
 
 int cfsi_check(struct cfs_volume *v, unsigned flags, cfs_check_msg_fn fn, void *ctx,
-              struct cfs_check_report *rep)
+               struct cfs_check_report *rep)
 {
     struct cfs_check_report dummy;
     if (!rep)
@@ -534,8 +536,8 @@ int cfsi_check(struct cfs_volume *v, unsigned flags, cfs_check_msg_fn fn, void *
         r = check_supers(&c);
     if (r == 0 && v->rmap_err)
         report(&c, false, "resource map",
-               "resource map at byte %u: %s (every cluster was checked as laid out)",
-               CFS_RMAP_OFF, strerror(-v->rmap_err));
+               "resource map at byte %u: %s (every cluster was checked as laid out)", CFS_RMAP_OFF,
+               strerror(-v->rmap_err));
     if (r == 0)
         r = load_orphans(&c);
     if (r == 0)
@@ -651,8 +653,8 @@ int cfsi_check(struct cfs_volume *v, unsigned flags, cfs_check_msg_fn fn, void *
             fixed = true;
         }
         if (badn)
-            report(&c, fixed, "link count", "inode %" PRIu64 ": link count %u, found %u",
-                   ii->ino, ii->nlink, want);
+            report(&c, fixed, "link count", "inode %" PRIu64 ": link count %u, found %u", ii->ino,
+                   ii->nlink, want);
         if (bade)
             report(&c, fixed, "entry count",
                    "directory %" PRIu64 ": says %" PRIu64 " entries, holds %" PRIu64, ii->ino,

@@ -204,8 +204,8 @@ int cfs_dir_init(struct cfs_volume *v, struct cfs_inode *dp)
 
 /* Find `name` in its chain: the block (ref'd), the offset of the entry,
  * and the previous block's index in the chain (for unlinking). */
-static int find(struct cfs_volume *v, struct cfs_inode *dp, const char *name, size_t nl,
-                uint64_t h, struct cfs_buf **ob, uint64_t *oidx, uint32_t *ooff, uint64_t *prev)
+static int find(struct cfs_volume *v, struct cfs_inode *dp, const char *name, size_t nl, uint64_t h,
+                struct cfs_buf **ob, uint64_t *oidx, uint32_t *ooff, uint64_t *prev)
 {
     uint64_t idx = bucket_of(dp, h), pidx = UINT64_MAX;
     unsigned guard = 0;

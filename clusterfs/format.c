@@ -36,16 +36,26 @@ __thread int cfs_decode_quiet;
 const char *cfs_btype_name(unsigned t)
 {
     switch (t) {
-    case CFS_BT_SUPER: return "superblock";
-    case CFS_BT_JHEAD: return "journal header";
-    case CFS_BT_JDESC: return "journal descriptor";
-    case CFS_BT_JCOMMIT: return "journal commit";
-    case CFS_BT_CLUSTER: return "resource cluster header";
-    case CFS_BT_INODE: return "inode";
-    case CFS_BT_DIR: return "directory block";
-    case CFS_BT_PTR: return "pointer block";
-    case CFS_BT_HOST: return "host block";
-    case CFS_BT_RMAP: return "resource map";
+    case CFS_BT_SUPER:
+        return "superblock";
+    case CFS_BT_JHEAD:
+        return "journal header";
+    case CFS_BT_JDESC:
+        return "journal descriptor";
+    case CFS_BT_JCOMMIT:
+        return "journal commit";
+    case CFS_BT_CLUSTER:
+        return "resource cluster header";
+    case CFS_BT_INODE:
+        return "inode";
+    case CFS_BT_DIR:
+        return "directory block";
+    case CFS_BT_PTR:
+        return "pointer block";
+    case CFS_BT_HOST:
+        return "host block";
+    case CFS_BT_RMAP:
+        return "resource map";
     }
     return "block";
 }
@@ -232,8 +242,8 @@ int cfs_super_decode(const void *buf, uint64_t addr, struct cfs_super *s)
              s->data_off < s->journal_off + s->journal_bytes * s->max_hosts ||
              s->data_off % s->block_size)
         bad = "region offsets";
-    else if (s->nclusters == 0 || s->data_off + (s->nclusters - 1) * cl_bytes +
-                                          2ull * s->block_size > s->volume_bytes)
+    else if (s->nclusters == 0 ||
+             s->data_off + (s->nclusters - 1) * cl_bytes + 2ull * s->block_size > s->volume_bytes)
         bad = "volume size";
     else if (s->root_ino * CFS_INODE_SLOT < s->data_off ||
              s->root_ino * CFS_INODE_SLOT >= s->volume_bytes)
@@ -305,7 +315,8 @@ int cfs_jdesc_decode(const void *buf, const uint8_t uuid[16], uint64_t addr, str
         return -EUCLEAN;
     }
     for (uint32_t i = 0; i < d->nrec; i++) {
-        const uint8_t *p = (const uint8_t *)buf + offsetof(D, rec) + i * sizeof(struct cfs_jrec_disk);
+        const uint8_t *p =
+            (const uint8_t *)buf + offsetof(D, rec) + i * sizeof(struct cfs_jrec_disk);
         d->addr[i] = le64_get(p);
         d->len[i] = le32_get(p + 8);
         if ((d->len[i] != CFS_META && d->len[i] != CFS_SMALL) || d->addr[i] % CFS_META) {
@@ -545,8 +556,8 @@ int cfs_inode_decode(const void *buf, const uint8_t uuid[16], uint64_t addr, str
         bad = "inline size";
     else if (d->xattr_len > CFS_XATTR_MAX)
         bad = "xattr length";
-    else if (d->dir_level > 40 || (d->dir_level < 40 && d->dir_split >= (1u << d->dir_level) &&
-                                   d->dir_split != 0))
+    else if (d->dir_level > 40 ||
+             (d->dir_level < 40 && d->dir_split >= (1u << d->dir_level) && d->dir_split != 0))
         bad = "directory hash level";
     if (bad) {
         log_err("inode %llu at byte %llu: implausible %s", (unsigned long long)d->ino,

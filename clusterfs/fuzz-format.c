@@ -23,10 +23,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const uint8_t UUID[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
 #define NTYPES 10
-static const unsigned types[NTYPES] = {CFS_BT_SUPER,   CFS_BT_JHEAD,   CFS_BT_JDESC,
-                                       CFS_BT_JCOMMIT, CFS_BT_HOST,    CFS_BT_CLUSTER,
-                                       CFS_BT_INODE,   CFS_BT_PTR,     CFS_BT_DIR,
-                                       CFS_BT_RMAP};
+static const unsigned types[NTYPES] = {CFS_BT_SUPER, CFS_BT_JHEAD,   CFS_BT_JDESC, CFS_BT_JCOMMIT,
+                                       CFS_BT_HOST,  CFS_BT_CLUSTER, CFS_BT_INODE, CFS_BT_PTR,
+                                       CFS_BT_DIR,   CFS_BT_RMAP};
 static long decoded_ok;
 
 static void quiet(enum log_level level, const char *msg, void *opaque)

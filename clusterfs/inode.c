@@ -235,8 +235,7 @@ void cfs_inode_put(struct cfs_volume *v, struct cfs_inode *ip)
 
 void cfs_inode_clean(struct cfs_volume *v, struct cfs_inode *ip)
 {
-    if (!ip->pins && !ip->nlookup && !ip->nopen && !ip->dirty &&
-        (ip->d.nlink || ip->d.mode == 0))
+    if (!ip->pins && !ip->nlookup && !ip->nopen && !ip->dirty && (ip->d.nlink || ip->d.mode == 0))
         ih_remove(v, ip);
 }
 

@@ -252,8 +252,7 @@ out:
     return ret;
 }
 
-int cfs_journal_pending(struct lun *lun, const struct cfs_super *sb, uint32_t slot,
-                        uint64_t *ntxn)
+int cfs_journal_pending(struct lun *lun, const struct cfs_super *sb, uint32_t slot, uint64_t *ntxn)
 {
     return cfs_journal_replay(lun, sb, slot, false, ntxn, NULL, NULL);
 }
@@ -344,8 +343,7 @@ int cfs_journal_open(struct cfs_volume *v, bool replay)
         r = cfs_host_decode(blk, v->uuid, v->j_off + CFS_META, &v->host);
     free(blk);
     if (r < 0) {
-        log_err("%s: host block of slot %u unreadable (%s)", lun_name(lun), v->slot,
-                strerror(-r));
+        log_err("%s: host block of slot %u unreadable (%s)", lun_name(lun), v->slot, strerror(-r));
         return r == -ENODATA || r == -ESTALE ? -EUCLEAN : r;
     }
     return 0;
@@ -516,8 +514,7 @@ int cfs_txn_commit(struct cfs_volume *v)
 int cfs_txn_maybe_commit(struct cfs_volume *v)
 {
     if (v->dirty_bytes + (uint64_t)v->ndirty_inodes * CFS_META >= TXN_SOFT_LIMIT ||
-        (v->dirty_bytes + (uint64_t)v->ndirty_inodes * CFS_META) / CFS_META + 64 >=
-            v->j_ring / 4)
+        (v->dirty_bytes + (uint64_t)v->ndirty_inodes * CFS_META) / CFS_META + 64 >= v->j_ring / 4)
         return cfs_txn_commit(v);
     return 0;
 }

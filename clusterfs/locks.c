@@ -65,9 +65,7 @@ int cfs_locks_join(struct cfs_volume *v)
     pthread_mutex_init(&v->gl, &a);
     pthread_mutexattr_destroy(&a);
     pthread_mutex_init(&v->rec_mtx, NULL);
-    struct ls_open_opts o = {.host_name = v->opts.host_name,
-                             .recover = recover_hook,
-                             .opaque = v};
+    struct ls_open_opts o = {.host_name = v->opts.host_name, .recover = recover_hook, .opaque = v};
     struct lockspace *ls;
     int r = lockspace_open(v->lun, v->sb.ls_off / v->lbs, &o, &ls);
     if (r < 0)

@@ -124,8 +124,7 @@ void cfsi_forget(struct cfs_volume *v, cfs_ino_t ino, uint64_t nlookup)
 
 /* Create a node in parent. Under v->mtx. Returns the new inode pinned. */
 static int make_node(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode,
-                     dev_t rdev, uid_t uid, gid_t gid, const char *target,
-                     struct cfs_inode **out)
+                     dev_t rdev, uid_t uid, gid_t gid, const char *target, struct cfs_inode **out)
 {
     int r = writable(v);
     if (r)
@@ -176,8 +175,7 @@ out:
 }
 
 static int make_public(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode,
-                       dev_t rdev, uid_t uid, gid_t gid, const char *target,
-                       struct cfs_attr *out)
+                       dev_t rdev, uid_t uid, gid_t gid, const char *target, struct cfs_attr *out)
 {
     pthread_mutex_lock(&v->mtx);
     struct cfs_inode *ip;
@@ -194,10 +192,9 @@ static int make_public(struct cfs_volume *v, cfs_ino_t parent, const char *name,
 }
 
 int cfsi_mknod(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, dev_t rdev,
-              uid_t uid, gid_t gid, struct cfs_attr *out)
+               uid_t uid, gid_t gid, struct cfs_attr *out)
 {
-    if (!S_ISREG(mode) && !S_ISFIFO(mode) && !S_ISSOCK(mode) && !S_ISCHR(mode) &&
-        !S_ISBLK(mode))
+    if (!S_ISREG(mode) && !S_ISFIFO(mode) && !S_ISSOCK(mode) && !S_ISCHR(mode) && !S_ISBLK(mode))
         return -EINVAL;
     if (!S_ISCHR(mode) && !S_ISBLK(mode))
         rdev = 0;
@@ -205,13 +202,13 @@ int cfsi_mknod(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t 
 }
 
 int cfsi_mkdir(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, uid_t uid,
-              gid_t gid, struct cfs_attr *out)
+               gid_t gid, struct cfs_attr *out)
 {
     return make_public(v, parent, name, S_IFDIR | (mode & 07777), 0, uid, gid, NULL, out);
 }
 
 int cfsi_symlink(struct cfs_volume *v, cfs_ino_t parent, const char *name, const char *target,
-                uid_t uid, gid_t gid, struct cfs_attr *out)
+                 uid_t uid, gid_t gid, struct cfs_attr *out)
 {
     return make_public(v, parent, name, S_IFLNK | 0777, 0, uid, gid, target, out);
 }
@@ -238,7 +235,7 @@ ssize_t cfsi_readlink(struct cfs_volume *v, cfs_ino_t ino, char *buf, size_t siz
 }
 
 int cfsi_create(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t mode, int flags,
-               uid_t uid, gid_t gid, struct cfs_attr *out, struct cfs_file **fh)
+                uid_t uid, gid_t gid, struct cfs_attr *out, struct cfs_file **fh)
 {
     struct cfs_file *f = calloc(1, sizeof(*f));
     if (!f)
@@ -293,7 +290,7 @@ int cfsi_create(struct cfs_volume *v, cfs_ino_t parent, const char *name, mode_t
 }
 
 int cfsi_link(struct cfs_volume *v, cfs_ino_t ino, cfs_ino_t newparent, const char *newname,
-             struct cfs_attr *out)
+              struct cfs_attr *out)
 {
     pthread_mutex_lock(&v->mtx);
     struct cfs_inode *dp = NULL, *ip = NULL;
@@ -432,7 +429,7 @@ static int is_under(struct cfs_volume *v, cfs_ino_t ino, cfs_ino_t dir)
 }
 
 int cfsi_rename(struct cfs_volume *v, cfs_ino_t parent, const char *name, cfs_ino_t newparent,
-               const char *newname, unsigned flags)
+                const char *newname, unsigned flags)
 {
     if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
         return -EINVAL;
@@ -588,7 +585,7 @@ static int64_t ns_of(struct timespec t)
 }
 
 int cfsi_setattr(struct cfs_volume *v, cfs_ino_t ino, const struct cfs_attr *in, unsigned mask,
-                struct cfs_attr *out)
+                 struct cfs_attr *out)
 {
     pthread_mutex_lock(&v->mtx);
     struct cfs_inode *ip;
@@ -675,7 +672,7 @@ static int xa_find(const struct cfs_inode *ip, const char *name, uint32_t *off, 
 }
 
 int cfsi_setxattr(struct cfs_volume *v, cfs_ino_t ino, const char *name, const void *value,
-                 size_t size, int flags)
+                  size_t size, int flags)
 {
     size_t nl = strlen(name);
     if (nl == 0 || nl > 255)
@@ -731,7 +728,7 @@ unlock:
 }
 
 ssize_t cfsi_getxattr(struct cfs_volume *v, cfs_ino_t ino, const char *name, void *value,
-                     size_t size)
+                      size_t size)
 {
     pthread_mutex_lock(&v->mtx);
     struct cfs_inode *ip;

@@ -53,8 +53,8 @@ int cfs_dev_read(struct cfs_volume *v, uint64_t addr, void *buf, size_t len)
 {
     int r = cfs_dev_read_lun(v->lun, addr, buf, len);
     if (r < 0)
-        log_err("%s: read of %zu bytes at byte %" PRIu64 " failed: %s", lun_name(v->lun), len,
-                addr, strerror(-r));
+        log_err("%s: read of %zu bytes at byte %" PRIu64 " failed: %s", lun_name(v->lun), len, addr,
+                strerror(-r));
     return r;
 }
 
@@ -127,8 +127,8 @@ int cfs_format(struct lun *lun, const struct cfs_format_params *p)
         return -EINVAL;
     }
     if (jbytes < CFS_JOURNAL_MIN || jbytes % CFS_META) {
-        log_err("%s: journal size %" PRIu64 " bytes: at least %u, a multiple of 4 KiB", ln,
-                jbytes, CFS_JOURNAL_MIN);
+        log_err("%s: journal size %" PRIu64 " bytes: at least %u, a multiple of 4 KiB", ln, jbytes,
+                CFS_JOURNAL_MIN);
         return -EINVAL;
     }
     if (p->label && strlen(p->label) > 63) {
@@ -153,8 +153,7 @@ int cfs_format(struct lun *lun, const struct cfs_format_params *p)
             if (ok)
                 log_err("%s: already holds a clusterfs volume (label '%s', uuid "
                         "%02x%02x%02x%02x...); use --force to overwrite it",
-                        ln, old.label, old.h.uuid[0], old.h.uuid[1], old.h.uuid[2],
-                        old.h.uuid[3]);
+                        ln, old.label, old.h.uuid[0], old.h.uuid[1], old.h.uuid[2], old.h.uuid[3]);
             else
                 log_err("%s: holds a damaged clusterfs volume (see above; 'clusterfs check' "
                         "may repair it); use --force to overwrite it",
@@ -171,9 +170,8 @@ int cfs_format(struct lun *lun, const struct cfs_format_params *p)
         }
     }
 
-    struct ls_format_params lp = {.io_timeout_ms = p->io_timeout_ms,
-                                  .max_hosts = hosts,
-                                  .max_locks = 16};
+    struct ls_format_params lp = {
+        .io_timeout_ms = p->io_timeout_ms, .max_hosts = hosts, .max_locks = 16};
     struct ls_timeouts lt;
     if (ls_timeouts_derive(p->io_timeout_ms ? p->io_timeout_ms : LS_DEFAULT_IO_TIMEOUT_MS, &lt) <
         0) {

@@ -469,11 +469,11 @@ static uint64_t run_once(struct fx *f, unsigned cut, unsigned reorder)
     int cr = cfs_check(v, 0, print_problem, NULL, &rep);
     struct state got = {0};
     int wr = walk_tree(v, cfs_root(v), "", &got);
-    bool ok = wr == 0 && (same(&f->snap[acked], &got) ||
-                          (acked < NSTEPS && same(&f->snap[acked + 1], &got)));
+    bool ok = wr == 0 &&
+              (same(&f->snap[acked], &got) || (acked < NSTEPS && same(&f->snap[acked + 1], &got)));
     if (cr != 0 || !ok) {
-        fprintf(stderr, "cut after write %u (reorder %u): check %d, walk %d, acked %u steps\n",
-                cut, reorder, cr, wr, acked);
+        fprintf(stderr, "cut after write %u (reorder %u): check %d, walk %d, acked %u steps\n", cut,
+                reorder, cr, wr, acked);
         describe("found", &got);
         describe("expected", &f->snap[acked]);
     }

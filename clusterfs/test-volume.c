@@ -224,8 +224,7 @@ static void test_namespace_ops(void **state)
     assert_int_equal(cfs_create(v, d.ino, "file", 0644, O_RDWR | O_EXCL, 0, 0, &a, &fh), 0);
     assert_int_equal(cfs_write(fh, "hello", 5, 0), 5);
     assert_int_equal(cfs_release(fh), 0);
-    assert_int_equal(cfs_create(v, d.ino, "file", 0644, O_RDWR | O_EXCL, 0, 0, &b, &fh),
-                     -EEXIST);
+    assert_int_equal(cfs_create(v, d.ino, "file", 0644, O_RDWR | O_EXCL, 0, 0, &b, &fh), -EEXIST);
     assert_int_equal(cfs_lookup(v, d.ino, "file", &b), 0);
     assert_int_equal(b.ino, a.ino);
     assert_int_equal(b.size, 5);
@@ -611,7 +610,8 @@ static void test_random_ops_match_model(void **state)
         }
         assert_int_equal(cfs_lookup(f->v, f->root, name, &a), 0);
         assert_int_equal(cfs_open(f->v, a.ino, O_RDWR, &fh), 0);
-        uint64_t off = rnd(&seed) % (MAXSZ - 1), len = 1 + rnd(&seed) % (rnd(&seed) % 2 ? 3000 : 1500000);
+        uint64_t off = rnd(&seed) % (MAXSZ - 1),
+                 len = 1 + rnd(&seed) % (rnd(&seed) % 2 ? 3000 : 1500000);
         if (off + len > MAXSZ)
             len = MAXSZ - off;
         if (kind < 4) { /* write */
@@ -848,8 +848,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_file_data_inline_blocks_sparse, setup4k, teardown),
         cmocka_unit_test_setup_teardown(test_small_file_uses_small_blocks_then_converts, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_small_file_uses_small_blocks_then_converts,
-                                        setup4k, teardown),
+        cmocka_unit_test_setup_teardown(test_small_file_uses_small_blocks_then_converts, setup4k,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_file_blocks_freed_after_last_close_of_unlinked, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_dir_many_entries_hashed, setup, teardown),

@@ -60,8 +60,8 @@ struct cfs_open_opts {
     /* Single-host mode: no lockspace join, journal slot 0. For tests, tools
      * and `check`; refused later by hosts that do join. */
     bool local;
-    uint32_t slot; /* local: the journal slot to use (default 0) */
-    bool read_only;            /* no journal replay, no writes (status) */
+    uint32_t slot;               /* local: the journal slot to use (default 0) */
+    bool read_only;              /* no journal replay, no writes (status) */
     unsigned commit_interval_ms; /* 0 = 1000 */
     uint64_t cache_bytes;        /* metadata cache; 0 = 64 MiB */
 };
@@ -84,7 +84,7 @@ struct cfs_volume_info {
     uint32_t feat_compat, feat_incompat, feat_ro_compat;
     uint64_t volume_bytes, block_size, max_hosts, io_timeout_ms;
     uint64_t journal_bytes, nclusters, clusters_laid_out;
-    uint64_t free_bytes; /* file blocks free, in bytes */
+    uint64_t free_bytes;       /* file blocks free, in bytes */
     uint64_t ls_offset_blocks; /* the lockspace, in LUN blocks */
     cfs_ino_t root;
 };

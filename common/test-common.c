@@ -174,7 +174,7 @@ static void test_log_keeps_last_error(void **state)
     assert_string_equal(log_last_error(), "");
     log_info("not an error");
     assert_string_equal(log_last_error(), "");
-    log_set_level((enum log_level)-1); /* silence stderr */
+    log_set_level((enum log_level) - 1); /* silence stderr */
     log_err("lun %s: read at %d failed", "x", 7);
     assert_string_equal(log_last_error(), "lun x: read at 7 failed");
     log_set_level(LOG_LVL_INFO);

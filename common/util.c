@@ -87,13 +87,32 @@ int parse_size(const char *s, uint64_t *out)
     unsigned shift = 0;
     if (*end) {
         switch (*end) {
-        case 'b': case 'B': shift = 0; break;
-        case 'k': case 'K': shift = 10; break;
-        case 'm': case 'M': shift = 20; break;
-        case 'g': case 'G': shift = 30; break;
-        case 't': case 'T': shift = 40; break;
-        case 'p': case 'P': shift = 50; break;
-        default: return -EINVAL;
+        case 'b':
+        case 'B':
+            shift = 0;
+            break;
+        case 'k':
+        case 'K':
+            shift = 10;
+            break;
+        case 'm':
+        case 'M':
+            shift = 20;
+            break;
+        case 'g':
+        case 'G':
+            shift = 30;
+            break;
+        case 't':
+        case 'T':
+            shift = 40;
+            break;
+        case 'p':
+        case 'P':
+            shift = 50;
+            break;
+        default:
+            return -EINVAL;
         }
         end++;
         if (*end == 'i' && shift)

@@ -77,8 +77,7 @@ static int pr_ensure_reserved(struct lockspace *ls, const char *name)
  * target mislabelled us: register our key again (REGISTER AND IGNORE
  * EXISTING KEY, every path) and read again; preempt only while both are
  * listed. */
-int ls_fence_key(struct lockspace *ls, uint64_t key, const char *name, uint32_t slot,
-                     uint32_t gen)
+int ls_fence_key(struct lockspace *ls, uint64_t key, const char *name, uint32_t slot, uint32_t gen)
 {
     if (!ls->pr || !key || key == ls->pr_key)
         return 0;
@@ -108,8 +107,8 @@ int ls_fence_key(struct lockspace *ls, uint64_t key, const char *name, uint32_t 
                      " after PREEMPT: registering our key again",
                      lun_name(ls->lun), key);
             if ((r = lun_pr_register(ls->lun, ls->pr_key)) < 0)
-                log_err("%s: cannot register our key 0x%016" PRIx64 " again: %s",
-                        lun_name(ls->lun), ls->pr_key, strerror(-r));
+                log_err("%s: cannot register our key 0x%016" PRIx64 " again: %s", lun_name(ls->lun),
+                        ls->pr_key, strerror(-r));
             continue;
         }
         r = lun_pr_preempt(ls->lun, ls->pr_key, key, LUN_PR_WE_ALL_REGISTRANTS,
@@ -139,4 +138,3 @@ int ls_host_fence(struct lockspace *ls, uint32_t slot, uint32_t gen)
         return 0;
     return ls_fence_key(ls, hb.pr_key, hb.name, slot, gen);
 }
-

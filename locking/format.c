@@ -35,7 +35,7 @@ static int check_v(const void *buf, uint32_t magic, uint16_t major, const char *
     if (m != magic) {
         if (what) /* what == NULL: quiet (a retried read) */
             log_err("%s at lba %llu: bad magic 0x%08x (expected 0x%08x)%s", what,
-                (unsigned long long)lba, m, magic, m == 0 ? " -- not formatted or zeroed" : "");
+                    (unsigned long long)lba, m, magic, m == 0 ? " -- not formatted or zeroed" : "");
         return -EUCLEAN;
     }
     uint32_t want = le32_get((const uint8_t *)buf + LS_CRC_OFF);
@@ -43,18 +43,18 @@ static int check_v(const void *buf, uint32_t magic, uint16_t major, const char *
     if (want != got) {
         if (what)
             log_err("%s at lba %llu: bad CRC32C 0x%08x (computed 0x%08x)", what,
-                (unsigned long long)lba, want, got);
+                    (unsigned long long)lba, want, got);
         return -EBADMSG;
     }
     uint16_t v = le16_get((const uint8_t *)buf + 4);
     if (v != major) {
         if (what)
             log_err("%s at lba %llu: version %u not supported (this build reads %u)%s", what,
-                (unsigned long long)lba, v, major,
-                magic == LS_MAGIC_HEADER && v == 1
-                    ? ": a version-1 lockspace does not record its atomic-step method; lay it "
-                      "again with `clusterfs locks init` while no host uses it"
-                    : "");
+                    (unsigned long long)lba, v, major,
+                    magic == LS_MAGIC_HEADER && v == 1
+                        ? ": a version-1 lockspace does not record its atomic-step method; lay it "
+                          "again with `clusterfs locks init` while no host uses it"
+                        : "");
         return -EPROTO;
     }
     return 0;

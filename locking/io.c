@@ -134,8 +134,10 @@ static void note_write_error(struct lockspace *ls, int r, const char *what)
 {
     if (r == -EBADE) {
         char msg[160];
-        snprintf(msg, sizeof(msg), "the target refused %s (RESERVATION CONFLICT): our key was "
-                 "preempted", what);
+        snprintf(msg, sizeof(msg),
+                 "the target refused %s (RESERVATION CONFLICT): our key was "
+                 "preempted",
+                 what);
         pthread_mutex_lock(&ls->lock);
         ls_fence_locked(ls, LS_FENCE_PREEMPTED, msg);
         pthread_mutex_unlock(&ls->lock);

@@ -108,7 +108,8 @@ static uint64_t ms_ns(uint32_t ms)
     return (uint64_t)ms * 1000000ull;
 }
 
-/* ---- The peer view: one read of the heartbeat region ------------------------------------------------------------ */
+/* ---- The peer view: one read of the heartbeat region
+ * ------------------------------------------------------------ */
 
 int ls_hb_scan(struct lockspace *ls)
 {

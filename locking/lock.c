@@ -49,8 +49,7 @@ int lock_record_format(struct lockspace *ls, uint64_t lba, const char *name)
         if ((r = ls_read(ls, lba, 1, cur)) < 0)
             break;
         struct ls_lockrec old;
-        if (le32_get(cur) == LS_MAGIC_LOCK &&
-            ls_lockrec_decode(cur, &old, NULL, lba) == 0) {
+        if (le32_get(cur) == LS_MAGIC_LOCK && ls_lockrec_decode(cur, &old, NULL, lba) == 0) {
             if (old.mode != LS_LOCK_FREE) {
                 log_err("%s: lock record at lba %llu ('%s') is held %s by %u owner(s): not "
                         "formatted",

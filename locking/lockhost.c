@@ -153,13 +153,21 @@ int main(int argc, char **argv)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() == 1)
         return 1;
-    static const struct option lo[] = {
-        {"offset", 1, 0, 'o'}, {"name", 1, 0, 'n'},       {"io-timeout", 1, 0, 'i'},
-        {"rounds", 1, 0, 'r'}, {"lock", 1, 0, 'l'},       {"expect", 1, 0, 'e'},
-        {"linger", 1, 0, 'g'}, {"timeout", 1, 0, 't'},    {"paxos", 0, 0, 'p'},
-        {"raw", 0, 0, 'w'},    {"no-fencing", 0, 0, 'f'}, {"hosts", 1, 0, 'H'},
-        {"pause-at-write", 0, 0, 'P'}, {"think", 1, 0, 'T'},
-        {0, 0, 0, 0}};
+    static const struct option lo[] = {{"offset", 1, 0, 'o'},
+                                       {"name", 1, 0, 'n'},
+                                       {"io-timeout", 1, 0, 'i'},
+                                       {"rounds", 1, 0, 'r'},
+                                       {"lock", 1, 0, 'l'},
+                                       {"expect", 1, 0, 'e'},
+                                       {"linger", 1, 0, 'g'},
+                                       {"timeout", 1, 0, 't'},
+                                       {"paxos", 0, 0, 'p'},
+                                       {"raw", 0, 0, 'w'},
+                                       {"no-fencing", 0, 0, 'f'},
+                                       {"hosts", 1, 0, 'H'},
+                                       {"pause-at-write", 0, 0, 'P'},
+                                       {"think", 1, 0, 'T'},
+                                       {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {

@@ -45,10 +45,10 @@ struct lockspace;
 /* ---- Timeouts: everything derives from io_timeout ---------------------- */
 
 struct ls_timeouts {
-    uint32_t io_timeout_ms; /* longest one I/O may take (incl. path failover) */
-    uint32_t renew_ms;      /* heartbeat renewal period = io_timeout */
-    uint32_t fence_ms;      /* self-fence: no write after last good renewal + fence_ms */
-    uint32_t dead_ms;       /* observer: slot unchanged this long => dead */
+    uint32_t io_timeout_ms;  /* longest one I/O may take (incl. path failover) */
+    uint32_t renew_ms;       /* heartbeat renewal period = io_timeout */
+    uint32_t fence_ms;       /* self-fence: no write after last good renewal + fence_ms */
+    uint32_t dead_ms;        /* observer: slot unchanged this long => dead */
     uint32_t mutex_hold_ms;  /* paxos mutex: the holder's writes stop at its phase 2 + this */
     uint32_t mutex_steal_ms; /* a holder seen this long is taken over (hold + in-flight + margin) */
 };
@@ -70,10 +70,10 @@ enum ls_atomic_method {
 const char *ls_atomic_method_name(enum ls_atomic_method m);
 
 struct ls_format_params {
-    uint32_t io_timeout_ms; /* 0 = LS_DEFAULT_IO_TIMEOUT_MS */
+    uint32_t io_timeout_ms;       /* 0 = LS_DEFAULT_IO_TIMEOUT_MS */
     enum ls_atomic_method atomic; /* 0 = CAW if the LUN has it, else paxos */
-    uint32_t max_hosts;     /* 0 = LS_DEFAULT_HOSTS */
-    uint32_t max_locks;     /* 0 = LS_DEFAULT_LOCKS */
+    uint32_t max_hosts;           /* 0 = LS_DEFAULT_HOSTS */
+    uint32_t max_locks;           /* 0 = LS_DEFAULT_LOCKS */
 };
 
 /* Size of a lockspace in logical blocks. */

@@ -20,7 +20,7 @@
 #define LS_MAGIC_LOCK 0x4b4c4643u   /* "CFLK" */
 #define LS_MAGIC_LEADER 0x4c504643u /* "CFPL" */
 #define LS_MAGIC_DBLOCK 0x44504643u /* "CFPD" */
-#define LS_VERSION_MAJOR 1 /* heartbeat, lock, leader and dblock records */
+#define LS_VERSION_MAJOR 1          /* heartbeat, lock, leader and dblock records */
 /* The header: major 2 records the atomic-step method (a major-1 reader
  * would ignore it and mix methods, so the major was bumped) and carries
  * feature flags: an unknown incompat bit is refused, unknown compat bits
@@ -184,7 +184,7 @@ struct ls_lockrec {
     uint64_t version;
     uint32_t writer_slot, writer_gen;
     char name[LS_LOCK_NAME_MAX + 1];
-    bool xwait;                  /* an exclusive waiter is announced: */
+    bool xwait;                     /* an exclusive waiter is announced: */
     uint32_t xwait_slot, xwait_gen; /* ... this one; new shared owners hold back */
     struct ls_owner owners[LS_LOCK_MAX_OWNERS];
 };
@@ -277,20 +277,20 @@ struct lockspace {
     uint32_t slot, generation;
     uint64_t counter;
     uint64_t pr_key;
-    uint64_t deadline_ns;  /* self-fence: no write issued at or after this */
-    uint8_t *hb_raw;       /* last read of the heartbeat region (max_hosts blocks) */
-    uint64_t hb_read_ns;   /* when hb_raw was read (completion) */
+    uint64_t deadline_ns;      /* self-fence: no write issued at or after this */
+    uint8_t *hb_raw;           /* last read of the heartbeat region (max_hosts blocks) */
+    uint64_t hb_read_ns;       /* when hb_raw was read (completion) */
     uint64_t hb_read_start_ns; /* ... and when that read was issued */
-    struct ls_peer *peers; /* max_hosts */
+    struct ls_peer *peers;     /* max_hosts */
     struct ls_held *held;
-    uint8_t *hb_mine;           /* our slot as we last wrote it (renewal CAW expects it) */
-    bool renewing_mark;         /* a joiner's hook runs: the renewal thread renews its mark */
-    uint64_t mark_lba;          /* ... at this lba */
-    bool hk_running;            /* the housekeeping recovery thread runs (recovery.c) */
-    bool hk_stop;               /* ... asked to stop; both protected by lock */
+    uint8_t *hb_mine;   /* our slot as we last wrote it (renewal CAW expects it) */
+    bool renewing_mark; /* a joiner's hook runs: the renewal thread renews its mark */
+    uint64_t mark_lba;  /* ... at this lba */
+    bool hk_running;    /* the housekeeping recovery thread runs (recovery.c) */
+    bool hk_stop;       /* ... asked to stop; both protected by lock */
     pthread_t hk_thread;
     void (*hk_stop_fn)(struct lockspace *ls); /* set by recovery.c: stop it (leave/close) */
-    ls_test_hook_fn hook;       /* atomically read; set by lockspace_set_test_hook */
+    ls_test_hook_fn hook;                     /* atomically read; set by lockspace_set_test_hook */
     void *hook_opaque;
     uint64_t nio;               /* atomically updated */
     unsigned paxos_round;       /* protected by mutex_lock */
@@ -330,8 +330,7 @@ int ls_owner_liveness(struct lockspace *ls, uint32_t slot, uint32_t gen);
 /* fence.c: PREEMPT `key` (a host being recovered), read the keys back until
  * it is gone, make sure the reservation exists. 0, or -errno (then the key
  * may still be registered: do not recover). No-op without reservations. */
-int ls_fence_key(struct lockspace *ls, uint64_t key, const char *name, uint32_t slot,
-                 uint32_t gen);
+int ls_fence_key(struct lockspace *ls, uint64_t key, const char *name, uint32_t slot, uint32_t gen);
 /* Preempt a dead host's PR key (no-op without reservations). */
 int ls_host_fence(struct lockspace *ls, uint32_t slot, uint32_t gen);
 /* Break a dead host: mark recovering, hook, fence, clear gen+1. */

@@ -57,8 +57,8 @@ static int region_read(struct lockspace *ls, uint8_t *buf, struct region *rg)
     rg->bad_lba = 0;
     r = ls_leader_decode(buf, &rg->leader, NULL, base);
     for (uint32_t i = 0; r == 0 && i < H; i++)
-        if ((r = ls_dblock_decode(buf + (size_t)(i + 1) * ls->bs, &rg->d[i], NULL,
-                                  base + 1 + i)) < 0)
+        if ((r = ls_dblock_decode(buf + (size_t)(i + 1) * ls->bs, &rg->d[i], NULL, base + 1 + i)) <
+            0)
             rg->bad_lba = base + 1 + i;
     if (r < 0) {
         if (!rg->bad_lba)

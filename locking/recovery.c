@@ -279,8 +279,8 @@ static void *recovery_thread_run(void *arg)
         pthread_mutex_unlock(&ls->lock);
         int r = lockspace_recover_dead(ls);
         if (r < 0 && r != -EAGAIN)
-            log_warn("%s: lockspace at block %llu: housekeeping recovery: %s",
-                     lun_name(ls->lun), (unsigned long long)ls->offset, strerror(-r));
+            log_warn("%s: lockspace at block %llu: housekeeping recovery: %s", lun_name(ls->lun),
+                     (unsigned long long)ls->offset, strerror(-r));
         pthread_mutex_lock(&ls->lock);
         if (ls->hk_stop || ls->fenced)
             break;

@@ -678,7 +678,6 @@ static void test_recover_dead_frees_slot(void **state)
     lockspace_close(b);
 }
 
-
 /* ---- issue 10: tests that fail on the code before it ------------------- */
 
 /* Deadlines are measured on CLOCK_BOOTTIME (it keeps counting through a
@@ -997,8 +996,8 @@ static void test_stale_view_does_not_take_paxos_mutex(void **state)
     gate_close(&gate_g, 1u << LS_TP_RENEW);
     gate_wait_blocked(&gate_g, 1);
     /* a's view of b's slot: free at generation 0 (before b joined) */
-    struct ls_hb old = {.state = LS_SLOT_FREE, .slot = bslot, .rec_slot = LS_NO_SLOT,
-                        .io_timeout_ms = 1000};
+    struct ls_hb old = {
+        .state = LS_SLOT_FREE, .slot = bslot, .rec_slot = LS_NO_SLOT, .io_timeout_ms = 1000};
     pthread_mutex_lock(&a->lock);
     memset(a->hb_raw + (size_t)bslot * f->bs, 0, f->bs);
     ls_hb_encode(a->hb_raw + (size_t)bslot * f->bs, &old);
@@ -1080,8 +1079,12 @@ static void test_65th_shared_owner_gets_enospc(void **state)
     uint8_t *blk = calloc(1, f->bs);
     /* 64 live hosts in slots 1..64 (as this new observer sees them: unknown) */
     for (uint32_t i = 1; i <= 64; i++) {
-        struct ls_hb hb = {.state = LS_SLOT_LIVE, .slot = i, .generation = 1, .counter = 5,
-                           .rec_slot = LS_NO_SLOT, .io_timeout_ms = 1000};
+        struct ls_hb hb = {.state = LS_SLOT_LIVE,
+                           .slot = i,
+                           .generation = 1,
+                           .counter = 5,
+                           .rec_slot = LS_NO_SLOT,
+                           .io_timeout_ms = 1000};
         snprintf(hb.name, sizeof(hb.name), "r%u", i);
         memset(blk, 0, f->bs);
         ls_hb_encode(blk, &hb);
@@ -1232,8 +1235,8 @@ static int slow_hook(struct lockspace *ls, const struct ls_host_info *dead, void
 static void test_joiner_renews_mark_during_long_recovery(void **state)
 {
     struct fixture *f = *state;
-    struct ls_format_params p = {.io_timeout_ms = 250, .max_hosts = 1, .max_locks = 4,
-                                 .atomic = LS_ATOMIC_CAW};
+    struct ls_format_params p = {
+        .io_timeout_ms = 250, .max_hosts = 1, .max_locks = 4, .atomic = LS_ATOMIC_CAW};
     assert_int_equal(lockspace_format(f->lun[0], 8, &p), 0);
     struct lockspace *a = host(f, 0, false, true), *j;
     uint32_t agen = lockspace_generation(a);
@@ -1303,8 +1306,8 @@ int main(int argc, char **argv)
                                         setup4k, teardown),
         cmocka_unit_test_setup_teardown(test_paused_write_after_check_does_not_land_caw, setup4k,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_paused_write_after_check_does_not_land_paxos,
-                                        setup512, teardown),
+        cmocka_unit_test_setup_teardown(test_paused_write_after_check_does_not_land_paxos, setup512,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_joiner_renews_mark_during_long_recovery, setup512,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_recovery_on_housekeeping_thread, setup4k, teardown),

@@ -69,8 +69,7 @@ static int vd_be_zero(void *be, uint64_t off, uint32_t len, bool no_hole, bool f
      * data has to be written: whole grains become zeroed-grain entries,
      * allocated ones are zeroed in place (ZERO_RANGE), raw and flat files
      * are punched or zeroed by fallocate. */
-    return vd_write_zeroes(be, off, len,
-                           (no_hole ? VD_NO_HOLE : 0) | (fast ? VD_ZERO_FAST : 0));
+    return vd_write_zeroes(be, off, len, (no_hole ? VD_NO_HOLE : 0) | (fast ? VD_ZERO_FAST : 0));
 }
 
 static int vd_be_block_status(void *be, uint64_t off, uint64_t len, uint64_t *ext_len,

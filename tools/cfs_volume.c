@@ -46,33 +46,32 @@ static void uuid_str(const uint8_t u[16], char *out)
 
 static void format_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: clusterfs format [--label L] [--max-hosts N] [--block-size SIZE]\n"
-            "                        [--io-timeout S] [--journal-size SIZE] [--size SIZE]\n"
-            "                        [--lun-block-size 512|4096] [--force] LUN...\n"
-            "\n"
-            "Lay a clustered volume on the whole LUN (several paths of one LUN may be given).\n"
-            "Resources are laid out on demand, so formatting takes the same few milliseconds\n"
-            "whatever the size. Refuses a LUN that holds a volume or a lockspace (unless\n"
-            "--force) and one too small for the host journals.\n"
-            "\n"
-            "  --label L          up to 63 bytes\n"
-            "  --max-hosts N      hosts that may mount it at once (default 64, at most 4096)\n"
-            "  --block-size SIZE  file block, 64K .. 1M, a power of two (default 1M)\n"
-            "  --io-timeout S     the lockspace's io_timeout in seconds (default 2)\n"
-            "  --journal-size SIZE  per host (default 8M, at least 1M)\n"
-            "  --size SIZE        create (or grow) a file LUN of this size first\n"
-            "  --lun-block-size N logical block size of a file LUN (512 or 4096)\n"
-            "  --force            overwrite an existing volume\n");
+    fprintf(f, "usage: clusterfs format [--label L] [--max-hosts N] [--block-size SIZE]\n"
+               "                        [--io-timeout S] [--journal-size SIZE] [--size SIZE]\n"
+               "                        [--lun-block-size 512|4096] [--force] LUN...\n"
+               "\n"
+               "Lay a clustered volume on the whole LUN (several paths of one LUN may be given).\n"
+               "Resources are laid out on demand, so formatting takes the same few milliseconds\n"
+               "whatever the size. Refuses a LUN that holds a volume or a lockspace (unless\n"
+               "--force) and one too small for the host journals.\n"
+               "\n"
+               "  --label L          up to 63 bytes\n"
+               "  --max-hosts N      hosts that may mount it at once (default 64, at most 4096)\n"
+               "  --block-size SIZE  file block, 64K .. 1M, a power of two (default 1M)\n"
+               "  --io-timeout S     the lockspace's io_timeout in seconds (default 2)\n"
+               "  --journal-size SIZE  per host (default 8M, at least 1M)\n"
+               "  --size SIZE        create (or grow) a file LUN of this size first\n"
+               "  --lun-block-size N logical block size of a file LUN (512 or 4096)\n"
+               "  --force            overwrite an existing volume\n");
 }
 
 int cmd_format(int argc, char **argv)
 {
-    static const struct option lo[] = {
-        {"label", 1, 0, 'l'},      {"max-hosts", 1, 0, 'H'}, {"block-size", 1, 0, 'b'},
-        {"io-timeout", 1, 0, 'i'}, {"size", 1, 0, 's'},      {"force", 0, 0, 'f'},
-        {"journal-size", 1, 0, 'j'}, {"lun-block-size", 1, 0, 'L'}, {"help", 0, 0, 'h'},
-        {0, 0, 0, 0}};
+    static const struct option lo[] = {{"label", 1, 0, 'l'},        {"max-hosts", 1, 0, 'H'},
+                                       {"block-size", 1, 0, 'b'},   {"io-timeout", 1, 0, 'i'},
+                                       {"size", 1, 0, 's'},         {"force", 0, 0, 'f'},
+                                       {"journal-size", 1, 0, 'j'}, {"lun-block-size", 1, 0, 'L'},
+                                       {"help", 0, 0, 'h'},         {0, 0, 0, 0}};
     struct cfs_format_params p = {0};
     uint64_t size = 0, v64;
     uint32_t lbs = 0;
@@ -269,8 +268,7 @@ int cmd_status(int argc, char **argv)
                " resource clusters laid out\n  max hosts %" PRIu64 ", io_timeout %" PRIu64
                " ms, journal %" PRIu64 " KiB per host\n",
                lun_name(lun), vi.label, u, vi.version_major, vi.version_minor, vi.feat_compat,
-               vi.feat_incompat, vi.feat_ro_compat,
-               format_size(vi.volume_bytes, sz, sizeof(sz)),
+               vi.feat_incompat, vi.feat_ro_compat, format_size(vi.volume_bytes, sz, sizeof(sz)),
                format_size(vi.free_bytes, fr, sizeof(fr)), vi.block_size >> 10,
                vi.clusters_laid_out, vi.nclusters, vi.max_hosts, vi.io_timeout_ms,
                vi.journal_bytes >> 10);

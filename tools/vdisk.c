@@ -24,25 +24,25 @@ unsigned vdisk_open_fmt;
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: vdisk COMMAND [options] ...\n"
-            "  create [--type thin|thick|eager-zeroed] [--adapter ide|lsilogic|buslogic|legacyESX]\n"
-            "         [--format vmdk|raw] FILE SIZE\n"
-            "  info [--json] FILE\n"
-            "  check [--repair] [--json] [--progress] FILE\n"
-            "  map [--json] FILE\n"
-            "  convert [-O vmdk|raw] [--type thin|thick|eager-zeroed|stream] [--adapter A]\n"
-            "          [--progress] SRC DST\n"
-            "  resize [--shrink] FILE SIZE\n"
-            "  snapshot ... / clone ...   (see vdisk snapshot --help)\n"
-            "  serve ...                  (see vdisk serve --help)\n"
-            "Every command takes --allow-root DIR (repeatable): extent files and parents\n"
-            "named by an image may lie in DIR too (default: only the image's own folder);\n"
-            "and --format raw|vmdk for the image it opens (convert: the source). Without\n"
-            "it raw is never guessed: a file without a VMDK header is raw only when its\n"
-            "name says so (.raw, .img, .bin, .iso, .dd) or it is a block device.\n"
-            "SIZE accepts suffixes K, M, G, T (binary). 'man vdisk' for the manual,\n"
-            "'vdisk --version' for the version.\n");
+    fprintf(
+        f, "usage: vdisk COMMAND [options] ...\n"
+           "  create [--type thin|thick|eager-zeroed] [--adapter ide|lsilogic|buslogic|legacyESX]\n"
+           "         [--format vmdk|raw] FILE SIZE\n"
+           "  info [--json] FILE\n"
+           "  check [--repair] [--json] [--progress] FILE\n"
+           "  map [--json] FILE\n"
+           "  convert [-O vmdk|raw] [--type thin|thick|eager-zeroed|stream] [--adapter A]\n"
+           "          [--progress] SRC DST\n"
+           "  resize [--shrink] FILE SIZE\n"
+           "  snapshot ... / clone ...   (see vdisk snapshot --help)\n"
+           "  serve ...                  (see vdisk serve --help)\n"
+           "Every command takes --allow-root DIR (repeatable): extent files and parents\n"
+           "named by an image may lie in DIR too (default: only the image's own folder);\n"
+           "and --format raw|vmdk for the image it opens (convert: the source). Without\n"
+           "it raw is never guessed: a file without a VMDK header is raw only when its\n"
+           "name says so (.raw, .img, .bin, .iso, .dd) or it is a block device.\n"
+           "SIZE accepts suffixes K, M, G, T (binary). 'man vdisk' for the manual,\n"
+           "'vdisk --version' for the version.\n");
 }
 
 static int parse_type(const char *s, enum vd_type *t)
@@ -158,7 +158,8 @@ static int cmd_info(int argc, char **argv)
     if (prc >= 0)
         return prc;
     struct vd_image *img;
-    if (vd_open(argv[optind], VD_OPEN_SHARED | vdisk_open_fmt, &img) < 0) /* as qemu-img -U: works on a disk in use */
+    if (vd_open(argv[optind], VD_OPEN_SHARED | vdisk_open_fmt, &img) <
+        0) /* as qemu-img -U: works on a disk in use */
         return 1;
     bool vmdk = vd_is_vmdk(img);
     uint64_t alloc = vd_allocated_bytes(img);
@@ -264,7 +265,8 @@ static int cmd_map(int argc, char **argv)
     if (prc >= 0)
         return prc;
     struct vd_image *img;
-    if (vd_open(argv[optind], VD_OPEN_SHARED | vdisk_open_fmt, &img) < 0) /* as qemu-img -U: works on a disk in use */
+    if (vd_open(argv[optind], VD_OPEN_SHARED | vdisk_open_fmt, &img) <
+        0) /* as qemu-img -U: works on a disk in use */
         return 1;
     struct json j;
     if (js) {
@@ -403,7 +405,7 @@ static int cmd_resize(int argc, char **argv)
         return 2;
     }
     return vd_resize(argv[optind], size, (shrink ? VD_RESIZE_SHRINK : 0) | vdisk_open_fmt) < 0 ? 1
-                                                                                            : 0;
+                                                                                               : 0;
 }
 
 static int cmd_check(int argc, char **argv)
@@ -443,8 +445,7 @@ static int cmd_check(int argc, char **argv)
                   (vdisk_open_fmt == VD_OPEN_RAW    ? VD_CHECK_RAW
                    : vdisk_open_fmt == VD_OPEN_VMDK ? VD_CHECK_VMDK
                                                     : 0);
-    int rc = vd_check(argv[optind], cf,
-                      js ? &j : NULL, &r);
+    int rc = vd_check(argv[optind], cf, js ? &j : NULL, &r);
     if (js)
         json_finish(&j);
     else if (rc == 0) {
@@ -473,7 +474,8 @@ int main(int argc, char **argv)
     int n = 2;
     for (int i = 2; i < argc; i++) {
         const char *dir = NULL;
-        if (fmt_opt && (strcmp(argv[i], "--format") == 0 || strncmp(argv[i], "--format=", 9) == 0)) {
+        if (fmt_opt &&
+            (strcmp(argv[i], "--format") == 0 || strncmp(argv[i], "--format=", 9) == 0)) {
             const char *f = argv[i][8] == '=' ? argv[i] + 9 : (i + 1 < argc ? argv[++i] : "");
             if (strcmp(f, "raw") == 0)
                 vdisk_open_fmt = VD_OPEN_RAW;

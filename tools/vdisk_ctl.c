@@ -200,8 +200,7 @@ static void ctl_handle(struct ctl_server *c, unsigned i, int fd)
     log_clear_last_error();
     struct vd_image *img = c->img[i];
     if (strcmp(req, "snapshot create") == 0) {
-        log_info("serve: %s: snapshot \"%s\" requested by pid %d", vd_path(img), name,
-                 (int)cr.pid);
+        log_info("serve: %s: snapshot \"%s\" requested by pid %d", vd_path(img), name, (int)cr.pid);
         rc = vd_snapshot_create_open(img, name, &id);
     } else if (strcmp(req, "snapshot revert") == 0) {
         log_info("serve: %s: revert to snapshot \"%s\" requested by pid %d", vd_path(img), name,
@@ -348,7 +347,6 @@ int ctl_snapshot_request(const char *path, const char *op, const char *name, int
         return -EPROTO;
     }
     if (*rc < 0)
-        log_err("%s: the server holding this disk refused: %s", path,
-                *msg ? msg : strerror(-*rc));
+        log_err("%s: the server holding this disk refused: %s", path, *msg ? msg : strerror(-*rc));
     return 1;
 }

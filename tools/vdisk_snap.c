@@ -147,8 +147,8 @@ int cmd_snapshot(int argc, char **argv)
         snap_usage(stderr);
         return 2;
     }
-    bool known = strcmp(sub, "create") == 0 || strcmp(sub, "revert") == 0 ||
-                 strcmp(sub, "delete") == 0;
+    bool known =
+        strcmp(sub, "create") == 0 || strcmp(sub, "revert") == 0 || strcmp(sub, "delete") == 0;
     if (!known) {
         log_err("snapshot: unknown subcommand \"%s\" (create, list, revert, delete)", sub);
         return 2;

@@ -37,8 +37,8 @@
 #include "imagelock.h"
 #include "log.h"
 
-static const char *const vd_perm_names[] = {"consistent read", "write", "write unchanged",
-                                            "resize", "graph change"};
+static const char *const vd_perm_names[] = {"consistent read", "write", "write unchanged", "resize",
+                                            "graph change"};
 
 static void vd_lock_mode_perms(enum vd_lock_mode mode, unsigned *perm, unsigned *shared)
 {

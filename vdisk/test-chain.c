@@ -320,14 +320,14 @@ static void test_guest_cannot_turn_probed_raw_into_vmdk(void **state)
     log_clear_last_error();
     assert_int_equal(vd_pwrite(img, hdr, sizeof(hdr), 0, 0), -EPERM);
     assert_non_null(strstr(log_last_error(), "look like a VMDK"));
-    assert_int_equal(vd_pwrite(img, hdr + 2, 2, 2, 0), 0); /* bytes 2-3 alone: still raw */
+    assert_int_equal(vd_pwrite(img, hdr + 2, 2, 2, 0), 0);  /* bytes 2-3 alone: still raw */
     assert_int_equal(vd_pwrite(img, hdr, 2, 0, 0), -EPERM); /* completing the magic */
     const char *desc = "# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\n";
     assert_int_equal(vd_pwrite(img, desc, strlen(desc), 0, 0), -EPERM);
     uint8_t junk[4096];
     memset(junk, 0xab, sizeof(junk));
     assert_int_equal(vd_pwrite(img, junk, sizeof(junk), 0, 0), 0); /* raw stays raw */
-    assert_int_equal(vd_pwrite(img, hdr, 512, 4096, 0), 0); /* not sector 0 */
+    assert_int_equal(vd_pwrite(img, hdr, 512, 4096, 0), 0);        /* not sector 0 */
     vd_close(img);
     /* the user said raw: the guest may write anything */
     assert_int_equal(vd_open(g, VD_OPEN_RAW, &img), 0);

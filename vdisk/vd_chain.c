@@ -169,9 +169,8 @@ static int vd_chain_note(struct vd_chain *c, const struct vd_io_stat *st)
     return 0;
 }
 
-int vd_chain_open_file(struct vd_chain *c, const char *what, const char *from_dir,
-                       const char *name, bool rw, int *h_out, char **path_out, char **dir_out,
-                       int *dirh_out)
+int vd_chain_open_file(struct vd_chain *c, const char *what, const char *from_dir, const char *name,
+                       bool rw, int *h_out, char **path_out, char **dir_out, int *dirh_out)
 {
     const struct vd_io *io = c->io;
     *h_out = -1;
@@ -391,8 +390,8 @@ int vd_chain_open_parent(struct vd_chain *c, struct vd_image *img)
         log_err("%s: parent chain deeper than %d images", img->path, VD_MAX_CHAIN);
         return -ELOOP;
     }
-    struct vd_image *p =
-        vd_image_alloc(d->parent_hint, VD_OPEN_RDONLY | (img->flags & (VD_OPEN_SHARED | VD_OPEN_NOLOCK)));
+    struct vd_image *p = vd_image_alloc(
+        d->parent_hint, VD_OPEN_RDONLY | (img->flags & (VD_OPEN_SHARED | VD_OPEN_NOLOCK)));
     if (!p)
         return -ENOMEM;
     p->io = c->io;
@@ -501,8 +500,8 @@ int vd_open_ex(const char *path, unsigned flags, const struct vd_open_opts *o,
     /* the user's own path: links followed, a block device allowed */
     rc = VD_IO(c.io, open, VD_IO_CWD, path, (img->ro ? 0 : VD_IO_RDWR) | VD_IO_FOLLOW, &img->fd);
     if (rc < 0) {
-        log_err("%s: cannot open: %s",
-                path, rc == -EINVAL ? "not a regular file or block device" : strerror(-rc));
+        log_err("%s: cannot open: %s", path,
+                rc == -EINVAL ? "not a regular file or block device" : strerror(-rc));
         goto fail;
     }
     struct vd_io_stat st;

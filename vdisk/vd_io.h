@@ -24,8 +24,9 @@
 #define VD_IO_RDWR (1u << 0)   /* else read-only */
 #define VD_IO_DIR (1u << 1)    /* open a directory (for further opens) */
 #define VD_IO_CREATE (1u << 2) /* create, fail with -EEXIST if it exists */
-#define VD_IO_FOLLOW (1u << 3) /* follow a symbolic link in the last component
-                                  (only for names the user typed) */
+#define VD_IO_FOLLOW                                                                               \
+    (1u << 3) /* follow a symbolic link in the last component                                      \
+                 (only for names the user typed) */
 /* the "current directory" handle: names relative to it are the user's paths */
 #define VD_IO_CWD (-100)
 

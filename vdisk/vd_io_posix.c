@@ -37,7 +37,8 @@ static int px_open(void *ctx, int dir, const char *name, unsigned flags, int *h)
         close(fd);
         return rc;
     }
-    bool ok = (flags & VD_IO_DIR) ? S_ISDIR(st.st_mode) : (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
+    bool ok =
+        (flags & VD_IO_DIR) ? S_ISDIR(st.st_mode) : (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
     if (!ok) {
         close(fd);
         return -EINVAL;

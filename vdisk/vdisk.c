@@ -142,8 +142,10 @@ int vd_extent_count(const struct vd_image *img)
 
 int vd_extent_get(const struct vd_image *img, int i, struct vd_extent_info *out)
 {
-    static const char *const names[] = {[VMDK_EXT_FLAT] = "FLAT", [VMDK_EXT_SPARSE] = "SPARSE",
-                                        [VMDK_EXT_ZERO] = "ZERO", [VMDK_EXT_VMFS] = "VMFS",
+    static const char *const names[] = {[VMDK_EXT_FLAT] = "FLAT",
+                                        [VMDK_EXT_SPARSE] = "SPARSE",
+                                        [VMDK_EXT_ZERO] = "ZERO",
+                                        [VMDK_EXT_VMFS] = "VMFS",
                                         [VMDK_EXT_VMFSSPARSE] = "VMFSSPARSE",
                                         [VMDK_EXT_SESPARSE] = "SESPARSE"};
     if (i < 0 || i >= vd_extent_count(img))
@@ -530,7 +532,8 @@ static int vd_raw_guard_sector0(struct vd_image *img, const void *buf, size_t le
     return 0;
 }
 
-static int vd_pwrite_unlocked(struct vd_image *img, const void *buf, size_t len, uint64_t off, unsigned flags)
+static int vd_pwrite_unlocked(struct vd_image *img, const void *buf, size_t len, uint64_t off,
+                              unsigned flags)
 {
     if (img->ro) {
         log_err("%s: image is open read-only", img->path);
@@ -540,7 +543,8 @@ static int vd_pwrite_unlocked(struct vd_image *img, const void *buf, size_t len,
     if (rc < 0)
         return rc;
     if (img->kind == VD_KIND_RAW) {
-        if (img->probed_raw && off < VD_SECTOR && (rc = vd_raw_guard_sector0(img, buf, len, off)) < 0)
+        if (img->probed_raw && off < VD_SECTOR &&
+            (rc = vd_raw_guard_sector0(img, buf, len, off)) < 0)
             return rc;
         rc = VD_IO(img->io, pwrite, img->fd, buf, len, off);
         if (rc < 0) {
@@ -586,8 +590,8 @@ static int vd_pwrite_unlocked(struct vd_image *img, const void *buf, size_t len,
 /* Zero a range of a plain file: punch (or ZERO_RANGE when keep_alloc),
  * falling back to writing zeroes, 1 MiB at a time; with `fast` (FAST_ZERO)
  * -ENOTSUP instead of the fallback. */
-static int vd_fd_zero(const struct vd_io *io, int fd, const char *path, uint64_t off,
-                      uint64_t len, bool keep_alloc, bool fast)
+static int vd_fd_zero(const struct vd_io *io, int fd, const char *path, uint64_t off, uint64_t len,
+                      bool keep_alloc, bool fast)
 {
     int rc = VD_IO(io, punch, fd, off, len, keep_alloc);
     if (rc == 0)
@@ -614,7 +618,8 @@ static int vd_fd_zero(const struct vd_io *io, int fd, const char *path, uint64_t
     return 0;
 }
 
-static int vd_write_zeroes_unlocked(struct vd_image *img, uint64_t off, uint64_t len, unsigned flags)
+static int vd_write_zeroes_unlocked(struct vd_image *img, uint64_t off, uint64_t len,
+                                    unsigned flags)
 {
     if (img->ro) {
         log_err("%s: image is open read-only", img->path);
@@ -745,8 +750,8 @@ static int vd_status_step(struct vd_image *img, uint64_t off, uint64_t len, uint
     return -EINVAL;
 }
 
-static int vd_block_status_unlocked(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *ext_len,
-                    unsigned *status)
+static int vd_block_status_unlocked(struct vd_image *img, uint64_t off, uint64_t len,
+                                    uint64_t *ext_len, unsigned *status)
 {
     int rc = vd_check_range(img, off, len, "block status");
     if (rc < 0)
@@ -937,9 +942,8 @@ int vd_image_switch(struct vd_image *img, int (*op)(const char *path, void *arg)
     struct vd_image *n = NULL;
     /* through the chain opener, as the first open: the same backend and
      * the same allowed roots (a changed chain is confined like any other) */
-    struct vd_open_opts oo = {.io = img->io,
-                              .roots = (const char *const *)img->open_roots,
-                              .n_roots = img->n_open_roots};
+    struct vd_open_opts oo = {
+        .io = img->io, .roots = (const char *const *)img->open_roots, .n_roots = img->n_open_roots};
     int orc = vd_open_ex(img->path, flags | VD_OPEN_NOLOCK, &oo, &n);
     if (orc == 0 && n->size != img->size) {
         log_err("%s: the disk is %llu bytes after the snapshot operation, %llu before: an "

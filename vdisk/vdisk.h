@@ -106,8 +106,8 @@ int vd_block_status(struct vd_image *img, uint64_t off, uint64_t len, uint64_t *
 /* -------------------------------------------------------- what it is */
 bool vd_is_vmdk(const struct vd_image *img);
 const char *vd_create_type(const struct vd_image *img); /* createType; "raw" for raw */
-uint32_t vd_cid(const struct vd_image *img);        /* VMDK: CID; raw: 0 */
-uint32_t vd_parent_cid(const struct vd_image *img); /* 0xffffffff: no parent */
+uint32_t vd_cid(const struct vd_image *img);            /* VMDK: CID; raw: 0 */
+uint32_t vd_parent_cid(const struct vd_image *img);     /* 0xffffffff: no parent */
 const char *vd_parent_hint(const struct vd_image *img); /* parentFileNameHint or NULL */
 /* A descriptor key's value ("ddb.adapterType", ...), NULL if absent. */
 const char *vd_desc_key(const struct vd_image *img, const char *key);
@@ -165,7 +165,7 @@ struct vd_check_report {
 #define VD_CHECK_PROGRESS 2u /* draw the progress meter even when stderr is not a terminal */
 #define VD_CHECK_RAW 4u      /* the user says raw (nothing to check) */
 #define VD_CHECK_VMDK 8u     /* the user says VMDK */
-struct json; /* common/json.h; NULL: problems go to the log */
+struct json;                 /* common/json.h; NULL: problems go to the log */
 int vd_check(const char *path, unsigned flags, struct json *j, struct vd_check_report *r);
 
 /* ------------------------------------------------- snapshots, clones

@@ -244,8 +244,8 @@ struct vd_image {
     char *dir;      /* folder holding the descriptor, as named ("" or ".../") */
     char *real_dir; /* the same folder, absolute and normalised (no '/' at the end) */
     const struct vd_io *io;
-    int dirh; /* backend handle of that folder, -1 if none */
-    bool has_desc; /* a real descriptor (not a bare extent): its CID means something */
+    int dirh;        /* backend handle of that folder, -1 if none */
+    bool has_desc;   /* a real descriptor (not a bare extent): its CID means something */
     bool desc_torn;  /* embedded descriptor read from its journal copy (vmdk_open.c) */
     bool probed_raw; /* raw by probe and name, not by the caller's word: sector 0 guarded */
     unsigned flags;
@@ -311,7 +311,7 @@ struct vd_chain {
     int n_roots;
     struct {
         uint64_t dev, ino;
-    } *files; /* every file opened so far */
+    } * files; /* every file opened so far */
     int n_files, cap_files;
     int depth;         /* of the image being opened; 0 = top */
     uint64_t gt_bytes; /* grain tables cached so far */
@@ -320,9 +320,8 @@ struct vd_chain {
  * chain: confined to c->roots, no symbolic links, regular files only, each
  * file once. `what` prefixes messages. Optional outs: the normalised path,
  * its folder, and a handle of that folder. */
-int vd_chain_open_file(struct vd_chain *c, const char *what, const char *from_dir,
-                       const char *name, bool rw, int *h, char **path_out, char **dir_out,
-                       int *dirh_out);
+int vd_chain_open_file(struct vd_chain *c, const char *what, const char *from_dir, const char *name,
+                       bool rw, int *h, char **path_out, char **dir_out, int *dirh_out);
 /* 0 if an image at image_path may name target (an existing file) as its
  * parent under the process-wide roots, else -EPERM with a message. */
 int vd_chain_path_allowed(const char *image_path, const char *target);
@@ -405,6 +404,5 @@ bool vmdk_adapter_known(const char *adapter);
 /* ddb.geometry.cylinders for `sectors` with `heads` heads and 63 sectors
  * per track; IDE (16 heads) capped at 16383. */
 uint64_t vmdk_geometry_cylinders(uint64_t sectors, unsigned heads);
-
 
 #endif

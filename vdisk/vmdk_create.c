@@ -449,7 +449,8 @@ static int vd_resize_sparse(struct vd_image *img, uint64_t cap)
     if (!gt)
         return -ENOMEM;
     memcpy(gt, sp->gt, MIN(old_grains, new_grains) * 4);
-    for (uint64_t g = DIV_ROUND_UP(old_bytes, gb); hide && g < new_grains && g * gb < par->size; g++)
+    for (uint64_t g = DIV_ROUND_UP(old_bytes, gb); hide && g < new_grains && g * gb < par->size;
+         g++)
         gt[g] = VMDK_GTE_ZEROED;
     int rc = vd_sparse_write_tables(e->io, e->fd, &l, gt);
     free(gt);

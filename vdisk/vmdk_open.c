@@ -126,8 +126,8 @@ static int vmdk_open_extents(struct vd_image *img, bool embedded, struct vd_chai
             bool rw = !img->ro && e->access == VMDK_ACC_RW;
             char what[64 + 4096];
             snprintf(what, sizeof(what), "%s: extent %d", img->path, i);
-            int rc = vd_chain_open_file(c, what, img->real_dir, de->fname, rw, &e->fd, NULL, NULL,
-                                        NULL);
+            int rc =
+                vd_chain_open_file(c, what, img->real_dir, de->fname, rw, &e->fd, NULL, NULL, NULL);
             if (rc < 0)
                 return rc;
             if (asprintf(&e->path, "%s%s", img->dir, de->fname) < 0)
@@ -398,8 +398,7 @@ int vmdk_desc_recover(const char *area, size_t cap, size_t *len, const char **te
     }
     /* no rewrite of ours was in flight: another program (VMware, an older
      * vdisk, an editor) changed the text and kept our key; take the text */
-    log_info("%s: the descriptor was edited by another program (its " VD_DESC_CRC_KEY
-             " is stale)",
+    log_info("%s: the descriptor was edited by another program (its " VD_DESC_CRC_KEY " is stale)",
              what);
     return 0;
 }
@@ -493,8 +492,8 @@ static int vmdk_desc_write_embedded(struct vd_image *img)
     }
     len = strlen(text);
     if (len >= cap) {
-        log_err("%s: descriptor (%zu bytes) does not fit its %" PRIu64 "-byte area", img->path,
-                len, cap);
+        log_err("%s: descriptor (%zu bytes) does not fit its %" PRIu64 "-byte area", img->path, len,
+                cap);
         rc = -ENOSPC;
         goto out;
     }

@@ -261,8 +261,9 @@ int vmdk_sparse_read_footer(const struct vd_io *io, int fd, uint64_t fsize, stru
     return rc;
 }
 
-static int vmdk_sparse_read_table(const struct vd_io *io, int fd, uint32_t *out, uint64_t n, uint64_t sector,
-                                  uint64_t fsize, const char *what, const char *name)
+static int vmdk_sparse_read_table(const struct vd_io *io, int fd, uint32_t *out, uint64_t n,
+                                  uint64_t sector, uint64_t fsize, const char *what,
+                                  const char *name)
 {
     uint64_t bytes = n * 4;
     if (sector > fsize / VD_SECTOR || sector * VD_SECTOR + bytes > fsize) {
@@ -312,11 +313,10 @@ static int vmdk_sesparse_open(struct vmdk_extent *e, struct vmdk_sparse *sp, con
         return -ENOTSUP;
     }
     uint64_t fsec = fsize / VD_SECTOR;
-    if (cap == 0 || cap > (1ull << 50) / VD_SECTOR || voff == 0 || voff >= fsec ||
-        gd_off == 0 || gd_off + gd_size > fsec || gt_off == 0 || gt_off > fsec ||
-        gr_off == 0 || gr_off > UINT32_MAX) {
-        log_err("%s: seSparse header: capacity or offsets out of range (file %" PRIu64
-                " sectors)",
+    if (cap == 0 || cap > (1ull << 50) / VD_SECTOR || voff == 0 || voff >= fsec || gd_off == 0 ||
+        gd_off + gd_size > fsec || gt_off == 0 || gt_off > fsec || gr_off == 0 ||
+        gr_off > UINT32_MAX) {
+        log_err("%s: seSparse header: capacity or offsets out of range (file %" PRIu64 " sectors)",
                 what, fsec);
         return -EUCLEAN;
     }
@@ -1022,8 +1022,8 @@ enum vmdk_zero_how {
     VMDK_ZERO_WRITE,   /* allocation (and a copy-up of the parent's data) */
 };
 
-static enum vmdk_zero_how vmdk_zero_plan(struct vd_image *img, struct vmdk_extent *e,
-                                         uint64_t off, uint64_t n, unsigned flags)
+static enum vmdk_zero_how vmdk_zero_plan(struct vd_image *img, struct vmdk_extent *e, uint64_t off,
+                                         uint64_t n, unsigned flags)
 {
     struct vmdk_sparse *sp = e->sp;
     uint64_t gb = sp->grain_bytes, grain = off / gb, in = off % gb;
@@ -1120,8 +1120,7 @@ int vmdk_sparse_trim_ahead(struct vmdk_extent *e)
     if (sp->durable_end > sp->file_end) {
         rc = VD_IO(e->io, truncate, e->fd, sp->file_end);
         if (rc < 0) {
-            log_err("%s: cutting the space grown ahead of new grains: %s", e->path,
-                    strerror(-rc));
+            log_err("%s: cutting the space grown ahead of new grains: %s", e->path, strerror(-rc));
         } else {
             rc = vmdk_fdatasync(e);
             sp->durable_end = 0; /* the next grain grows the file again */

@@ -70,8 +70,8 @@ int main(int argc, char **argv)
             break;
         while (nbd_aio_in_flight(h) < (int)qd) {
             uint64_t blk = random ? rnd(&seed) % nblocks : seq++ % nblocks;
-            if (nbd_aio_pread(h, buf + (slot++ % qd) * bs, bs, blk * bs, NBD_NULL_COMPLETION,
-                              0) < 0) {
+            if (nbd_aio_pread(h, buf + (slot++ % qd) * bs, bs, blk * bs, NBD_NULL_COMPLETION, 0) <
+                0) {
                 fprintf(stderr, "nbd-load: %s\n", nbd_get_error());
                 return 1;
             }

@@ -130,8 +130,9 @@ static struct undo *log_add(int fd, off_t off, size_t len, int data)
     if (!data)
         return u;
     u->len = len;
-    u->old_len = off >= st.st_size ? 0
-                 : (size_t)(st.st_size - off < (off_t)len ? st.st_size - off : (off_t)len);
+    u->old_len = off >= st.st_size
+                     ? 0
+                     : (size_t)(st.st_size - off < (off_t)len ? st.st_size - off : (off_t)len);
     u->old = malloc(len ? len : 1);
     u->new_ = calloc(1, len ? len : 1);
     if (!u->old || !u->new_ || u->fd < 0)
@@ -247,13 +248,13 @@ int fdatasync(int fd)
         log_synced(fd);
     return r;
 }
-static int do_fallocate(int (*real)(int, int, off_t, off_t), int fd, int mode, off_t off,
-                        off_t len)
+static int do_fallocate(int (*real)(int, int, off_t, off_t), int fd, int mode, off_t off, off_t len)
 {
     shim_op();
     /* a punch or zero-range reads as zeroes: log it as a write of zeroes */
-    struct undo *u = (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) ? log_add(fd, off, (size_t)len, 1)
-                                                                      : NULL;
+    struct undo *u = (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
+                         ? log_add(fd, off, (size_t)len, 1)
+                         : NULL;
     int r = real(fd, mode, off, len);
     if (u && r != 0)
         u->len = 0;

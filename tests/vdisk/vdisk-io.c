@@ -204,8 +204,9 @@ static int do_mkse(const char *desc, const char *parent, const char *mirror)
     put64(h + 16, cap);
     put64(h + 24, 8);
     put64(h + 32, 64);
-    uint64_t areas[8][2] = {{1, 1}, {2, 1}, {3, 1}, {gd_off, gd_size},
-                            {gt_off, ngt * 64}, {fb_off, 1}, {bm_off, 1}, {gr_off, 0}};
+    uint64_t areas[8][2] = {
+        {1, 1},      {2, 1},      {3, 1},     {gd_off, gd_size}, {gt_off, ngt * 64},
+        {fb_off, 1}, {bm_off, 1}, {gr_off, 0}};
     for (int i = 0; i < 8; i++) {
         put64(h + 80 + i * 16, areas[i][0]);
         put64(h + 88 + i * 16, areas[i][1]);
